@@ -1,0 +1,62 @@
+"""The ``osteo-edge`` command line: thin Typer commands over the library.
+
+Each command module exposes ``register(app)``. Heavy imports (torch, tensorflow, gradio) happen
+inside the commands, so ``osteo-edge --help`` is fast and works with only the runtime installed.
+A library :class:`~osteo_edge.errors.OsteoEdgeError` becomes one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from ..errors import OsteoEdgeError
+
+# One module per command (group), registered in this order in --help.
+COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "tabular")
+
+app = typer.Typer(
+    name="osteo-edge",
+    help=(
+        "Knee X-ray osteoporosis screening toolkit: data audit and leakage-safe splits, training, "
+        "compression, export and a torch-free edge runtime. A screening aid, never a diagnosis: "
+        "uncertain cases say 'refer for DEXA'."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(f"{__name__}.{_name}")
+    except ModuleNotFoundError as _exc:  # a command module not written yet
+        if _exc.name != f"{__name__}.{_name}":
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Console-script entry point. Commands already turn library errors into one line (see
+    ``_common.handle_errors``); this is the last guard for anything raised outside a command."""
+    try:
+        app()
+    except OsteoEdgeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)

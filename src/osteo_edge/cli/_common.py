@@ -1,0 +1,40 @@
+"""Shared helpers for the thin CLI modules: error handling, console, small renderers."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from ..errors import OsteoEdgeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn a library OsteoEdgeError into one red line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except OsteoEdgeError as exc:
+            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def progress_enabled() -> bool:
+    """Progress bars only on a terminal."""
+    return sys.stderr.isatty()
+
+
+def next_step(text: str) -> None:
+    console.print(f"[bold]next:[/bold] {text}", highlight=False, soft_wrap=True)

@@ -1,0 +1,103 @@
+"""`osteo-edge data audit` and `osteo-edge data split`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._common import console, handle_errors, next_step, progress_enabled
+
+data_app = typer.Typer(help="Audit datasets for duplicates and label conflicts; make leakage-safe splits.", no_args_is_help=True)
+
+Sources = Annotated[List[Path], typer.Argument(help="ImageFolder directories (one subfolder per class).", show_default=False)]
+
+
+def _progress(label: str):
+    prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress_enabled(), transient=True)
+    task = prog.add_task(label, total=None)
+
+    def update(n: int, total: int) -> None:
+        prog.update(task, completed=n, total=total)
+
+    return prog, update
+
+
+@data_app.command("audit")
+@handle_errors
+def audit(
+    sources: Sources,
+    out: Annotated[Path, typer.Option("--out", help="Directory for audit.json, groups.csv, report.md and PNGs.")],
+    phash_threshold: Annotated[int, typer.Option(help="Near-duplicate threshold: max Hamming distance of 64-bit perceptual hashes.")] = 4,
+    plots: Annotated[bool, typer.Option(help="Write the PNG figures.")] = True,
+) -> None:
+    """Find exact and near duplicates, label conflicts, cross-source overlap and unreadable files."""
+    from ..data.audit import audit_sources, write_audit
+
+    prog, update = _progress("hashing")
+    with prog:
+        result = audit_sources(sources, phash_threshold, progress=update)
+    written = write_audit(result, out, plots=plots)
+    s = result.summary
+    table = Table(title="Data audit")
+    table.add_column("what")
+    table.add_column("count", justify="right")
+    for key in ("files", "unreadable", "distinct_groups", "duplicate_files", "exact_duplicate_files", "conflicting_groups", "groups_spanning_sources", "tiny_images", "blank_images"):
+        table.add_row(key.replace("_", " "), str(s[key]))
+    for lab in s["labels"]:
+        table.add_row(f"{lab}: files / groups", f"{s['per_class_files'][lab]} / {s['per_class_groups'][lab]}")
+    console.print(table)
+    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
+    next_step(f"osteo-edge data split {' '.join(str(s) for s in sources)} --groups {out / 'groups.csv'} --out SPLITDIR")
+
+
+@data_app.command("split")
+@handle_errors
+def split(
+    sources: Sources,
+    out: Annotated[Path, typer.Option("--out", help="Directory for split.csv and split.json.")],
+    val: Annotated[float, typer.Option(help="Fraction of groups for validation.")] = 0.15,
+    test: Annotated[float, typer.Option(help="Fraction of groups for test.")] = 0.15,
+    folds: Annotated[int, typer.Option(help="Also assign K cross-validation folds over train+val (0: none).")] = 0,
+    conflicts: Annotated[str, typer.Option(help="Groups whose copies carry different labels: drop | majority.")] = "drop",
+    members: Annotated[str, typer.Option(help="Files kept per duplicate group: all | one (the largest).")] = "all",
+    labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels to keep (after --binary mapping).")] = None,
+    binary: Annotated[bool, typer.Option(help="Map to Normal vs LowBMD (Osteopenia + Osteoporosis).")] = False,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
+    phash_threshold: Annotated[int, typer.Option(help="Near-duplicate threshold (bits), as in 'data audit'.")] = 4,
+    groups: Annotated[Optional[Path], typer.Option(help="Reuse an audit's groups.csv instead of hashing again.")] = None,
+) -> None:
+    """Group-aware stratified split: no duplicate group spans two splits."""
+    from ..data.split import SplitOptions, split_sources, write_split
+
+    opts = SplitOptions(
+        val=val, test=test, folds=folds, conflicts=conflicts, members=members,
+        labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
+        binary=binary, seed=seed, phash_threshold=phash_threshold,
+    )
+    prog, update = _progress("hashing")
+    with prog:
+        table = split_sources(sources, opts, groups_csv=groups, progress=update)
+    written = write_split(table, out)
+    counts = table.info["counts"]
+    t = Table(title="Split (groups per label; files in brackets)")
+    t.add_column("split")
+    for lab in table.labels:
+        t.add_column(lab, justify="right")
+    t.add_column("total", justify="right")
+    for sp in ("train", "val", "test"):
+        c = counts[sp]
+        t.add_row(sp, *[f"{c['groups_per_label'][lab]} ({c['files_per_label'][lab]})" for lab in table.labels], f"{c['groups']} ({c['files']})")
+    console.print(t)
+    if table.info["dropped"]:
+        console.print(f"dropped: {table.info['dropped']}", highlight=False)
+    console.print(f"protocol: {table.info['protocol']}", highlight=False, soft_wrap=True)
+    console.print(f"wrote {written['split.csv']} and {written['split.json']}", highlight=False, soft_wrap=True)
+    next_step(f"osteo-edge train --split {written['split.csv']} --out RUN")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(data_app, name="data")

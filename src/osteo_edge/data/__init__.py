@@ -1,0 +1,1 @@
+"""Dataset scanning, duplicate audit and leakage-safe splits."""

@@ -1,0 +1,70 @@
+"""Dataset sources: ImageFolder-style directories (one subfolder per class)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from ..errors import DataError
+
+# Canonical label order: severity, so a binary or 3-class view always lists Normal first.
+LABEL_ORDER = ("Normal", "Osteopenia", "Osteoporosis")
+LOW_BMD = "LowBMD"
+BINARY_MAP = {"Normal": "Normal", "Osteopenia": LOW_BMD, "Osteoporosis": LOW_BMD}
+SKIP_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    path: Path
+    source: str
+    label: str
+
+
+def order_labels(labels: Iterable[str]) -> list[str]:
+    """Known labels in severity order, then any others alphabetically."""
+    uniq = set(labels)
+    known = [x for x in (*LABEL_ORDER, LOW_BMD) if x in uniq]
+    return known + sorted(uniq - set(known))
+
+
+def source_names(paths: Sequence[Path]) -> list[str]:
+    """Short unique names for source directories (the folder name, widened if two collide)."""
+    names = [p.name or str(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in paths]
+
+
+def scan_sources(sources: Sequence[str | os.PathLike]) -> list[ImageRecord]:
+    """All candidate files of the given ImageFolder sources, in a stable order.
+
+    Every regular file inside a class folder is a candidate: whether it is an image is decided
+    by its content later, not by its extension. A missing or empty source, or one without class
+    folders, raises a one-line :class:`DataError`.
+    """
+    if not sources:
+        raise DataError("no data source given; pass one or more ImageFolder directories")
+    paths = [Path(s).expanduser().resolve() for s in sources]
+    if len(set(paths)) != len(paths):
+        raise DataError("the same source directory was given twice")
+    records: list[ImageRecord] = []
+    for path, name in zip(paths, source_names(paths)):
+        if not path.exists():
+            raise DataError(f"source {path} does not exist")
+        if not path.is_dir():
+            raise DataError(f"source {path} is not a directory (expected one subfolder per class)")
+        classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+        if not classes:
+            raise DataError(f"source {path} has no class folders (expected e.g. {path}/Normal/*.png)")
+        found = 0
+        for cdir in classes:
+            for f in sorted(cdir.rglob("*")):
+                if f.is_file() and not f.name.startswith(".") and f.name not in SKIP_NAMES:
+                    records.append(ImageRecord(path=f, source=name, label=cdir.name))
+                    found += 1
+        if found == 0:
+            raise DataError(f"source {path} is empty: its class folders hold no files")
+    return records

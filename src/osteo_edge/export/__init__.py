@@ -1,0 +1,1 @@
+"""osteo_edge.export"""
