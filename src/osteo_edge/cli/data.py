@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -12,6 +13,16 @@ from rich.table import Table
 from ._common import console, handle_errors, next_step, progress_enabled
 
 data_app = typer.Typer(help="Audit datasets for duplicates and label conflicts; make leakage-safe splits.", no_args_is_help=True)
+
+class Conflicts(str, Enum):
+    drop = "drop"
+    majority = "majority"
+
+
+class Members(str, Enum):
+    all = "all"
+    one = "one"
+
 
 Sources = Annotated[List[Path], typer.Argument(help="ImageFolder directories (one subfolder per class).", show_default=False)]
 
@@ -62,8 +73,8 @@ def split(
     val: Annotated[float, typer.Option(help="Fraction of groups for validation.")] = 0.15,
     test: Annotated[float, typer.Option(help="Fraction of groups for test.")] = 0.15,
     folds: Annotated[int, typer.Option(help="Also assign K cross-validation folds over train+val (0: none).")] = 0,
-    conflicts: Annotated[str, typer.Option(help="Groups whose copies carry different labels: drop | majority.")] = "drop",
-    members: Annotated[str, typer.Option(help="Files kept per duplicate group: all | one (the largest).")] = "all",
+    conflicts: Annotated[Conflicts, typer.Option(help="Groups whose copies carry different labels: drop them, or take the majority label.")] = Conflicts.drop,
+    members: Annotated[Members, typer.Option(help="Files kept per duplicate group: all, or one (the largest).")] = Members.all,
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels to keep (after --binary mapping).")] = None,
     binary: Annotated[bool, typer.Option(help="Map to Normal vs LowBMD (Osteopenia + Osteoporosis).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,
@@ -74,7 +85,7 @@ def split(
     from ..data.split import SplitOptions, split_sources, write_split
 
     opts = SplitOptions(
-        val=val, test=test, folds=folds, conflicts=conflicts, members=members,
+        val=val, test=test, folds=folds, conflicts=conflicts.value, members=members.value,
         labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
         binary=binary, seed=seed, phash_threshold=phash_threshold,
     )
