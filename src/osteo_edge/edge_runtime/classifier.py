@@ -1,0 +1,215 @@
+"""EdgeClassifier: a verified bundle + one backend + the input gate, torch-free.
+
+Everything that shapes a prediction comes from the bundle manifest: labels (order = output index),
+the preprocessing spec, the temperature (probabilities = softmax(logits / T)), the thresholds
+(``min_confidence``: below it the status is ``refer``; ``low_bmd``: P(low BMD) = 1 - P(Normal) at or
+above it says "low BMD suspected: refer for DEXA") and the input gate (``gate``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+
+from ..artifact import DISCLAIMER, Bundle, load_bundle
+from ..errors import BundleError, InvalidImageError
+from ..formats import get_format
+from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_image, finalize, resize, to_gray
+from .backends import Runner, backend_for, open_backend
+from .gate import Gate
+
+log = logging.getLogger(__name__)
+
+STATUSES = ("ok", "refer", "rejected")
+NORMAL_LABEL = "Normal"
+SHORT_DISCLAIMER = "Screening aid, not a diagnosis."
+
+
+def default_bundle_path() -> Path:
+    """The model bundle shipped inside the package (``osteo_edge/models/default``)."""
+    return Path(__file__).resolve().parent.parent / "models" / "default"
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One answered input. ``label``/``probabilities`` are empty when the input was rejected."""
+
+    path: str
+    status: str  # ok | refer | rejected
+    label: str | None
+    probabilities: dict[str, float]
+    message: str
+    latency_ms: float | None = None
+    low_bmd_probability: float | None = None
+    reason: str | None = None  # gate code when rejected: invalid_image, too_small, blank, colour, out_of_distribution
+    ood_score: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class EdgeClassifier:
+    bundle: Bundle
+    runner: Runner
+    gate: Gate
+    labels: list[str] = field(default_factory=list)
+    spec: PreprocessSpec = field(default_factory=PreprocessSpec)
+    temperature: float = 1.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    load_ms: float = 0.0
+
+    @classmethod
+    def load(cls, bundle_dir: str | os.PathLike | None = None, threads: int | None = None) -> "EdgeClassifier":
+        """Verify a bundle's checksums and open its model; ``None`` = the shipped default bundle."""
+        t0 = time.perf_counter()
+        root = Path(bundle_dir) if bundle_dir is not None else default_bundle_path()
+        if bundle_dir is None and not (root / "manifest.json").is_file():
+            raise BundleError(f"{root}: no shipped model bundle in this install; pass --model BUNDLE_DIR")
+        bundle = load_bundle(root)
+        fmt = get_format(bundle.format)
+        backend_for(fmt.name)  # one-line error for torch or unknown formats
+        spec = bundle.spec
+        if spec.layout != fmt.layout:
+            raise BundleError(f"{root}: spec layout {spec.layout} does not match format {fmt.name} ({fmt.layout})")
+        runner = open_backend(bundle.model_path, fmt.name, threads)
+        gate = Gate.from_manifest(bundle.manifest)
+        thresholds = {str(k): float(v) for k, v in bundle.thresholds.items()}
+        self = cls(bundle, runner, gate, bundle.labels, spec, bundle.temperature, thresholds)
+        probe = self.logits(np.zeros((1, *spec.input_shape[1:]), dtype=np.float32))
+        if probe.shape != (1, len(self.labels)):
+            raise BundleError(f"{root}: model outputs {probe.shape[1:]} values, the manifest lists {len(self.labels)} labels")
+        self.load_ms = (time.perf_counter() - t0) * 1000
+        if gate.ood is None:
+            log.debug("%s: bundle has no calibrated out-of-distribution gate; only the rule checks apply", root)
+        return self
+
+    # -- arrays ----------------------------------------------------------------------------
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Raw logits (batch, classes) for a float32 batch in the spec layout."""
+        return self.runner.run(x)
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Calibrated probabilities softmax(logits / T), (batch, classes)."""
+        z = self.logits(x).astype(np.float64) / self.temperature
+        z -= z.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+    def input_for(self, decoded: DecodedImage) -> np.ndarray:
+        """Model input for one decoded image through the shared preprocessing (no batch dim)."""
+        return finalize(resize(to_gray(decoded), self.spec), self.spec)
+
+    # -- files -----------------------------------------------------------------------------
+    def low_bmd_probability(self, probs: dict[str, float]) -> float | None:
+        if NORMAL_LABEL not in probs:
+            return None
+        return float(1.0 - probs[NORMAL_LABEL])
+
+    def predict(self, source: ImageSource | DecodedImage, name: str | None = None) -> Prediction:
+        """Gate, preprocess, run and explain one input. Bad input gives status ``rejected``, never an exception."""
+        t0 = time.perf_counter()
+        path = name if name is not None else (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
+        try:
+            decoded = source if isinstance(source, DecodedImage) else decode_image(source, self.spec.bit_depth)
+        except InvalidImageError as exc:
+            return self._rejected(path, "invalid_image", _strip_name(str(exc), path), t0)
+        except (OSError, ValueError, TypeError, EOFError, SyntaxError, MemoryError) as exc:
+            # Last guard for a decoder error the preprocess module does not yet translate: the file
+            # is still answered (rejected, with the error's type), never a traceback.
+            log.debug("unexpected decoder error for %s", path, exc_info=True)
+            return self._rejected(path, "invalid_image", f"unreadable image ({type(exc).__name__}: {_first_line(exc)})", t0)
+        verdict = self.gate.check(decoded)
+        if not verdict.ok:
+            return self._rejected(path, verdict.code, verdict.reason or "rejected by the input gate", t0, verdict.ood_score)
+        x = self.input_for(decoded)[None]
+        p = self.probabilities(x)[0]
+        probs = {lab: float(v) for lab, v in zip(self.labels, p)}
+        top = int(np.argmax(p))
+        label = self.labels[top]
+        low = self.low_bmd_probability(probs)
+        min_conf = self.thresholds.get("min_confidence")
+        low_thr = self.thresholds.get("low_bmd")
+        parts = [f"{label} ({p[top]:.0%})"]
+        status = "ok"
+        if min_conf is not None and float(p[top]) < min_conf:
+            status = "refer"
+            parts.append(f"uncertain (top probability below {min_conf:.0%}): refer for DEXA")
+        if low is not None and low_thr is not None and low >= low_thr:
+            parts.append(f"low BMD suspected (P={low:.0%} >= {low_thr:.0%}): refer for DEXA")
+        parts.append(SHORT_DISCLAIMER)
+        return Prediction(
+            path=path, status=status, label=label, probabilities=probs, message="; ".join(parts[:-1]) + ". " + parts[-1],
+            latency_ms=(time.perf_counter() - t0) * 1000, low_bmd_probability=low, ood_score=verdict.ood_score,
+        )
+
+    def _rejected(self, path: str, code: str | None, reason: str, t0: float, score: float | None = None) -> Prediction:
+        return Prediction(
+            path=path, status="rejected", label=None, probabilities={},
+            message=f"rejected: {reason}. {SHORT_DISCLAIMER}", latency_ms=(time.perf_counter() - t0) * 1000,
+            reason=code, ood_score=score,
+        )
+
+    def predict_many(self, sources: Iterable[str | os.PathLike]) -> Iterator[Prediction]:
+        for s in sources:
+            yield self.predict(s)
+
+    def info(self) -> dict[str, Any]:
+        m = self.bundle.manifest
+        return {
+            "bundle": str(self.bundle.path), "format": self.bundle.format, "backend": self.runner.backend,
+            "backend_version": self.runner.version, "threads": self.runner.threads, "labels": self.labels,
+            "temperature": self.temperature, "thresholds": self.thresholds, "input_size": self.spec.input_size,
+            "gate": "rules + out-of-distribution score" if self.gate.ood is not None else "rules only",
+            "provenance": m.get("provenance", {}), "intended_use": m.get("intended_use", DISCLAIMER),
+        }
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def _strip_name(msg: str, path: str) -> str:
+    """Decoder messages start with the file name; the prediction already carries it."""
+    for prefix in (f"{path}: ", "<bytes>: "):
+        if msg.startswith(prefix):
+            return msg[len(prefix):]
+    return msg
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".webp", ".gif", ""}
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given; folders walked recursively (sorted), skipping hidden files and manifests.
+
+    Inside folders every regular file is an input (extension-less DICOM files are common), except
+    hidden files and obvious non-image side files (csv, json, txt, md). A path that does not exist
+    is still returned, so that it is answered ``rejected`` (no such file).
+    """
+    out: list[Path] = []
+    skip = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py"}
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p)
+                if any(part.startswith(".") for part in rel.parts) or f.is_dir():
+                    continue
+                if f.suffix.lower() in skip:
+                    continue
+                out.append(f)
+        else:
+            out.append(p)
+    return out

@@ -1,0 +1,334 @@
+"""The input gate: refuse what is not a usable knee radiograph, with a one-line reason.
+
+Order of checks (the first failure wins):
+
+1. decoding (:func:`osteo_edge.preprocess.decode_image`): empty, truncated, not an image, a
+   directory, over :data:`~osteo_edge.preprocess.MAX_FILE_BYTES` bytes or
+   :data:`~osteo_edge.preprocess.MAX_PIXELS` pixels (decompression bombs are refused from the
+   header, before any pixel is decoded), DICOM without pixel data or required tags;
+2. ``too_small``: shorter side under ``min_side`` pixels (default :data:`MIN_SIDE`);
+3. ``blank``: almost no contrast (standard deviation of the 64x64 thumbnail under ``blank_std``);
+4. ``colour``: a colour image (mean distance of the channels from their mean over ``colour_chroma``);
+   radiographs stored as RGB have identical channels and pass;
+5. ``out_of_distribution``: an out-of-distribution score over ``threshold``. The score is a
+   whitened distance (probabilistic PCA) of 102 model-independent image features (8x8 thumbnail,
+   intensity histogram, gradient magnitude and orientation histograms, global statistics) from
+   the knee radiographs it was fitted on. Its threshold is chosen on held-out knee radiographs and
+   held-out non-knee images by :func:`calibrate_gate`, and stored with the measured rates in the
+   bundle manifest's ``gate`` field. A bundle without a ``gate`` field gets checks 1-4 only.
+
+numpy + Pillow (through osteo_edge.preprocess) only.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import BundleError, ConfigError, InvalidImageError
+from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_image, resize, to_gray
+
+log = logging.getLogger(__name__)
+
+GATE_VERSION = 1
+FEATURES = "gray64-v1"
+MIN_SIDE = 96  # pixels; the smallest knee radiograph in the shared data has a 128 px short side
+BLANK_STD = 0.02  # on [0, 1] intensities of the 64x64 thumbnail
+COLOUR_CHROMA = 0.03  # mean |channel - channel mean| on [0, 1]; grey stored as RGB is ~1e-4 at most
+THUMB = 64
+_THUMB_SPEC = PreprocessSpec(input_size=THUMB, resize="stretch", interpolation="box", grayscale="single", channels=1, mean=(0.0,), std=(1.0,))
+_MAG_EDGES = np.array([0.0, 0.01, 0.02, 0.04, 0.07, 0.11, 0.16, 0.25, np.inf])
+
+
+@dataclass(frozen=True)
+class GateResult:
+    ok: bool
+    code: str | None = None  # too_small | blank | colour | out_of_distribution
+    reason: str | None = None
+    ood_score: float | None = None
+
+
+# ------------------------------------------------------------------------------------------------
+# features
+
+
+def thumbnail(decoded: DecodedImage) -> np.ndarray:
+    return resize(to_gray(decoded), _THUMB_SPEC)
+
+
+def image_features(decoded: DecodedImage) -> np.ndarray:
+    """102 model-independent features of a decoded image (float64)."""
+    g = thumbnail(decoded).astype(np.float64)
+    thumb = g.reshape(8, 8, 8, 8).mean(axis=(1, 3)).ravel()  # 64
+    hist = np.histogram(np.clip(g, 0, 1), bins=16, range=(0.0, 1.0))[0] / g.size  # 16
+    gy, gx = np.gradient(g)
+    mag = np.hypot(gx, gy)
+    mag_hist = np.histogram(mag, bins=_MAG_EDGES)[0] / mag.size  # 8
+    ang = np.mod(np.arctan2(gy, gx), np.pi)
+    ori = np.histogram(ang, bins=8, range=(0.0, np.pi), weights=mag)[0]
+    ori = ori / ori.sum() if ori.sum() > 0 else np.full(8, 1 / 8)  # 8
+    w, h = decoded.size
+    p5, p50, p95 = np.percentile(g, [5, 50, 95])
+    glob = np.array([g.mean(), g.std(), math.log(w / h), p5, p50, p95])  # 6
+    return np.concatenate([thumb, hist, mag_hist, ori, glob])
+
+
+# ------------------------------------------------------------------------------------------------
+# the out-of-distribution model (probabilistic PCA)
+
+
+def _round(a: np.ndarray, digits: int = 7) -> list:
+    return [float(f"{v:.{digits}g}") for v in np.asarray(a, dtype=np.float64).ravel()]
+
+
+@dataclass(frozen=True)
+class OODModel:
+    """Whitened distance from the fitted knee radiographs: sum_k (z_k^2 / var_k) + residual^2 / noise, / D."""
+
+    mean: np.ndarray
+    components: np.ndarray  # (k, D)
+    variances: np.ndarray  # (k,)
+    noise: float
+    threshold: float = math.inf
+    calibration: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, features: np.ndarray) -> float:
+        d = np.asarray(features, dtype=np.float64) - self.mean
+        z = self.components @ d
+        resid = float(d @ d - z @ z)
+        return float((np.sum(z * z / self.variances) + max(resid, 0.0) / self.noise) / d.size)
+
+    @classmethod
+    def fit(cls, feats: np.ndarray, k: int = 24) -> "OODModel":
+        feats = np.asarray(feats, dtype=np.float64)
+        n, d = feats.shape
+        if n < 10:
+            raise ConfigError(f"the out-of-distribution gate needs at least 10 images to fit, got {n}")
+        k = int(min(k, d - 1, n - 1))
+        mean = feats.mean(axis=0)
+        _, s, vt = np.linalg.svd(feats - mean, full_matrices=False)
+        eig = s**2 / max(n - 1, 1)
+        noise = float(max(eig[k:].mean() if eig.size > k else eig[-1], 1e-8))
+        return cls(mean=mean, components=vt[:k], variances=np.maximum(eig[:k], noise), noise=noise)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "features": FEATURES,
+            "mean": _round(self.mean),
+            "components": [_round(c) for c in self.components],
+            "variances": _round(self.variances),
+            "noise": float(f"{self.noise:.7g}"),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], threshold: float, calibration: Mapping[str, Any] | None = None) -> "OODModel":
+        if d.get("features") != FEATURES:
+            raise BundleError(f"gate features {d.get('features')!r} are not supported; valid: {FEATURES}")
+        try:
+            mean = np.asarray(d["mean"], dtype=np.float64)
+            comps = np.asarray(d["components"], dtype=np.float64)
+            var = np.asarray(d["variances"], dtype=np.float64)
+            noise = float(d["noise"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed out-of-distribution gate in manifest ({exc})") from exc
+        if comps.ndim != 2 or comps.shape[1] != mean.size or var.size != comps.shape[0] or noise <= 0 or np.any(var <= 0):
+            raise BundleError("malformed out-of-distribution gate in manifest (inconsistent shapes)")
+        return cls(mean, comps, var, noise, float(threshold), dict(calibration or {}))
+
+
+# ------------------------------------------------------------------------------------------------
+# the gate
+
+
+@dataclass(frozen=True)
+class Gate:
+    min_side: int = MIN_SIDE
+    blank_std: float = BLANK_STD
+    colour_chroma: float = COLOUR_CHROMA
+    ood: OODModel | None = None
+
+    def check(self, decoded: DecodedImage) -> GateResult:
+        w, h = decoded.size
+        if min(w, h) < self.min_side:
+            return GateResult(False, "too_small", f"image is {w}x{h}; a radiograph needs at least {self.min_side} px on its shorter side")
+        g = thumbnail(decoded)
+        if float(g.std()) < self.blank_std:
+            return GateResult(False, "blank", f"image is blank or almost uniform (contrast {float(g.std()):.4f} < {self.blank_std})")
+        if decoded.is_color:
+            px = decoded.pixels
+            chroma = float(np.abs(px - px.mean(axis=2, keepdims=True)).mean())
+            if chroma > self.colour_chroma:
+                return GateResult(False, "colour", f"colour image (chroma {chroma:.3f} > {self.colour_chroma}); radiographs are greyscale")
+        if self.ood is None:
+            return GateResult(True)
+        score = self.ood.score(image_features(decoded))
+        if not score <= self.ood.threshold:
+            return GateResult(
+                False, "out_of_distribution",
+                f"does not look like a knee radiograph (out-of-distribution score {score:.2f} > threshold {self.ood.threshold:.2f})",
+                score,
+            )
+        return GateResult(True, ood_score=score)
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"version": GATE_VERSION, "min_side": self.min_side, "blank_std": self.blank_std, "colour_chroma": self.colour_chroma}
+        if self.ood is not None:
+            d["ood"] = {**self.ood.to_dict(), "threshold": float(f"{self.ood.threshold:.7g}"), "calibration": self.ood.calibration}
+        return d
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "Gate":
+        """The gate stored in a bundle manifest (``gate`` field), or the default checks without one."""
+        d = manifest.get("gate")
+        if d is None:
+            return cls()
+        if not isinstance(d, dict) or d.get("version") != GATE_VERSION:
+            raise BundleError(f"manifest 'gate' must be an object with version {GATE_VERSION}")
+        ood = None
+        if d.get("ood") is not None:
+            o = d["ood"]
+            if not isinstance(o, dict) or "threshold" not in o:
+                raise BundleError("manifest gate 'ood' needs a threshold")
+            ood = OODModel.from_dict(o, float(o["threshold"]), o.get("calibration"))
+        try:
+            return cls(int(d.get("min_side", MIN_SIDE)), float(d.get("blank_std", BLANK_STD)), float(d.get("colour_chroma", COLOUR_CHROMA)), ood)
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"malformed gate in manifest ({exc})") from exc
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+
+def features_of(sources: Iterable[ImageSource | DecodedImage], bit_depth: str = "scale") -> tuple[np.ndarray, list[str]]:
+    """Features of every source that decodes; returns (features, [names of the skipped ones])."""
+    feats, skipped = [], []
+    for s in sources:
+        try:
+            dec = s if isinstance(s, DecodedImage) else decode_image(s, bit_depth)
+        except InvalidImageError as exc:
+            skipped.append(str(exc))
+            continue
+        feats.append(image_features(dec))
+    return (np.stack(feats) if feats else np.zeros((0, 102))), skipped
+
+
+def _rates(scores: np.ndarray, threshold: float) -> dict[str, Any]:
+    n = int(scores.size)
+    acc = int(np.sum(scores <= threshold))
+    return {"n": n, "accepted": acc, "rejected": n - acc, "accept_rate": acc / n if n else None, "reject_rate": (n - acc) / n if n else None}
+
+
+def choose_threshold(in_scores: np.ndarray, ood_scores: np.ndarray, min_accept: float) -> float:
+    """Maximise accepted-knee + rejected-non-knee rate (Youden's J) subject to knee acceptance >= min_accept.
+
+    The threshold is placed halfway between the chosen knee score and the next larger score.
+    """
+    if in_scores.size == 0:
+        raise ConfigError("threshold calibration needs held-out in-distribution images")
+    if not 0.5 <= min_accept <= 1.0:
+        raise ConfigError(f"min_accept must be in [0.5, 1], got {min_accept}")
+    cands = np.unique(np.concatenate([in_scores, ood_scores]))
+    best, best_j = float(np.max(in_scores)), -np.inf
+    for t in cands:
+        acc = float(np.mean(in_scores <= t))
+        if acc < min_accept:
+            continue
+        rej = float(np.mean(ood_scores > t)) if ood_scores.size else 0.0
+        j = acc + rej - 1
+        if j > best_j + 1e-12:
+            best, best_j = float(t), j
+    above = cands[cands > best]
+    return (best + float(above[0])) / 2 if above.size else best * 1.05
+
+
+def calibrate_gate(
+    fit_in: Sequence[ImageSource | DecodedImage],
+    calib_in: Sequence[ImageSource | DecodedImage],
+    calib_ood: Mapping[str, Sequence[ImageSource | DecodedImage]],
+    test_in: Sequence[ImageSource | DecodedImage] = (),
+    test_ood: Mapping[str, Sequence[ImageSource | DecodedImage]] | None = None,
+    *,
+    min_accept: float = 0.97,
+    components: Sequence[int] = (8, 16, 32, 48),
+    protocol: str = "",
+    bit_depth: str = "scale",
+) -> Gate:
+    """Fit the out-of-distribution model on ``fit_in`` knee radiographs, choose its threshold on
+    ``calib_in`` (held-out knees) and ``calib_ood`` (held-out non-knee images, by source name), and
+    report rates on the untouched ``test_in``/``test_ood`` sets. Returns a :class:`Gate` whose
+    ``to_dict()`` goes into the manifest (see :func:`write_gate`)."""
+    base = Gate()
+
+    def scored(sources: Sequence[Any]) -> tuple[np.ndarray, dict[str, int]]:
+        # Images the rule checks already refuse never reach the score: calibrate on the rest.
+        feats, rules = [], {"undecodable": 0}
+        for s in sources:
+            try:
+                dec = s if isinstance(s, DecodedImage) else decode_image(s, bit_depth)
+            except InvalidImageError:
+                rules["undecodable"] += 1
+                continue
+            r = base.check(dec)
+            if not r.ok:
+                rules[r.code or "?"] = rules.get(r.code or "?", 0) + 1
+                continue
+            feats.append(image_features(dec))
+        return (np.stack(feats) if feats else np.zeros((0, 102))), rules
+
+    fit_f, fit_rules = scored(fit_in)
+    cin_f, cin_rules = scored(calib_in)
+    cood_parts = {name: scored(src) for name, src in calib_ood.items()}
+    # The number of principal components is chosen on the calibration sets too (best Youden J).
+    tried: dict[int, float] = {}
+    best = None
+    for k in sorted(set(int(c) for c in components)):
+        m = OODModel.fit(fit_f, k)
+        ci = np.array([m.score(f) for f in cin_f])
+        co = {name: np.array([m.score(f) for f in f_]) for name, (f_, _) in cood_parts.items()}
+        all_o = np.concatenate(list(co.values())) if co else np.zeros(0)
+        t = choose_threshold(ci, all_o, min_accept)
+        j = float(np.mean(ci <= t)) + (float(np.mean(all_o > t)) if all_o.size else 0.0) - 1
+        tried[int(m.components.shape[0])] = round(j, 4)
+        if best is None or j > best[0] + 1e-12:
+            best = (j, m, ci, co, t)
+    assert best is not None
+    _, model, cin, cood, thr = best
+
+    def report(in_scores: np.ndarray, in_rules: dict, ood_scores: dict, ood_rules: dict) -> dict[str, Any]:
+        return {
+            "in_distribution": {**_rates(in_scores, thr), "refused_by_rules": in_rules},
+            "out_of_distribution": {
+                name: {**_rates(sc, thr), "refused_by_rules": ood_rules[name]} for name, sc in ood_scores.items()
+            },
+        }
+
+    calibration: dict[str, Any] = {
+        "protocol": protocol,
+        "min_accept": min_accept,
+        "components": int(model.components.shape[0]),
+        "components_tried_youden_j": tried,
+        "fit": {"n": int(fit_f.shape[0]), "refused_by_rules": fit_rules},
+        "calibration_sets": report(cin, cin_rules, cood, {k: v[1] for k, v in cood_parts.items()}),
+    }
+    if len(test_in) or test_ood:
+        tin_f, tin_rules = scored(test_in)
+        tin = np.array([model.score(f) for f in tin_f])
+        tparts = {name: scored(src) for name, src in (test_ood or {}).items()}
+        tood = {name: np.array([model.score(f) for f in f_]) for name, (f_, _) in tparts.items()}
+        calibration["test_sets"] = report(tin, tin_rules, tood, {k: v[1] for k, v in tparts.items()})
+    ood = OODModel(model.mean, model.components, model.variances, model.noise, thr, calibration)
+    return Gate(base.min_side, base.blank_std, base.colour_chroma, ood)
+
+
+def write_gate(bundle_dir: Any, gate: Gate) -> Any:
+    """Store ``gate`` in a bundle's manifest (``gate`` field) and reseal it; returns the Bundle."""
+    from ..artifact import reseal
+
+    return reseal(bundle_dir, gate=gate.to_dict())
+
+
