@@ -19,6 +19,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -327,21 +328,26 @@ def decode_image(source: ImageSource, bit_depth: str = "scale") -> DecodedImage:
     if is_dicom(data):
         return _decode_dicom(data, name, bit_depth)
     try:
-        img = Image.open(io.BytesIO(data))
+        with warnings.catch_warnings():
+            # Pillow warns from 89 Mpx; our own, lower limit is checked right below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError as exc:
         raise InvalidImageError(f"{name}: not a recognised image (JPEG, PNG, TIFF, BMP or DICOM)") from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError as exc:
+        raise InvalidImageError(f"{name}: image too large, over the {MAX_PIXELS}-pixel limit (decompression bomb guard)") from exc
+    except (OSError, ValueError, SyntaxError, TypeError) as exc:
         raise InvalidImageError(f"{name}: unreadable image header ({exc})") from exc
     fmt = img.format or "UNKNOWN"
     _check_pixels(img.size, name)
-    if getattr(img, "n_frames", 1) > 1:
-        img.seek(0)
     try:
+        if getattr(img, "n_frames", 1) > 1:
+            img.seek(0)
         img.load()
         img = ImageOps.exif_transpose(img)
     except Image.DecompressionBombError as exc:
         raise InvalidImageError(f"{name}: image too large (decompression bomb guard)") from exc
-    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError) as exc:
         raise InvalidImageError(f"{name}: truncated or corrupt {fmt} data ({exc})") from exc
     try:
         return _from_pil(img, fmt, bit_depth)
