@@ -7,6 +7,7 @@ Imported by test_runtime*.py, test_predict*.py, test_bench*.py and test_gate*.py
 from __future__ import annotations
 
 import io
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +53,9 @@ def export_onnx(model, path: Path, size: int = SIZE, dynamic: bool = True) -> Pa
 
     x = torch.zeros(1, 3, size, size)
     kw = {"dynamic_axes": {"input": {0: "batch"}, "logits": {0: "batch"}}} if dynamic else {}
-    torch.onnx.export(model, x, str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"], **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter is deprecated, still the one that works
+        torch.onnx.export(model, x, str(path), dynamo=False, opset_version=17, input_names=["input"], output_names=["logits"], **kw)
     return path
 
 

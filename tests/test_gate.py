@@ -1,0 +1,287 @@
+"""The input gate: bad files, non-radiographs and DICOM are answered with a reason; valid variants pass."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from osteo_edge.edge_runtime.gate import Gate, OODModel, calibrate_gate, image_features
+from osteo_edge.errors import BundleError, InvalidImageError
+from osteo_edge.preprocess import MAX_PIXELS, decode_image
+
+from test_runtime_fixtures import knee_images, png_bytes
+
+
+def radiograph(h: int = 200, w: int = 160, seed: int = 0) -> np.ndarray:
+    """A synthetic grey 'radiograph' with structure (passes the rule checks)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 0.2 + 0.5 * np.exp(-((xx - w / 2) ** 2) / (2 * (w / 6) ** 2)) + 0.05 * rng.random((h, w))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def real_knee():
+    return knee_images(1)[0]
+
+
+# -- decoding failures: one line, InvalidImageError -------------------------------------------------
+
+
+def _png_header(w: int, h: int) -> bytes:
+    import struct
+    import zlib
+
+    def chunk(t: bytes, d: bytes) -> bytes:
+        return struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d) & 0xFFFFFFFF)
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0)) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("w,h", [(7000, 7000), (20000, 20000), (100000, 100000)])
+def test_decompression_bombs_refused_from_header(w, h):
+    with pytest.raises(InvalidImageError, match=str(MAX_PIXELS)) as ei:
+        decode_image(_png_header(w, h))
+    assert "\n" not in str(ei.value)
+
+
+def test_bad_files_raise_one_line(tmp_path, real_knee):
+    good = real_knee.read_bytes()
+    cases = {
+        "empty.png": b"",
+        "text.jpg": b"hello, not an image\n",
+        "truncated.jpg": good[: len(good) // 3] if real_knee.suffix.lower() in (".jpg", ".jpeg") else good[:200],
+        "garbage.png": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4,
+    }
+    for name, data in cases.items():
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(InvalidImageError) as ei:
+            decode_image(p)
+        assert "\n" not in str(ei.value) and name in str(ei.value)
+    with pytest.raises(InvalidImageError, match="directory"):
+        decode_image(tmp_path)
+    with pytest.raises(InvalidImageError, match="no such file"):
+        decode_image(tmp_path / "missing.png")
+
+
+def test_corrupted_bytes_never_escape_as_other_errors():
+    rng = np.random.default_rng(1)
+    arr = radiograph(64, 80)
+    seeds = []
+    for fmt in ("PNG", "JPEG", "TIFF", "BMP"):
+        b = io.BytesIO()
+        Image.fromarray(arr).save(b, format=fmt)
+        seeds.append(b.getvalue())
+    for data in seeds:
+        for i in range(60):
+            d = bytearray(data)
+            if i % 2:
+                d = d[: int(rng.integers(1, len(d)))]
+            else:
+                for _ in range(int(rng.integers(1, 8))):
+                    d[int(rng.integers(0, len(d)))] = int(rng.integers(0, 256))
+            try:
+                decode_image(bytes(d))
+            except InvalidImageError:
+                pass
+
+
+# -- rule checks ------------------------------------------------------------------------------------
+
+
+def test_rules_too_small_blank_colour():
+    gate = Gate()
+    assert gate.check(decode_image(radiograph())).ok
+    r = gate.check(decode_image(radiograph(60, 50)))
+    assert (r.ok, r.code) == (False, "too_small") and "60" in r.reason
+    r = gate.check(decode_image(np.full((200, 200), 128, np.uint8)))
+    assert (r.ok, r.code) == (False, "blank")
+    rgb = np.stack([radiograph(), np.roll(radiograph(seed=1), 40, axis=1), radiograph(seed=2)[::-1]], axis=2)
+    r = gate.check(decode_image(rgb))
+    assert (r.ok, r.code) == (False, "colour")
+    grey_rgb = np.repeat(radiograph()[:, :, None], 3, axis=2)  # radiographs stored as RGB pass
+    assert gate.check(decode_image(grey_rgb)).ok
+
+
+def test_real_knee_files_pass_rules():
+    gate = Gate()
+    for p in knee_images(4) + knee_images(3, "multiclass-kaggle"):
+        assert gate.check(decode_image(p)).ok, p
+
+
+# -- formats that must be processed, not rejected ---------------------------------------------------
+
+
+def test_variants_are_processed(tmp_path, real_knee):
+    gate = Gate()
+    base = np.asarray(Image.open(real_knee).convert("L"))
+    ref = image_features(decode_image(base))
+    variants = {}
+    variants["16bit.png"] = png_bytes((base.astype(np.uint16) * 257))
+    b = io.BytesIO(); Image.fromarray(base).save(b, format="TIFF"); variants["plain.tiff"] = b.getvalue()
+    b = io.BytesIO(); Image.fromarray(base.astype(np.uint16) * 16).save(b, format="TIFF"); variants["12bit.tiff"] = b.getvalue()
+    rgba = np.dstack([base, base, base, np.full_like(base, 255)])
+    b = io.BytesIO(); Image.fromarray(rgba, "RGBA").save(b, format="PNG"); variants["rgba.png"] = b.getvalue()
+    b = io.BytesIO(); Image.fromarray(base).convert("CMYK").save(b, format="JPEG", quality=95); variants["cmyk.jpg"] = b.getvalue()
+    # EXIF-rotated: store the image rotated with orientation 6 (rotate 90 CW to display).
+    ex = Image.Exif(); ex[0x0112] = 6
+    b = io.BytesIO(); Image.fromarray(np.ascontiguousarray(np.rot90(base, 1))).save(b, format="JPEG", quality=95, exif=ex); variants["exif.jpg"] = b.getvalue()
+    for name, data in variants.items():
+        dec = decode_image(data)
+        assert gate.check(dec).ok, name
+        assert dec.size == (base.shape[1], base.shape[0]), name
+        assert np.abs(image_features(dec)[:64] - ref[:64]).max() < 0.06, name
+
+
+# -- DICOM ------------------------------------------------------------------------------------------
+
+
+def dicom_bytes(arr, photometric="MONOCHROME2", drop=(), pixel=True, samples=1, **tags) -> bytes:
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = arr.shape[:2]
+    ds.SamplesPerPixel = samples
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    if samples == 3:
+        ds.PlanarConfiguration = 0
+    if pixel:
+        ds.PixelData = arr.astype(np.uint16).tobytes()
+    for k, v in tags.items():
+        setattr(ds, k, v)
+    for k in drop:
+        delattr(ds, k)
+    b = io.BytesIO()
+    ds.save_as(b, enforce_file_format=True)
+    return b.getvalue()
+
+
+RAMP = np.tile(np.arange(0, 4000, 20, dtype=np.uint16), (150, 1))  # 150 x 200, 12-bit
+
+
+def test_dicom_monochrome2_and_1():
+    d2 = decode_image(dicom_bytes(RAMP))
+    assert d2.format == "DICOM" and d2.size == (200, 150)
+    assert d2.pixels[0, 0] == 0.0 and d2.pixels[0, -1] == 1.0
+    d1 = decode_image(dicom_bytes(RAMP, "MONOCHROME1"))
+    np.testing.assert_allclose(d1.pixels, 1.0 - d2.pixels, atol=1e-6)
+
+
+def test_dicom_rescale_and_window():
+    # modality LUT: slope/intercept is monotonic, so after min-max the ramp is unchanged
+    dr = decode_image(dicom_bytes(RAMP, RescaleSlope=2, RescaleIntercept=-1000))
+    np.testing.assert_allclose(dr.pixels, decode_image(dicom_bytes(RAMP)).pixels, atol=1e-6)
+    # VOI window 1000 +- 250: below 750 black, above 1250 white, linear between
+    dw = decode_image(dicom_bytes(RAMP, WindowCenter=1000, WindowWidth=500))
+    row = dw.pixels[0]
+    raw = RAMP[0].astype(float)
+    assert np.all(row[raw < 740] == 0.0) and np.all(row[raw > 1260] == 1.0)
+    mid = (raw > 800) & (raw < 1200)
+    assert np.all(np.diff(row[mid]) > 0)
+    # a window on rescaled values: intercept shifts the window
+    dws = decode_image(dicom_bytes(RAMP, RescaleSlope=1, RescaleIntercept=-1000, WindowCenter=0, WindowWidth=500))
+    np.testing.assert_allclose(dws.pixels, dw.pixels, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"pixel": False}, "no pixel data"),
+        ({"drop": ("Rows",)}, "Rows"),
+        ({"drop": ("PhotometricInterpretation",)}, "PhotometricInterpretation"),
+        ({"drop": ("BitsStored",)}, "BitsStored"),
+    ],
+)
+def test_dicom_missing_parts_rejected(kwargs, match):
+    with pytest.raises(InvalidImageError, match=match):
+        decode_image(dicom_bytes(RAMP, **kwargs))
+
+
+def test_dicom_colour_and_truncated_rejected():
+    rgb = np.zeros((150, 200, 3), np.uint16)
+    with pytest.raises(InvalidImageError, match="MONOCHROME"):
+        decode_image(dicom_bytes(rgb, "RGB", samples=3))
+    data = dicom_bytes(RAMP)
+    with pytest.raises(InvalidImageError):
+        decode_image(data[: len(data) - 5000])
+
+
+def test_dicom_real_radiograph_passes_gate(real_knee):
+    base = np.asarray(Image.open(real_knee).convert("L")).astype(np.uint16) * 16
+    dec = decode_image(dicom_bytes(4095 - base, "MONOCHROME1"))  # stored inverted, as some CR systems do
+    assert Gate().check(dec).ok
+    ref = decode_image(np.asarray(Image.open(real_knee).convert("L")))
+    assert np.corrcoef(dec.pixels.ravel(), ref.pixels.ravel())[0, 1] > 0.99
+
+
+# -- the out-of-distribution score ------------------------------------------------------------------
+
+
+def _shapes(n, seed=0):
+    from PIL import ImageDraw
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        im = Image.new("L", (200, 160), int(rng.integers(0, 256)))
+        d = ImageDraw.Draw(im)
+        for _ in range(6):
+            x, y = int(rng.integers(0, 180)), int(rng.integers(0, 140))
+            d.rectangle([x, y, x + int(rng.integers(10, 80)), y + int(rng.integers(10, 60))], fill=int(rng.integers(0, 256)))
+        out.append(np.asarray(im))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_gate():
+    knees = knee_images(40, "multiclass-kaggle") + knee_images(20, "wani-mendeley")
+    return calibrate_gate(knees[::2], knees[1::2], {"shapes": _shapes(10)}, min_accept=0.9, components=(4, 8), protocol="test"), knees
+
+
+def test_ood_gate_calibrated_and_round_trips(small_gate):
+    gate, knees = small_gate
+    assert gate.ood is not None and np.isfinite(gate.ood.threshold)
+    cal = gate.ood.calibration["calibration_sets"]
+    assert cal["in_distribution"]["accept_rate"] >= 0.9
+    assert cal["out_of_distribution"]["shapes"]["n"] == 10
+    d = json.loads(json.dumps(gate.to_dict()))
+    back = Gate.from_manifest({"gate": d})
+    f = image_features(decode_image(knees[1]))
+    assert back.ood.score(f) == pytest.approx(gate.ood.score(f), rel=1e-4)
+    assert back.ood.threshold == pytest.approx(gate.ood.threshold, rel=1e-6)
+
+
+def test_ood_gate_rejects_unseen_non_radiographs(small_gate):
+    gate, _ = small_gate
+    unseen = _shapes(10, seed=99)
+    rejected = [not gate.check(decode_image(a)).ok for a in unseen]
+    assert sum(rejected) >= 8
+    r = gate.check(decode_image(unseen[0]))
+    if not r.ok and r.code == "out_of_distribution":
+        assert "threshold" in r.reason and r.ood_score > gate.ood.threshold
+
+
+def test_gate_manifest_errors():
+    assert Gate.from_manifest({}).ood is None
+    with pytest.raises(BundleError):
+        Gate.from_manifest({"gate": {"version": 99}})
+    with pytest.raises(BundleError):
+        Gate.from_manifest({"gate": {"version": 1, "ood": {"features": "other", "threshold": 1}}})
+    m = OODModel.fit(np.random.default_rng(0).normal(size=(30, 102)), 4).to_dict()
+    m["components"] = m["components"][:2]
+    with pytest.raises(BundleError, match="inconsistent"):
+        Gate.from_manifest({"gate": {"version": 1, "ood": {**m, "threshold": 1.0}}})
