@@ -1,0 +1,237 @@
+"""The tabular run directory: fitted models, their input schema, checksums, and prediction.
+
+Layout of a run (``TRUN``)::
+
+    tabular.json            manifest: schema, labels, models, metrics + CIs, protocol, leakage
+                            report, data checksum, command, versions, sha256 of every file
+    models/<name>.skops     one fitted pipeline per model (skops format, not pickle)
+    oof_predictions.csv     out-of-fold probabilities (row_index (0-based data row), id, fold, model, label, pred, p_<label>)
+    metrics.csv, importance.csv, leakage.csv, roc.png, importance.png, report.md
+
+Trust model. A pickle (or joblib) file runs arbitrary code when loaded, so models are stored
+with skops.io, and :func:`load_model` refuses any file that contains a type outside
+:data:`TRUSTED_TYPES` (the exact scikit-learn / imbalanced-learn / XGBoost classes our pipelines
+are made of, beyond those skops trusts by default). Before any model file is read, every file of
+the run is checked against the sha256 in ``tabular.json``: that catches corruption and edits of
+one file, not a deliberate replacement of the whole directory, so load runs from people you trust.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+
+import json
+
+from ..artifact import DISCLAIMER, atomic_write_json, sha256_file
+from ..errors import BundleError, ConfigError, require
+from .table import TableSchema
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+RUN_MANIFEST = "tabular.json"
+RUN_KIND = "osteo-edge-tabular-run"
+RUN_VERSION = 1
+SHORT_NOTE = "screening-aid risk estimate, not a diagnosis; refer for DEXA when at risk"
+
+# Types a saved pipeline may contain beyond skops' defaults. Anything else is refused on load.
+TRUSTED_TYPES = frozenset({
+    "imblearn.pipeline.Pipeline",
+    "imblearn.over_sampling._smote.base.SMOTE",
+    "numpy.dtype",
+    "sklearn.tree._tree.Tree",
+    "xgboost.core.Booster",
+    "xgboost.sklearn.XGBClassifier",
+})
+
+
+def save_model(pipeline: Any, path: Path) -> Path:
+    sio = require("skops.io", "tabular")
+    from ..artifact import atomic_path
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        sio.dump(pipeline, tmp)
+    untrusted = set(sio.get_untrusted_types(file=path)) - TRUSTED_TYPES
+    if untrusted:  # our own pipelines must round-trip: a new library version may add a type
+        raise BundleError(f"{path}: the fitted model contains types not in TRUSTED_TYPES: {sorted(untrusted)}")
+    return path
+
+
+def load_model(path: Path) -> Any:
+    """Load a skops model file, refusing any type outside the allowlist (one line naming them)."""
+    sio = require("skops.io", "tabular")
+    try:
+        untrusted = set(sio.get_untrusted_types(file=path))
+    except Exception as exc:  # skops raises assorted errors on a bad archive
+        raise BundleError(f"{path}: not a readable skops model file ({type(exc).__name__}: {exc})") from exc
+    refused = sorted(untrusted - TRUSTED_TYPES)
+    if refused:
+        raise BundleError(f"{path}: refusing to load a model with untrusted types {refused}; trusted: {sorted(TRUSTED_TYPES)}")
+    try:
+        return sio.load(path, trusted=sorted(untrusted))
+    except Exception as exc:
+        raise BundleError(f"{path}: could not load the model ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    if not root.exists():
+        raise BundleError(f"{root}: no such tabular run")
+    mpath = root / RUN_MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{root}: not a tabular run (no {RUN_MANIFEST}); train one with 'osteo-edge tabular train'")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath}: must be a JSON object")
+    return manifest
+
+
+def _verify(root: Path, files: Any) -> None:
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{root}: {RUN_MANIFEST} lists no files")
+    for name, entry in files.items():
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise BundleError(f"{root}: manifest names a file outside the run: {name!r}")
+        p = root / name
+        if not p.is_file():
+            raise BundleError(f"{root}: run is incomplete, {name} is missing")
+        expected = entry.get("sha256") if isinstance(entry, dict) else None
+        if not expected or sha256_file(p) != expected:
+            raise BundleError(f"{root}: checksum mismatch for {name}; the run was modified or is corrupt")
+
+
+def _list_files(root: Path) -> list[str]:
+    return sorted(
+        p.relative_to(root).as_posix()
+        for p in root.rglob("*")
+        if p.is_file() and p.name != RUN_MANIFEST and not p.name.startswith(".")
+    )
+
+
+def write_run(dest: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
+    """Build a run in a temporary sibling directory, add the manifest with checksums, move it into place.
+
+    ``build(tmpdir)`` writes the files and returns the manifest fields.
+    """
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        fields = build(tmp)
+        manifest = {
+            "kind": RUN_KIND,
+            "manifest_version": RUN_VERSION,
+            "intended_use": DISCLAIMER,
+            **fields,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in _list_files(tmp)},
+        }
+        atomic_write_json(tmp / RUN_MANIFEST, manifest)
+        load_run(tmp)  # must verify before it replaces anything
+        if dest.exists():
+            if not (dest / RUN_MANIFEST).is_file() and any(dest.iterdir()):
+                raise ConfigError(f"{dest}: exists and is not a tabular run; choose another --out")
+            old = dest.with_name(f".{dest.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(dest, old)
+            os.replace(tmp, dest)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+@dataclass
+class TabularRun:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def schema(self) -> TableSchema:
+        return TableSchema.from_dict(self.manifest["schema"])
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["schema"]["labels"])
+
+    @property
+    def model_names(self) -> list[str]:
+        return list(self.manifest["models"])
+
+    @property
+    def selected(self) -> str:
+        return str(self.manifest["selected"])
+
+    def resolve_model(self, name: str | None) -> str:
+        name = name or self.selected
+        if name not in self.manifest["models"]:
+            raise ConfigError(f"unknown model {name!r} in {self.path}; valid: {', '.join(self.model_names)}")
+        return name
+
+    def model(self, name: str | None = None) -> Any:
+        name = self.resolve_model(name)
+        return load_model(self.path / self.manifest["models"][name]["file"])
+
+    def oof(self) -> "pd.DataFrame":
+        import pandas as pd
+
+        return pd.read_csv(self.path / "oof_predictions.csv", dtype={"id": "object"})
+
+
+def load_run(path: str | os.PathLike, verify: bool = True) -> TabularRun:
+    path = Path(path)
+    manifest = _read_manifest(path)
+    for key in ("kind", "manifest_version", "schema", "models", "selected", "files"):
+        if key not in manifest:
+            raise BundleError(f"{path}: incomplete {RUN_MANIFEST}, missing {key!r}")
+    if manifest["kind"] != RUN_KIND:
+        raise BundleError(f"{path}: kind {manifest['kind']!r} is not {RUN_KIND!r} (is this an image model bundle?)")
+    if manifest["manifest_version"] != RUN_VERSION:
+        raise BundleError(f"{path}: tabular run version {manifest['manifest_version']!r} is not supported (expected {RUN_VERSION})")
+    try:
+        TableSchema.from_dict(manifest["schema"])
+    except Exception as exc:
+        raise BundleError(f"{path}: invalid schema in {RUN_MANIFEST} ({exc})") from exc
+    if verify:
+        _verify(path, manifest["files"])
+    return TabularRun(path, manifest)
+
+
+def predict_frame(run: TabularRun, df: "pd.DataFrame", model: str | None = None, source: str = "table") -> "pd.DataFrame":
+    """Risk estimates for every row of ``df``: id (if the run has one), pred, p_<label>, note."""
+    import pandas as pd
+
+    name = run.resolve_model(model)
+    X = run.schema.check(df, source=source)
+    pipe = run.model(name)
+    proba = np.asarray(pipe.predict_proba(X), dtype="float64")
+    labels = run.labels
+    out = pd.DataFrame(index=df.index)
+    sid = run.schema.id_column
+    if sid and sid in df.columns:
+        out["id"] = df[sid].astype("object")
+    out["row"] = np.arange(1, len(df) + 1)  # 1-based data row of the input CSV
+    out["model"] = name
+    out["pred"] = [labels[i] for i in proba.argmax(axis=1)]
+    for k, lab in enumerate(labels):
+        out[f"p_{lab}"] = proba[:, k]
+    out["note"] = SHORT_NOTE
+    return out.reset_index(drop=True)
