@@ -1,0 +1,56 @@
+"""`osteo-edge demo`: the offline clinic demo (Gradio) on this computer."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ._common import console, err_console, handle_errors
+
+
+@handle_errors
+def demo(
+    model: Annotated[Optional[Path], typer.Option("--model", help="Model bundle directory (default: the bundle shipped with the package).")] = None,
+    host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 = this computer only; 0.0.0.0 = every network interface.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 7860,
+    threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads (default: the backend's choice).")] = None,
+) -> None:
+    """Start the offline web demo: upload a knee radiograph, see the class, calibrated probabilities,
+    status (ok / refer for DEXA / rejected), an occlusion heat map, latency and the model card.
+
+    Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told
+    otherwise. Stop it with Ctrl+C. A screening aid, not a diagnosis.
+    """
+    from ..artifact import DISCLAIMER
+    from ..demo.app import build_app, host_warning, launch_app
+    from ..edge_runtime import EdgeClassifier
+    from ..errors import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError(f"--port must be in [1, 65535], got {port}")
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be at least 1, got {threads}")
+    warning = host_warning(host)
+    if warning:
+        err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
+    clf = EdgeClassifier.load(model, threads=threads)
+    app = build_app(clf)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes of its local URL
+    shown_host = f"[{host}]" if ":" in host else host
+    console.print(
+        f"osteo-edge demo: model {clf.bundle.path} ({clf.bundle.format}); open http://{shown_host}:{port}/ in a browser. "
+        f"Ctrl+C stops it.\n{DISCLAIMER}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    try:
+        launch_app(app, host, port, block=True, quiet=True)
+    except OSError as exc:  # port taken, address not available
+        raise ConfigError(f"cannot listen on {host}:{port} ({exc}); pick another --port or --host") from exc
+
+
+def register(app: typer.Typer) -> None:
+    app.command(name="demo")(demo)

@@ -1,0 +1,278 @@
+"""The offline clinic demo: a Gradio Blocks app over :class:`osteo_edge.edge_runtime.EdgeClassifier`.
+
+Offline by construction:
+
+- ``GRADIO_ANALYTICS_ENABLED=False`` is set before gradio is first imported (by :func:`import_gradio`,
+  called from :func:`build_app`, never at ``import osteo_edge``) and ``Blocks(analytics_enabled=False)``;
+- no share link, no server-side rendering (no Node), no MCP server, no run history kept in the browser;
+- a built-in theme whose fonts are served by the app itself (no CDN), no Markdown LaTeX (no KaTeX);
+- binds 127.0.0.1 unless told otherwise, and :func:`host_warning` says so when it is told otherwise.
+
+UI only: every number, label and threshold comes from the classifier's bundle.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..artifact import DISCLAIMER
+from ..errors import OsteoEdgeError
+from ..preprocess import MAX_FILE_BYTES
+from .card import model_card_markdown
+from .examples import EXAMPLES, examples_dir
+from .service import STATUS_TEXT, DemoService, SingleResult
+
+log = logging.getLogger(__name__)
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 7860
+CONCURRENCY = 2  # simultaneous jobs per event; the machine this is meant for has 2-4 cores
+QUEUE_SIZE = 64  # waiting jobs beyond this are refused with "queue full" instead of piling up
+TITLE = "osteo-edge: knee X-ray screening aid (offline)"
+CSS = """
+#status h3 { margin-top: 0; }
+.oe-disclaimer { font-size: 0.9em; opacity: 0.85; }
+"""
+
+
+def import_gradio() -> Any:
+    """Import gradio with analytics switched off first (its env var is read at import and launch)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    from ..errors import require
+
+    return require("gradio", "demo")
+
+
+def host_warning(host: str) -> str | None:
+    """A warning when ``host`` is not a loopback address (the demo would be reachable from the network)."""
+    h = host.strip().strip("[]")
+    if h in ("localhost",):
+        return None
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return f"listening on {host!r}, which is not a loopback address: other computers may reach this demo and its uploads"
+    if ip.is_loopback:
+        return None
+    if ip.is_unspecified:
+        return (
+            f"listening on all network interfaces ({host}): anyone on this network can open the demo and send images; "
+            f"use --host {DEFAULT_HOST} unless that is what you want"
+        )
+    return f"listening on {host}, a non-loopback address: other computers may reach this demo and its uploads"
+
+
+# ------------------------------------------------------------------------------------------------
+# rendering one result
+
+
+def status_markdown(result: SingleResult, thresholds: dict[str, float] | None = None) -> str:
+    """The verdict block: label, status, the runtime's message, and the DEXA referral when it applies."""
+    p = result.prediction
+    thresholds = thresholds or {}
+    if p.status == "rejected":
+        return (
+            "### Input rejected\n"
+            f"**Status: rejected.** `{p.path}`: {p.message}\n\n"
+            "Please upload a knee radiograph (JPEG, PNG, TIFF or DICOM)."
+        )
+    title = p.label if p.status == "ok" else f"{p.label} (uncertain)"
+    lines = [f"### {title}", f"**Status: {STATUS_TEXT.get(p.status, p.status)}.** `{p.path}`: {p.message}"]
+    low_thr = thresholds.get("low_bmd")
+    if p.low_bmd_probability is not None:
+        lines.append(f"\nP(low BMD) = 1 - P(Normal) = **{p.low_bmd_probability:.1%}**")
+        if low_thr is not None and p.low_bmd_probability >= low_thr:
+            lines.append(f"(at or above the operating threshold {low_thr:.0%}): **low BMD suspected, refer for DEXA.**")
+    if p.status == "refer":
+        lines.append("\n**Uncertain: refer for DEXA.**")
+    return "\n".join(lines)
+
+
+def timing_markdown(result: SingleResult) -> str:
+    p = result.prediction
+    parts = []
+    if p.latency_ms is not None:
+        parts.append(f"prediction {p.latency_ms:.0f} ms (decode, gate, preprocess, inference)")
+    if result.explanation is not None:
+        e = result.explanation
+        n = e.heat.size
+        parts.append(f"heat map {e.elapsed_ms:.0f} ms ({n} occluded copies in one batch)")
+    parts.append(f"total {result.total_ms:.0f} ms")
+    text = "Latency: " + "; ".join(parts) + "."
+    if result.explanation is not None:
+        e = result.explanation
+        text += (
+            f"\n\nHeat map: how much P({p.label}) (= {e.base_probability:.1%}) drops when each of "
+            f"{e.heat.shape[0]}x{e.heat.shape[1]} cells is hidden; brighter = the model relies on it more "
+            f"(largest drop {max(float(e.heat.max()), 0.0):.1%}). It shows what the model looks at, not where disease is."
+        )
+    return text
+
+
+def _message(text: str) -> str:
+    return f"### Cannot analyse this input\n{text}\n\nThe app is still running: try another file."
+
+
+# ------------------------------------------------------------------------------------------------
+# the app
+
+
+def build_app(classifier: Any, *, grid: int | None = None, service: DemoService | None = None) -> Any:
+    """The demo as a ``gr.Blocks`` (queued, not launched). ``classifier``: an ``EdgeClassifier``."""
+    gr = import_gradio()
+    svc = service or (DemoService(classifier) if grid is None else DemoService(classifier, grid=grid))
+    labels = svc.labels
+    bundle = svc.bundle
+    thresholds = dict(getattr(classifier, "thresholds", None) or bundle.thresholds)
+    no_latex: list[dict[str, Any]] = []
+
+    def predict(file: str | None, explain: bool) -> tuple[str, Any, Any, str]:
+        if not file:
+            return "Upload a knee radiograph or click an example.", None, None, ""
+        try:
+            result = svc.analyse(file, explain=bool(explain))
+        except OsteoEdgeError as exc:
+            return _message(str(exc)), None, None, ""
+        except Exception as exc:  # the app must survive anything; the trace goes to the server log
+            log.exception("unexpected error while analysing %s", file)
+            return _message(f"unexpected error ({type(exc).__name__}); details are in the server log."), None, None, ""
+        probs = dict(result.prediction.probabilities) if result.ok else None
+        return status_markdown(result, thresholds), probs, result.view, timing_markdown(result)
+
+    def run_batch(files: list[str] | None, folder: list[str] | None, progress: Any = gr.Progress()) -> tuple[str, Any, Any]:
+        sources = [*(files or []), *(folder or [])]
+        if not sources:
+            return "Add radiographs (several files or a folder) first.", None, None
+
+        def tick(i: int, n: int, name: str) -> None:
+            progress((i, n), desc=f"analysing {name}", unit="images")
+
+        try:
+            preds, csv_path = svc.batch(sources, progress=tick)
+        except OsteoEdgeError as exc:
+            return _message(str(exc)), None, None
+        except Exception as exc:
+            log.exception("unexpected error in a batch of %d inputs", len(sources))
+            return _message(f"unexpected error ({type(exc).__name__}); details are in the server log."), None, None
+        headers, rows = svc.table(preds)
+        counts = {s: sum(1 for p in preds if p.status == s) for s in ("ok", "refer", "rejected")}
+        summary = (
+            f"**{len(preds)} images**: {counts['ok']} ok, {counts['refer']} refer for DEXA, {counts['rejected']} rejected. "
+            f"{DISCLAIMER}"
+        )
+        return summary, gr.update(value=rows, headers=headers), str(csv_path)
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+        gr.Markdown(
+            "# osteo-edge: knee X-ray osteoporosis screening aid\n"
+            f"**{DISCLAIMER}** Runs entirely on this computer; no image leaves it. "
+            f"Classes: {', '.join(labels)} (from the model bundle).",
+            latex_delimiters=no_latex,
+        )
+        with gr.Tabs():
+            with gr.Tab("One image", id="single"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        file = gr.File(
+                            label="Knee radiograph (JPEG, PNG, TIFF or DICOM)",
+                            file_count="single",
+                            type="filepath",
+                            elem_id="single-file",
+                        )
+                        explain = gr.Checkbox(value=True, label="Explain (occlusion heat map, computed by the same runtime)")
+                        examples = [[str(examples_dir() / e.file)] for e in EXAMPLES if (examples_dir() / e.file).is_file()]
+                        if examples:
+                            gr.Examples(
+                                examples=examples,
+                                inputs=[file],
+                                label="Examples (synthetic drawings, not patients)",
+                                example_labels=[e.title for e in EXAMPLES if (examples_dir() / e.file).is_file()],
+                                cache_examples=False,
+                            )
+                    with gr.Column(scale=1):
+                        status = gr.Markdown("Upload a knee radiograph or click an example.", elem_id="status", latex_delimiters=no_latex)
+                        probs = gr.Label(num_top_classes=len(labels), label="Calibrated probabilities", elem_id="probs")
+                        view = gr.Image(
+                            label="What the model sees (input view) with the occlusion heat map",
+                            interactive=False,
+                            elem_id="heatmap",
+                            buttons=["download", "fullscreen"],
+                            format="png",
+                        )
+                        timing = gr.Markdown("", elem_id="timing", latex_delimiters=no_latex)
+                outputs = [status, probs, view, timing]
+                file.change(predict, inputs=[file, explain], outputs=outputs, api_name="predict")
+                explain.change(predict, inputs=[file, explain], outputs=outputs, api_visibility="private")
+            with gr.Tab("Batch", id="batch"):
+                gr.Markdown(
+                    "Several radiographs or a whole folder at once: a results table and a CSV to download.",
+                    latex_delimiters=no_latex,
+                )
+                with gr.Row():
+                    files = gr.File(label="Radiographs", file_count="multiple", type="filepath", elem_id="batch-files")
+                    folder = gr.File(label="... or a folder", file_count="directory", type="filepath", elem_id="batch-folder")
+                run = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
+                summary = gr.Markdown("", elem_id="batch-summary", latex_delimiters=no_latex)
+                table = gr.Dataframe(
+                    headers=["file", "status", "label", *[f"P({lab})" for lab in labels], "P(low BMD)", "latency ms", "message"],
+                    interactive=False,
+                    wrap=True,
+                    elem_id="batch-table",
+                    latex_delimiters=no_latex,
+                )
+                csv_out = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
+                run.click(run_batch, inputs=[files, folder], outputs=[summary, table, csv_out], api_name="batch")
+            with gr.Tab("Model card", id="card"):
+                gr.Markdown(model_card_markdown(bundle), elem_id="model-card", latex_delimiters=no_latex)
+        gr.Markdown(f"{DISCLAIMER}", elem_classes=["oe-disclaimer"], latex_delimiters=no_latex)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return app
+
+
+def launch_app(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False) -> str:
+    """Serve a built app on ``host:port`` (offline settings); returns the local URL.
+
+    ``block=False`` returns once the server answers (tests, benchmarks); close it with ``app.close()``.
+    """
+    gr = import_gradio()
+    warning = host_warning(host)
+    if warning:
+        log.warning(warning)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        share=False,
+        inbrowser=False,
+        prevent_thread_lock=not block,
+        quiet=quiet,
+        show_error=False,
+        theme=gr.themes.Default(),
+        css=CSS,
+        allowed_paths=[str(examples_dir())],
+        max_file_size=MAX_FILE_BYTES,
+        footer_links=["api", "settings"],
+        run_history=False,
+        ssr_mode=False,
+        pwa=False,
+        mcp_server=False,
+        enable_monitoring=False,
+    )
+    return str(app.local_url)
+
+
+def serve(model: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, threads: int | None = None, *, block: bool = True) -> tuple[Any, str]:
+    """Load a bundle (``None`` = the shipped default), build the app and serve it; returns (app, url)."""
+    from ..edge_runtime import EdgeClassifier
+
+    classifier = EdgeClassifier.load(model, threads=threads)
+    app = build_app(classifier)
+    url = launch_app(app, host, port, block=block)
+    return app, url
+
+
+def example_files() -> Sequence[Path]:
+    return [examples_dir() / e.file for e in EXAMPLES]

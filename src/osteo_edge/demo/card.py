@@ -1,0 +1,162 @@
+"""The model card shown in the demo, rendered (Markdown) from the bundle manifest and nothing else.
+
+Training data, split protocol, metrics (with confidence intervals where the manifest has them),
+thresholds, input gate rates and intended use all come from ``manifest.json``; whatever the manifest
+does not say is shown as "not recorded", never filled in.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from ..artifact import DISCLAIMER, Bundle
+
+NOT_RECORDED = "_not recorded in this bundle_"
+_POINT_KEYS = ("value", "point", "estimate", "mean", "score")
+_LO_KEYS = ("ci_low", "ci_lo", "lower", "lo", "low")
+_HI_KEYS = ("ci_high", "ci_hi", "upper", "hi", "high")
+_CI_KEYS = ("ci", "ci95", "ci_95", "interval")
+
+
+def _md(text: Any) -> str:
+    """Escape the few characters that would break a Markdown table cell."""
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        if math.isnan(v):
+            return "n/a"
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:.0f}"
+    return _md(v)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _metric_value(v: Any) -> str | None:
+    """``0.81`` / ``{"value": .81, "ci95": [.75, .86]}`` / ``{"point": .81, "lo": .75, "hi": .86}`` -> text."""
+    if _is_num(v):
+        return _num(v)
+    if isinstance(v, Mapping):
+        point = next((v[k] for k in _POINT_KEYS if k in v and _is_num(v[k])), None)
+        if point is None:
+            return None
+        lo = next((v[k] for k in _LO_KEYS if k in v and _is_num(v[k])), None)
+        hi = next((v[k] for k in _HI_KEYS if k in v and _is_num(v[k])), None)
+        for k in _CI_KEYS:
+            ci = v.get(k)
+            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_num(c) for c in ci):
+                lo, hi = ci
+        text = _num(point)
+        if lo is not None and hi is not None:
+            text += f" (95% CI {_num(lo)} to {_num(hi)})"
+        n = v.get("n")
+        if _is_num(n):
+            text += f", n={n}"
+        return text
+    return None
+
+
+def _metric_rows(metrics: Mapping[str, Any], prefix: tuple[str, ...] = (), depth: int = 0) -> Iterable[tuple[str, str]]:
+    for key, v in metrics.items():
+        name = (*prefix, str(key))
+        text = _metric_value(v)
+        if text is not None:
+            yield " / ".join(name), text
+        elif isinstance(v, Mapping) and depth < 4:
+            yield from _metric_rows(v, name, depth + 1)
+        elif isinstance(v, (list, tuple)) and len(v) == 2 and all(_is_num(c) for c in v):
+            yield " / ".join(name), f"{_num(v[0])} to {_num(v[1])}"
+        elif isinstance(v, str) and len(v) < 200:
+            yield " / ".join(name), _md(v)
+
+
+def _bullets(items: Any) -> str:
+    if isinstance(items, (list, tuple)):
+        return "\n".join(f"- {_md(i if not isinstance(i, Mapping) else ', '.join(f'{k}: {w}' for k, w in i.items()))}" for i in items) or NOT_RECORDED
+    if isinstance(items, Mapping):
+        return "\n".join(f"- **{_md(k)}**: {_md(v)}" for k, v in items.items()) or NOT_RECORDED
+    return _md(items) if items else NOT_RECORDED
+
+
+def _gate_text(gate: Any) -> str:
+    if not isinstance(gate, Mapping):
+        return "Rule checks only (decodable, large enough, not blank, greyscale); no calibrated out-of-distribution score."
+    ood = gate.get("ood")
+    if not isinstance(ood, Mapping):
+        return "Rule checks only (decodable, large enough, not blank, greyscale)."
+    lines = [f"Rule checks plus an out-of-distribution score (threshold {_num(float(ood.get('threshold', float('nan'))))})."]
+    cal = ood.get("calibration") or {}
+    for set_name in ("test_sets", "calibration_sets"):
+        sets = cal.get(set_name)
+        if not isinstance(sets, Mapping):
+            continue
+        ind = sets.get("in_distribution") or {}
+        if _is_num(ind.get("accept_rate")):
+            lines.append(f"- {set_name.replace('_', ' ')}: knee radiographs accepted {ind['accept_rate']:.1%} (n={ind.get('n')})")
+        for name, r in (sets.get("out_of_distribution") or {}).items():
+            if isinstance(r, Mapping) and _is_num(r.get("reject_rate")):
+                lines.append(f"- {set_name.replace('_', ' ')}: {_md(name)} rejected {r['reject_rate']:.1%} (n={r.get('n')})")
+        break
+    if cal.get("protocol"):
+        lines.append(f"- protocol: {_md(cal['protocol'])}")
+    return "\n".join(lines)
+
+
+def model_card_markdown(bundle: Bundle) -> str:
+    """Markdown model card of a bundle, from its manifest only."""
+    m = bundle.manifest
+    prov = m.get("provenance") or {}
+    labels = ", ".join(bundle.labels)
+    thr = bundle.thresholds
+    parts = [
+        f"> **{m.get('intended_use') or DISCLAIMER}**",
+        "",
+        "### Model",
+        f"- format: `{_md(bundle.format)}`; classes (output order): {_md(labels)}",
+        f"- input: {bundle.spec.input_size}x{bundle.spec.input_size} px, resize `{bundle.spec.resize}`, layout {bundle.spec.layout}",
+        f"- calibration temperature: {_num(bundle.temperature)}",
+        "- thresholds: "
+        + (
+            ", ".join(
+                [
+                    *(["refer for DEXA when the top probability is below " + _num(thr["min_confidence"])] if "min_confidence" in thr else []),
+                    *(["low BMD suspected when P(low BMD) = 1 - P(Normal) is at least " + _num(thr["low_bmd"])] if "low_bmd" in thr else []),
+                ]
+            )
+            or NOT_RECORDED
+        ),
+    ]
+    arch = m.get("arch")
+    if isinstance(arch, Mapping) and arch.get("name"):
+        parts.append(f"- architecture: `{_md(arch['name'])}`")
+    parent = prov.get("parent") or prov.get("parent_run")
+    if parent:
+        parts.append(f"- exported from: `{_md(parent)}`")
+    parts += ["", "### Training data", _bullets(prov.get("data"))]
+    parts += ["", "### Split protocol", _md(prov.get("protocol")) if prov.get("protocol") else NOT_RECORDED]
+    if prov.get("split_sha256"):
+        parts.append(f"(split file sha256 `{_md(str(prov['split_sha256'])[:16])}...`)")
+    rows = list(_metric_rows(m.get("metrics") or {}))
+    parts += ["", "### Metrics"]
+    if rows:
+        parts += ["| metric | value |", "|---|---|", *[f"| {_md(k)} | {v} |" for k, v in rows]]
+    else:
+        parts.append(NOT_RECORDED)
+    parts += ["", "### Input gate", _gate_text(m.get("gate"))]
+    if prov.get("command"):
+        parts += ["", "### How it was made", f"`{_md(prov['command'])}`"]
+    parts += [
+        "",
+        "### Intended use",
+        "Screening aid for knee radiographs, **not a diagnosis** and not a medical device. "
+        "An uncertain or low-BMD result means: refer for DEXA. A person decides; the model only points.",
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,165 @@
+"""What the demo does, without the UI: one image (prediction + heat map) or a batch (table + CSV).
+
+Everything goes through :class:`osteo_edge.edge_runtime.EdgeClassifier`: the labels, the
+preprocessing spec, the temperature and the thresholds come from its bundle, never from here.
+Bad input never raises out of :meth:`DemoService.analyse` or :meth:`DemoService.batch`: it comes
+back as a ``rejected`` prediction whose message says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import logging
+import os
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, InvalidImageError, OsteoEdgeError
+from ..preprocess import decode_image, resize, to_gray
+from .explain import DEFAULT_GRID, Explanation, occlusion_map, overlay
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 1000  # files per batch request
+STATUS_TEXT = {"ok": "ok", "refer": "refer for DEXA", "rejected": "rejected"}
+
+
+@dataclass(frozen=True)
+class SingleResult:
+    """The answer for one image, ready for display."""
+
+    prediction: Any  # osteo_edge.edge_runtime.Prediction
+    view: np.ndarray | None  # model's view with the heat map, HxWx3 uint8 (None when rejected)
+    explanation: Explanation | None
+    total_ms: float
+
+    @property
+    def ok(self) -> bool:
+        return self.prediction.status != "rejected"
+
+
+def _display_name(path: str | os.PathLike) -> str:
+    return Path(os.fspath(path)).name or str(path)
+
+
+def _named(pred: Any, source: str | os.PathLike, name: str) -> Any:
+    """The prediction under the uploaded file's own name: uploads live in a server temp folder
+    whose path means nothing to the person (and need not be shown to them)."""
+    full = os.fspath(source)
+    return dataclasses.replace(pred, path=name, message=pred.message.replace(full, name))
+
+
+class DemoService:
+    """Wraps an EdgeClassifier for the app: serialises backend calls where the backend needs it."""
+
+    def __init__(self, classifier: Any, grid: int = DEFAULT_GRID, max_batch: int = MAX_BATCH, workdir: str | os.PathLike | None = None):
+        self.classifier = classifier
+        self.grid = int(grid)
+        self.max_batch = int(max_batch)
+        self._workdir = Path(workdir) if workdir is not None else None
+        # ONNX Runtime sessions may be run from several threads at once; a LiteRT interpreter may not.
+        backend = getattr(getattr(classifier, "runner", None), "backend", None)
+        self._lock: Any = contextlib.nullcontext() if backend == "onnxruntime" else threading.Lock()
+
+    # -- facts from the bundle --------------------------------------------------------------
+    @property
+    def labels(self) -> list[str]:
+        return list(self.classifier.labels)
+
+    @property
+    def bundle(self) -> Any:
+        return self.classifier.bundle
+
+    def workdir(self) -> Path:
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="osteo-edge-demo-"))
+        self._workdir.mkdir(parents=True, exist_ok=True)
+        return self._workdir
+
+    # -- one image ---------------------------------------------------------------------------
+    def analyse(self, source: str | os.PathLike, explain: bool = True) -> SingleResult:
+        """Predict one file and, unless it was rejected, compute the occlusion heat map."""
+        t0 = time.perf_counter()
+        name = _display_name(source)
+        with self._lock:
+            pred = _named(self.classifier.predict(source), source, name)
+        view, expl = None, None
+        if pred.status != "rejected":
+            spec = self.classifier.spec
+            try:
+                decoded = decode_image(source, spec.bit_depth)
+            except InvalidImageError as exc:  # decoded a moment ago; only a file changed underfoot gets here
+                log.warning("%s: cannot decode again for the heat map: %s", name, exc)
+            else:
+                gray = resize(to_gray(decoded), spec)
+                if explain:
+                    x = self.classifier.input_for(decoded)
+                    target = self.labels.index(pred.label) if pred.label in self.labels else None
+                    with self._lock:
+                        expl = occlusion_map(self.classifier.probabilities, x, spec, target=target, grid=self.grid)
+                view = overlay(gray, expl.heat if expl is not None else None)
+        return SingleResult(pred, view, expl, (time.perf_counter() - t0) * 1000)
+
+    # -- many images -------------------------------------------------------------------------
+    def batch(
+        self,
+        sources: Sequence[str | os.PathLike],
+        progress: Callable[[int, int, str], None] | None = None,
+    ) -> tuple[list[Any], Path]:
+        """Predict every file (folders are walked); returns the predictions and a CSV file path."""
+        from ..edge_runtime import expand_inputs
+        from ..edge_runtime.report import predictions_csv
+
+        files = expand_inputs(sources)
+        if not files:
+            raise ConfigError("no files to analyse; add radiographs (JPEG, PNG, TIFF or DICOM) or a folder of them")
+        if len(files) > self.max_batch:
+            raise ConfigError(f"{len(files)} files is over the batch limit of {self.max_batch}; split the batch")
+        preds = []
+        for i, f in enumerate(files):
+            if progress is not None:
+                progress(i, len(files), _display_name(f))
+            preds.append(self._predict_safely(f))
+        if progress is not None:
+            progress(len(files), len(files), "done")
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out = self.workdir() / f"osteo-edge-predictions-{stamp}-{len(preds)}.csv"
+        predictions_csv(preds, self.labels, out)
+        return preds, out
+
+    def _predict_safely(self, f: Path) -> Any:
+        name = _display_name(f)
+        try:
+            with self._lock:
+                return _named(self.classifier.predict(f), f, name)
+        except OsteoEdgeError as exc:  # the runtime answers bad input itself; this is the last guard
+            return self._rejected(name, str(exc))
+
+    def _rejected(self, name: str, reason: str) -> Any:
+        from ..edge_runtime import Prediction
+
+        return Prediction(path=name, status="rejected", label=None, probabilities={}, message=f"rejected: {reason}", reason="error")
+
+    def table(self, preds: Iterable[Any]) -> tuple[list[str], list[list[Any]]]:
+        """Headers and rows for the results table (probabilities as percentages)."""
+        headers = ["file", "status", "label", *[f"P({lab})" for lab in self.labels], "P(low BMD)", "latency ms", "message"]
+        rows = []
+        for p in preds:
+            rows.append([
+                p.path,
+                STATUS_TEXT.get(p.status, p.status),
+                p.label or "",
+                *[f"{p.probabilities[lab]:.1%}" if lab in p.probabilities else "" for lab in self.labels],
+                "" if p.low_bmd_probability is None else f"{p.low_bmd_probability:.1%}",
+                "" if p.latency_ms is None else f"{p.latency_ms:.0f}",
+                p.message,
+            ])
+        return headers, rows
