@@ -1,0 +1,340 @@
+"""`osteo-edge bench`: one table of targets, one report format.
+
+Every model is measured in its own fresh subprocess (:mod:`osteo_edge.benchmarks.measure`), one
+after the other in the same invocation, so load time and peak RSS belong to that model and
+speed-ups are ratios of latencies taken in one run. When torch is installed and a bundle's
+provenance names its parent training run, that torch fp32 model is measured in the same run and
+is the reference of ``speedup_vs_torch_fp32`` (p50 of the parent / p50 of the model).
+
+Targets (:data:`TARGETS`, looked up by name):
+
+- ``host``: this machine.
+- ``raspberrypi``: with ``host="user@addr"``, the bundles and the runtime are copied to the Pi over
+  SSH, the runtime extra is installed there (no torch), the benchmark runs there and its JSON comes
+  back (:mod:`osteo_edge.benchmarks.remote`). Without a host: the runtime runs under aarch64
+  emulation (:mod:`osteo_edge.benchmarks.emulate`); that timing is labelled "emulated, not a Pi
+  latency" and comes with an estimate for Pi 4 / Pi 5 from a documented model, marked as such.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.util
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from ..artifact import atomic_write_json, load_bundle, read_manifest
+from ..errors import BundleError, ConfigError, choice_error
+
+log = logging.getLogger(__name__)
+
+PARENT_KEYS = ("parent_run", "parent", "run_dir", "source_run", "parent_bundle")
+STATUS_LEGEND = {
+    "ok": "measured",
+    "failed": "could not be loaded or run (error shown)",
+    "skipped": "not measurable here (reason shown)",
+}
+
+
+@dataclass(frozen=True)
+class BenchRequest:
+    bundles: Sequence[Path]
+    threads: int = 2
+    runs: int = 100
+    warmup: int = 10
+    host: str | None = None  # user@addr for a real device over SSH
+    ssh_options: Sequence[str] = ()
+    remote_python: str | None = None  # use this interpreter on the device instead of a fresh venv
+    remote_dir: str = "osteo-edge-bench"
+    torch_reference: bool = True
+    emulator_dir: Path | None = None
+    timeout_s: float = 1800.0
+
+    def validate(self) -> None:
+        if not self.bundles:
+            raise ConfigError("no model bundle to benchmark; pass --model BUNDLE (repeatable) or ship a default bundle")
+        if self.threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if self.runs < 5:
+            raise ConfigError(f"runs must be at least 5 for percentiles, got {self.runs}")
+        if self.warmup < 0:
+            raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    description: str
+    run: Callable[[BenchRequest], dict[str, Any]]
+
+
+# ------------------------------------------------------------------------------------------------
+# machine and model facts
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                key = line.split(":", 1)[0].strip().lower()
+                if key in ("model name", "hardware", "cpu model"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_info() -> dict[str, Any]:
+    from importlib import metadata
+
+    versions = {}
+    for name in ("osteo-edge", "numpy", "pillow", "onnxruntime", "ai-edge-litert", "torch"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        affinity = os.cpu_count()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "cores_available": affinity,
+        "arch": platform.machine(),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def find_parent(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
+    """The torch training run a bundle was exported from, when its provenance names one that exists."""
+    prov = manifest.get("provenance") or {}
+    for key in PARENT_KEYS:
+        val = prov.get(key)
+        if isinstance(val, dict):
+            val = val.get("path") or val.get("run_dir")
+        if not isinstance(val, str) or not val:
+            continue
+        for cand in (Path(val), bundle_dir / val, Path.cwd() / val):
+            if (cand / "manifest.json").is_file():
+                try:
+                    if read_manifest(cand).get("format") == "torch":
+                        return cand.resolve()
+                except BundleError:
+                    continue
+    return None
+
+
+def accuracy_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The headline metric recorded in a bundle (test split preferred): macro-F1, else accuracy, else AUROC."""
+    metrics = manifest.get("metrics") or {}
+
+    def search(d: Any, path: str) -> list[tuple[str, float]]:
+        found = []
+        if isinstance(d, dict):
+            for k, v in d.items():
+                p = f"{path}.{k}" if path else str(k)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and k in ("macro_f1", "accuracy", "auroc", "auroc_macro", "balanced_accuracy"):
+                    found.append((p, float(v)))
+                elif isinstance(v, dict):
+                    found.extend(search(v, p))
+        return found
+
+    found = search(metrics, "")
+    if not found:
+        return None
+    order = {"macro_f1": 0, "balanced_accuracy": 1, "accuracy": 2, "auroc_macro": 3, "auroc": 4}
+
+    def rank(item: tuple[str, float]) -> tuple[int, int, int]:
+        p = item[0]
+        parts = p.split(".")
+        return (0 if "test" in parts else 1, order.get(parts[-1], 9), len(parts))
+
+    p, v = sorted(found, key=rank)[0]
+    return {"metric": p, "value": v}
+
+
+def torch_available() -> bool:
+    try:
+        return importlib.util.find_spec("torch") is not None
+    except (ImportError, ValueError):
+        return False
+
+
+# ------------------------------------------------------------------------------------------------
+# running the measurements
+
+
+def _measure_subprocess(path: Path, req: BenchRequest, torch_run: bool = False, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = ()) -> dict[str, Any]:
+    cmd = [*prefix, python or sys.executable, "-m", "osteo_edge.benchmarks.measure", str(path), "--threads", str(req.threads), "--runs", str(req.runs), "--warmup", str(req.warmup)]
+    if torch_run:
+        cmd.append("--torch")
+    run_env = dict(os.environ if env is None else env)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        run_env[var] = str(req.threads)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=req.timeout_s, env=run_env)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"timed out after {req.timeout_s:.0f} s"}
+    lines = [l for l in proc.stdout.strip().splitlines() if l.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "failed", "error": f"measurement process exited {proc.returncode}: {tail[:300]}"}
+    return json.loads(lines[-1])
+
+
+def _row(path: Path, manifest: dict[str, Any] | None, measured: dict[str, Any], role: str) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "name": path.name,
+        "path": str(path),
+        "role": role,  # model | reference
+        "format": (manifest or {}).get("format", measured.get("format")),
+        "status": measured.get("status", "failed"),
+    }
+    row.update({k: v for k, v in measured.items() if k not in ("status",)})
+    if manifest is not None:
+        row["accuracy"] = accuracy_of(manifest)
+    if "file_bytes" in row:
+        row["file_mb"] = round(row["file_bytes"] / 1e6, 3)
+    return row
+
+
+def add_speedups(results: list[dict[str, Any]]) -> None:
+    """speedup_vs_torch_fp32 = p50 of the model's torch parent / p50 of the model, same run."""
+    refs = {r["path"]: r for r in results if r.get("role") == "reference" and r.get("status") == "ok"}
+    for r in results:
+        ref = refs.get(r.get("parent") or "")
+        if r.get("role") == "model" and r.get("status") == "ok" and ref is not None:
+            r["speedup_vs_torch_fp32"] = round(ref["p50_ms"] / r["p50_ms"], 3)
+            r["size_ratio_vs_torch_fp32"] = round(ref["file_bytes"] / r["file_bytes"], 3) if r.get("file_bytes") else None
+
+
+def measure_local(req: BenchRequest, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = (), torch_reference: bool | None = None) -> list[dict[str, Any]]:
+    """Measure every bundle (and the torch parents, when asked and possible) in this machine's subprocesses."""
+    results: list[dict[str, Any]] = []
+    parents: dict[str, Path] = {}
+    use_torch = req.torch_reference if torch_reference is None else torch_reference
+    for b in req.bundles:
+        b = Path(b)
+        try:
+            manifest = load_bundle(b).manifest
+        except BundleError as exc:
+            results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": str(exc)})
+            continue
+        row = _row(b, manifest, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
+        parent = find_parent(b, manifest) if use_torch else None
+        if parent is not None:
+            row["parent"] = str(parent)
+            parents[str(parent)] = parent
+        elif use_torch:
+            row["parent"] = None
+        results.append(row)
+    for key, parent in parents.items():
+        manifest = read_manifest(parent)
+        if not torch_available():
+            results.append({**_row(parent, manifest, {"status": "skipped", "error": "torch is not installed here"}, "reference"), "path": key})
+            continue
+        results.append({**_row(parent, manifest, _measure_subprocess(parent, req, torch_run=True), "reference"), "path": key})
+    add_speedups(results)
+    return results
+
+
+def _report(target: str, kind: str, req: BenchRequest, results: list[dict[str, Any]], machine: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+    refs = [r for r in results if r.get("role") == "reference"]
+    if req.torch_reference and not refs and kind == "measured" and target == "host":
+        notes.append("no torch fp32 reference: no bundle's provenance names an existing parent training run")
+    return {
+        "target": target,
+        "kind": kind,  # measured | emulated
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "settings": {"threads": req.threads, "runs": req.runs, "warmup": req.warmup, "batch": 1, "timer": "time.perf_counter"},
+        "machine": machine,
+        "results": results,
+        "status_legend": STATUS_LEGEND,
+        "notes": notes,
+        "command": " ".join(["osteo-edge", *sys.argv[1:]]) if Path(sys.argv[0]).name == "osteo-edge" else " ".join(sys.argv),
+    }
+
+
+def run_host(req: BenchRequest) -> dict[str, Any]:
+    return _report("host", "measured", req, measure_local(req), machine_info(), [])
+
+
+def run_raspberrypi(req: BenchRequest) -> dict[str, Any]:
+    if req.host:
+        from .remote import run_over_ssh
+
+        report = run_over_ssh(req)
+        report["target"] = "raspberrypi"
+        return report
+    from .emulate import run_emulated
+
+    return run_emulated(req)
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in (
+        Target("host", "this machine, measured", run_host),
+        Target("raspberrypi", "Raspberry Pi 4/5 (aarch64): over SSH with --host user@addr, else aarch64 emulation (not a latency)", run_raspberrypi),
+    )
+}
+
+
+def get_target(name: str) -> Target:
+    try:
+        return TARGETS[name]
+    except KeyError:
+        raise choice_error("benchmark target", name, TARGETS) from None
+
+
+def run_bench(target: str, req: BenchRequest) -> dict[str, Any]:
+    req.validate()
+    return get_target(target).run(req)
+
+
+# ------------------------------------------------------------------------------------------------
+# outputs
+
+
+def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    return atomic_write_json(path, report)
+
+
+def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
+    """PNG: p50 latency (x, log) vs accuracy (y; file size when no accuracy is recorded); marker area = file size."""
+    from ..data.report import new_figure, save_figure
+
+    rows = [r for r in report["results"] if r.get("status") == "ok" and r.get("p50_ms")]
+    fig = new_figure(7.5, 4.8)
+    ax = fig.add_subplot(1, 1, 1)
+    has_acc = any(r.get("accuracy") for r in rows)
+    metric_names = sorted({r["accuracy"]["metric"] for r in rows if r.get("accuracy")})
+    for r in rows:
+        mb = r.get("file_mb") or 0.0
+        y = r["accuracy"]["value"] if has_acc and r.get("accuracy") else (None if has_acc else mb)
+        if y is None:
+            continue
+        colour = "tab:gray" if r.get("role") == "reference" else "tab:blue"
+        ax.scatter([r["p50_ms"]], [y], s=40 + 25 * mb, alpha=0.6, color=colour, edgecolors="black")
+        label = f"{r.get('format')} {r.get('precision', '')}\n{mb:.1f} MB"
+        if r.get("speedup_vs_torch_fp32"):
+            label += f", x{r['speedup_vs_torch_fp32']:.1f}"
+        ax.annotate(label, (r["p50_ms"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency per image, ms (log scale)" + (" — EMULATED, not a Pi latency" if report.get("kind") == "emulated" else ""))
+    ax.set_ylabel(", ".join(metric_names) if has_acc else "model file size, MB")
+    m = report.get("machine", {})
+    s = report.get("settings", {})
+    ax.set_title(f"{report.get('target')}: {m.get('cpu', '?')} ({m.get('arch', '?')}), {s.get('threads')} threads; marker area = file size", fontsize=9)
+    ax.grid(True, which="both", alpha=0.3)
+    return save_figure(fig, Path(path))

@@ -1,0 +1,109 @@
+"""`osteo-edge bench`: latency, throughput, memory and size per model, on this machine or a Raspberry Pi."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+
+from ._common import console, handle_errors
+
+STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow"}
+
+
+class TargetName(str, Enum):
+    host = "host"
+    raspberrypi = "raspberrypi"
+
+
+@handle_errors
+def bench(
+    target: Annotated[TargetName, typer.Option("--target", help="Where to measure: host (this machine) or raspberrypi (over SSH with --host, else aarch64 emulation).")] = TargetName.host,
+    model: Annotated[Optional[List[Path]], typer.Option("--model", help="Model bundle directory (repeatable; default: the shipped bundle).")] = None,
+    host: Annotated[Optional[str], typer.Option("--host", help="user@address of the Raspberry Pi (SSH keys, no password prompt).")] = None,
+    threads: Annotated[int, typer.Option("--threads", help="Inference threads, set explicitly for every backend.")] = 2,
+    runs: Annotated[int, typer.Option("--runs", help="Timed runs per model (batch 1) after warm-up.")] = 100,
+    warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs per model.")] = 10,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (a PNG chart is written beside it).")] = None,
+    torch_reference: Annotated[bool, typer.Option("--torch-reference/--no-torch-reference", help="Also measure each bundle's torch fp32 parent run (needs torch).")] = True,
+    ssh_option: Annotated[Optional[List[str]], typer.Option("--ssh-option", help="Extra ssh argument, e.g. --ssh-option=-p2222 (repeatable).")] = None,
+    remote_python: Annotated[Optional[str], typer.Option("--remote-python", help="Interpreter on the device that already has the runtime (skips the venv install).")] = None,
+    remote_dir: Annotated[str, typer.Option("--remote-dir", help="Working directory on the device (relative = under the SSH user's home); replaced each run.")] = "osteo-edge-bench",
+    emulator_dir: Annotated[Optional[Path], typer.Option("--emulator-dir", help="aarch64 emulation kit (qemu-aarch64, sysroot/, site/); see docs/runtime.md.")] = None,
+) -> None:
+    """Measure load time, p50/p90/p99 latency, throughput, peak RSS and size of each model.
+
+    Each model runs in its own process, all in this one run, so speed-ups against the torch fp32
+    parent are ratios from the same run. Writes a table, and with --json a JSON report and a PNG.
+    """
+    from ..benchmarks.bench import BenchRequest, plot_report, run_bench, write_json
+    from ..edge_runtime import default_bundle_path
+
+    bundles = list(model or [])
+    if not bundles and (default_bundle_path() / "manifest.json").is_file():
+        bundles = [default_bundle_path()]
+    if host and target != TargetName.raspberrypi:
+        from ..errors import ConfigError
+
+        raise ConfigError("--host is for --target raspberrypi")
+    req = BenchRequest(
+        bundles=bundles, threads=threads, runs=runs, warmup=warmup, host=host, ssh_options=tuple(ssh_option or ()),
+        remote_python=remote_python, remote_dir=remote_dir, torch_reference=torch_reference, emulator_dir=emulator_dir,
+    )
+    report = run_bench(target.value, req)
+    render(report)
+    if json_out is not None:
+        written = [write_json(report, json_out)]
+        if any(r.get("status") == "ok" for r in report["results"]):
+            written.append(plot_report(report, json_out.with_suffix(".png")))
+        console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+
+
+def render(report: dict) -> None:
+    from rich.table import Table
+
+    m = report["machine"]
+    s = report["settings"]
+    kind = report.get("kind", "measured")
+    title = f"bench --target {report['target']}" + (f" ({report['host']})" if report.get("host") else "")
+    if kind == "emulated":
+        title += ": EMULATED, not a Pi latency"
+    table = Table(title=title, caption=f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1")
+    for col, just in (("model", "left"), ("format", "left"), ("status", "left"), ("load ms", "right"), ("p50 ms", "right"),
+                      ("p90 ms", "right"), ("p99 ms", "right"), ("img/s", "right"), ("peak RSS MB", "right"), ("file MB", "right"),
+                      ("accuracy", "right"), ("vs torch fp32", "right")):
+        table.add_column(col, justify=just, overflow="fold")
+
+    def f(v, fmt="{:.2f}"):
+        return "-" if v is None else fmt.format(v)
+
+    for r in report["results"]:
+        st = r.get("status", "failed")
+        style = STATUS_STYLE.get(st, "")
+        acc = r.get("accuracy")
+        name = r.get("name", "?") + (" (reference)" if r.get("role") == "reference" else "")
+        if st != "ok":
+            table.add_row(name, str(r.get("format") or "-"), f"[{style}]{st}[/{style}]",
+                          *["-"] * 6, f(r.get("file_mb")), "-", r.get("error", ""))
+            continue
+        table.add_row(
+            name, str(r.get("format")), f"[{style}]{st}[/{style}]", f(r.get("load_ms"), "{:.0f}"),
+            f(r.get("p50_ms")), f(r.get("p90_ms")), f(r.get("p99_ms")), f(r.get("throughput_ips"), "{:.1f}"), f(r.get("peak_rss_mb"), "{:.0f}"),
+            f(r.get("file_mb")), f"{acc['value']:.3f}" if acc else "-",
+            f"x{r['speedup_vs_torch_fp32']:.2f}" if r.get("speedup_vs_torch_fp32") else "-",
+        )
+    console.print(table)
+    console.print("status: " + "; ".join(f"{k} = {v}" for k, v in report.get("status_legend", {}).items()), highlight=False, soft_wrap=True)
+    accs = sorted({r["accuracy"]["metric"] for r in report["results"] if r.get("accuracy")})
+    if accs:
+        console.print(f"accuracy: {', '.join(accs)} as recorded in each bundle's manifest", highlight=False, soft_wrap=True)
+    for est in report.get("estimates", []):
+        console.print(f"[yellow]ESTIMATE[/yellow] {est['text']}", highlight=False, soft_wrap=True)
+    for note in report.get("notes", []):
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench)

@@ -1,0 +1,200 @@
+"""`osteo-edge bench`: host report (table, JSON, PNG), the torch fp32 parent in the same run, and the
+raspberrypi target over SSH against an sshd on 127.0.0.1 that the test starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from osteo_edge.artifact import seal
+from osteo_edge.benchmarks.bench import BenchRequest, TARGETS, accuracy_of, add_speedups, find_parent, run_bench
+from osteo_edge.cli import app
+from osteo_edge.errors import ConfigError
+
+from test_runtime_fixtures import export_onnx, make_onnx_bundle
+
+runner = CliRunner()
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def parent_and_export(tmp_path_factory):
+    """A torch training run (contract 1) and an ONNX bundle exported from it whose provenance names it."""
+    torch = pytest.importorskip("torch")
+    from osteo_edge.train.models import build_model
+
+    root = tmp_path_factory.mktemp("bench")
+    run = root / "run"
+    run.mkdir()
+    torch.manual_seed(0)
+    model = build_model("cnn", 3, weights="none", width=4).eval()
+    torch.save(model.state_dict(), run / "model.pt")
+    from osteo_edge.preprocess import PreprocessSpec
+
+    spec = PreprocessSpec(input_size=SIZE, grayscale="single", channels=1, mean=(0.5,), std=(0.5,))
+    labels = ["Normal", "Osteopenia", "Osteoporosis"]
+    seal(run, format="torch", model_file="model.pt", labels=labels, spec=spec,
+         metrics={"test": {"macro_f1": 0.61}}, extra={"arch": {"name": "cnn", "num_classes": 3, "width": 4}})
+    exp = root / "export"
+    exp.mkdir()
+    with torch.no_grad():
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, torch.zeros(1, 1, SIZE, SIZE), str(exp / "model.onnx"), dynamo=False, opset_version=17,
+                              input_names=["input"], output_names=["logits"])
+    seal(exp, format="onnx", model_file="model.onnx", labels=labels, spec=spec, metrics={"test": {"macro_f1": 0.6, "accuracy": 0.7}, "val": {"macro_f1": 0.9}},
+         provenance={"parent_run": "../run", "command": "test"})
+    return run, exp
+
+
+def test_targets_table():
+    assert set(TARGETS) == {"host", "raspberrypi"}
+    with pytest.raises(ConfigError, match="valid: host, raspberrypi"):
+        run_bench("jetson", BenchRequest(bundles=[Path("x")]))
+    with pytest.raises(ConfigError, match="no model bundle"):
+        run_bench("host", BenchRequest(bundles=[]))
+
+
+def test_accuracy_prefers_test_macro_f1():
+    assert accuracy_of({"metrics": {"val": {"macro_f1": 0.9}, "test": {"accuracy": 0.7, "macro_f1": 0.6}}}) == {"metric": "test.macro_f1", "value": 0.6}
+    assert accuracy_of({"metrics": {}}) is None
+
+
+def test_speedups_are_ratios_of_one_run():
+    rows = [
+        {"role": "reference", "status": "ok", "path": "/r", "p50_ms": 30.0, "file_bytes": 400},
+        {"role": "model", "status": "ok", "parent": "/r", "p50_ms": 10.0, "file_bytes": 100},
+        {"role": "model", "status": "ok", "parent": None, "p50_ms": 5.0, "file_bytes": 100},
+    ]
+    add_speedups(rows)
+    assert rows[1]["speedup_vs_torch_fp32"] == 3.0 and rows[1]["size_ratio_vs_torch_fp32"] == 4.0
+    assert "speedup_vs_torch_fp32" not in rows[2]
+
+
+def test_bench_host_with_torch_parent(parent_and_export, tmp_path):
+    run, exp = parent_and_export
+    assert find_parent(exp, json.loads((exp / "manifest.json").read_text())) == run.resolve()
+    out = tmp_path / "bench" / "host.json"
+    res = runner.invoke(app, ["bench", "--model", str(exp), "--target", "host", "--threads", "1", "--runs", "20", "--warmup", "2", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert out.with_suffix(".png").stat().st_size > 1000
+    assert report["machine"]["arch"] and report["machine"]["cpu"] and report["settings"]["threads"] == 1
+    rows = {r["role"]: r for r in report["results"]}
+    m, ref = rows["model"], rows["reference"]
+    assert m["status"] == ref["status"] == "ok", report
+    for key in ("format", "precision", "p50_ms", "p90_ms", "p99_ms", "throughput_ips", "load_ms", "peak_rss_mb", "file_bytes"):
+        assert m[key] is not None, key
+    assert m["format"] == "onnx" and m["precision"] == "fp32" and ref["format"] == "torch"
+    assert m["p50_ms"] <= m["p90_ms"] <= m["p99_ms"]
+    assert m["speedup_vs_torch_fp32"] == pytest.approx(ref["p50_ms"] / m["p50_ms"], rel=1e-2)
+    assert m["accuracy"] == {"metric": "test.macro_f1", "value": 0.6}
+    # torch and the exported graph agree on the same input (same sample image, same spec)
+    assert max(abs(a - b) for a, b in zip(m["logits_sample"], ref["logits_sample"])) < 1e-4
+    assert "torch" in res.stdout and "status: ok = measured" in res.stdout
+
+
+def test_bench_failed_bundle_is_a_row(tmp_path):
+    b = make_onnx_bundle(tmp_path / "b")
+    (b / "model.onnx").write_bytes(b"broken")
+    report = run_bench("host", BenchRequest(bundles=[b], runs=5, warmup=0, threads=1))
+    assert report["results"][0]["status"] == "failed" and "checksum" in report["results"][0]["error"]
+
+
+def test_raspberrypi_without_emulation_kit_says_why(tmp_path):
+    b = make_onnx_bundle(tmp_path / "b")
+    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--runs", "5", "--warmup", "0", "--threads", "1",
+                              "--emulator-dir", str(tmp_path / "no-kit")])
+    assert res.exit_code == 0, res.output
+    assert "emulation not run: no aarch64 emulation kit" in res.stdout
+    assert "ESTIMATE" in res.stdout and "Raspberry Pi 5" in res.stdout
+
+
+# -- SSH on loopback ----------------------------------------------------------------------------------
+
+SSHD = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture()
+def loopback_sshd(tmp_path):
+    if SSHD is None or shutil.which("ssh") is None or shutil.which("ssh-keygen") is None:
+        pytest.skip("sshd/ssh not installed (apt-get install -y openssh-server openssh-client)")
+    d = tmp_path / "sshd"
+    d.mkdir()
+    for name in ("host", "client"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / name)], check=True)
+    (d / "authorized_keys").write_text((d / "client.pub").read_text())
+    os.chmod(d / "authorized_keys", 0o600)
+    port = _free_port()
+    cfg = d / "sshd_config"
+    cfg.write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d / 'host'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPubkeyAuthentication yes\nStrictModes no\nUsePAM no\n"
+        f"PidFile {d / 'sshd.pid'}\nPermitRootLogin prohibit-password\nSubsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    user = os.environ.get("USER") or __import__("getpass").getuser()
+    opts = ["-p", str(port), "-i", str(d / "client"), "-o", "StrictHostKeyChecking=no", "-o", f"UserKnownHostsFile={d / 'known_hosts'}", "-o", "LogLevel=ERROR"]
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        r = subprocess.run(["ssh", "-o", "BatchMode=yes", *opts, f"{user}@127.0.0.1", "true"], capture_output=True)
+        if r.returncode == 0:
+            break
+        if proc.poll() is not None:
+            pytest.skip(f"sshd could not start here: {proc.stdout.read().decode(errors='replace').strip()[-200:]}")
+        time.sleep(0.3)
+    else:
+        proc.terminate()
+        pytest.skip(f"could not log in to the loopback sshd: {r.stderr.decode(errors='replace').strip()[-200:]}")
+    yield f"{user}@127.0.0.1", opts
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def test_raspberrypi_over_ssh_loopback(loopback_sshd, tmp_path):
+    host, opts = loopback_sshd
+    b = make_onnx_bundle(tmp_path / "bundle")
+    out = tmp_path / "pi.json"
+    remote_dir = tmp_path / "remote"
+    args = ["bench", "--model", str(b), "--target", "raspberrypi", "--host", host, "--runs", "10", "--warmup", "1", "--threads", "1",
+            "--remote-python", sys.executable, "--remote-dir", str(remote_dir), "--json", str(out)]
+    for o in opts:
+        args.append(f"--ssh-option={o}")
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["target"] == "raspberrypi" and report["host"] == host and report["kind"] == "measured"
+    (row,) = report["results"]
+    assert row["status"] == "ok" and row["path"] == str(b) and row["p50_ms"] > 0
+    # the runtime and bundle really went over: the copy is on the "device"
+    assert (remote_dir / "pkg" / "osteo_edge" / "edge_runtime" / "classifier.py").is_file()
+    assert any((remote_dir / "bundles").iterdir())
+    assert not (remote_dir / "pkg" / "osteo_edge" / "models").exists()
+
+
+def test_ssh_errors_are_one_line(tmp_path):
+    b = make_onnx_bundle(tmp_path / "b")
+    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--host", "bad host;rm", "--runs", "5"])
+    assert res.exit_code == 1 and "--host must look like" in res.output
+    port = _free_port()  # nothing listens there
+    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--host", "pi@127.0.0.1", "--runs", "5",
+                              f"--ssh-option=-p{port}", "--ssh-option=-oConnectTimeout=5"])
+    assert res.exit_code == 1 and "copying the bundles and runtime failed" in res.output and "Traceback" not in res.output
