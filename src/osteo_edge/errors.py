@@ -34,6 +34,14 @@ class DependencyError(OsteoEdgeError):
     """An optional dependency (an install extra) is missing."""
 
 
+class ExportError(OsteoEdgeError):
+    """A model could not be converted, quantized or pruned (a converter failed or gave a broken file)."""
+
+
+class ParityError(OsteoEdgeError):
+    """An exported or compressed model does not match its reference within the stated tolerance."""
+
+
 class WeightsUnavailableError(OsteoEdgeError):
     """Pretrained weights were asked for and cannot be had."""
 

@@ -1,1 +1,253 @@
-"""osteo_edge.export"""
+"""Export a torch run to an edge bundle: one function per format, registered by format name.
+
+The formats themselves are records in :data:`osteo_edge.formats.FORMATS`; this package adds one
+exporter function per runtime format (``onnx``, ``onnx-int8``, ``tflite``, ``tflite-int8``)::
+
+    from osteo_edge.export import export_model
+    result = export_model("runs/knee-lite0", "tflite-int8", "bundles/lite0-int8", split="split/split.csv")
+
+Every export writes a verified bundle (model file + manifest with labels, spec in the format's
+layout, temperature, thresholds, metrics, provenance with the parent run and the command), and
+checks the exported file numerically against torch on golden inputs through the edge runtime
+before the bundle is moved into place. With a split, calibration images come from its TRAINING
+subset and the exported model is also scored on its test subset (metrics with group-bootstrap CIs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..artifact import Bundle, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..errors import ConfigError, ParityError, choice_error
+from ..formats import FORMATS, ModelFormat, get_format
+from ..preprocess import PreprocessSpec
+from .golden import InputSet, calibration_inputs, golden_inputs
+
+log = logging.getLogger(__name__)
+
+MODEL_FILES = {"onnxruntime": "model.onnx", "litert": "model.tflite"}
+
+
+@dataclass
+class ExportContext:
+    """What an exporter function gets. It writes ``out_file`` and may use ``workdir`` for scratch."""
+
+    model: Any  # torch.nn.Module in eval mode
+    parent: Bundle
+    fmt: ModelFormat
+    spec: PreprocessSpec  # the parent spec in the format's layout
+    out_file: Path
+    workdir: Path
+    calib_size: int = 128
+    split: str | None = None
+    progress: Callable[[int, int], None] | None = None
+    info: dict[str, Any] = field(default_factory=dict)  # exporters record converter details here
+    _calib: InputSet | None = None
+
+    @property
+    def torch_spec(self) -> PreprocessSpec:
+        return self.parent.spec.with_layout("NCHW")
+
+    def calibration(self) -> InputSet:
+        """Calibration images (training split) in the torch (NCHW) layout; computed once."""
+        if self._calib is None:
+            self._calib = calibration_inputs(self.torch_spec, self.split, n=self.calib_size, labels=self.parent.labels, progress=self.progress)
+            self.info["calibration"] = {**self._calib.describe(), "subset": "train" if self.split else None}
+        return self._calib
+
+
+Exporter = Callable[[ExportContext], None]
+EXPORTERS: dict[str, Exporter] = {}
+
+
+def register_exporter(name: str) -> Callable[[Exporter], Exporter]:
+    """Register the export function of the format ``name`` (which must be a FORMATS record)."""
+    fmt = get_format(name)
+    if not fmt.runtime:
+        raise ConfigError(f"format {name!r} is not an edge-runtime format")
+
+    def deco(fn: Exporter) -> Exporter:
+        EXPORTERS[fmt.name] = fn
+        return fn
+
+    return deco
+
+
+# the exporter modules register themselves (their heavy imports happen inside the functions)
+from . import onnx_export as _onnx_export  # noqa: E402,F401
+from . import tflite_export as _tflite_export  # noqa: E402,F401
+
+
+def export_formats() -> list[str]:
+    return [name for name in FORMATS if name in EXPORTERS]
+
+
+def resolve_format(fmt: str, int8: bool = False) -> ModelFormat:
+    """``onnx``/``tflite`` plus ``int8`` -> ``onnx-int8``/``tflite-int8``; full names pass through."""
+    name = f"{fmt}-int8" if int8 and not fmt.endswith("-int8") else fmt
+    if name not in EXPORTERS:
+        raise choice_error("export format", name, export_formats())
+    return get_format(name)
+
+
+# ------------------------------------------------------------------------------------------------
+# golden parity
+
+# Tolerances of the golden check, by precision: calibrated probabilities through the runtime vs torch.
+GOLDEN_TOLERANCE = {
+    "fp32": {"max_abs_dp": 1e-3},
+    "int8": {"max_abs_dp": 0.25},
+}
+
+
+def torch_logits(model: Any, x: np.ndarray, batch: int = 16) -> np.ndarray:
+    import torch
+
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            outs.append(model(torch.from_numpy(np.ascontiguousarray(x[i : i + batch]))).float().numpy())
+    return np.concatenate(outs, axis=0)
+
+
+def golden_check(ref_logits: np.ndarray, cand_logits: np.ndarray, temperature: float, precision: str) -> dict[str, Any]:
+    """Compare candidate and torch logits; ``passed`` is judged by :data:`GOLDEN_TOLERANCE`."""
+    from .parity import agreement_stats, softmax
+
+    if cand_logits.shape != ref_logits.shape:
+        return {"passed": False, "why": f"output shape {cand_logits.shape} != torch {ref_logits.shape}"}
+    stats = agreement_stats(softmax(ref_logits, temperature), softmax(cand_logits, temperature))
+    stats["max_abs_dlogit"] = float(np.abs(ref_logits - cand_logits).max())
+    tol = GOLDEN_TOLERANCE[precision]
+    stats["tolerance"] = dict(tol)
+    stats["passed"] = bool(np.isfinite(cand_logits).all() and stats["max_abs_dp"] <= tol["max_abs_dp"])
+    if not stats["passed"]:
+        stats["why"] = f"max |delta p| {stats['max_abs_dp']:.4g} > {tol['max_abs_dp']}"
+    return stats
+
+
+# ------------------------------------------------------------------------------------------------
+# the export
+
+
+@dataclass
+class ExportResult:
+    bundle: Bundle
+    golden: dict[str, Any]
+    test: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def size_bytes(self) -> int:
+        return self.bundle.model_path.stat().st_size
+
+
+def _parent_record(parent: Bundle) -> dict[str, Any]:
+    rec = {
+        "path": str(parent.path.resolve()),
+        "format": parent.format,
+        "manifest_sha256": sha256_file(parent.path / "manifest.json"),
+        "model_sha256": parent.manifest["files"][parent.manifest["model_file"]]["sha256"],
+    }
+    for key in ("compression", "pruning"):
+        if key in parent.manifest:
+            rec[key] = parent.manifest[key]
+    return rec
+
+
+def export_model(
+    run_dir: str | os.PathLike,
+    format_name: str,
+    out: str | os.PathLike,
+    split: str | os.PathLike | None = None,
+    calib_size: int = 128,
+    golden_size: int = 8,
+    evaluate: bool = True,
+    threads: int | None = None,
+    command: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ExportResult:
+    """Export ``run_dir`` to ``format_name`` as the bundle ``out`` (replaced only when complete)."""
+    from ..compress.loading import load_run
+    from ..edge_runtime.backends import open_backend
+
+    t0 = time.perf_counter()
+    fmt = resolve_format(format_name)
+    if calib_size < 1 or golden_size < 1:
+        raise ConfigError(f"--calib-size and golden size must be positive, got {calib_size} and {golden_size}")
+    split = str(split) if split is not None else None
+    model, parent = load_run(run_dir)
+    spec_out = parent.spec.with_layout(fmt.layout)
+    golden = golden_inputs(parent.spec.with_layout("NCHW"), split, n=golden_size, labels=parent.labels)
+    ref = torch_logits(model, golden.x)
+    result: dict[str, Any] = {}
+
+    def build(tmp: Path) -> None:
+        model_file = MODEL_FILES[fmt.backend]
+        with tempfile.TemporaryDirectory(prefix="osteo-export-") as work:
+            ctx = ExportContext(model=model, parent=parent, fmt=fmt, spec=spec_out, out_file=tmp / model_file,
+                                workdir=Path(work), calib_size=calib_size, split=split, progress=progress)
+            EXPORTERS[fmt.name](ctx)
+        runner = open_backend(ctx.out_file, fmt.name, threads=threads)
+        cand = runner.run(golden.as_layout(spec_out))
+        check = golden_check(ref, cand, parent.temperature, fmt.precision)
+        check["inputs"] = golden.describe()
+        result["golden"] = check
+        if not check["passed"]:
+            raise ParityError(f"{fmt.name} export does not match torch on {golden.describe()['n']} golden inputs: {check['why']}")
+        metrics: dict[str, Any] = {"parent": parent.metrics}
+        if split is not None and evaluate:
+            from .parity import evaluate_runner
+
+            test = evaluate_runner(runner.run, spec_out, split, parent.labels, parent.temperature, parent.thresholds,
+                                   reference=model, reference_spec=parent.spec.with_layout("NCHW"), progress=progress)
+            test["evaluated_with"] = f"{runner.backend} {runner.version}"
+            metrics["test"] = test
+            result["test"] = test
+        provenance = dict(parent.manifest.get("provenance", {}))
+        provenance.update({"parent": _parent_record(parent), "command": command or "", "parent_command": provenance.get("command", "")})
+        if split is not None:
+            provenance.setdefault("split_csv", split)
+        seal(
+            tmp,
+            format=fmt.name,
+            model_file=model_file,
+            labels=parent.labels,
+            spec=spec_out,
+            temperature=parent.temperature,
+            thresholds=parent.thresholds,
+            metrics=metrics,
+            provenance=provenance,
+            versions=runtime_versions(("torch", "onnx", "onnxruntime", "ai-edge-litert", "tensorflow", "onnx2tf", "nncf")),
+            extra={
+                "arch": parent.manifest.get("arch"),
+                "export": {"format": fmt.name, "precision": fmt.precision, "layout": fmt.layout, "golden_parity": check, **ctx.info},
+            },
+        )
+
+    write_bundle_dir(out, build)
+    bundle = load_bundle(out)
+    log.info("exported %s -> %s (%s, %.1f s)", run_dir, out, fmt.name, time.perf_counter() - t0)
+    return ExportResult(bundle=bundle, golden=result["golden"], test=result.get("test"), seconds=time.perf_counter() - t0)
+
+
+__all__ = [
+    "EXPORTERS",
+    "ExportContext",
+    "ExportResult",
+    "GOLDEN_TOLERANCE",
+    "export_formats",
+    "export_model",
+    "golden_check",
+    "register_exporter",
+    "resolve_format",
+    "torch_logits",
+]

@@ -1,0 +1,57 @@
+"""`osteo-edge parity`: reference run (torch) vs candidate bundles (edge runtime) on real test images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, List, Optional
+
+import typer
+from rich.table import Table
+
+from ._common import console, err_console, handle_errors, next_step
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("parity")
+    @handle_errors
+    def parity(
+        reference: Annotated[Path, typer.Option("--reference", help="The torch run the candidates came from.")],
+        candidate: Annotated[List[Path], typer.Option("--candidate", help="Exported bundle (repeat for several).")],
+        split: Annotated[Path, typer.Option("--split", help="split.csv with the real test images.")],
+        subset: Annotated[str, typer.Option("--subset", help="Split subset to compare on: test | val | train.")] = "test",
+        max_drop: Annotated[float, typer.Option("--max-drop", help="Gate: largest allowed accuracy drop vs the reference (0.01 = 1 point).")] = 0.01,
+        min_agreement: Annotated[float, typer.Option("--min-agreement", help="Gate: smallest allowed top-1 agreement with the reference.")] = 0.98,
+        json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the full report as JSON here.")] = None,
+        png: Annotated[Optional[Path], typer.Option("--png", help="Write a chart here (default: beside --json).")] = None,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for torch and the runtimes.")] = None,
+    ) -> None:
+        """Accuracy, macro-F1, agreement and |delta p| per candidate; exit code 1 when a gate fails."""
+        from .export import quiet_tensorflow
+
+        quiet_tensorflow()
+        from ..export.parity import run_parity, write_parity
+
+        report = run_parity(reference, candidate, split, subset=subset, max_drop=max_drop, min_agreement=min_agreement, threads=threads)
+        if png is None and json_out is not None:
+            png = json_out.with_suffix(".png")
+        written = write_parity(report, json_out, png)
+        t = Table(title=f"Parity on {report.subset} ({report.n_images} images)")
+        for col in ("model", "backend", "size MB", "accuracy", "macro-F1", "agreement", "max |dp|", "mean |dp|", "gate"):
+            t.add_column(col, justify="left" if col in ("model", "backend") else "right")
+        r = report.reference
+        t.add_row(f"{reference.name} (reference)", "torch", f"{r['size_bytes'] / 1e6:.2f}", f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", "1.0000", "0", "0", "-")
+        for c in report.candidates:
+            t.add_row(c.name, c.backend, f"{c.size_bytes / 1e6:.2f}", f"{c.metrics['accuracy']:.4f}", f"{c.metrics['macro_f1']:.4f}",
+                      f"{c.agreement:.4f}", f"{c.max_abs_dp:.4f}", f"{c.mean_abs_dp:.4f}",
+                      "[green]PASS[/green]" if c.passed else "[red]FAIL[/red]")
+        console.print(t)
+        console.print(f"protocol: {report.protocol or 'unknown (no split.json beside the split)'}", highlight=False, soft_wrap=True)
+        console.print(f"gates: accuracy drop <= {max_drop}, top-1 agreement >= {min_agreement}. Screening aid only, not a diagnosis.", style="dim")
+        for p in written.values():
+            console.print(f"wrote {p}", highlight=False)
+        if not report.passed:
+            for f in report.failures:
+                err_console.print(f"[red]gate failed:[/red] {f}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=1)
+        best = report.candidates[0]
+        next_step(f"osteo-edge bench --model {best.path}")

@@ -1,0 +1,139 @@
+"""TFLite exporters: fp32 and full-integer int8, through ONNX and onnx2tf.
+
+The route (measured, see docs/export.md): torch -> ONNX fp32 (batch 1, opset 17) ->
+``onnxruntime.quantization.quant_pre_process`` -> onnx2tf (NCHW graph rewritten to NHWC, with
+onnxsim) -> a TF SavedModel and its fp32 ``.tflite``. For int8 the SavedModel goes through the TFLite
+converter with ``TFLITE_BUILTINS_INT8`` only (no Flex ops: LiteRT cannot run them), per-channel
+weights and our own calibration images (training split, shared preprocessing); input and output
+tensors are int8 and the edge runtime quantizes/dequantizes them with their scale and zero point.
+
+onnx2tf would otherwise download a sample image file from the internet, for a numerical self-check
+(and for calibration when none is given); offline that fails, so the download is replaced by our
+golden/calibration images for the duration of the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import ExportError, require
+from . import ExportContext, register_exporter
+from .onnx_export import INPUT_NAME, to_onnx
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _onnx2tf_environment(sample: np.ndarray) -> Iterator[None]:
+    """onnx2tf calls the ``onnxsim`` console script and downloads a sample: make both local, for this call only."""
+    onnx2tf_mod = sys.modules["onnx2tf.onnx2tf"]
+    bindir = str(Path(sys.executable).parent)
+    old_path = os.environ.get("PATH", "")
+    patched = bindir not in old_path.split(os.pathsep)
+    original = onnx2tf_mod.download_test_image_data
+    onnx2tf_mod.download_test_image_data = lambda: sample
+    if patched:
+        os.environ["PATH"] = bindir + os.pathsep + old_path
+    try:
+        yield
+    finally:
+        onnx2tf_mod.download_test_image_data = original
+        if patched:
+            os.environ["PATH"] = old_path
+
+
+def saved_model_from_onnx(ctx: ExportContext) -> tuple[Path, Path]:
+    """(SavedModel dir, fp32 .tflite) for ``ctx.model`` via ONNX and onnx2tf."""
+    require("tensorflow", "tflite")
+    onnx2tf = require("onnx2tf", "tflite")
+    if shutil.which("onnxsim", path=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")) is None:
+        from ..errors import DependencyError
+
+        raise DependencyError("the onnxsim command is not installed (onnx2tf needs it); install it with: pip install 'osteo-edge[tflite]'")
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    fp32 = to_onnx(ctx.model, ctx, ctx.workdir / "model.fp32.onnx", batch=1)
+    pre = ctx.workdir / "model.pre.onnx"
+    quant_pre_process(str(fp32), str(pre))
+    tf_dir = ctx.workdir / "tf"
+    spec = ctx.torch_spec
+    # onnx2tf's self-check wants NHWC images in [0, 1]-ish range; golden-like synthetic ones do.
+    from .golden import synthetic_inputs
+
+    sample = synthetic_inputs(spec.with_layout("NHWC"), n=2).x
+    log_buf = io.StringIO()
+    try:
+        with _onnx2tf_environment(sample), contextlib.redirect_stdout(log_buf):
+            onnx2tf.convert(
+                input_onnx_file_path=str(pre),
+                output_folder_path=str(tf_dir),
+                output_signaturedefs=True,
+                non_verbose=True,
+                overwrite_input_shape=[f"{INPUT_NAME}:1,{spec.channels},{spec.input_size},{spec.input_size}"],
+            )
+    except SystemExit as exc:  # onnx2tf calls sys.exit on errors
+        raise ExportError(f"onnx2tf failed (exit {exc.code}): {_tail(log_buf.getvalue())}") from None
+    except Exception as exc:
+        raise ExportError(f"onnx2tf failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]} {_tail(log_buf.getvalue())}") from exc
+    flt = tf_dir / f"{pre.stem}_float32.tflite"
+    if not (tf_dir / "saved_model.pb").is_file() or not flt.is_file():
+        raise ExportError(f"onnx2tf wrote no SavedModel/float32 TFLite in {tf_dir}: {_tail(log_buf.getvalue())}")
+    ctx.info["converter"] = (
+        f"torch ONNX exporter (opset 17) -> onnxruntime quant_pre_process -> onnx2tf {getattr(onnx2tf, '__version__', '?')} "
+        f"-> tensorflow {sys.modules['tensorflow'].__version__} TFLiteConverter"
+    )
+    return tf_dir, flt
+
+
+def _tail(text: str, n: int = 300) -> str:
+    text = " ".join(text.split())
+    return text[-n:] if text else "(no output)"
+
+
+@register_exporter("tflite")
+def export_tflite(ctx: ExportContext) -> None:
+    _, flt = saved_model_from_onnx(ctx)
+    shutil.copyfile(flt, ctx.out_file)
+
+
+def full_integer_tflite(saved_model: Path, calib_nhwc: np.ndarray, io_dtype: str = "int8") -> bytes:
+    """Full-integer int8 TFLite from a SavedModel: per-channel weights, builtins only, int8 I/O."""
+    tf = require("tensorflow", "tflite")
+
+    def representative() -> Iterator[list[Any]]:
+        for i in range(len(calib_nhwc)):
+            yield [calib_nhwc[i : i + 1].astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.representative_dataset = representative
+    conv.inference_input_type = getattr(tf, io_dtype)
+    conv.inference_output_type = getattr(tf, io_dtype)
+    try:
+        return bytes(conv.convert())
+    except Exception as exc:  # ConverterError and friends
+        raise ExportError(f"full-integer TFLite conversion failed: {type(exc).__name__}: {_tail(str(exc), 300)}") from exc
+
+
+@register_exporter("tflite-int8")
+def export_tflite_int8(ctx: ExportContext) -> None:
+    tf_dir, _ = saved_model_from_onnx(ctx)
+    calib = ctx.calibration().as_layout(ctx.spec)  # NHWC, already normalised by the spec
+    ctx.out_file.write_bytes(full_integer_tflite(tf_dir, calib))
+    ctx.info["quantization"] = {
+        "quantizer": "TFLiteConverter full-integer (TFLITE_BUILTINS_INT8)",
+        "weights": "int8 symmetric per-channel",
+        "activations": "int8 asymmetric per-tensor",
+        "io": "int8 input and output (the runtime quantizes/dequantizes)",
+        "calibration_method": "min/max over the representative images",
+    }
