@@ -75,9 +75,10 @@ def status_markdown(result: SingleResult, thresholds: dict[str, float] | None = 
     p = result.prediction
     thresholds = thresholds or {}
     if p.status == "rejected":
+        reason = p.message[len("rejected: "):] if p.message.startswith("rejected: ") else p.message
         return (
             "### Input rejected\n"
-            f"**Status: rejected.** `{p.path}`: {p.message}\n\n"
+            f"**Status: rejected.** `{p.path}`: {reason}\n\n"
             "Please upload a knee radiograph (JPEG, PNG, TIFF or DICOM)."
         )
     title = p.label if p.status == "ok" else f"{p.label} (uncertain)"
