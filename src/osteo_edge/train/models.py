@@ -236,7 +236,21 @@ def load_weights_into(model: Any, state: Mapping[str, Any], source: str) -> None
             f"e.g. {(missing or unexpected)[0]!r})"
         )
     model.load_state_dict(state, strict=False)
+    if skipped:
+        _reset_classifier(model)
     log.info("loaded weights from %s%s", source, f" (classifier re-initialised: {len(skipped)} tensors)" if skipped else "")
+
+
+def _reset_classifier(model: Any) -> None:
+    """Small initial logits for a new head on pretrained features (timm's EfficientNet head init,
+    uniform(+-1/sqrt(num_classes)), gives logits of +-20 on 1280 ReLU6 features)."""
+    import torch.nn as nn
+
+    for mod in classifier_module(model).modules():
+        if isinstance(mod, nn.Linear):
+            nn.init.normal_(mod.weight, std=0.01)
+            if mod.bias is not None:
+                nn.init.zeros_(mod.bias)
 
 
 def _classifier_prefix(model: Any) -> str:

@@ -1,0 +1,174 @@
+"""`osteo-edge train`: transfer learning / training from scratch into a sealed run bundle."""
+
+from __future__ import annotations
+
+import shlex
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from ._common import console, err_console, handle_errors, next_step, progress_enabled
+
+
+class Arch(str, Enum):
+    efficientnet_b0 = "efficientnet_b0"
+    efficientnet_lite0 = "efficientnet_lite0"
+    resnet18 = "resnet18"
+    resnet50 = "resnet50"
+    cnn = "cnn"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Schedule(str, Enum):
+    cosine = "cosine"
+    onecycle = "onecycle"
+
+
+class Balance(str, Enum):
+    weighted = "weighted"
+    sampler = "sampler"
+    none = "none"
+
+
+class Augment(str, Enum):
+    default = "default"
+    light = "light"
+    none = "none"
+
+
+def command_line(name: str, params: dict[str, Any]) -> str:
+    """The command as a person would type it, from the options actually given."""
+    parts = ["osteo-edge", name]
+    for k, v in params.items():
+        if v is None or v is False:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if v is True:
+            parts.append(flag)
+        elif isinstance(v, (list, tuple)):
+            parts += [str(x) for x in v] if k in ("runs",) else [flag, ",".join(str(x) for x in v)]
+        else:
+            parts += [flag, shlex.quote(str(v.value if isinstance(v, Enum) else v))]
+    return " ".join(parts)
+
+
+class _Renderer:
+    """Rich progress on a terminal; one line per epoch otherwise."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.enabled = progress_enabled()
+        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                             TimeElapsedColumn(), console=err_console, disable=not self.enabled, transient=True)
+        self.task = None
+        self.prefix = ""
+
+    def __enter__(self) -> "_Renderer":
+        self.prog.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.prog.__exit__(*exc)
+
+    def __call__(self, event: str, **d: Any) -> None:
+        if event == "fold":
+            self.prefix = f"fold {d['fold'] + 1}/{d['folds']} "
+            err_console.print(f"[bold]{self.prefix.strip()}[/bold]", highlight=False)
+        elif event == "start":
+            err_console.print(f"training on {d['device']} x{d['world']}: {d['train']} train / {d['val']} val images, "
+                              f"{d['steps']} steps per epoch" + (f", resuming at epoch {d['start_epoch'] + 1}" if d["start_epoch"] else ""), highlight=False)
+        elif event == "epoch_start":
+            desc = f"{self.prefix}epoch {d['epoch'] + 1}/{d['epochs']} ({d['stage']})"
+            if self.task is None:
+                self.task = self.prog.add_task(desc, total=d["steps"], info="")
+            else:
+                self.prog.reset(self.task, total=d["steps"], description=desc, info="")
+        elif event == "step" and self.task is not None:
+            self.prog.update(self.task, completed=d["step"], info=f"loss {d['loss']:.3f}  {d['images_per_second']:.1f} img/s")
+        elif event == "epoch_end":
+            mark = " *" if d["best_epoch"] == d["epoch"] else ""
+            line = (f"{self.prefix}epoch {d['epoch']} [{d['stage']}] train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f} | "
+                    f"val loss {d['val_loss']:.3f} acc {d['val_acc']:.3f} macro-F1 {d['val_macro_f1']:.3f} | "
+                    f"{d['epoch_seconds']:.0f}s, {d['images_per_second']:.1f} img/s{mark}")
+            if self.enabled:
+                self.prog.console.print(line, highlight=False)
+            else:
+                err_console.print(line, highlight=False, soft_wrap=True)
+
+
+@handle_errors
+def train_cmd(
+    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv from 'osteo-edge data split'.")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a sealed model bundle).")] = Path("runs/run"),
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture [default: efficientnet_b0].", show_default=False)] = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels [default: 224].", show_default=False)] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [default: 30].", show_default=False)] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per process [default: 16].", show_default=False)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW) [default: 1e-3].", show_default=False)] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only) [default: 2].", show_default=False)] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict [default: imagenet].", show_default=False)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="auto | cpu | cuda [default: auto].", show_default=False)] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU) [default: 1].", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint (uses the run's saved config).")] = False,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].", show_default=False)] = None,
+    config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (CLI options override it).")] = None,
+    folds: Annotated[int, typer.Option(help="k-fold cross-validation: train K runs OUT/fold<k> (the split needs --folds K).")] = 0,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="LR schedule [default: cosine].", show_default=False)] = None,
+    balance: Annotated[Optional[Balance], typer.Option(help="Class imbalance: weighted loss | balanced sampler | none [default: weighted].", show_default=False)] = None,
+    augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation [default: default].", show_default=False)] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1 [default: 8].", show_default=False)] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process [default: 2].", show_default=False)] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch [default: center_crop].", show_default=False)] = None,
+) -> None:
+    """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
+    from ..train.config import resolve_config
+
+    params = dict(split=split, out=out, arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
+                  freeze_epochs=freeze_epochs, weights=weights, device=device, devices=devices, resume=resume, seed=seed,
+                  config=config, folds=folds or None, schedule=schedule, balance=balance, augment=augment, patience=patience,
+                  threads=threads, resize=resize)
+    command = command_line("train", params)
+    overrides = {k: (v.value if isinstance(v, Enum) else (str(v) if isinstance(v, Path) else v)) for k, v in params.items()
+                 if k not in ("out", "resume", "config", "folds")}
+    if resume and folds == 0:
+        from ..train.config import TrainConfig
+
+        cfg = TrainConfig(split=str(split or "x"))  # the run's saved config is used; this one is a placeholder
+    else:
+        cfg = resolve_config(config, overrides)
+        if not cfg.split:
+            raise typer.BadParameter("--split is required (or 'split:' in --config)")
+    with _Renderer() as render:
+        if folds:
+            from ..train.cv import train_folds
+
+            results = train_folds(cfg, out, folds, resume=resume, progress=render, command=command)
+        else:
+            from ..train.engine import train
+
+            results = [train(cfg, out, resume=resume, progress=render, command=command)]
+    from rich.table import Table
+
+    t = Table(title=f"Training: {out}")
+    for col in ("run", "best epoch", "epochs", "val macro-F1", "val accuracy", "val low-BMD AUROC", "T", "time (min)"):
+        t.add_column(col, justify="right" if col != "run" else "left")
+    for r in results:
+        v = r.val_metrics
+        t.add_row(str(r.run_dir), str(r.best_epoch), str(r.epochs_run) + (" (early stop)" if r.stopped_early else ""),
+                  f"{v.get('macro_f1', float('nan')):.3f}", f"{v.get('accuracy', float('nan')):.3f}",
+                  f"{v.get('low_bmd_auroc', float('nan')):.3f}", f"{r.temperature:.2f}", f"{r.train_seconds / 60:.1f}")
+    console.print(t)
+    console.print("validation metrics only (used for early stopping and calibration); the test split is untouched.", highlight=False)
+    next_step(f"osteo-edge evaluate --model {out}" + (f" --folds {folds}" if folds else ""))
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_cmd)

@@ -1,0 +1,163 @@
+"""Training and evaluation datasets over a split, augmentation, and the epoch sampler.
+
+Every sample goes through the shared preprocessing path of :mod:`osteo_edge.preprocess`::
+
+    decode_image -> to_gray -> resize -> [augmentation, training only] -> finalize
+
+so a training sample without augmentation is exactly the runtime input for that file (tested).
+Augmentation is seeded per (seed, epoch, index): a run is reproducible on CPU and a resumed run
+sees the same samples as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import DataError, InvalidImageError, require
+from ..preprocess import PreprocessSpec, decode_image, finalize, resize, to_gray
+
+log = logging.getLogger(__name__)
+
+Augment = Callable[[np.ndarray, int], np.ndarray]
+
+
+def build_augmentation(level: str) -> Augment | None:
+    """A seeded augmentation on resized HxW float32 [0, 1] intensities, or ``None`` for ``none``.
+
+    Geometric (small affine, horizontal flip: left and right knees both occur) and photometric
+    (brightness, contrast, gamma) changes only; no crops that could cut away the joint.
+    """
+    if level == "none":
+        return None
+    A = require("albumentations", "train")
+    if level == "light":
+        ops = [
+            A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-5, 5), border_mode=0, fill=0, p=0.7),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.1, contrast_limit=0.1, p=0.5),
+        ]
+    else:
+        ops = [
+            A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10), border_mode=0, fill=0, p=0.9),
+            A.HorizontalFlip(p=0.5),
+            A.RandomBrightnessContrast(brightness_limit=0.15, contrast_limit=0.15, p=0.8),
+            A.RandomGamma(gamma_limit=(80, 120), p=0.5),
+        ]
+    compose = A.Compose(ops, seed=0)
+
+    def augment(img: np.ndarray, seed: int) -> np.ndarray:
+        compose.set_random_seed(int(seed) % (2**32))
+        out = compose(image=np.ascontiguousarray(img, dtype=np.float32))["image"]
+        return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+    return augment
+
+
+class RadiographDataset:
+    """A torch-style dataset of split rows: ``(input CxHxW float32 tensor, label index)``.
+
+    The deterministic part (decode, grayscale, resize) is cached in memory; augmentation (training
+    only) and :func:`finalize` run per sample.
+    """
+
+    def __init__(
+        self,
+        rows: Sequence[Any],
+        labels: Sequence[str],
+        spec: PreprocessSpec,
+        augment: Augment | None = None,
+        seed: int = 0,
+        cache: bool = True,
+    ) -> None:
+        self.rows = list(rows)
+        self.labels = list(labels)
+        self.spec = spec
+        self.augment = augment
+        self.seed = int(seed)
+        self.epoch = 0
+        self.cache = cache
+        self._cache: dict[int, np.ndarray] = {}
+        index = {lab: i for i, lab in enumerate(self.labels)}
+        unknown = sorted({r.label for r in self.rows} - set(index))
+        if unknown:
+            raise DataError(f"label(s) {unknown} are not among the model's labels {self.labels}")
+        self.targets = np.array([index[r.label] for r in self.rows], dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def resized(self, i: int) -> np.ndarray:
+        """decode -> to_gray -> resize for row ``i`` (cached)."""
+        hit = self._cache.get(i)
+        if hit is not None:
+            return hit
+        path = self.rows[i].path
+        try:
+            out = resize(to_gray(decode_image(path, self.spec.bit_depth)), self.spec)
+        except InvalidImageError as exc:
+            raise DataError(f"split row {path}: {exc}") from exc
+        if self.cache:
+            self._cache[i] = out
+        return out
+
+    def sample_seed(self, i: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**32)
+
+    def array(self, i: int) -> np.ndarray:
+        """The model input for row ``i`` as a numpy array (augmented when this is a training set)."""
+        img = self.resized(i)
+        if self.augment is not None:
+            img = self.augment(img, self.sample_seed(i))
+        return finalize(img, self.spec)
+
+    def __getitem__(self, i: int) -> tuple[Any, int]:
+        import torch
+
+        return torch.from_numpy(self.array(i)), int(self.targets[i])
+
+
+class EpochSampler:
+    """Indices for one epoch: a seeded permutation, or (``balanced``) a class-balanced draw with
+    replacement; sharded over ``world`` processes (padded so every rank takes the same steps)."""
+
+    def __init__(self, targets: np.ndarray, seed: int, balanced: bool = False, rank: int = 0, world: int = 1) -> None:
+        self.targets = np.asarray(targets)
+        self.seed = int(seed)
+        self.balanced = balanced
+        self.rank, self.world = rank, world
+        self.epoch = 0
+        n = len(self.targets)
+        self.num_samples = -(-n // world)  # ceil
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def epoch_indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        n = len(self.targets)
+        if self.balanced:
+            counts = np.bincount(self.targets)
+            w = 1.0 / counts[self.targets]
+            idx = rng.choice(n, size=n, replace=True, p=w / w.sum())
+        else:
+            idx = rng.permutation(n)
+        pad = self.num_samples * self.world - n
+        if pad:
+            idx = np.concatenate([idx, idx[:pad]])
+        return idx
+
+    def __iter__(self):
+        return iter(self.epoch_indices()[self.rank :: self.world].tolist())
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+
+def class_weights(targets: np.ndarray, num_classes: int) -> np.ndarray:
+    """Inverse-frequency weights normalised to mean 1 over the classes that occur."""
+    counts = np.bincount(np.asarray(targets), minlength=num_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+    return w.astype(np.float32)

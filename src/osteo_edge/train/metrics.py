@@ -1,0 +1,279 @@
+"""Classification metrics, the binary low-BMD view, calibration and bootstrap confidence intervals.
+
+numpy + scikit-learn only. Probabilities are calibrated softmax outputs ``softmax(logits / T)``.
+Bootstrap resampling is done over duplicate groups (cluster bootstrap), so copies of one
+radiograph never count as independent evidence.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import require
+
+log = logging.getLogger(__name__)
+
+NORMAL = "Normal"
+HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro", "low_bmd_auroc", "low_bmd_sensitivity", "low_bmd_specificity", "ece")
+
+
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    z = np.asarray(logits, dtype=np.float64) / float(temperature)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def low_bmd_probability(probs: np.ndarray, labels: Sequence[str]) -> np.ndarray | None:
+    """P(low BMD) = 1 - P(Normal); ``None`` when the label set has no Normal class."""
+    if NORMAL not in labels:
+        return None
+    return 1.0 - np.asarray(probs)[:, list(labels).index(NORMAL)]
+
+
+# ------------------------------------------------------------------------------------------------
+# point metrics
+
+
+def _auc(y_bin: np.ndarray, score: np.ndarray) -> float:
+    if y_bin.min() == y_bin.max():
+        return float("nan")
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y_bin, score))
+
+
+def ece_score(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of the top-1 confidence (equal-width bins)."""
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.mean() * abs(correct[m].mean() - conf[m].mean())
+    return float(total)
+
+
+def reliability_bins(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, list[float]]:
+    conf = probs.max(axis=1)
+    correct = (probs.argmax(axis=1) == y).astype(np.float64)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    idx = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    acc, cf, cnt = [], [], []
+    for b in range(bins):
+        m = idx == b
+        cnt.append(int(m.sum()))
+        acc.append(float(correct[m].mean()) if m.any() else float("nan"))
+        cf.append(float(conf[m].mean()) if m.any() else float("nan"))
+    return {"edges": edges.tolist(), "accuracy": acc, "confidence": cf, "count": cnt}
+
+
+def binary_at_threshold(y_low: np.ndarray, p_low: np.ndarray, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of "P(low BMD) >= threshold"."""
+    pred = p_low >= threshold
+    pos, neg = y_low == 1, y_low == 0
+    sens = float(pred[pos].mean()) if pos.any() else float("nan")
+    spec = float((~pred[neg]).mean()) if neg.any() else float("nan")
+    return sens, spec
+
+
+def choose_low_bmd_threshold(y_low: np.ndarray, p_low: np.ndarray, target_sensitivity: float = 0.9) -> dict[str, float]:
+    """The highest threshold whose sensitivity on these (validation) cases is >= the target.
+
+    Screening favours sensitivity: a missed low-BMD knee is worse than a DEXA referral. Also
+    returns Youden's J optimum for reference.
+    """
+    y_low = np.asarray(y_low).astype(int)
+    p_low = np.asarray(p_low, dtype=np.float64)
+    cands = np.unique(np.concatenate([p_low, [0.0]]))[::-1]
+    chosen = 0.0
+    for t in cands:  # descending: the first that reaches the target is the highest
+        sens, _ = binary_at_threshold(y_low, p_low, t)
+        if not math.isnan(sens) and sens >= target_sensitivity:
+            chosen = float(t)
+            break
+    best_j, youden = -1.0, 0.5
+    for t in cands:
+        sens, spec = binary_at_threshold(y_low, p_low, t)
+        if not (math.isnan(sens) or math.isnan(spec)) and sens + spec - 1 > best_j:
+            best_j, youden = sens + spec - 1, float(t)
+    sens, spec = binary_at_threshold(y_low, p_low, chosen)
+    return {"threshold": chosen, "target_sensitivity": float(target_sensitivity), "val_sensitivity": sens,
+            "val_specificity": spec, "youden_threshold": youden}
+
+
+def classification_metrics(
+    y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_bmd_threshold: float | None = None
+) -> dict[str, Any]:
+    """Point metrics: accuracy, macro-F1, per-class P/R/F1, one-vs-rest AUROC, confusion, binary view, ECE."""
+    require("sklearn", "train")
+    from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+    y = np.asarray(y).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    k = len(labels)
+    pred = probs.argmax(axis=1)
+    present = sorted(set(y.tolist()))
+    p, r, f, s = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+    per_class = {}
+    aurocs = []
+    for i, lab in enumerate(labels):
+        auc = _auc((y == i).astype(int), probs[:, i])
+        per_class[lab] = {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]), "auroc": auc}
+        if not math.isnan(auc):
+            aurocs.append(auc)
+    out: dict[str, Any] = {
+        "n": int(len(y)),
+        "accuracy": float((pred == y).mean()) if len(y) else float("nan"),
+        # macro over the classes present in y (a class absent from this subset has no recall)
+        "macro_f1": float(f1_score(y, pred, labels=present, average="macro", zero_division=0)) if len(y) else float("nan"),
+        "balanced_accuracy": float(np.mean([r[i] for i in present])) if len(present) > 1 else float("nan"),
+        "auroc_macro": float(np.mean(aurocs)) if aurocs else float("nan"),
+        "per_class": per_class,
+        "confusion": confusion_matrix(y, pred, labels=list(range(k))).tolist(),
+        "ece": ece_score(probs, y) if len(y) else float("nan"),
+        "nll": float(-np.mean(np.log(np.clip(probs[np.arange(len(y)), y], 1e-12, None)))) if len(y) else float("nan"),
+    }
+    p_low = low_bmd_probability(probs, labels)
+    if p_low is not None:
+        y_low = (y != list(labels).index(NORMAL)).astype(int)
+        out["low_bmd_auroc"] = _auc(y_low, p_low)
+        if low_bmd_threshold is not None:
+            sens, spec = binary_at_threshold(y_low, p_low, low_bmd_threshold)
+            out["low_bmd_threshold"] = float(low_bmd_threshold)
+            out["low_bmd_sensitivity"], out["low_bmd_specificity"] = sens, spec
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising the negative log-likelihood on these (validation) logits."""
+    from scipy.optimize import minimize_scalar
+
+    logits = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(y).astype(int)
+    if len(y) == 0:
+        return 1.0
+
+    def nll(log_t: float) -> float:
+        p = softmax(logits, math.exp(log_t))
+        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
+
+    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
+    t = float(math.exp(res.x))
+    # Never worse than no scaling on the data it was fitted on.
+    return t if nll(res.x) <= nll(0.0) else 1.0
+
+
+# ------------------------------------------------------------------------------------------------
+# bootstrap
+
+
+def _fast_auc(yb: np.ndarray, score: np.ndarray) -> float:
+    """Mann-Whitney AUROC with tied ranks averaged (equals sklearn's roc_auc_score)."""
+    from scipy.stats import rankdata
+
+    n1 = int(yb.sum())
+    n0 = len(yb) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = rankdata(score)
+    return float((r[yb == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
+
+
+def fast_headline(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_bmd_threshold: float | None = None) -> dict[str, float]:
+    """The headline metrics of :func:`classification_metrics` in plain numpy (for the bootstrap)."""
+    k = len(labels)
+    pred = probs.argmax(axis=1)
+    present = np.unique(y)
+    f1s, recalls, aucs = [], [], []
+    for c in range(k):
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        if c in present:
+            prec = tp / (tp + fp) if tp + fp else 0.0
+            rec = tp / (tp + fn) if tp + fn else 0.0
+            f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+            recalls.append(rec)
+        a = _fast_auc((y == c).astype(int), probs[:, c])
+        if not math.isnan(a):
+            aucs.append(a)
+    out = {
+        "accuracy": float((pred == y).mean()),
+        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+        "balanced_accuracy": float(np.mean(recalls)) if len(recalls) > 1 else float("nan"),
+        "auroc_macro": float(np.mean(aucs)) if aucs else float("nan"),
+        "ece": ece_score(probs, y),
+    }
+    p_low = low_bmd_probability(probs, labels)
+    if p_low is not None:
+        y_low = (y != list(labels).index(NORMAL)).astype(int)
+        out["low_bmd_auroc"] = _fast_auc(y_low, p_low)
+        if low_bmd_threshold is not None:
+            out["low_bmd_sensitivity"], out["low_bmd_specificity"] = binary_at_threshold(y_low, p_low, low_bmd_threshold)
+    return out
+
+
+def headline(m: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(m[k]) for k in HEADLINE if k in m}
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    labels: Sequence[str],
+    groups: Sequence[Any] | None = None,
+    low_bmd_threshold: float | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    metric_fn: Callable[..., Mapping[str, Any]] | None = None,
+) -> dict[str, dict[str, float]]:
+    """95% percentile intervals for every headline metric, resampling groups with replacement."""
+    y = np.asarray(y).astype(int)
+    probs = np.asarray(probs)
+    fn = metric_fn or fast_headline
+    point = headline(classification_metrics(y, probs, labels, low_bmd_threshold))
+    if n_boot <= 0 or len(y) < 2:
+        return {k: {"value": v, "ci95": [float("nan"), float("nan")]} for k, v in point.items()}
+    g = np.asarray(groups if groups is not None else np.arange(len(y)))
+    uniq, inv = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(inv == j) for j in range(len(uniq))]
+    rng = np.random.default_rng(seed)
+    samples: dict[str, list[float]] = {k: [] for k in point}
+    for _ in range(n_boot):
+        pick = rng.integers(0, len(uniq), size=len(uniq))
+        idx = np.concatenate([members[j] for j in pick])
+        m = headline(fn(y[idx], probs[idx], labels, low_bmd_threshold))
+        for k in point:
+            samples[k].append(m.get(k, float("nan")))
+    out = {}
+    for k, v in point.items():
+        arr = np.asarray(samples[k], dtype=np.float64)
+        arr = arr[~np.isnan(arr)]
+        lo, hi = (np.percentile(arr, [2.5, 97.5]).tolist() if len(arr) >= 20 else [float("nan"), float("nan")])
+        out[k] = {"value": v, "ci95": [float(lo), float(hi)]}
+    return out
+
+
+def fmt_ci(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
+    """``0.812 [0.701, 0.905]`` (or ``n/a``)."""
+    if not entry:
+        return "n/a"
+    v = entry.get("value", float("nan"))
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "n/a"
+    lo, hi = entry.get("ci95", [float("nan"), float("nan")])
+    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
+        return f"{v:.{digits}f}"
+    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
