@@ -1,0 +1,116 @@
+"""Install only the runtime extra into a fresh venv and measure it.
+
+    python benchmarks/runtime/fresh_venv.py [--model BUNDLE] [--image IMG] [--out benchmarks/runtime/fresh_venv.json]
+
+Reports: installed size of the venv (and of its largest packages), `import osteo_edge.edge_runtime`
+time (median of 5 fresh interpreters), whether torch/timm/tensorflow/gradio got imported (they
+must not be installed at all), first-prediction time (EdgeClassifier.load + predict of one real
+image, in a fresh interpreter) and the output of `osteo-edge predict --json` on that image.
+Without --model the shipped bundle (src/osteo_edge/models/default) is used.
+Needs PyPI (pip install); this is a benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=ROOT / "src" / "osteo_edge" / "models" / "default")
+    ap.add_argument("--image", type=Path, default=SHARED / "knee" / "wani-mendeley" / "Osteopenia" / "OP1.jpg")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "runtime" / "fresh_venv.json")
+    ap.add_argument("--keep", type=Path, default=None, help="create the venv here and keep it")
+    a = ap.parse_args()
+    if not a.image.exists():
+        cands = sorted((SHARED / "knee" / "wani-mendeley").rglob("*.*"))
+        a.image = next(p for p in cands if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    tmp = Path(tempfile.mkdtemp(prefix="osteo-rt-venv-"))
+    venv = a.keep or tmp / "venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    t0 = time.perf_counter()
+    r = run([sys.executable, "-m", "venv", str(venv)])
+    assert r.returncode == 0, r.stderr
+    py = venv / "bin" / "python"
+    # build from a copy without the dev venv or caches
+    src = tmp / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "benchmarks", "tests", "docs"))
+    r = run([str(py), "-m", "pip", "install", "-q", f"{src}[runtime]"])
+    install_s = time.perf_counter() - t0
+    if r.returncode != 0:
+        print(r.stderr[-2000:])
+        return 1
+    freeze = run([str(py), "-m", "pip", "freeze"]).stdout.split()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    pkgs = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", "__pycache__"))), reverse=True)
+    heavy = ("torch", "timm", "tensorflow", "gradio", "sklearn", "matplotlib")
+    probe = (
+        "import sys, time; t=time.perf_counter(); import osteo_edge.edge_runtime; dt=time.perf_counter()-t;"
+        f"print(dt, sorted(m for m in sys.modules if m.split('.')[0] in {heavy!r}))"
+    )
+    imports, leaked = [], None
+    for _ in range(5):
+        out = run([str(py), "-c", probe], cwd=tmp).stdout.split(" ", 1)
+        imports.append(float(out[0]))
+        leaked = out[1].strip()
+    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom")}
+    first = (
+        "import time; t=time.perf_counter();"
+        "from osteo_edge.edge_runtime import EdgeClassifier;"
+        f"c=EdgeClassifier.load({str(a.model)!r}, threads=2); t1=time.perf_counter();"
+        f"p=c.predict({str(a.image)!r}); t2=time.perf_counter();"
+        "import json; print(json.dumps({'import_and_load_s': t1-t, 'first_predict_s': t2-t1, 'total_s': t2-t, 'status': p.status, 'label': p.label, 'format': c.bundle.format}))"
+    )
+    fp = run([str(py), "-c", first], cwd=tmp)
+    first_pred = json.loads(fp.stdout.strip().splitlines()[-1]) if fp.returncode == 0 else {"error": fp.stderr.strip().splitlines()[-1:]}
+    cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--model", str(a.model), "--json"], cwd=tmp)
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    result = {
+        "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]')",
+        "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
+        "install_seconds": round(install_s, 1),
+        "venv_mb": round(du(venv) / 1e6, 1),
+        "site_packages_mb": round(du(site) / 1e6, 1),
+        "largest_packages_mb": {n: round(s / 1e6, 1) for s, n in pkgs[:8]},
+        "packages": freeze,
+        "import_edge_runtime_s_median_of_5": round(statistics.median(imports), 3),
+        "heavy_modules_imported": leaked,
+        "importable": importable,
+        "bundle": str(a.model.relative_to(ROOT)) if a.model.is_relative_to(ROOT) else str(a.model),
+        "image": str(a.image.relative_to(SHARED.parent)) if a.image.is_relative_to(SHARED.parent) else str(a.image),
+        "first_prediction": first_pred,
+        "cli_predict_exit_code": cli.returncode,
+        "cli_predict_json": cli.stdout.strip(),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k != "packages"}, indent=2))
+    if not a.keep:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
