@@ -168,12 +168,13 @@ def test_model_card_comes_from_the_manifest(bundle_dir, tmp_path):
     # Confidence intervals in either common shape are shown; missing facts say so.
     rich = make_onnx_bundle(tmp_path / "ci", provenance={"command": "x"})
     m = json.loads((rich / "manifest.json").read_text())
-    m["metrics"] = {"test": {"pooled": {"macro_f1": {"value": 0.71, "ci95": [0.64, 0.78], "n": 64}}, "wani": {"accuracy": {"point": 0.6, "lo": 0.5, "hi": 0.7}}}}
+    m["metrics"] = {"test": {"pooled": {"macro_f1": {"value": 0.71, "ci95": [0.64, 0.78], "n": 64}}, "wani": {"accuracy": {"point": 0.6, "lo": 0.5, "hi": 0.7}, "ece": {"value": 0.1, "ci95": [float("nan"), float("nan")]}}}}
     from osteo_edge.artifact import Bundle
 
     md2 = model_card_markdown(Bundle(rich, m))
     assert "test / pooled / macro_f1 | 0.710 (95% CI 0.640 to 0.780), n=64" in md2
     assert "test / wani / accuracy | 0.600 (95% CI 0.500 to 0.700)" in md2
+    assert "test / wani / ece | 0.100 |" in md2  # an interval that could not be computed is not shown
     assert md2.count(NOT_RECORDED) >= 2  # no training data, no split protocol in this manifest
 
 

@@ -55,7 +55,7 @@ def _metric_value(v: Any) -> str | None:
             if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_num(c) for c in ci):
                 lo, hi = ci
         text = _num(point)
-        if lo is not None and hi is not None:
+        if lo is not None and hi is not None and not (math.isnan(float(lo)) or math.isnan(float(hi))):
             text += f" (95% CI {_num(lo)} to {_num(hi)})"
         n = v.get("n")
         if _is_num(n):
