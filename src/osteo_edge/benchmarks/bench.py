@@ -115,7 +115,7 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def find_parent(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
+def find_parent(bundle_dir: Path, manifest: dict[str, Any], depth: int = 0) -> Path | None:
     """The torch training run a bundle was exported from, when its provenance names one that exists."""
     prov = manifest.get("provenance") or {}
     for key in PARENT_KEYS:
@@ -127,10 +127,17 @@ def find_parent(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
         for cand in (Path(val), bundle_dir / val, Path.cwd() / val):
             if (cand / "manifest.json").is_file():
                 try:
-                    if read_manifest(cand).get("format") == "torch":
-                        return cand.resolve()
+                    pm = read_manifest(cand)
                 except BundleError:
                     continue
+                if pm.get("format") != "torch":
+                    continue
+                if "compression" in pm and depth < 3:
+                    # a QAT run is not an fp32 model: its own parent is the fp32 reference
+                    up = find_parent(cand, pm, depth + 1)
+                    if up is not None:
+                        return up
+                return cand.resolve()
     return None
 
 

@@ -101,10 +101,13 @@ def measure_torch(run_dir: str | os.PathLike, threads: int, runs: int, warmup: i
     t0 = time.perf_counter()
     import torch
 
-    from ..train.models import load_model
+    try:
+        from ..compress.loading import load_run  # pruned runs too
+    except ImportError:  # pragma: no cover - older trees without the compress package
+        from ..train.models import load_model as load_run
 
     torch.set_num_threads(threads)
-    model, bundle = load_model(run_dir)
+    model, bundle = load_run(run_dir)
     load_ms = (time.perf_counter() - t0) * 1000
     spec = bundle.spec
     from ..preprocess import decode_image, finalize, resize, to_gray
