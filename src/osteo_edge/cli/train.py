@@ -113,7 +113,7 @@ def train_cmd(
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [default: 30].", show_default=False)] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per process [default: 16].", show_default=False)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW) [default: 1e-3].", show_default=False)] = None,
-    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only) [default: 2].", show_default=False)] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only) [default: auto = min(2, epochs // 3)].", show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict [default: imagenet].", show_default=False)] = None,
     device: Annotated[Optional[Device], typer.Option(help="auto | cpu | cuda [default: auto].", show_default=False)] = None,
     devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU) [default: 1].", show_default=False)] = None,

@@ -31,7 +31,7 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 1e-3
     weight_decay: float = 0.05
-    freeze_epochs: int = 2  # frozen-backbone warm-up (head only); skipped when weights are "none"
+    freeze_epochs: int = -1  # frozen-backbone warm-up (head only); -1: auto = min(2, epochs // 3); none without pretrained weights
     head_lr_mult: float = 1.0  # LR multiplier of the classifier head during fine-tuning
     schedule: str = "cosine"
     warmup_steps_frac: float = 0.05  # linear LR warm-up inside the fine-tuning stage (cosine)
@@ -74,7 +74,7 @@ class TrainConfig:
             (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
             (self.lr > 0, f"--lr must be positive, got {self.lr}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
-            (0 <= self.freeze_epochs <= self.epochs, f"--freeze-epochs must be in [0, --epochs={self.epochs}], got {self.freeze_epochs}"),
+            (-1 <= self.freeze_epochs <= self.epochs, f"--freeze-epochs must be in [0, --epochs={self.epochs}] (or -1: auto), got {self.freeze_epochs}"),
             (self.devices >= 1, f"--devices must be at least 1, got {self.devices}"),
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
             (self.workers >= 0, f"workers must be >= 0, got {self.workers}"),
@@ -93,6 +93,13 @@ class TrainConfig:
     @property
     def pretrained(self) -> bool:
         return self.weights != "none"
+
+    @property
+    def warmup_epochs(self) -> int:
+        """Frozen-backbone epochs actually run: none from random weights; auto = min(2, epochs // 3)."""
+        if not self.pretrained:
+            return 0
+        return min(2, self.epochs // 3) if self.freeze_epochs < 0 else self.freeze_epochs
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

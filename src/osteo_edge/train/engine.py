@@ -336,8 +336,8 @@ def _loop(
     opt = torch.optim.AdamW(
         [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}], lr=config.lr, weight_decay=config.weight_decay
     )
-    freeze_epochs = config.freeze_epochs if config.pretrained else 0
-    if config.freeze_epochs and not config.pretrained and rank == 0:
+    freeze_epochs = config.warmup_epochs
+    if config.freeze_epochs > 0 and not config.pretrained and rank == 0:
         log.info("--weights none: no frozen warm-up (a random backbone is not worth freezing)")
     sampler = EpochSampler(train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=rank, world=world)
     steps_per_epoch = -(-len(sampler) // config.batch_size)

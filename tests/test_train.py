@@ -1,0 +1,290 @@
+"""Training: models and weights, the preprocessing contract in training, the loop, resume, DDP, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("albumentations")
+
+from osteo_edge._torchcompat import import_timm  # noqa: E402
+from osteo_edge.errors import DependencyError  # noqa: E402
+
+try:  # timm only through the shim (PyPI torchvision beside CPU torch)
+    import_timm()
+except DependencyError:
+    pytest.skip("timm is not installed", allow_module_level=True)
+
+from typer.testing import CliRunner  # noqa: E402
+
+from osteo_edge.artifact import load_bundle  # noqa: E402
+from osteo_edge.cli import app  # noqa: E402
+from osteo_edge.data.split import SplitRow, SplitTable, read_split, write_split  # noqa: E402
+from osteo_edge.errors import BundleError, ConfigError, WeightsUnavailableError  # noqa: E402
+from osteo_edge.preprocess import decode_image, preprocess  # noqa: E402
+from osteo_edge.train import models  # noqa: E402
+from osteo_edge.train.config import TrainConfig, resolve_config  # noqa: E402
+from osteo_edge.train.data import RadiographDataset, build_augmentation  # noqa: E402
+from osteo_edge.train.engine import train  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+KNEE = DATA / "knee"
+LABELS = ["Normal", "Osteopenia", "Osteoporosis"]
+
+pytestmark = pytest.mark.skipif(not KNEE.is_dir(), reason="shared data not available")
+
+
+def make_tiny_split(out: Path, per_split: dict[str, int] | None = None) -> Path:
+    """A split of a few real images per class (no duplicates across splits: distinct files, one group each)."""
+    plan = per_split or {"train": 4, "val": 2, "test": 2}
+    folders = {"Normal": KNEE / "multiclass-kaggle" / "Normal", "Osteopenia": KNEE / "wani-mendeley" / "Osteopenia",
+               "Osteoporosis": KNEE / "multiclass-kaggle" / "Osteoporosis"}
+    rows, g = [], 0
+    for lab, folder in folders.items():
+        files = iter(sorted(p for p in folder.iterdir() if p.is_file()))
+        for split, n in plan.items():
+            for _ in range(n):
+                f = next(files)
+                g += 1
+                rows.append(SplitRow(str(f), lab, lab, folder.parent.name, g, split, -1 if split == "test" else g % 2, ""))
+    table = SplitTable(rows=rows, labels=LABELS, info={"labels": LABELS, "protocol": "tiny test split (distinct files, one group each)"})
+    write_split(table, out)
+    return out / "split.csv"
+
+
+@pytest.fixture(scope="module")
+def tiny_split(tmp_path_factory) -> Path:
+    return make_tiny_split(tmp_path_factory.mktemp("split"))
+
+
+def tiny_config(split: Path, **kw) -> TrainConfig:
+    base = dict(split=str(split), arch="cnn", img_size=32, epochs=2, batch_size=4, weights="none", lr=1e-3, threads=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+# ------------------------------------------------------------------------------------------------
+# models and weights
+
+
+def test_arch_table_builds_every_model():
+    for name, rec in models.ARCHS.items():
+        m = models.build_model(name, 3).eval()
+        spec = rec.spec(32)
+        with torch.no_grad():
+            out = m(torch.zeros(spec.input_shape))
+        assert out.shape == (1, 3), name
+        assert spec.channels == rec.channels
+
+
+def test_lite0_imagenet_weights_load_offline_with_renamed_keys():
+    pkg = models.read_state_dict(models.lite0_package_weights())
+    m = models.build_model("efficientnet_lite0", 3, weights="imagenet")
+    assert torch.equal(m.conv_stem.weight, pkg["_conv_stem.weight"])
+    assert torch.equal(m.blocks[6][0].conv_pwl.weight, pkg["_blocks.15._project_conv.weight"])
+    assert torch.equal(m.bn2.running_var, pkg["_bn1.running_var"])
+    assert m.classifier.weight.shape == (3, 1280)
+    assert float(m.classifier.weight.detach().abs().max()) < 0.1  # a fresh, small head
+    spec = models.get_arch("efficientnet_lite0").spec(224)
+    assert spec.mean == (0.5, 0.5, 0.5) and spec.interpolation == "bicubic"
+
+
+def test_imagenet_unavailable_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "_cached_imagenet_file", lambda m: None)
+    with pytest.raises(WeightsUnavailableError) as exc:
+        models.build_model("efficientnet_b0", 3, weights="imagenet")
+    msg = str(exc.value)
+    assert "\n" not in msg and "--weights PATH" in msg and "efficientnet_lite0" in msg
+    with pytest.raises(WeightsUnavailableError):
+        models.build_model("cnn", 3, weights="imagenet")
+
+
+def test_weights_path_loads_backbone_and_reinitialises_head(tmp_path):
+    src = models.build_model("resnet18", 1000)
+    torch.save(src.state_dict(), tmp_path / "r18.pth")
+    m = models.build_model("resnet18", 3, weights=tmp_path / "r18.pth")
+    assert torch.equal(m.conv1.weight, src.conv1.weight)
+    with pytest.raises(WeightsUnavailableError):
+        models.build_model("efficientnet_b0", 3, weights=tmp_path / "r18.pth")
+    with pytest.raises(WeightsUnavailableError):
+        models.build_model("resnet18", 3, weights=tmp_path / "missing.pth")
+
+
+# ------------------------------------------------------------------------------------------------
+# the preprocessing contract inside training
+
+
+def test_training_sample_without_augmentation_equals_preprocess(tiny_split, tmp_path):
+    table = read_split(tiny_split)
+    rows = table.subset("train")
+    # add a 16-bit copy of a real image: the training path must match the runtime for it too
+    from PIL import Image
+
+    px = (decode_image(rows[0].path).pixels * 65535).round().astype(np.uint16)
+    px = px if px.ndim == 2 else px[..., 0]
+    p16 = tmp_path / "sixteen.png"
+    Image.fromarray(px).save(p16)
+    assert Image.open(p16).mode.startswith("I")
+    rows = rows + [SplitRow(str(p16), "Normal", "Normal", "synthetic", 999, "train", 0, "")]
+    for arch in ("efficientnet_lite0", "cnn", "resnet18"):
+        spec = models.get_arch(arch).spec(48)
+        ds = RadiographDataset(rows, LABELS, spec, augment=None)
+        for i, r in enumerate(rows):
+            x, y = ds[i]
+            assert x.dtype == torch.float32
+            np.testing.assert_array_equal(x.numpy(), preprocess(r.path, spec))
+            assert LABELS[y] == r.label
+    # the augmented path goes through the same tail: an identity augmentation changes nothing
+    spec = models.get_arch("efficientnet_lite0").spec(48)
+    same = RadiographDataset(rows, LABELS, spec, augment=lambda img, seed: img)
+    np.testing.assert_array_equal(same[1][0].numpy(), preprocess(rows[1].path, spec))
+    aug = RadiographDataset(rows, LABELS, spec, augment=build_augmentation("default"), seed=3)
+    a1, a2 = aug.array(1), aug.array(1)
+    np.testing.assert_array_equal(a1, a2)  # seeded per (seed, epoch, index)
+    aug.epoch = 1
+    assert not np.array_equal(aug.array(1), a1)
+    assert a1.shape == (3, 48, 48) and a1.min() >= -1.0 - 1e-6 and a1.max() <= 1.0 + 1e-6
+
+
+# ------------------------------------------------------------------------------------------------
+# config
+
+
+def test_config_yaml_then_cli_overrides(tmp_path):
+    y = tmp_path / "c.yaml"
+    y.write_text("arch: cnn\nimg-size: 64\nepochs: 3\nlr: 0.01\n")
+    c = resolve_config(y, {"epochs": 5, "lr": None})
+    assert (c.arch, c.img_size, c.epochs, c.lr) == ("cnn", 64, 5, 0.01)
+    y.write_text("arch: cnn\nlearning_rate: 1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        resolve_config(y)
+    with pytest.raises(ConfigError, match="--arch"):
+        TrainConfig(arch="vgg")
+    with pytest.raises(ConfigError, match="epochs"):
+        resolve_config(None, {"epochs": "many"})
+
+
+# ------------------------------------------------------------------------------------------------
+# the loop: determinism, crash + resume, DDP
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def _state(run: Path) -> dict:
+    return torch.load(run / "model.pt", weights_only=True)
+
+
+def test_killed_mid_epoch_resume_finishes_with_the_same_weights(tiny_split, tmp_path):
+    cfg = tiny_config(tiny_split, epochs=3, augment="default")
+    ref = train(cfg, tmp_path / "ref")
+
+    def crash(epoch: int, step: int) -> None:
+        if epoch == 1 and step == 1:
+            raise Crash("simulated kill in the middle of epoch 2")
+
+    run = tmp_path / "run"
+    with pytest.raises(Crash):
+        train(cfg, run, on_step=crash)
+    assert (run / "last.pt").is_file() and not (run / "manifest.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        train(cfg, run)
+    res = train(cfg, run, resume=True)
+    assert res.epochs_run == 3
+    a, b = _state(tmp_path / "ref"), _state(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k  # deterministic on CPU: resumed == uninterrupted
+    assert ref.best_epoch == res.best_epoch
+    assert train(cfg, run, resume=True).epochs_run == 3  # a finished run just reports itself
+    hist = (run / "history.csv").read_text().strip().splitlines()
+    assert len(hist) == 4
+
+
+def test_devices_2_gloo_on_cpu(tiny_split, tmp_path):
+    res = train(tiny_config(tiny_split, epochs=1, devices=2), tmp_path / "ddp")
+    b = load_bundle(tmp_path / "ddp")
+    assert b.manifest["training"]["processes"] == 2
+    assert res.epochs_run == 1
+    m, _ = models.load_model(tmp_path / "ddp")
+    assert m(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end through the CLI
+
+
+@pytest.fixture(scope="module")
+def cli_run(tiny_split, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lite0"
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(out), "--arch", "efficientnet_lite0",
+                                 "--img-size", "32", "--epochs", "2", "--freeze-epochs", "1", "--batch-size", "6", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_cli_train_writes_a_sealed_bundle(cli_run):
+    b = load_bundle(cli_run)
+    for name in ("model.pt", "last.pt", "history.csv", "curves.png", "config.yaml", "metrics.json"):
+        assert name in b.manifest["files"], name
+    m = b.manifest
+    assert m["format"] == "torch" and m["model_file"] == "model.pt"
+    assert m["arch"]["name"] == "efficientnet_lite0" and m["arch"]["num_classes"] == 3
+    assert m["labels"] == LABELS and m["spec"]["input_size"] == 32 and m["spec"]["mean"] == [0.5, 0.5, 0.5]
+    assert m["temperature"] > 0 and {"min_confidence", "low_bmd"} <= set(m["thresholds"])
+    prov = m["provenance"]
+    assert prov["protocol"].startswith("tiny test split") and len(prov["split_sha256"]) == 64 and "osteo-edge train" in prov["command"]
+    assert "torch" in m["versions"]
+    state = torch.load(cli_run / "model.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    hist = (cli_run / "history.csv").read_text().splitlines()
+    assert hist[0].startswith("epoch,stage") and hist[1].split(",")[1] == "frozen" and hist[2].split(",")[1] == "finetune"
+
+
+def test_cli_refuses_to_overwrite_and_rejects_bad_options(cli_run, tiny_split):
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(cli_run), "--arch", "cnn"])
+    assert r.exit_code == 1 and "--resume" in r.output
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(cli_run.parent / "x"), "--freeze-epochs", "9", "--epochs", "2"])
+    assert r.exit_code == 1 and "--freeze-epochs" in r.output
+
+
+def test_cli_weights_unavailable_one_line(tiny_split, tmp_path, monkeypatch):
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "_cached_imagenet_file", lambda m: None)
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "b0"), "--arch", "efficientnet_b0", "--img-size", "32"])
+    assert r.exit_code == 1
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--weights PATH" in lines[0], r.output
+    assert not (tmp_path / "b0").exists()
+
+
+def test_load_model_refuses_a_tampered_run(cli_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(cli_run, copy)
+    model, bundle = models.load_model(copy)
+    assert bundle.labels == LABELS and not model.training
+    with open(copy / "model.pt", "ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(BundleError, match="checksum"):
+        models.load_model(copy)
+
+
+def test_resume_without_state_is_an_error(tiny_split, tmp_path):
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        train(tiny_config(tiny_split), tmp_path / "none", resume=True)
+
+
+def test_config_json_roundtrip(cli_run):
+    from osteo_edge.train.config import read_config_yaml
+
+    cfg = TrainConfig.from_dict(read_config_yaml(cli_run / "config.yaml"))
+    assert cfg.arch == "efficientnet_lite0" and cfg.img_size == 32
+    assert json.loads((cli_run / "metrics.json").read_text())["training"]["epochs_run"] == 2
