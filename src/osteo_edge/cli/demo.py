@@ -18,11 +18,9 @@ def demo(
     port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 7860,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads (default: the backend's choice).")] = None,
 ) -> None:
-    """Start the offline web demo: upload a knee radiograph, see the class, calibrated probabilities,
-    status (ok / refer for DEXA / rejected), an occlusion heat map, latency and the model card.
+    """Start the offline web demo: upload a knee radiograph, see the class, calibrated probabilities, status (ok / refer for DEXA / rejected), an occlusion heat map, latency and the model card.
 
-    Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told
-    otherwise. Stop it with Ctrl+C. A screening aid, not a diagnosis.
+    Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told otherwise. Stop it with Ctrl+C. A screening aid, not a diagnosis.
     """
     from ..artifact import DISCLAIMER
     from ..demo.app import build_app, host_warning, launch_app
