@@ -223,8 +223,10 @@ def test_batch_table_and_csv(clf, bad_files, tmp_path):
     assert len(lines) == 5 and lines[3].startswith("holiday.png,rejected,")
     headers, rows = svc.table(preds)
     assert headers[3:6] == [f"P({lab})" for lab in LABELS] and len(rows) == 4 and rows[2][1] == "rejected"
+    from osteo_edge.demo.service import folder_images
     from osteo_edge.errors import ConfigError
 
+    assert folder_images(["/u/a.png", "/u/scan", "/u/notes.txt", "/u/.DS_Store", "/u/table.CSV"]) == ["/u/a.png", "/u/scan"]
     with pytest.raises(ConfigError, match="no files"):
         svc.batch([])
     with pytest.raises(ConfigError, match="batch limit"):

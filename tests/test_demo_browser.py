@@ -203,6 +203,20 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
         assert ".csv" in (csv_link.get_attribute("href") or "")
         page.screenshot(path=str(tmp_path / "demo_batch.png"), full_page=True)
 
+        # 5b. a whole folder: side files (notes) are skipped, every image gets a row
+        folder = tmp_path / "clinic_folder"
+        (folder / "sub").mkdir(parents=True)
+        (folder / "a.png").write_bytes(knees[1].read_bytes())
+        (folder / "sub" / "b.jpg").write_bytes(knees[2].read_bytes())
+        (folder / "notes.txt").write_text("not an image")
+        page.locator("#batch-files button[aria-label='Clear']").first.click()
+        page.locator("#batch-folder input[type=file]").set_input_files(str(folder))
+        page.wait_for_function("() => document.querySelectorAll('#batch-folder tbody tr').length >= 3", timeout=30_000)
+        page.locator("#batch-run").click()
+        page.wait_for_function("() => /2 images: .* rejected\\./.test(document.querySelector('#batch-summary')?.innerText || '')", timeout=60_000)
+        table = page.locator("#batch-table").inner_text()
+        assert "a.png" in table and "b.jpg" in table and "notes.txt" not in table
+
         # 6. the model card
         page.get_by_role("tab", name="Model card").click()
         card = page.locator("#model-card").inner_text()

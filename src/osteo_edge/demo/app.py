@@ -24,7 +24,7 @@ from ..errors import OsteoEdgeError
 from ..preprocess import MAX_FILE_BYTES
 from .card import model_card_markdown
 from .examples import EXAMPLES, examples_dir
-from .service import STATUS_TEXT, DemoService, SingleResult
+from .service import STATUS_TEXT, DemoService, SingleResult, folder_images
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
         return status_markdown(result, thresholds), probs, result.view, timing_markdown(result)
 
     def run_batch(files: list[str] | None, folder: list[str] | None, progress: Any = gr.Progress()) -> tuple[str, Any, Any]:
-        sources = [*(files or []), *(folder or [])]
+        sources = [*(files or []), *folder_images(folder or [])]
         if not sources:
             return "Add radiographs (several files or a folder) first.", None, None
 

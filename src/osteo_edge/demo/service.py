@@ -29,6 +29,20 @@ from .explain import DEFAULT_GRID, Explanation, occlusion_map, overlay
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # files per batch request
+SIDE_FILE_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".xml", ".html", ".pdf"}
+
+
+def folder_images(files: Iterable[str | os.PathLike]) -> list[str]:
+    """Files of an uploaded folder minus hidden files and obvious side files (notes, tables, reports),
+    as ``osteo-edge predict`` skips them when it walks a folder. Everything else is an input
+    (extension-less DICOM files are common) and gets an answer, a rejection included."""
+    out = []
+    for f in files:
+        p = Path(os.fspath(f))
+        if p.name.startswith(".") or p.suffix.lower() in SIDE_FILE_SUFFIXES:
+            continue
+        out.append(os.fspath(f))
+    return out
 STATUS_TEXT = {"ok": "ok", "refer": "refer for DEXA", "rejected": "rejected"}
 
 
