@@ -321,6 +321,11 @@ def test_fusion_uses_only_held_out_wani_images_and_reports_paired_cis(wani_run, 
     assert f"n = {res.n_patients} patients" in text and "better (CI above 0)" in text
     with pytest.raises(DataError, match="no rows of source 'nope'"):
         read_image_predictions(pred, source="nope")
+    # evaluate writes one predictions.csv per subset: val + test files give the same patients
+    for sp in ("val", "test"):
+        raw[raw["split"] == sp].to_csv(tmp_path / f"{sp}.csv", index=False)
+    both, _, _ = read_image_predictions([tmp_path / "val.csv", tmp_path / "test.csv"])
+    assert sorted(both["id"]) == sorted(img["id"])
 
 
 def test_fusion_refuses_different_classes(wani_run, tmp_path):

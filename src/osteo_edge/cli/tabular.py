@@ -140,7 +140,7 @@ def bias(
     out: Annotated[Path, typer.Option("--out", help="Directory for bias.csv, report.md and PNGs.")],
     run: Annotated[Optional[Path], typer.Option("--run", help="A tabular run: analyse its out-of-fold predictions.")] = None,
     csv: Annotated[Optional[Path], typer.Option("--csv", help="The CSV that run was trained on (age and sex are read from it).")] = None,
-    image_predictions: Annotated[Optional[Path], typer.Option("--image-predictions", help="predictions.csv from 'osteo-edge evaluate'.")] = None,
+    image_predictions: Annotated[Optional[List[Path]], typer.Option("--image-predictions", help="predictions.csv from 'osteo-edge evaluate' (repeatable: val and test).")] = None,
     clinical: Annotated[Optional[Path], typer.Option("--clinical", help="Wani clinical table for the image predictions (age, sex by patient id).")] = None,
     id_col: Annotated[str, typer.Option("--id-col", help="Patient id column of --clinical (= image file stem).")] = "Patient Id",
     age_col: Annotated[Optional[str], typer.Option("--age-col", help="Age column (default: 'Age').")] = None,
@@ -162,7 +162,7 @@ def bias(
         if csv is None:
             raise ConfigError("--run needs --csv (the table the run was trained on)")
         cohorts.append(tabular_cohort(run, csv, age_col, sex_col))
-    if image_predictions is not None:
+    if image_predictions:
         if clinical is None:
             raise ConfigError("--image-predictions needs --clinical (the Wani patient table)")
         cohorts.append(image_cohort(image_predictions, clinical, id_col, age_col, sex_col, _splits(splits), source or None))
@@ -172,7 +172,7 @@ def bias(
         for col in ("predictor", "axis", "group", "n", "ROC-AUC [95% CI]", "accuracy", "note"):
             t.add_column(col)
         for r in [r for r in res.rows if r["cohort"] == c.title]:
-            note = "too small to conclude" if r["too_small"] else r["vs_overall"]
+            note = (f"cannot conclude ({r['reason']})" if r["reason"].startswith("no ") else "too small to conclude") if r["too_small"] else r["vs_overall"]
             t.add_row(r["predictor"], r["axis"], str(r["group"]), str(r["n"]), r["roc_auc"].fmt(), r["accuracy"].fmt(), note)
         console.print(t)
     console.print(f"wrote {out / 'report.md'}, {out / 'bias.csv'} and {sum(1 for p in res.written if p.suffix == '.png')} PNGs", highlight=False)
@@ -183,7 +183,7 @@ def bias(
 @handle_errors
 def fuse(
     run: Annotated[Path, typer.Option("--run", help="A tabular run on the Wani clinical table, trained with --id-col.")],
-    predictions: Annotated[Path, typer.Option("--predictions", help="predictions.csv from 'osteo-edge evaluate'.")],
+    predictions: Annotated[List[Path], typer.Option("--predictions", help="predictions.csv from 'osteo-edge evaluate' (repeatable: RUN/eval/val and RUN/eval/test).")],
     out: Annotated[Path, typer.Option("--out", help="Directory for fusion_metrics.csv, report.md and PNGs.")],
     estimator: Annotated[Optional[str], typer.Option("--estimator", help="Clinical model of the run (default: the run's best).")] = None,
     splits: Annotated[str, typer.Option("--splits", help="Image splits to use (never train unless you mean it).")] = "val,test",

@@ -139,7 +139,7 @@ def tabular_cohort(run_dir: str | os.PathLike, csv: str | os.PathLike, age_col: 
 
 
 def image_cohort(
-    predictions: str | os.PathLike,
+    predictions: str | os.PathLike | Sequence[str | os.PathLike],
     clinical_csv: str | os.PathLike,
     id_col: str,
     age_col: str | None,
@@ -161,11 +161,12 @@ def image_cohort(
         log.warning("%d image patient(s) have no row in %s; their age/sex is 'unknown'", unmatched, clinical_csv)
     code = {lab: i for i, lab in enumerate(labels)}
     if not set(merged["label"].astype(str)) <= set(code):
-        raise DataError(f"{predictions}: labels {sorted(set(merged['label'].astype(str)))} are not all in its p_ columns {labels}")
+        raise DataError(f"image predictions: labels {sorted(set(merged['label'].astype(str)))} are not all in its p_ columns {labels}")
     y = merged["label"].astype(str).map(code).to_numpy(dtype=int)
     p = merged[[f"p_{lab}" for lab in labels]].to_numpy(dtype="float64")
+    first = Path(predictions if isinstance(predictions, (str, os.PathLike)) else predictions[0])
     return Cohort(
-        title=f"image model ({Path(predictions).parent.name or Path(predictions).name}) on Wani images",
+        title=f"image model ({first.parent.as_posix()}) on Wani images",
         population=f"{len(y)} Wani patients with images in split(s) {', '.join(splits)} (image labels; never training images)",
         labels=labels, y=y, probas={"image": p},
         age=merged[age_c].to_numpy(), sex=merged[sex_c].astype("object").map(lambda v: str(v).strip().casefold() if v == v else "unknown").to_numpy(),
@@ -177,10 +178,17 @@ def small_reason(y: np.ndarray, labels: Sequence[str], min_n: int, min_class: in
     if n < min_n:
         return f"n={n} < {min_n}"
     counts = np.bincount(y, minlength=len(labels))
+    absent = [labels[i] for i, c in enumerate(counts) if c == 0]
+    if absent:
+        return f"no {', '.join(repr(a) for a in absent)} cases: ROC-AUC undefined"
     few = [f"{labels[i]} {int(c)}" for i, c in enumerate(counts) if c < min_class]
     if few:
         return f"fewer than {min_class} of: {', '.join(few)}"
     return ""
+
+
+def _verdict_word(reason: str) -> str:
+    return "cannot conclude" if reason.startswith("no ") else "too small to conclude"
 
 
 def analyse(
@@ -208,7 +216,10 @@ def analyse(
                     "too_small": bool(reason) and axis != "all", "reason": reason, **est,
                 }
                 row["vs_rest"] = None
-                if axis != "all" and not reason and (~m).any():
+                rest_reason = small_reason(cohort.y[~m], cohort.labels, min_n, min_class) if (~m).any() else "empty"
+                if axis != "all" and not reason and rest_reason:
+                    row["vs_overall"] = f"not compared: the rest of the cohort is unusable ({rest_reason})"
+                elif axis != "all" and not reason:
                     d = bootstrap_difference(cohort.y[m], proba[m], cohort.y[~m], proba[~m], k, "roc_auc", n_boot, seed)
                     row["vs_rest"] = d
                     if np.isnan(d.low):
@@ -290,20 +301,29 @@ def bias_markdown(res: BiasResult, edges: Sequence[float], n_boot: int, min_n: i
         for pred in c.probas:
             lines += [f"### {pred}", "", "| axis | group | n | classes | ROC-AUC | accuracy | F1 (macro) | conclusion |", "|---|---|---|---|---|---|---|---|"]
             for r in [r for r in rows if r["predictor"] == pred]:
-                concl = f"too small to conclude ({r['reason']})" if r["too_small"] else (r["vs_overall"] or "-")
+                concl = f"{_verdict_word(r['reason'])} ({r['reason']})" if r["too_small"] else (r["vs_overall"] or "-")
                 cc = ", ".join(f"{k} {v}" for k, v in r["class_counts"].items())
                 lines.append(f"| {r['axis']} | {r['group']} | {r['n']} | {cc} | {r['roc_auc'].fmt()} | {r['accuracy'].fmt()} | {r['f1_macro'].fmt()} | {concl} |")
             lines.append("")
-        small = sorted({f"{r['axis']} {r['group']}" for r in rows if r["too_small"]})
+        small = sorted({f"{r['axis']} {r['group']}" for r in rows if r["too_small"] and not r["reason"].startswith("no ")})
+        undefined = sorted({f"{r['axis']} {r['group']}" for r in rows if r["too_small"] and r["reason"].startswith("no ")})
+        single = sorted({f"{r['axis']} {r['group']} (n={r['n']}, all {next(k for k, v in r['class_counts'].items() if v)})"
+                         for r in rows if r["axis"] != "all" and r["n"] >= min_n and sum(1 for v in r["class_counts"].values() if v) == 1})
         differ = sorted({f"{r['predictor']}: {r['axis']} {r['group']}" for r in rows if r["vs_overall"].startswith("ROC-AUC differs")})
         lines.append("**What can be concluded.** " + (
-            f"Too small to conclude anything: {', '.join(small)}. " if small else "Every group met the size rule. "
+            f"Too small to conclude anything: {', '.join(small)}. " if small else "No group is too small by the size rule. "
+        ) + (
+            f"A class is missing (ROC-AUC undefined, no conclusion on discrimination): {', '.join(undefined)}. " if undefined else ""
         ) + (
             f"Groups whose ROC-AUC differs from the rest of the cohort (95% CI of the difference excludes 0): "
             f"{'; '.join(differ)}; with several groups and models compared, one such result can be chance. " if differ else
             "No group large enough to judge has a ROC-AUC that differs from the rest of the cohort (every 95% CI of "
             "the difference spans 0): no evidence of a difference at this sample size, which is not evidence of "
             "no difference. "
+        ) + (
+            f"Groups of a single class although not small: {', '.join(single)}. In these data the label is fixed by "
+            "that attribute there, so discrimination inside the group cannot be measured, and much of the overall "
+            "ROC-AUC comes from separating such groups (e.g. by age) rather than from the other risk factors. " if single else ""
         ))
         lines.append("")
         for title, p in pngs:

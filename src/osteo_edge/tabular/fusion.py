@@ -49,24 +49,40 @@ def _norm(s: str) -> str:
 
 
 def read_image_predictions(
-    path: str | os.PathLike, source: str | None = DEFAULT_SOURCE, splits: Sequence[str] = DEFAULT_SPLITS
+    paths: str | os.PathLike | Sequence[str | os.PathLike],
+    source: str | None = DEFAULT_SOURCE,
+    splits: Sequence[str] = DEFAULT_SPLITS,
 ) -> tuple["pd.DataFrame", list[str], dict[str, int]]:
     """Image predictions per patient id (file stem): columns id, split, label, p_<label>; the labels; counts.
 
-    Rows of other sources and of splits not in ``splits`` are left out (counts say how many).
+    ``paths``: one or several predictions.csv files (``osteo-edge evaluate`` writes one per subset,
+    e.g. RUN/eval/val and RUN/eval/test); they must have the same label columns, and an image listed
+    twice is kept once. Rows of other sources and of splits not in ``splits`` are left out.
     """
     pd = require("pandas", "tabular")
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such predictions.csv (write one with 'osteo-edge evaluate')")
-    df = pd.read_csv(path)
-    missing = [c for c in PREDICTION_COLUMNS if c not in df.columns]
-    pcols = [c for c in df.columns if str(c).startswith("p_")]
-    if missing or len(pcols) < 2:
-        raise DataError(
-            f"{path}: not an 'osteo-edge evaluate' predictions.csv (missing {missing or 'p_<label> columns'}); "
-            f"columns: {list(df.columns)}"
-        )
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if not paths:
+        raise ConfigError("no predictions.csv given")
+    frames = []
+    pcols: list[str] = []
+    for path in map(Path, paths):
+        if not path.is_file():
+            raise DataError(f"{path}: no such predictions.csv (write one with 'osteo-edge evaluate')")
+        one = pd.read_csv(path)
+        missing = [c for c in PREDICTION_COLUMNS if c not in one.columns]
+        cols = [c for c in one.columns if str(c).startswith("p_")]
+        if missing or len(cols) < 2:
+            raise DataError(
+                f"{path}: not an 'osteo-edge evaluate' predictions.csv (missing {missing or 'p_<label> columns'}); "
+                f"columns: {list(one.columns)}"
+            )
+        if pcols and cols != pcols:
+            raise DataError(f"{path}: label columns {cols} differ from {pcols} of the other predictions file")
+        pcols = cols
+        frames.append(one)
+    df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first")
+    path = Path(paths[0]) if len(paths) == 1 else Path(f"{len(paths)} predictions files")
     labels = [c[2:] for c in pcols]
     counts = {"rows": len(df)}
     if source:
@@ -141,7 +157,7 @@ class FusionResult:
 
 def fuse(
     run_dir: str | os.PathLike,
-    predictions: str | os.PathLike,
+    predictions: str | os.PathLike | Sequence[str | os.PathLike],
     out: str | os.PathLike,
     estimator: str | None = None,
     splits: Sequence[str] = DEFAULT_SPLITS,
@@ -212,7 +228,8 @@ def fuse(
         roc_figure(y, probas, labels, {n: single[n]["roc_auc"] for n in probas}, f"Image vs clinical vs fused, n={len(y)}", out / "fusion_roc.png")
         pngs = ["fusion.png", "fusion_roc.png"]
         result.written += [out / p for p in pngs]
-    result.written.append(atomic_write_text(out / "report.md", fusion_markdown(result, run, Path(predictions), pngs)))
+    preds = [predictions] if isinstance(predictions, (str, os.PathLike)) else list(predictions)
+    result.written.append(atomic_write_text(out / "report.md", fusion_markdown(result, run, [Path(p) for p in preds], pngs)))
     return result
 
 
@@ -226,7 +243,7 @@ def verdict(e: Estimate) -> str:
     return "no evidence of a difference (CI spans 0)"
 
 
-def fusion_markdown(r: FusionResult, run: TabularRun, predictions: Path, pngs: Sequence[str]) -> str:
+def fusion_markdown(r: FusionResult, run: TabularRun, predictions: Sequence[Path], pngs: Sequence[str]) -> str:
     metrics = list(next(iter(r.single.values())))
     c = r.counts
     lines = [
@@ -235,7 +252,7 @@ def fusion_markdown(r: FusionResult, run: TabularRun, predictions: Path, pngs: S
         f"> {DISCLAIMER}",
         "",
         f"Clinical model: `{r.estimator}` from `{run.path}` (out-of-fold probabilities, protocol: {run.manifest.get('protocol', '?')}).",
-        f"Image model: `{predictions}` ({c['rows']} rows; {c['rows_of_source']} of the Wani source; "
+        f"Image model: {', '.join(f'`{p}`' for p in predictions)} ({c['rows']} rows; {c['rows_of_source']} of the Wani source; "
         f"{c['rows_in_splits']} in split(s) {', '.join(r.splits)}; {c['patients']} patients, "
         f"{c['patients_with_clinical_record']} with a clinical record).",
         f"**n = {r.n_patients} patients** ("
