@@ -388,6 +388,12 @@ def test_cli_train_refuses_leakage_then_trains_predicts(tmp_path):
     r = runner.invoke(app, [*base, "--drop", "S.No"])
     assert r.exit_code == 1 and "T-score Value" in r.output and "--drop" in r.output and "Traceback" not in r.output
     assert not out.exists()
+    other = tmp_path / "notarun"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    args = [str(other) if a == str(out) else a for a in base]
+    r = runner.invoke(app, [*args, "--drop", "S.No,T-score Value,Z-Score Value"])
+    assert r.exit_code == 1 and "is not a tabular run" in r.output and (other / "keep.txt").read_text() == "mine"
     r = runner.invoke(app, [*base, "--drop", "S.No", "--drop", "T-score Value,Z-Score Value", "--smote"])
     assert r.exit_code == 0, r.output
     assert (out / "tabular.json").is_file() and "not a diagnosis" in r.output

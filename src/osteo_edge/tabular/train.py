@@ -220,6 +220,9 @@ def train_tabular(
     require("pandas", "tabular")
     require("skops.io", "tabular")
     csv = Path(csv)
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "tabular.json").is_file())):
+        raise ConfigError(f"{out}: exists and is not a tabular run; choose another --out")
     df = read_table(csv)
     data = prepare(df, opts)
     y, schema = data.y, data.schema
