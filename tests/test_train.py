@@ -288,3 +288,37 @@ def test_config_json_roundtrip(cli_run):
     cfg = TrainConfig.from_dict(read_config_yaml(cli_run / "config.yaml"))
     assert cfg.arch == "efficientnet_lite0" and cfg.img_size == 32
     assert json.loads((cli_run / "metrics.json").read_text())["training"]["epochs_run"] == 2
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_cli_resume(tiny_split, tmp_path):
+    """A real kill (SIGKILL to a training subprocess), then `osteo-edge train --resume`."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "killed"
+    args = ["train", "--split", str(tiny_split), "--arch", "cnn", "--weights", "none", "--img-size", "32", "--epochs", "6",
+            "--batch-size", "2", "--threads", "1"]
+    exe = [sys.executable, "-c", "from osteo_edge.cli import main; main()"]
+    proc = subprocess.Popen([*exe, *args, "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        hist = run / "history.csv"
+        if hist.is_file() and len(hist.read_text().strip().splitlines()) >= 2:  # epoch 1 done: now inside epoch 2
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (run / "manifest.json").exists()
+    r = subprocess.run([*exe, "train", "--out", str(run), "--resume"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert load_bundle(run).manifest["training"]["epochs_run"] == 6
+    ref = train(tiny_config(tiny_split, epochs=6, batch_size=2), tmp_path / "ref")
+    assert ref.epochs_run == 6
+    a, b = _state(tmp_path / "ref"), _state(run)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
