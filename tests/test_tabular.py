@@ -312,7 +312,7 @@ def test_fusion_uses_only_held_out_wani_images_and_reports_paired_cis(wani_run, 
     img, labels, counts = read_image_predictions(pred)
     raw = pd.read_csv(pred)
     held = raw[(raw["source"] == "wani-mendeley") & raw["split"].isin(["val", "test"])]
-    assert counts["rows_in_splits"] == len(held) and set(img["id"]) == {Path(p).stem for p in held["path"]}
+    assert counts["rows_of_source"] == len(held) and set(img["id"]) == {Path(p).stem for p in held["path"]}
     res = fuse(wani_run, pred, tmp_path / "fuse", n_boot=300)
     assert res.n_patients == len(img) and sum(res.class_counts.values()) == res.n_patients
     d = res.diffs[("fused_mean", "clinical")]["roc_auc"]
@@ -326,6 +326,29 @@ def test_fusion_uses_only_held_out_wani_images_and_reports_paired_cis(wani_run, 
         raw[raw["split"] == sp].to_csv(tmp_path / f"{sp}.csv", index=False)
     both, _, _ = read_image_predictions([tmp_path / "val.csv", tmp_path / "test.csv"])
     assert sorted(both["id"]) == sorted(img["id"])
+
+
+def test_held_out_copies_in_other_sources_map_to_their_wani_patient(tmp_path):
+    """A --members one split may keep another source's copy of a Wani knee: --duplicates maps it back."""
+    from osteo_edge.tabular.fusion import read_image_predictions
+
+    pred = write_image_predictions(tmp_path / "predictions.csv")
+    raw = pd.read_csv(pred)
+    train_normal = raw[(raw["source"] == "wani-mendeley") & (raw["split"] == "train") & (raw["label"] == "Normal")]["path"].iloc[0]
+    cols = ["path", "label", "orig_label", "source", "group", "split", "fold", "sha256"]
+    split = pd.DataFrame([
+        [train_normal, "Normal", "Normal", "wani-mendeley", 7, "test", -1, ""],
+        ["/elsewhere/normal_0001.png", "Normal", "Normal", "2class-kaggle", 7, "test", -1, ""],
+        [str(WANI_IMAGES / "Osteopenia" / "OP1.jpg"), "Osteopenia", "Osteopenia", "wani-mendeley", 8, "train", -1, ""],
+    ], columns=cols)
+    split.to_csv(tmp_path / "split.csv", index=False)
+    plain, _, _ = read_image_predictions(pred)
+    mapped, _, counts = read_image_predictions(pred, duplicates=tmp_path / "split.csv")
+    stem = Path(train_normal).stem
+    assert stem not in set(plain["id"])  # its own file was a training image of the image model
+    row = mapped[mapped["id"] == stem].iloc[0]
+    assert row["via"] == "copy" and row["label"] == "Normal" and row["p_Normal"] == pytest.approx(0.9 / 1.0)
+    assert counts["rows_mapped_from_copies"] == 1 and len(mapped) == len(plain) + 1
 
 
 def test_fusion_refuses_different_classes(wani_run, tmp_path):

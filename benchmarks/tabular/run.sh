@@ -17,8 +17,10 @@ WORK=${WORK:-runs/tabular}
 OUT=benchmarks/tabular
 IMAGE_PREDICTIONS=${IMAGE_PREDICTIONS:-}
 IMAGE_RUN=${IMAGE_RUN:-}
+DUPLICATES=${DUPLICATES:-}   # a split.csv with --members all over the image run's sources (see docs/tabular.md)
 IMG_BIAS=(); IMG_FUSE=()
 for p in $IMAGE_PREDICTIONS; do IMG_BIAS+=(--image-predictions "$p"); IMG_FUSE+=(--predictions "$p"); done
+if [ -n "$DUPLICATES" ]; then IMG_BIAS+=(--duplicates "$DUPLICATES"); IMG_FUSE+=(--duplicates "$DUPLICATES"); fi
 mkdir -p "$WORK" "$OUT"
 LOG="$OUT/commands.log"
 : > "$LOG"

@@ -148,6 +148,7 @@ def bias(
     age_bands: Annotated[Optional[str], typer.Option("--age-bands", help="Band edges, e.g. 40,50,60,70.")] = None,
     splits: Annotated[str, typer.Option("--splits", help="Image splits to use (never train unless you mean it).")] = "val,test",
     source: Annotated[str, typer.Option("--source", help="Image source name in predictions.csv ('' = all).")] = "wani-mendeley",
+    duplicates: Annotated[Optional[Path], typer.Option("--duplicates", help="A split.csv made with --members all over the same sources: attributes held-out copies from other sources to their Wani patients.")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Bootstrap resamples per group.")] = 1000,
     min_n: Annotated[int, typer.Option("--min-n", help="Groups smaller than this are 'too small to conclude'.")] = 30,
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -165,7 +166,7 @@ def bias(
     if image_predictions:
         if clinical is None:
             raise ConfigError("--image-predictions needs --clinical (the Wani patient table)")
-        cohorts.append(image_cohort(image_predictions, clinical, id_col, age_col, sex_col, _splits(splits), source or None))
+        cohorts.append(image_cohort(image_predictions, clinical, id_col, age_col, sex_col, _splits(splits), source or None, duplicates))
     res = bias_report(out, cohorts, edges, bootstrap, seed, min_n)
     for c in res.cohorts:
         t = Table(title=c.title)
@@ -188,6 +189,7 @@ def fuse(
     estimator: Annotated[Optional[str], typer.Option("--estimator", help="Clinical model of the run (default: the run's best).")] = None,
     splits: Annotated[str, typer.Option("--splits", help="Image splits to use (never train unless you mean it).")] = "val,test",
     source: Annotated[str, typer.Option("--source", help="Image source name in predictions.csv ('' = all).")] = "wani-mendeley",
+    duplicates: Annotated[Optional[Path], typer.Option("--duplicates", help="A split.csv made with --members all over the same sources: attributes held-out copies from other sources to their Wani patients.")] = None,
     bootstrap: Annotated[int, typer.Option("--bootstrap", help="Paired bootstrap resamples.")] = 2000,
     seed: Annotated[int, typer.Option("--seed")] = 0,
 ) -> None:
@@ -195,7 +197,7 @@ def fuse(
     from ..tabular.fusion import fuse as _fuse
     from ..tabular.fusion import verdict
 
-    res = _fuse(run, predictions, out, estimator, _splits(splits), source or None, bootstrap, seed)
+    res = _fuse(run, predictions, out, estimator, _splits(splits), source or None, bootstrap, seed, duplicates=duplicates)
     metrics = list(next(iter(res.single.values())))
     t = Table(title=f"late fusion, n={res.n_patients} patients ({', '.join(f'{k} {v}' for k, v in res.class_counts.items())})")
     t.add_column("predictor")

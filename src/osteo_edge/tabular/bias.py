@@ -146,8 +146,9 @@ def image_cohort(
     sex_col: str | None,
     splits: Sequence[str] = DEFAULT_SPLITS,
     source: str | None = DEFAULT_SOURCE,
+    duplicates: str | os.PathLike | None = None,
 ) -> Cohort:
-    img, labels, counts = read_image_predictions(predictions, source, splits)
+    img, labels, counts = read_image_predictions(predictions, source, splits, duplicates)
     df = read_table(clinical_csv)
     cols = [str(c) for c in df.columns]
     idc = resolve_column(id_col, cols, "--id-col column")
@@ -167,7 +168,9 @@ def image_cohort(
     first = Path(predictions if isinstance(predictions, (str, os.PathLike)) else predictions[0])
     return Cohort(
         title=f"image model ({first.parent.as_posix()}) on Wani images",
-        population=f"{len(y)} Wani patients with images in split(s) {', '.join(splits)} (image labels; never training images)",
+        population=(f"{len(y)} Wani patients with images in split(s) {', '.join(splits)} (image labels; never training images"
+                    + (f"; {counts.get('patients_only_via_copies', 0)} of them only through a copy in another source" if duplicates else "")
+                    + ")"),
         labels=labels, y=y, probas={"image": p},
         age=merged[age_c].to_numpy(), sex=merged[sex_c].astype("object").map(lambda v: str(v).strip().casefold() if v == v else "unknown").to_numpy(),
     )

@@ -52,12 +52,15 @@ def read_image_predictions(
     paths: str | os.PathLike | Sequence[str | os.PathLike],
     source: str | None = DEFAULT_SOURCE,
     splits: Sequence[str] = DEFAULT_SPLITS,
+    duplicates: str | os.PathLike | None = None,
 ) -> tuple["pd.DataFrame", list[str], dict[str, int]]:
     """Image predictions per patient id (file stem): columns id, split, label, p_<label>; the labels; counts.
 
     ``paths``: one or several predictions.csv files (``osteo-edge evaluate`` writes one per subset,
     e.g. RUN/eval/val and RUN/eval/test); they must have the same label columns, and an image listed
-    twice is kept once. Rows of other sources and of splits not in ``splits`` are left out.
+    twice is kept once. Rows of other sources and of splits not in ``splits`` are left out, except
+    that with ``duplicates`` (a split.csv made with ``--members all`` over the same sources) a
+    held-out image from another source that is a copy of Wani images is attributed to those patients.
     """
     pd = require("pandas", "tabular")
     if isinstance(paths, (str, os.PathLike)):
@@ -85,14 +88,6 @@ def read_image_predictions(
     path = Path(paths[0]) if len(paths) == 1 else Path(f"{len(paths)} predictions files")
     labels = [c[2:] for c in pcols]
     counts = {"rows": len(df)}
-    if source:
-        if "source" not in df.columns:
-            raise DataError(f"{path}: has no 'source' column to select {source!r} with; pass --source ''")
-        srcs = sorted(df["source"].astype(str).unique())
-        df = df[df["source"].astype(str) == source]
-        if df.empty:
-            raise DataError(f"{path}: no rows of source {source!r}; sources present: {srcs}")
-    counts["rows_of_source"] = len(df)
     present = sorted(df["split"].astype(str).unique())
     if "train" in splits:
         log.warning("image predictions of the training split are used: they are optimistic (the model saw them)")
@@ -100,21 +95,72 @@ def read_image_predictions(
     if df.empty:
         raise DataError(f"{path}: no rows in split(s) {list(splits)}; splits present: {present}")
     counts["rows_in_splits"] = len(df)
-    df = df.assign(id=[Path(str(p)).stem for p in df["path"]])
+    df = df.assign(id=[Path(str(p)).stem for p in df["path"]], via="file")
+    if source:
+        if "source" not in df.columns:
+            raise DataError(f"{path}: has no 'source' column to select {source!r} with; pass --source ''")
+        srcs = sorted(df["source"].astype(str).unique())
+        own = df[df["source"].astype(str) == source]
+        counts["rows_of_source"] = len(own)
+        if duplicates is not None:
+            others = df[df["source"].astype(str) != source]
+            mapped = map_duplicates(others, duplicates, source)
+            counts["rows_mapped_from_copies"] = len(mapped)
+            own = pd.concat([own, mapped], ignore_index=True)
+        if own.empty:
+            raise DataError(f"{path}: no rows of source {source!r} in split(s) {list(splits)}; sources present: {srcs}")
+        df = own
+    else:
+        counts["rows_of_source"] = len(df)
     conflicts = df.groupby("id")["label"].nunique()
-    if (conflicts > 1).any():
-        bad = list(conflicts[conflicts > 1].index[:5])
-        raise DataError(f"{path}: image(s) of the same patient carry different labels: {bad}")
+    bad = list(conflicts[conflicts > 1].index)
+    counts["patients_with_conflicting_image_labels"] = len(bad)
+    if bad:
+        log.warning("%d patient(s) whose images carry different labels are left out: %s", len(bad), ", ".join(bad[:5]))
+        df = df[~df["id"].isin(bad)]
     agg = df.groupby("id").agg(
         split=("split", lambda s: ",".join(sorted(set(map(str, s))))),
         label=("label", "first"),
         images=("path", "size"),
+        via=("via", lambda s: ",".join(sorted(set(map(str, s))))),
         **{c: (c, "mean") for c in pcols},
     ).reset_index()
     p = agg[pcols].to_numpy(dtype="float64")
     agg[pcols] = p / p.sum(axis=1, keepdims=True)
     counts["patients"] = len(agg)
+    counts["patients_only_via_copies"] = int((agg["via"] == "copy").sum())
     return agg, labels, counts
+
+
+def map_duplicates(rows: "pd.DataFrame", split_csv: str | os.PathLike, source: str) -> "pd.DataFrame":
+    """Rows of other sources that are copies of ``source`` files (same duplicate group in ``split_csv``),
+    one row per such ``source`` file, with ``id`` = that file's stem and ``via`` = 'copy'.
+
+    A prediction row is found in the split by its resolved path, else by the sha256 of its file.
+    A split made with ``--members one`` keeps a single file per duplicate group, often from another
+    source, so without this mapping most Wani normal/osteoporosis knees would be lost.
+    """
+    import pandas as pd
+
+    from ..artifact import sha256_file
+    from ..data.split import read_split
+
+    table = read_split(split_csv)
+    by_path = {str(Path(r.path).resolve()): r.group for r in table.rows}
+    by_sha = {r.sha256: r.group for r in table.rows if r.sha256}
+    members: dict[int, list[str]] = {}
+    for r in table.rows:
+        if r.source == source:
+            members.setdefault(r.group, []).append(Path(r.path).stem)
+    out = []
+    for _, row in rows.iterrows():
+        p = Path(str(row["path"]))
+        g = by_path.get(str(p.resolve()))
+        if g is None and p.is_file():
+            g = by_sha.get(sha256_file(p))
+        for stem in sorted(set(members.get(g, []))) if g is not None else []:
+            out.append({**row.to_dict(), "id": stem, "via": "copy"})
+    return pd.DataFrame(out, columns=list(rows.columns))
 
 
 def match_labels(image_labels: Sequence[str], clinical_labels: Sequence[str]) -> list[int]:
@@ -165,6 +211,7 @@ def fuse(
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     plots: bool = True,
+    duplicates: str | os.PathLike | None = None,
 ) -> FusionResult:
     pd = require("pandas", "tabular")
     run: TabularRun = load_run(run_dir)
@@ -176,7 +223,7 @@ def fuse(
     oof = run.oof()
     oof = oof[oof["model"] == estimator].copy()
     oof["id"] = oof["id"].astype(str)
-    img, img_labels, counts = read_image_predictions(predictions, source, splits)
+    img, img_labels, counts = read_image_predictions(predictions, source, splits, duplicates)
     order = match_labels(img_labels, labels)
     merged = img.merge(oof, on="id", how="inner", suffixes=("_img", ""))
     counts["patients_with_clinical_record"] = len(merged)
@@ -252,8 +299,11 @@ def fusion_markdown(r: FusionResult, run: TabularRun, predictions: Sequence[Path
         f"> {DISCLAIMER}",
         "",
         f"Clinical model: `{r.estimator}` from `{run.path}` (out-of-fold probabilities, protocol: {run.manifest.get('protocol', '?')}).",
-        f"Image model: {', '.join(f'`{p}`' for p in predictions)} ({c['rows']} rows; {c['rows_of_source']} of the Wani source; "
-        f"{c['rows_in_splits']} in split(s) {', '.join(r.splits)}; {c['patients']} patients, "
+        f"Image model: {', '.join(f'`{p}`' for p in predictions)} ({c['rows']} rows; {c['rows_in_splits']} in split(s) "
+        f"{', '.join(r.splits)}; {c['rows_of_source']} of them Wani files"
+        + (f", plus {c['rows_mapped_from_copies']} patient rows from held-out copies in other sources (duplicate groups)"
+           if "rows_mapped_from_copies" in c else "")
+        + f"; {c['patients']} patients ({c.get('patients_only_via_copies', 0)} only through a copy), "
         f"{c['patients_with_clinical_record']} with a clinical record).",
         f"**n = {r.n_patients} patients** ("
         + ", ".join(f"{lab} {n}" for lab, n in r.class_counts.items())
