@@ -20,7 +20,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -30,9 +30,6 @@ from .fusion import DEFAULT_SOURCE, DEFAULT_SPLITS, read_image_predictions
 from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, Estimate, bootstrap, bootstrap_difference
 from .store import load_run
 from .table import read_table, resolve_column
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
 
 log = logging.getLogger(__name__)
 

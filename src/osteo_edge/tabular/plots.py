@@ -91,8 +91,8 @@ def group_metric_figure(
             hi.append(e.high - e.value if not np.isnan(e.high) else 0)
             small.append(r["too_small"])
         c = colours[j % len(colours)]
-        for x, yv, l, h, s in zip(xs, ys, lo, hi, small):
-            ax.errorbar([x], [yv], yerr=[[l], [h]], fmt="x" if s else "o", color=c, alpha=0.45 if s else 1.0, capsize=3)
+        for x, yv, below, above, tiny in zip(xs, ys, lo, hi, small):
+            ax.errorbar([x], [yv], yerr=[[below], [above]], fmt="x" if tiny else "o", color=c, alpha=0.45 if tiny else 1.0, capsize=3)
         ax.plot([], [], "o", color=c, label=pred)
         if pred in overall and not np.isnan(overall[pred]):
             ax.axhline(overall[pred], color=c, lw=0.7, ls=":")

@@ -19,6 +19,7 @@ one file, not a deliberate replacement of the whole directory, so load runs from
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import logging
 import os
 import shutil
@@ -28,8 +29,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
-
-import json
 
 from ..artifact import DISCLAIMER, atomic_write_json, sha256_file
 from ..errors import BundleError, ConfigError, require

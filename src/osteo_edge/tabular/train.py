@@ -29,7 +29,7 @@ from ..errors import ConfigError, DataError, require
 from . import leakage as _leak
 from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, Estimate, bootstrap, compute, roc_auc
 from .models import DEFAULT_TREES, MODELS, build_pipeline
-from .store import SHORT_NOTE, save_model, write_run
+from .store import save_model, write_run
 from .table import TableSchema, _as_text, infer_schema, read_table, resolve_column, resolve_columns, target_labels
 
 if TYPE_CHECKING:  # pragma: no cover
