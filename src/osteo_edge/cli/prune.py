@@ -1,0 +1,55 @@
+"""`osteo-edge prune`: structured channel pruning (torch-pruning), then fine-tuning."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.table import Table
+
+from ._common import console, handle_errors, next_step
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("prune")
+    @handle_errors
+    def prune(
+        model: Annotated[Path, typer.Option("--model", help="Trained torch run directory.")],
+        split: Annotated[Path, typer.Option("--split", help="split.csv: fine-tuning on train, model selection on val.")],
+        out: Annotated[Path, typer.Option("--out", help="Output run directory (a pruned torch run).")],
+        ratio: Annotated[float, typer.Option("--ratio", help="Fraction of channels removed per prunable layer group.")] = 0.3,
+        finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Recovery fine-tuning epochs (one file per duplicate group each).")] = 3,
+        lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 1e-4,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+        round_to: Annotated[int, typer.Option("--round-to", help="Keep channel counts multiples of this (SIMD-friendly; 1 = off).")] = 8,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (latency is measured with them).")] = 2,
+    ) -> None:
+        """Remove channels for real, fine-tune, and report params/MACs/size/latency/accuracy before and after."""
+        from ..compress.prune import prune_run
+        from .export import command_line
+        from .quantize import step_progress
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        prog, update = step_progress()
+        with prog:
+            res = prune_run(model, split, out, ratio=ratio, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size,
+                            round_to=round_to if round_to > 1 else None, command=command_line(), progress=update)
+        b, a = res.before, res.after
+        t = Table(title=f"Pruning {ratio:.0%} of channels")
+        for col in ("", "before", "after", "change"):
+            t.add_column(col, justify="left" if not col else "right")
+        t.add_row("parameters", f"{b['params'] / 1e6:.3f} M", f"{a['params'] / 1e6:.3f} M", f"{a['params'] / b['params'] - 1:+.1%}")
+        t.add_row("MACs", f"{b['macs'] / 1e6:.1f} M", f"{a['macs'] / 1e6:.1f} M", f"{a['macs'] / b['macs'] - 1:+.1%}")
+        t.add_row("weights", f"{b['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / b['weights_bytes'] - 1:+.1%}")
+        lb, la = b["torch_latency_ms"]["p50"], a["torch_latency_ms"]["p50"]
+        t.add_row(f"torch latency p50 ({a['torch_latency_ms']['threads']} threads)", f"{lb:.1f} ms", f"{la:.1f} ms", f"{la / lb - 1:+.1%}")
+        t.add_row("val accuracy", f"{b['val']['accuracy']:.4f}", f"{a['val']['accuracy']:.4f}", f"{a['val']['accuracy'] - b['val']['accuracy']:+.4f}")
+        t.add_row("val macro-F1", f"{b['val']['macro_f1']:.4f}", f"{a['val']['macro_f1']:.4f}", f"{a['val']['macro_f1'] - b['val']['macro_f1']:+.4f}")
+        t.add_row("val accuracy before fine-tuning", "", f"{a['val_before_finetune']['accuracy']:.4f}", "")
+        console.print(t)
+        console.print(f"wrote {out} in {res.seconds:.0f} s", highlight=False)
+        next_step(f"osteo-edge quantize --int8 --model {out} --split {split} --out QRUN   (or: osteo-edge export --model {out} --format tflite --int8 --split {split} --out BUNDLE)")

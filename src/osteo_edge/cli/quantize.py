@@ -1,0 +1,76 @@
+"""`osteo-edge quantize`: NNCF int8 (post-training or quantization-aware) of a trained run."""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ._common import console, handle_errors, next_step, progress_enabled
+
+
+class Method(str, Enum):
+    qat = "qat"
+    ptq = "ptq"
+
+
+def step_progress() -> tuple[Progress, object]:
+    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    disable=not progress_enabled(), transient=True)
+    task = prog.add_task("", total=None)
+
+    def update(label: str, n: int, total: int) -> None:
+        prog.update(task, description=label, completed=n, total=total)
+
+    return prog, update
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("quantize")
+    @handle_errors
+    def quantize(
+        model: Annotated[Path, typer.Option("--model", help="Trained (or pruned) torch run directory.")],
+        split: Annotated[Path, typer.Option("--split", help="split.csv: calibration and fine-tuning on train, model selection on val.")],
+        out: Annotated[Path, typer.Option("--out", help="Output run directory (a torch bundle to export with --int8).")],
+        int8: Annotated[bool, typer.Option("--int8", help="Quantize to int8 (the only precision offered).")] = True,
+        method: Annotated[Method, typer.Option("--method", help="qat: quantize then fine-tune; ptq: post-training only.")] = Method.qat,
+        epochs: Annotated[int, typer.Option("--epochs", help="QAT fine-tuning epochs (one file per duplicate group per epoch).")] = 2,
+        calib_size: Annotated[int, typer.Option("--calib-size", help="Calibration images from the training split.")] = 300,
+        lr: Annotated[float, typer.Option("--lr", help="QAT learning rate (small: 1e-5 .. 1e-4).")] = 1e-5,
+        batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
+        fold_bn: Annotated[bool, typer.Option(help="Fold BatchNorm scales into the convolutions before quantizing.")] = True,
+        threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads.")] = None,
+    ) -> None:
+        """int8 with NNCF: calibrate on training images, optionally fine-tune (QAT); writes a run to export."""
+        if not int8:
+            raise typer.BadParameter("only --int8 quantization is offered")
+        # NNCF compiles a small C++ extension on first use; on a busy 2-core machine that takes minutes.
+        os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
+        from ..compress.quantize import quantize_run
+        from .export import command_line
+
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+        prog, update = step_progress()
+        with prog:
+            res = quantize_run(model, split, out, method=method.value, epochs=epochs, calib_size=calib_size, lr=lr,
+                               batch_size=batch_size, fold_bn=fold_bn, command=command_line(), progress=update)
+        t = Table(title=f"NNCF {res.method.upper()} (validation split)")
+        t.add_column("model")
+        t.add_column("accuracy", justify="right")
+        t.add_column("macro-F1", justify="right")
+        names = {"float": "float parent", "int8_simulated_before_qat": "int8 simulated, after calibration",
+                 "int8_simulated": "int8 simulated, final", "baked_float": "tuned float weights (exported)"}
+        for key, label in names.items():
+            if key in res.val:
+                t.add_row(label, f"{res.val[key]['accuracy']:.4f}", f"{res.val[key]['macro_f1']:.4f}")
+        console.print(t)
+        console.print(f"wrote {out} in {res.seconds:.0f} s", highlight=False)
+        next_step(f"osteo-edge export --model {out} --format tflite --int8 --split {split} --out BUNDLE")

@@ -1,0 +1,180 @@
+"""A small fine-tuning loop shared by QAT and pruning recovery, and the evaluation they report.
+
+Samples come from :class:`osteo_edge.train.data.RadiographDataset` (the shared preprocessing with
+the training augmentation between resize and finalize). Each epoch draws one file per duplicate
+group of the training split (a different copy each epoch), so a radiograph with five copies does
+not weigh five times. BatchNorm stays frozen (eval mode): batches are small and a folded model's
+BN must not move. The best epoch by validation accuracy is kept.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, DataError, require
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 2
+    lr: float = 1e-5
+    batch_size: int = 16
+    weight_decay: float = 0.0
+    augment: str = "light"
+    seed: int = 0
+    max_steps: int | None = None  # per epoch (tests)
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0:
+            raise ConfigError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+
+
+@dataclass
+class SplitData:
+    """The split subsets a compression step needs, as datasets over the model's spec."""
+
+    train: Any
+    val: Any
+    labels: list[str]
+    train_groups: np.ndarray
+    val_groups: np.ndarray
+    protocol: str
+    split_sha256: str
+    split_csv: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: Any, augment: str = "light", seed: int = 0) -> SplitData:
+    from ..data.split import read_split
+    from ..train.data import RadiographDataset, build_augmentation
+
+    table = read_split(split_csv)
+    train_rows, val_rows = table.subset("train"), table.subset("val")
+    if not train_rows:
+        raise DataError(f"{split_csv}: the train subset is empty")
+    if not val_rows:
+        raise DataError(f"{split_csv}: the val subset is empty (compression picks its best epoch on it)")
+    train = RadiographDataset(train_rows, labels, spec, augment=build_augmentation(augment), seed=seed)
+    val = RadiographDataset(val_rows, labels, spec, augment=None)
+    return SplitData(
+        train=train, val=val, labels=list(labels),
+        train_groups=np.array([r.group for r in train_rows]), val_groups=np.array([r.group for r in val_rows]),
+        protocol=table.info.get("protocol", ""), split_sha256=table.sha256, split_csv=str(split_csv),
+    )
+
+
+def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    torch = require("torch", "train")
+    model.eval()
+    outs = []
+    with torch.no_grad():
+        for i in range(0, len(dataset), batch_size):
+            xb = torch.from_numpy(np.stack([dataset.array(j) for j in range(i, min(i + batch_size, len(dataset)))]))
+            outs.append(model(xb).float().numpy())
+            if progress:
+                progress(min(i + batch_size, len(dataset)), len(dataset))
+    return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(dataset.labels)), np.float32)
+
+
+def quick_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
+    from ..train.metrics import classification_metrics, softmax
+
+    m = classification_metrics(targets, softmax(logits), [str(i) for i in range(logits.shape[1])])
+    return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "nll": m["nll"]}
+
+
+def one_per_group(groups: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One random member index per group, shuffled."""
+    order = rng.permutation(len(groups))
+    _, first = np.unique(groups[order], return_index=True)
+    picked = order[first]
+    rng.shuffle(picked)
+    return picked
+
+
+def finetune(
+    model: Any,
+    data: SplitData,
+    cfg: FinetuneConfig,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fine-tune ``model`` in place; restores the best epoch (val accuracy). Returns the history."""
+    torch = require("torch", "train")
+    from ..train.data import class_weights
+    from .loading import freeze_batchnorm
+
+    history: list[dict[str, Any]] = []
+    val_logits = predict_logits(model, data.val)
+    best = {"epoch": 0, **quick_metrics(val_logits, data.val.targets)}
+    history.append({**best, "train_loss": float("nan"), "seconds": 0.0})
+    log.info("epoch 0 (before fine-tuning): val accuracy %.4f, macro-F1 %.4f", best["accuracy"], best["macro_f1"])
+    if cfg.epochs == 0:
+        return history
+    best_state = copy.deepcopy(model.state_dict())
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    weights = torch.from_numpy(class_weights(data.train.targets, len(data.labels)))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
+    rng = np.random.default_rng(cfg.seed)
+    for epoch in range(1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        data.train.epoch = epoch
+        idx = one_per_group(data.train_groups, rng)
+        steps = int(np.ceil(len(idx) / cfg.batch_size))
+        if cfg.max_steps is not None:
+            steps = min(steps, cfg.max_steps)
+        model.train()
+        freeze_batchnorm(model)
+        losses = []
+        for s in range(steps):
+            b = idx[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+            xb = torch.from_numpy(np.stack([data.train.array(int(i)) for i in b]))
+            yb = torch.from_numpy(data.train.targets[b])
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(model(xb), yb)
+            if not torch.isfinite(loss):
+                raise ConfigError(f"fine-tuning diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.item()))
+            if progress:
+                progress(f"epoch {epoch}/{cfg.epochs}", s + 1, steps)
+        val = quick_metrics(predict_logits(model, data.val), data.val.targets)
+        row = {"epoch": epoch, **val, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
+        history.append(row)
+        log.info("epoch %d: loss %.4f, val accuracy %.4f, macro-F1 %.4f (%.0f s)", epoch, row["train_loss"], val["accuracy"], val["macro_f1"], row["seconds"])
+        if (val["accuracy"], -val["nll"]) > (best["accuracy"], -best["nll"]):
+            best = {"epoch": epoch, **val}
+            best_state = copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    model.eval()
+    log.info("kept epoch %d (val accuracy %.4f)", best["epoch"], best["accuracy"])
+    return history
+
+
+def latency_ms(model: Any, example: Any, runs: int = 30, warmup: int = 5) -> dict[str, float]:
+    """Torch CPU latency at batch 1 (p50/p90 of ``runs`` after ``warmup``), threads as set by the caller."""
+    torch = require("torch", "train")
+    model.eval()
+    times = []
+    with torch.no_grad():
+        for _ in range(warmup):
+            model(example)
+        for _ in range(runs):
+            t = time.perf_counter()
+            model(example)
+            times.append((time.perf_counter() - t) * 1000)
+    return {"p50": float(np.percentile(times, 50)), "p90": float(np.percentile(times, 90)), "runs": runs, "threads": int(torch.get_num_threads())}

@@ -1,0 +1,192 @@
+"""int8 quantization of a trained run with NNCF: post-training (PTQ) or quantization-aware (QAT).
+
+Steps (each returns numbers that land in the output bundle):
+
+1. load the run; fold every BatchNorm scale into its convolution (architecture unchanged), so the
+   weight quantizer sees the weights the exported graph will hold;
+2. ``nncf.quantize`` with calibration images from the TRAINING split through the shared
+   preprocessing (per-channel symmetric int8 weights, asymmetric int8 activations: preset MIXED);
+3. ``qat`` only: fine-tune the quantized model at a small learning rate (BatchNorm frozen), keeping
+   the best epoch by validation accuracy;
+4. bake: the weights are replaced by their int8-grid values (``nncf.strip(..., IN_PLACE)``) and saved
+   as an ordinary torch state dict for the same architecture (``model.pt``), with the NNCF state
+   beside it. ``osteo-edge export --int8`` then re-quantizes these tuned weights with the target's
+   own quantizer (ONNX Runtime QDQ or the TFLite full-integer converter): NNCF's own graphs do not
+   reach a full-integer TFLite file (see docs/export.md).
+
+The output is a torch run bundle (format ``torch``) with a ``compression`` record; its
+``temperature`` is refitted on validation for the tuned weights.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..errors import ConfigError, ExportError, choice_error, require
+from .finetune import FinetuneConfig, finetune, load_split_data, predict_logits, quick_metrics
+from .loading import fold_batchnorm, load_run
+
+log = logging.getLogger(__name__)
+
+METHODS = ("qat", "ptq")
+
+
+@dataclass
+class QuantizeResult:
+    bundle: Bundle
+    method: str
+    val: dict[str, dict[str, float]]  # "float", "int8_simulated", "baked_float"
+    history: list[dict[str, Any]]
+    seconds: float
+
+
+def _nncf_dataset(nncf: Any, data: Any, n: int) -> Any:
+    import torch
+
+    from ..export.golden import pick_rows
+
+    rows = pick_rows(data.train.rows, n, seed=1)
+    index = {id(r): i for i, r in enumerate(data.train.rows)}
+    items = [torch.from_numpy(np.ascontiguousarray(_plain(data.train, index[id(r)]))[None]) for r in rows]
+    return nncf.Dataset(items), len(items)
+
+
+def _plain(dataset: Any, i: int) -> np.ndarray:
+    """The un-augmented model input of row ``i`` (calibration never sees augmentation)."""
+    from ..preprocess import finalize
+
+    return finalize(dataset.resized(i), dataset.spec)
+
+
+WEIGHT_HOOK_PREFIX = "__nncf_hooks.pre_hooks."
+
+
+def bake_weights(qmodel: Any, own_keys: list[str]) -> tuple[dict[str, Any], int]:
+    """The architecture's state dict from an NNCF-quantized model, each quantized weight replaced by
+    its fake-quantized (int8-grid) value. Returns ``(state, number of weights baked)``.
+
+    NNCF 3.x (function hooks) keeps the original modules and puts weight quantizers in pre-hooks
+    named ``<module path with '/'>/<op>/<call>__<port>``; port 1 of conv2d/linear is the weight.
+    (``nncf.strip(..., IN_PLACE)`` does the same but needs torchao, which this project does not pull in.)
+    """
+    import torch
+
+    keyset = set(own_keys)
+    state = {k: v.detach().clone() for k, v in qmodel.state_dict().items() if k in keyset}
+    missing = [k for k in own_keys if k not in state]
+    if missing:
+        raise ExportError(f"the quantized model lacks {len(missing)} weights of the architecture (e.g. {missing[0]!r})")
+    baked = 0
+    for name, mod in qmodel.named_modules():
+        if not name.startswith(WEIGHT_HOOK_PREFIX) or not name.endswith("__1.0"):
+            continue
+        parts = name[len(WEIGHT_HOOK_PREFIX) : -len(".0")].rsplit("__", 1)[0].split("/")
+        key = next((".".join(parts[:k]) + ".weight" for k in range(len(parts), 0, -1) if ".".join(parts[:k]) + ".weight" in state), None)
+        if key is None:
+            raise ExportError(f"cannot find the weight that NNCF quantizer {name!r} acts on")
+        with torch.no_grad():
+            state[key] = mod(state[key]).detach().clone()
+        baked += 1
+    if baked == 0:
+        raise ExportError("the NNCF model has no weight quantizers to bake (unexpected NNCF version?)")
+    return state, baked
+
+
+def history_csv(history: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    keys = list(history[0]) if history else []
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    for row in history:
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def quantize_run(
+    run_dir: str | os.PathLike,
+    split: str | os.PathLike,
+    out: str | os.PathLike,
+    method: str = "qat",
+    epochs: int = 2,
+    calib_size: int = 300,
+    lr: float = 1e-5,
+    batch_size: int = 16,
+    fold_bn: bool = True,
+    max_steps: int | None = None,
+    command: str | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> QuantizeResult:
+    """Quantize ``run_dir`` (NNCF PTQ or QAT) and write the tuned run bundle ``out``."""
+    if method not in METHODS:
+        raise choice_error("quantization method", method, METHODS)
+    if calib_size < 1:
+        raise ConfigError(f"--calib-size must be at least 1, got {calib_size}")
+    torch = require("torch", "compress")
+    nncf = require("nncf", "compress")
+    from ..train.metrics import fit_temperature
+
+    t0 = time.perf_counter()
+    cfg = FinetuneConfig(epochs=epochs if method == "qat" else 0, lr=lr, batch_size=batch_size, max_steps=max_steps)
+    model, parent = load_run(run_dir)
+    spec = parent.spec.with_layout("NCHW")
+    data = load_split_data(split, parent.labels, spec)
+    example = torch.zeros((1, spec.channels, spec.input_size, spec.input_size))
+    val: dict[str, dict[str, float]] = {"float": quick_metrics(predict_logits(model, data.val), data.val.targets)}
+    folded = fold_batchnorm(model, torch.randn((2, spec.channels, spec.input_size, spec.input_size))) if fold_bn else 0
+
+    dataset, n_calib = _nncf_dataset(nncf, data, calib_size)
+    try:
+        qmodel = nncf.quantize(model, dataset, subset_size=n_calib, preset=nncf.QuantizationPreset.MIXED)
+    except Exception as exc:
+        raise ExportError(f"nncf.quantize failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    val["int8_simulated_before_qat"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
+    history = finetune(qmodel, data, cfg, progress=progress)
+    val["int8_simulated"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
+
+    state, n_baked = bake_weights(qmodel, list(model.state_dict().keys()))
+    model.load_state_dict(state, strict=True)
+    val_logits = predict_logits(model, data.val)
+    val["baked_float"] = quick_metrics(val_logits, data.val.targets)
+    temperature = fit_temperature(val_logits, data.val.targets)
+
+    compression = {
+        "method": method,
+        "quantizer": f"nncf {nncf.__version__} (preset mixed: per-channel symmetric int8 weights, asymmetric int8 activations)",
+        "batchnorm_folded": folded,
+        "weights_baked": n_baked,
+        "calibration": {"subset": "train", "n": n_calib, "split_sha256": data.split_sha256},
+        "finetune": {"epochs": cfg.epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen", "best_epoch": max(history, key=lambda h: (h["accuracy"], -h["nll"]))["epoch"]} if method == "qat" else None,
+        "val": val,
+        "weights": "model.pt holds the tuned float weights, BatchNorm scales folded, rounded to the NNCF int8 grid; export --int8 re-quantizes them with the target's quantizer",
+    }
+
+    def build(tmp: Path) -> None:
+        with atomic_path(tmp / "model.pt") as p:
+            torch.save(state, p)
+        with atomic_path(tmp / "nncf_state.pt") as p:
+            torch.save({k: v for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor)}, p)
+        atomic_write_text(tmp / "history.csv", history_csv(history))
+        provenance = dict(parent.manifest.get("provenance", {}))
+        provenance.update({
+            "parent": {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")},
+            "parent_command": provenance.get("command", ""), "command": command or "",
+            "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
+        })
+        seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
+             thresholds=parent.thresholds, metrics={"val": val, "parent": parent.metrics}, provenance=provenance,
+             versions=runtime_versions(("torch", "timm", "nncf")),
+             extra={"arch": parent.manifest.get("arch"), "compression": compression,
+                    **({"pruning": parent.manifest["pruning"]} if "pruning" in parent.manifest else {})})
+
+    write_bundle_dir(out, build)
+    return QuantizeResult(bundle=load_bundle(out), method=method, val=val, history=history, seconds=time.perf_counter() - t0)

@@ -1,0 +1,119 @@
+"""Compression: NNCF QAT/PTQ and torch-pruning on a tiny model, and that the results export like any run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from test_export_fixtures import KNEE, make_run, make_split
+
+pytestmark = pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("compress")
+    return {"root": root, "split": make_split(root / "split"), "run": make_run(root / "run")}
+
+
+def test_fold_batchnorm_keeps_function_and_architecture() -> None:
+    import torch
+
+    from osteo_edge.compress.loading import fold_batchnorm
+    from osteo_edge.train.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", 3)
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            mod.running_mean.uniform_(-1, 1)
+            mod.running_var.uniform_(0.5, 2.0)
+            mod.weight.data.uniform_(0.5, 1.5)
+    x = torch.randn(2, 3, 64, 64)
+    model.eval()
+    with torch.no_grad():
+        before = model(x)
+    assert fold_batchnorm(model, x) == 49
+    fresh = build_model("efficientnet_lite0", 3).eval()
+    fresh.load_state_dict(model.state_dict(), strict=True)
+    with torch.no_grad():
+        assert torch.allclose(fresh(x), before, atol=1e-4)
+    bn = model.bn1
+    assert torch.all(bn.weight == 1) and torch.all(bn.running_mean == 0)
+
+
+def test_reshape_to_state_dict_rebuilds_depthwise() -> None:
+    import torch
+
+    from osteo_edge.compress.loading import reshape_to_state_dict
+    from osteo_edge.train.models import build_model
+
+    model = build_model("efficientnet_lite0", 3)
+    state = model.state_dict()
+    small = {k: v for k, v in state.items()}
+    dw = model.blocks[1][0].conv_dw
+    assert dw.groups == dw.in_channels == 96
+    small["blocks.1.0.conv_dw.weight"] = torch.zeros(48, 1, 3, 3)
+    fresh = build_model("efficientnet_lite0", 3)
+    assert reshape_to_state_dict(fresh, small) == 1
+    assert fresh.blocks[1][0].conv_dw.groups == fresh.blocks[1][0].conv_dw.out_channels == 48
+
+
+def test_prune_removes_channels_and_exports(tiny: dict[str, Path]) -> None:
+    import torch
+
+    from osteo_edge.compress.loading import load_run
+    from osteo_edge.compress.prune import prune_run
+    from osteo_edge.export import export_model
+
+    out = tiny["root"] / "pruned"
+    res = prune_run(tiny["run"], tiny["split"], out, ratio=0.3, finetune_epochs=1, max_steps=1, latency_runs=3, command="pytest prune")
+    rec = res.bundle.manifest["pruning"]
+    assert rec["macs_reduction"] >= 0.25 and rec["params_reduction"] > 0.2
+    assert res.after["macs"] < res.before["macs"] and res.after["weights_bytes"] < res.before["weights_bytes"]
+    assert {"p50", "p90", "threads"} <= set(res.after["torch_latency_ms"])
+    model, bundle = load_run(out)  # rebuilt from the pruned shapes
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels < 16  # 16 channels before pruning
+    assert bundle.manifest["provenance"]["command"] == "pytest prune"
+    exp = export_model(out, "onnx", tiny["root"] / "pruned-onnx", split=tiny["split"], golden_size=3)
+    assert exp.golden["passed"] and exp.bundle.manifest["provenance"]["parent"]["pruning"]["ratio"] == 0.3
+
+
+def test_quantize_qat_then_int8_export(tiny: dict[str, Path]) -> None:
+    """NNCF quantize + a QAT step; the tuned weights load as a plain run and export to int8."""
+    os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")  # first use compiles a C++ extension
+    from osteo_edge.cli import app
+    from osteo_edge.compress.loading import load_run
+    from osteo_edge.export import export_model
+
+    out = tiny["root"] / "qat"
+    res = CliRunner().invoke(app, ["quantize", "--int8", "--model", str(tiny["run"]), "--split", str(tiny["split"]), "--out", str(out),
+                                   "--method", "qat", "--epochs", "1", "--calib-size", "4", "--lr", "1e-4"])
+    assert res.exit_code == 0, res.output
+    assert "int8 simulated" in res.output and "osteo-edge export" in res.output
+    model, bundle = load_run(out)
+    comp = bundle.manifest["compression"]
+    assert comp["method"] == "qat" and comp["batchnorm_folded"] == 8 and comp["weights_baked"] == 9
+    assert comp["calibration"]["n"] == 4 and set(comp["val"]) >= {"float", "int8_simulated", "baked_float"}
+    # baked weights sit on a per-output-channel int8 grid: at most 255 distinct values per channel
+    w = model.features[0].weight.detach().numpy()
+    assert max(len(np.unique(w[c])) for c in range(w.shape[0])) <= 255
+    assert (out / "nncf_state.pt").is_file() and (out / "history.csv").is_file()
+    exp = export_model(out, "onnx-int8", tiny["root"] / "qat-onnx-int8", split=tiny["split"], calib_size=4, golden_size=3)
+    assert exp.golden["passed"] and exp.bundle.manifest["provenance"]["parent"]["compression"]["method"] == "qat"
+
+
+def test_compress_options_are_validated(tiny: dict[str, Path]) -> None:
+    from osteo_edge.compress.prune import prune_run
+    from osteo_edge.compress.quantize import quantize_run
+    from osteo_edge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ratio"):
+        prune_run(tiny["run"], tiny["split"], tiny["root"] / "x", ratio=1.5)
+    with pytest.raises(ConfigError, match="valid: qat, ptq"):
+        quantize_run(tiny["run"], tiny["split"], tiny["root"] / "x", method="awq")
