@@ -198,3 +198,21 @@ def test_ssh_errors_are_one_line(tmp_path):
     res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--host", "pi@127.0.0.1", "--runs", "5",
                               f"--ssh-option=-p{port}", "--ssh-option=-oConnectTimeout=5"])
     assert res.exit_code == 1 and "copying the bundles and runtime failed" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.slow
+def test_raspberrypi_emulated_matches_host(tmp_path):
+    """Runs only where the aarch64 kit exists (benchmarks/runtime/setup_arm64_emulation.sh)."""
+    from osteo_edge.benchmarks.emulate import kit_dir, kit_problem
+
+    kit = kit_dir(BenchRequest(bundles=[]))
+    if kit_problem(kit):
+        pytest.skip(kit_problem(kit))
+    b = make_onnx_bundle(tmp_path / "b")
+    report = run_bench("raspberrypi", BenchRequest(bundles=[b], runs=5, warmup=1, threads=1))
+    emu = [r for r in report["results"] if r.get("emulated_cpu")]
+    assert report["kind"] == "emulated" and {r["emulated_cpu"] for r in emu} == {"cortex-a72", "cortex-a76"}
+    for r in emu:
+        assert r["status"] == "ok" and r["arch"] == "aarch64" and r["latency_note"] == "emulated, not a Pi latency"
+        assert r["max_abs_diff_vs_host"] < 1e-4
+    assert report["estimates"] and all("estimate" in e["text"] for e in report["estimates"])

@@ -16,7 +16,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .bench import BenchRequest, _report, machine_info, measure_local
+from ..artifact import read_manifest
+from .bench import BenchRequest, _report, find_parent, machine_info, measure_local
 
 EMU_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
 
@@ -131,7 +132,7 @@ def pi_estimates(host_row: dict[str, Any], macs: int, threads: int) -> list[dict
         out.append({
             "device": name, "model": host_row.get("name"), "format": host_row.get("format"), "precision": prec, "estimated_p50_ms": round(ms, 1),
             "macs": macs, "host_efficiency": round(eff, 3), "host_isa": isa,
-            "text": f"{host_row.get('name')} ({prec}) on {name}: ~{ms:.0f} ms per image (estimate: {macs / 1e6:.0f} M MACs at the {eff:.0%} of peak measured on this host; not a measurement)",
+            "text": f"{host_row.get('name')} ({prec}) on {name}: ~{ms:.3g} ms per image (estimate: {macs / 1e6:.0f} M MACs at the {eff:.0%} of peak measured on this host; not a measurement)",
         })
     return out
 
@@ -143,16 +144,23 @@ def run_emulated(req: BenchRequest) -> dict[str, Any]:
     notes: list[str] = []
     host_rows = measure_local(req, torch_reference=False)
     estimates: list[dict[str, Any]] = []
+    # MACs are counted on an ONNX graph; a TFLite bundle borrows them from an ONNX bundle of the same parent run.
     macs_by_parent: dict[Any, int] = {}
     for r in host_rows:
         mp = Path(r["path"])
+        try:
+            parent = find_parent(mp, read_manifest(mp))
+        except Exception:  # a failed bundle has no manifest to read
+            parent = None
+        r["_parent_key"] = str(parent) if parent else r["path"]
         onnx_file = next(iter(sorted(mp.glob("*.onnx"))), None)
         macs = count_macs(onnx_file) if onnx_file else None
         if macs:
-            macs_by_parent[r.get("parent") or r["path"]] = macs
+            macs_by_parent[r["_parent_key"]] = macs
         r["macs"] = macs
     for r in host_rows:
-        macs = r.get("macs") or macs_by_parent.get(r.get("parent") or "")
+        macs = r.get("macs") or macs_by_parent.get(r.pop("_parent_key"))
+        r["macs"] = macs
         if r.get("status") == "ok" and macs:
             estimates.extend(pi_estimates(r, macs, req.threads))
     results: list[dict[str, Any]] = []

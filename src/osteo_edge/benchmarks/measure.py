@@ -91,7 +91,7 @@ def measure_bundle(bundle_dir: str | os.PathLike, threads: int, runs: int, warmu
     }
     e2e = timings(lambda: clf.predict(img), max(5, runs // 5), max(1, warmup // 5))
     out["e2e_p50_ms"] = e2e["p50_ms"]
-    out["logits_sample"] = [round(float(v), 6) for v in clf.logits(x)[0]]
+    out["logits_sample"] = [float(v) for v in clf.logits(x)[0]]
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -130,7 +130,7 @@ def measure_torch(run_dir: str | os.PathLike, threads: int, runs: int, warmup: i
         "bundle_bytes": bundle.model_path.stat().st_size,
         **timings(run, runs, warmup),
     }
-    out["logits_sample"] = [round(float(v), 6) for v in run()[0].tolist()]
+    out["logits_sample"] = [float(v) for v in run()[0].tolist()]
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # a backend crash is a result ("failed") of the benchmark, not a traceback
         res = {"status": "failed", "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
     res["python"] = platform.python_version()
+    res["arch"] = platform.machine()
     sys.stdout.write(json.dumps(res) + "\n")
     return 0
 

@@ -71,10 +71,15 @@ def render(report: dict) -> None:
     if kind == "emulated":
         title += ": EMULATED, not a Pi latency"
     table = Table(title=title, caption=f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1")
+    emulated = kind == "emulated"
+    if emulated:
+        table.add_column("ran on", overflow="fold")
     for col, just in (("model", "left"), ("format", "left"), ("status", "left"), ("load ms", "right"), ("p50 ms", "right"),
                       ("p90 ms", "right"), ("p99 ms", "right"), ("img/s", "right"), ("peak RSS MB", "right"), ("file MB", "right"),
                       ("accuracy", "right"), ("vs torch fp32", "right")):
         table.add_column(col, justify=just, overflow="fold")
+    if emulated:
+        table.add_column("max |Δ| vs x86", justify="right")
 
     def f(v, fmt="{:.2f}"):
         return "-" if v is None else fmt.format(v)
@@ -84,15 +89,17 @@ def render(report: dict) -> None:
         style = STATUS_STYLE.get(st, "")
         acc = r.get("accuracy")
         name = r.get("name", "?") + (" (reference)" if r.get("role") == "reference" else "")
+        pre = [f"{r['board_model']} emulated ({r['emulated_cpu']})" if r.get("emulated_cpu") else "this host"] if emulated else []
+        post = [f(r.get("max_abs_diff_vs_host"), "{:.1e}")] if emulated else []
         if st != "ok":
-            table.add_row(name, str(r.get("format") or "-"), f"[{style}]{st}[/{style}]",
-                          *["-"] * 6, f(r.get("file_mb")), "-", r.get("error", ""))
+            table.add_row(*pre, name, str(r.get("format") or "-"), f"[{style}]{st}[/{style}]",
+                          *["-"] * 6, f(r.get("file_mb")), "-", r.get("error", ""), *post)
             continue
         table.add_row(
-            name, str(r.get("format")), f"[{style}]{st}[/{style}]", f(r.get("load_ms"), "{:.0f}"),
+            *pre, name, str(r.get("format")), f"[{style}]{st}[/{style}]", f(r.get("load_ms"), "{:.0f}"),
             f(r.get("p50_ms")), f(r.get("p90_ms")), f(r.get("p99_ms")), f(r.get("throughput_ips"), "{:.1f}"), f(r.get("peak_rss_mb"), "{:.0f}"),
             f(r.get("file_mb")), f"{acc['value']:.3f}" if acc else "-",
-            f"x{r['speedup_vs_torch_fp32']:.2f}" if r.get("speedup_vs_torch_fp32") else "-",
+            f"x{r['speedup_vs_torch_fp32']:.2f}" if r.get("speedup_vs_torch_fp32") else "-", *post,
         )
     console.print(table)
     console.print("status: " + "; ".join(f"{k} = {v}" for k, v in report.get("status_legend", {}).items()), highlight=False, soft_wrap=True)
