@@ -188,9 +188,6 @@ def _strip_name(msg: str, path: str) -> str:
 # inputs
 
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".webp", ".gif", ""}
-
-
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
     """Files as given; folders walked recursively (sorted), skipping hidden files and manifests.
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -202,19 +202,6 @@ class Gate:
 
 # ------------------------------------------------------------------------------------------------
 # calibration
-
-
-def features_of(sources: Iterable[ImageSource | DecodedImage], bit_depth: str = "scale") -> tuple[np.ndarray, list[str]]:
-    """Features of every source that decodes; returns (features, [names of the skipped ones])."""
-    feats, skipped = [], []
-    for s in sources:
-        try:
-            dec = s if isinstance(s, DecodedImage) else decode_image(s, bit_depth)
-        except InvalidImageError as exc:
-            skipped.append(str(exc))
-            continue
-        feats.append(image_features(dec))
-    return (np.stack(feats) if feats else np.zeros((0, 102))), skipped
 
 
 def _rates(scores: np.ndarray, threshold: float) -> dict[str, Any]:
