@@ -128,6 +128,28 @@ def radiographs(n: int) -> list[Path]:
     return [x for tup in zip_longest(*picks) for x in tup if x is not None][:n]
 
 
+def build_stand_in(root: Path) -> Path:
+    """A random-weight EfficientNet-Lite0 ONNX bundle (224 px, 3 classes) for timing only."""
+    import shutil
+
+    import torch
+
+    from osteo_edge.artifact import seal
+    from osteo_edge.preprocess import PreprocessSpec
+    from osteo_edge.train.models import build_model
+
+    torch.manual_seed(0)
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    m = build_model("efficientnet_lite0", 3, weights="none").eval()
+    torch.onnx.export(m, torch.zeros(1, 3, 224, 224), str(root / "model.onnx"), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+    seal(root, format="onnx", model_file="model.onnx", labels=["Normal", "Osteopenia", "Osteoporosis"],
+         spec=PreprocessSpec(input_size=224), thresholds={"min_confidence": 0.6, "low_bmd": 0.5},
+         provenance={"command": "benchmarks/demo/bench_demo.py --stand-in (random weights, timing only)"})
+    return root
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped bundle)")
@@ -135,6 +157,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=30, help="timed images")
     ap.add_argument("--threads", type=int, default=2, help="inference threads")
     ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--stand-in", action="store_true",
+                    help="when no --model is given and the package ships no bundle: time a random-weight EfficientNet-Lite0 "
+                         "ONNX bundle (224 px) built here with torch (the architecture the project ships; timings only)")
     args = ap.parse_args()
 
     os.environ["HF_HUB_OFFLINE"] = "1"
@@ -143,6 +168,11 @@ def main() -> None:
     from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
 
     model = (args.model or default_bundle_path()).resolve()
+    stand_in = False
+    if args.model is None and not (model / "manifest.json").is_file():
+        if not args.stand_in:
+            raise SystemExit(f"{model}: no shipped bundle; pass --model BUNDLE or --stand-in")
+        model, stand_in = build_stand_in(args.out / ".stand-in"), True
     bundle = load_bundle(model)
     images = radiographs(args.images + 3)
     if len(images) < args.images + 3:
@@ -153,6 +183,7 @@ def main() -> None:
         "model": {"path": str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model), "format": bundle.format,
                   "input_size": bundle.spec.input_size, "labels": bundle.labels,
                   "model_bytes": bundle.model_path.stat().st_size},
+        "stand_in": stand_in,
         "threads": args.threads,
         "command": " ".join([".venv/bin/python", *[_show(a) for a in sys.argv]]),
         "date": time.strftime("%Y-%m-%d"),
@@ -208,6 +239,10 @@ def main() -> None:
     result["http_round_trip_ms"] = {"with_heat_map": pct(rt[True]), "without_heat_map": pct(rt[False])}
     print(f"HTTP round trip p50: {np.median(rt[True]):.0f} ms with heat map, {np.median(rt[False]):.0f} ms without", flush=True)
     (args.out / ".server.log").unlink(missing_ok=True)
+    if stand_in:
+        import shutil
+
+        shutil.rmtree(model, ignore_errors=True)
 
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "README.md").write_text(render(result))
@@ -230,7 +265,7 @@ Re-run: `{r['command']}`
 Machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, Python {m['python']} ({m['platform']});
 load average at the start {m['load_average_1_5_15']} (other jobs share these cores).
 Versions: {v}.
-Model: `{r['model']['path']}` ({r['model']['format']}, {r['model']['input_size']} px input, {r['model']['model_bytes'] / 1e6:.1f} MB), {r['threads']} inference threads.
+Model: {"a random-weight EfficientNet-Lite0 stand-in (timings only; no shipped bundle yet) at " if r.get("stand_in") else ""}`{r['model']['path']}` ({r['model']['format']}, {r['model']['input_size']} px input, {r['model']['model_bytes'] / 1e6:.1f} MB), {r['threads']} inference threads.
 
 | what | p50 | p90 | n |
 |---|---|---|---|
