@@ -151,3 +151,13 @@ def test_kfold_train_and_evaluate(tmp_path):
     assert "±" in (tmp_path / "cv" / "eval" / "test" / "cv_report.md").read_text()
     b0 = load_bundle(tmp_path / "cv" / "fold0")
     assert "fold 0 of 2" in b0.manifest["provenance"]["protocol"]
+
+
+def test_subgroup_bands_with_repeated_values():
+    from osteo_edge.train.evaluate import _band
+
+    ages = ["65", "54", "65", "70", "65", "49", ""]
+    assert _band("Age", ages) == {"65": "60-69", "54": "50-59", "70": "70+", "49": "<50", "": "missing"}
+    assert _band("Gender", ["male", "female", "male"]) == {"male": "male", "female": "female"}
+    bmi = [str(x) for x in np.linspace(18, 35, 30)] * 2
+    assert len(set(_band("BMI:", bmi).values())) == 3  # tertiles of a numeric column

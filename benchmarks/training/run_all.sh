@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce benchmarks/training: the real training runs, their evaluation and comparison.
 #
-#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee compare cv region summary (default: all)
+#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee knee-eval compare cv region summary (default: all)
 #
 # Runs go to runs/ (git-ignored); the committed outputs are copied to benchmarks/training/results/.
 # A finished run (manifest.json present) is skipped, a killed one is resumed (--resume), so the
@@ -16,7 +16,7 @@ SPLIT=runs/splits/knee-one/split.csv
 RES=benchmarks/training/results
 META=(--metadata "$DATA/tabular/wani_patient_details.csv" --key "Patient Id" --subgroups age,sex)
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee compare cv region summary)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee knee-eval compare cv region summary)
 want() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
 
 # train RUN_DIR ARGS...: skip when sealed, resume when killed, else start
@@ -37,6 +37,7 @@ keep() {
 if want splits; then
   # 3 classes, conflicting-label groups dropped, one file per duplicate group, 5 folds over train+val
   $OE data split $KNEE --members one --folds 5 --out runs/splits/knee-one
+  $OE data split $KNEE --folds 5 --out runs/splits/knee-all   # same groups in the same splits, every file
   $OE data split $KNEE $DATA/spine/sriher --members one --out runs/splits/knee-spine-one
   .venv/bin/python benchmarks/training/region_splits.py runs/splits/knee-spine-one runs/splits/region
 fi
@@ -48,10 +49,19 @@ if want knee; then
   # from scratch: no ImageNet weights for these offline
   train runs/knee-cnn --split $SPLIT --arch cnn --weights none --img-size 224 --epochs 20 --lr 2e-3 --batch-size 16 --patience 6 --seed 0
   train runs/knee-resnet18-scratch --split $SPLIT --arch resnet18 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0
-  train runs/knee-b0-scratch --split $SPLIT --arch efficientnet_b0 --weights none --img-size 160 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0
+  train runs/knee-b0-scratch --split $SPLIT --arch efficientnet_b0 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0
+fi
+
+if want knee-eval; then
   for r in knee-lite0 knee-cnn knee-resnet18-scratch knee-b0-scratch; do
+    # headline: the training split's test rows (one file per distinct radiograph)
     $OE evaluate --model runs/$r --split $SPLIT "${META[@]}"
+    # the same test groups with every file of each group (members all: same group->split assignment),
+    # so Wani's own copies of Normal/Osteoporosis knees are scored too (bootstrap over groups)
+    $OE evaluate --model runs/$r --split runs/splits/knee-all/split.csv --out runs/$r/eval/test-all-members "${META[@]}"
     keep runs/$r $r
+    cp runs/$r/eval/test-all-members/metrics.json $RES/$r/test-all-members_metrics.json
+    cp runs/$r/eval/test-all-members/report.md $RES/$r/test-all-members_report.md
   done
 fi
 

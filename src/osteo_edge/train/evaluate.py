@@ -94,7 +94,8 @@ def _band(column: str, values: list[str]) -> dict[str, str]:
             nums[v] = float(v)
         except (TypeError, ValueError):
             pass
-    mostly_numeric = bool(nums) and len(nums) >= 0.8 * len([v for v in values if v.strip()])
+    filled = [v for v in values if v.strip()]
+    mostly_numeric = bool(nums) and sum(v in nums for v in filled) >= 0.8 * len(filled)
     if mostly_numeric and _norm_col(column).startswith("age"):
         return {v: next((b for lo, hi, b in AGE_BANDS if lo <= nums[v] < hi), "missing") if v in nums else "missing" for v in values}
     if not (mostly_numeric and len(set(nums.values())) > 6):
@@ -128,7 +129,7 @@ def subgroup_metrics(
                 continue
             m = names == name
             ci = bootstrap_ci(y[m], probs[m], labels, groups[m], low_bmd_threshold, n_boot=n_boot, seed=seed)
-            res[name] = {"n": int(m.sum()), "labels": dict(Counter(labels[i] for i in y[m])), **ci}
+            res[name] = {"n": int(m.sum()), "labels": _label_counts(y[m], labels), **ci}
         out["by"][sg] = {"column": col.strip(), "groups": res}
     return out
 
@@ -176,11 +177,22 @@ def evaluate_run(
         if table.labels != bundle.labels:
             raise DataError(f"{split_path}: labels {table.labels} differ from the model's {bundle.labels}")
         same_split = prov.get("split_sha256") == table.sha256
+        own = table if same_split else _own_split(prov)
+        fold = int(prov.get("fold", -1))
+        overlap = 0
+        if own is not None:  # calibrate on the run's own validation rows, whatever split is scored
+            _, val_rows = split_rows(own, fold)
+            calib_rows_from = "the run's own validation split"
+        else:
+            _, val_rows = split_rows(table, -1)
+            calib_rows_from = "the evaluated split's validation rows (the run's own split file is not available)"
+        rows = (val_rows if same_split else split_rows(table, -1)[1]) if subset == "val" else table.subset("test")
         if not same_split:
-            log.warning("%s is not the split this run was trained on (sha256 differs): test rows may overlap its training data", split_path)
-        fold = int(prov.get("fold", -1)) if same_split else -1
-        _, val_rows = split_rows(table, fold)
-        rows = val_rows if subset == "val" else table.subset("test")
+            if own is not None:
+                seen = {r.sha256 for r in own.rows if r.split != "test" and r.sha256}
+                overlap = sum(1 for r in rows if r.sha256 and r.sha256 in seen)
+            log.warning("%s is not the split this run was trained on; %s of its %s rows are byte-identical to the run's "
+                        "training/validation files", split_path, overlap if own is not None else "an unknown number", subset)
         if not rows or not val_rows:
             raise DataError(f"{split_path}: the {subset} or validation subset is empty")
         spec = bundle.spec
@@ -212,7 +224,7 @@ def evaluate_run(
     for src in sorted({r.source for r in rows}):
         m = np.array([r.source == src for r in rows])
         per_source[src] = {
-            "n": int(m.sum()), "labels": dict(Counter(labels[i] for i in y[m])),
+            "n": int(m.sum()), "labels": _label_counts(y[m], labels),
             **bootstrap_ci(y[m], p_cal[m], labels, groups[m], thr, n_boot=n_boot, seed=seed),
             "confusion": classification_metrics(y[m], p_cal[m], labels, thr)["confusion"],
         }
@@ -221,7 +233,8 @@ def evaluate_run(
     result: dict[str, Any] = {
         "run": str(run_dir), "subset": subset, "n": int(len(y)), "groups": int(len(set(groups.tolist()))),
         "protocol": provenance["protocol"], "split_csv": str(split_path), "split_sha256": table.sha256,
-        "same_split_as_training": same_split, "labels": labels, "temperature": temperature, "thresholds": thresholds,
+        "same_split_as_training": same_split, "overlap_with_training_files": overlap if own is not None else None,
+        "calibrated_on": calib_rows_from, "labels": labels, "temperature": temperature, "thresholds": thresholds,
         "calibration": calib, "headline": ci, "point": point,
         "ece_uncalibrated": {"value": ece_raw, "ci95": ece_raw_ci["ci95"]},
         "majority_baseline_accuracy": majority[1] / len(y), "per_source": per_source,
@@ -250,6 +263,29 @@ def evaluate_run(
     return EvalResult(out=out, subset=subset, metrics=result, files=files)
 
 
+def _label_counts(y: np.ndarray, labels: Sequence[str]) -> dict[str, int]:
+    c = Counter(int(i) for i in y)
+    return {lab: c[i] for i, lab in enumerate(labels) if c[i]}
+
+
+def _own_split(prov: Mapping[str, Any]) -> Any:
+    """The run's training split, when its file is still there and unchanged."""
+    from ..data.split import read_split
+
+    path = Path(prov.get("split_csv") or "")
+    if not str(prov.get("split_csv") or "") or not path.is_file():
+        return None
+    table = read_split(path)
+    return table if table.sha256 == prov.get("split_sha256") else None
+
+
+def metrics_key(result: Mapping[str, Any]) -> str:
+    """Manifest metrics key: the subset name for the run's own split, else ``subset@<split dir>``."""
+    if result["same_split_as_training"]:
+        return str(result["subset"])
+    return f"{result['subset']}@{Path(result['split_csv']).parent.name}"
+
+
 def _write_predictions(path: Path, rows: Sequence[Any], labels: Sequence[str], logits: np.ndarray, probs: np.ndarray) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
@@ -271,7 +307,7 @@ def _reseal_run(run_dir: Path, out: Path, subset: str, result: Mapping[str, Any]
     except ValueError:
         changed = []
     metrics = dict(manifest.get("metrics", {}))
-    metrics[subset] = {**result["headline"], "n": result["n"]}
+    metrics[metrics_key(result)] = {**result["headline"], "n": result["n"], "split_sha256": result["split_sha256"]}
     training = dict(manifest.get("training", {}))
     training["calibration"] = dict(calib)
     reseal(run_dir, changed=changed, temperature=temperature, thresholds=dict(thresholds), metrics=metrics, training=training)
@@ -297,7 +333,11 @@ def render_report(r: Mapping[str, Any]) -> str:
         "fitted on the validation split.",
     ]
     if not r["same_split_as_training"]:
-        lines += ["", "**Warning:** this split is not the one the model was trained on; its test rows may overlap the training data."]
+        ov = r.get("overlap_with_training_files")
+        lines += ["", "**Note:** this split is not the one the model was trained on; "
+                  + (f"{ov} of the evaluated files are byte-identical to the run's training/validation files." if ov is not None
+                     else "whether its rows overlap the training data cannot be checked (the run's split file is not available).")
+                  + f" Temperature and threshold come from {r['calibrated_on']}."]
     lines += ["", "## Headline (3-class)" if len(labels) == 3 else "## Headline", "", "| metric | value [95% CI] |", "|---|---|"]
     names = {"accuracy": "accuracy", "macro_f1": "macro-F1", "balanced_accuracy": "balanced accuracy", "auroc_macro": "one-vs-rest AUROC (macro)",
              "low_bmd_auroc": "low-BMD AUROC (Normal vs Osteopenia+Osteoporosis)",
