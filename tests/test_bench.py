@@ -71,6 +71,17 @@ def test_accuracy_prefers_test_macro_f1():
     assert accuracy_of({"metrics": {}}) is None
 
 
+def test_headline_metric_is_common_to_all_rows():
+    from osteo_edge.benchmarks.bench import choose_headline, parent_test_accuracy, test_metrics
+
+    child = {"metrics": {"test": {"accuracy": 0.79, "macro_f1": 0.78, "vs_parent": {"parent_accuracy": 0.81}}}}
+    ref = {"role": "reference", "status": "ok", "test_metrics": {**test_metrics({"metrics": {"val": {"macro_f1": 0.9}}}), "accuracy": parent_test_accuracy(child)}}
+    mod = {"role": "model", "status": "ok", "test_metrics": test_metrics(child)}
+    choose_headline([ref, mod])  # the parent has no test macro-F1: accuracy is the common metric
+    assert ref["accuracy"] == {"metric": "test.accuracy", "value": 0.81}
+    assert mod["accuracy"] == {"metric": "test.accuracy", "value": 0.79}
+
+
 def test_speedups_are_ratios_of_one_run():
     rows = [
         {"role": "reference", "status": "ok", "path": "/r", "p50_ms": 30.0, "file_bytes": 400},

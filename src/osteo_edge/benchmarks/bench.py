@@ -112,7 +112,15 @@ def machine_info() -> dict[str, Any]:
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,
+        "load_average": _loadavg(),
     }
+
+
+def _loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):  # pragma: no cover - not on every OS
+        return None
 
 
 def find_parent(bundle_dir: Path, manifest: dict[str, Any], depth: int = 0) -> Path | None:
@@ -170,6 +178,38 @@ def accuracy_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
     return {"metric": p, "value": v}
 
 
+def test_metrics(manifest: dict[str, Any]) -> dict[str, float]:
+    """Test-split accuracy and macro-F1 recorded in a bundle (``metrics.test``), when present."""
+    t = (manifest.get("metrics") or {}).get("test")
+    out: dict[str, float] = {}
+    if isinstance(t, dict):
+        for k in ("accuracy", "macro_f1"):
+            v = t.get(k)
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = float(v)
+    return out
+
+
+def parent_test_accuracy(child_manifest: dict[str, Any]) -> float | None:
+    """The torch parent's accuracy on the same test split, as the export's evaluation recorded it."""
+    t = (child_manifest.get("metrics") or {}).get("test")
+    vp = t.get("vs_parent") if isinstance(t, dict) else None
+    v = vp.get("parent_accuracy") if isinstance(vp, dict) else None
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def choose_headline(results: list[dict[str, Any]]) -> None:
+    """One accuracy column for every row: the first test metric that all rows carry (macro-F1, then
+    accuracy); otherwise each row's own recorded metric, with its path named."""
+    rows = [r for r in results if r.get("status") in ("ok", "skipped")]
+    for key in ("macro_f1", "accuracy"):
+        if rows and all(key in (r.get("test_metrics") or {}) for r in rows):
+            for r in results:
+                v = (r.get("test_metrics") or {}).get(key)
+                r["accuracy"] = {"metric": f"test.{key}", "value": v} if v is not None else None
+            return
+
+
 def torch_available() -> bool:
     try:
         return importlib.util.find_spec("torch") is not None
@@ -210,6 +250,7 @@ def _row(path: Path, manifest: dict[str, Any] | None, measured: dict[str, Any], 
     row.update({k: v for k, v in measured.items() if k not in ("status",)})
     if manifest is not None:
         row["accuracy"] = accuracy_of(manifest)
+        row["test_metrics"] = test_metrics(manifest)
     if "file_bytes" in row:
         row["file_mb"] = round(row["file_bytes"] / 1e6, 3)
     return row
@@ -226,32 +267,50 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
 
 
 def measure_local(req: BenchRequest, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = (), torch_reference: bool | None = None) -> list[dict[str, Any]]:
-    """Measure every bundle (and the torch parents, when asked and possible) in this machine's subprocesses."""
-    results: list[dict[str, Any]] = []
-    parents: dict[str, Path] = {}
+    """Measure the torch parents (when asked and possible) and then every bundle, each in its own subprocess.
+
+    References first, then the models in the order given: one run, one machine state as far as a
+    shared machine allows (the load average before and after is in the report).
+    """
     use_torch = req.torch_reference if torch_reference is None else torch_reference
+    planned: list[tuple[Path, dict[str, Any] | None, Path | None, str | None]] = []
+    parents: dict[str, Path] = {}
+    parent_acc: dict[str, float] = {}
     for b in req.bundles:
         b = Path(b)
         try:
             manifest = load_bundle(b).manifest
         except BundleError as exc:
-            results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": str(exc)})
+            planned.append((b, None, None, str(exc)))
             continue
-        row = _row(b, manifest, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
         parent = find_parent(b, manifest) if use_torch else None
         if parent is not None:
-            row["parent"] = str(parent)
             parents[str(parent)] = parent
-        elif use_torch:
-            row["parent"] = None
-        results.append(row)
+            pa = parent_test_accuracy(manifest)
+            if pa is not None:
+                parent_acc[str(parent)] = pa
+        planned.append((b, manifest, parent, None))
+    results: list[dict[str, Any]] = []
     for key, parent in parents.items():
         manifest = read_manifest(parent)
         if not torch_available():
-            results.append({**_row(parent, manifest, {"status": "skipped", "error": "torch is not installed here"}, "reference"), "path": key})
+            row = _row(parent, manifest, {"status": "skipped", "error": "torch is not installed here"}, "reference")
+        else:
+            row = _row(parent, manifest, _measure_subprocess(parent, req, torch_run=True), "reference")
+        row["path"] = key
+        if key in parent_acc and "accuracy" not in row["test_metrics"]:
+            row["test_metrics"]["accuracy"] = parent_acc[key]  # same test split, from the export's evaluation
+        results.append(row)
+    for b, manifest, parent, error in planned:
+        if manifest is None:
+            results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": error})
             continue
-        results.append({**_row(parent, manifest, _measure_subprocess(parent, req, torch_run=True), "reference"), "path": key})
+        row = _row(b, manifest, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
+        if use_torch:
+            row["parent"] = str(parent) if parent is not None else None
+        results.append(row)
     add_speedups(results)
+    choose_headline(results)
     return results
 
 
@@ -273,7 +332,10 @@ def _report(target: str, kind: str, req: BenchRequest, results: list[dict[str, A
 
 
 def run_host(req: BenchRequest) -> dict[str, Any]:
-    return _report("host", "measured", req, measure_local(req), machine_info(), [])
+    machine = machine_info()
+    results = measure_local(req)
+    machine["load_average_after"] = _loadavg()
+    return _report("host", "measured", req, results, machine, [])
 
 
 def run_raspberrypi(req: BenchRequest) -> dict[str, Any]:

@@ -70,7 +70,11 @@ def render(report: dict) -> None:
     title = f"bench --target {report['target']}" + (f" ({report['host']})" if report.get("host") else "")
     if kind == "emulated":
         title += ": EMULATED, not a Pi latency"
-    table = Table(title=title, caption=f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1")
+    load = m.get("load_average")
+    caption = f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
+    if load:
+        caption += f" | load average {load[0]:.1f} before" + (f", {m['load_average_after'][0]:.1f} after" if m.get("load_average_after") else "")
+    table = Table(title=title, caption=caption)
     emulated = kind == "emulated"
     if emulated:
         table.add_column("ran on", overflow="fold")
