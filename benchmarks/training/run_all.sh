@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce benchmarks/training: the real training runs, their evaluation and comparison.
 #
-#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee knee-eval compare cv region summary (default: all)
+#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee knee-eval compare cv region members summary (default: all)
 #
 # Runs go to runs/ (git-ignored); the committed outputs are copied to benchmarks/training/results/.
 # A finished run (manifest.json present) is skipped, a killed one is resumed (--resume), so the
@@ -16,7 +16,7 @@ SPLIT=runs/splits/knee-one/split.csv
 RES=benchmarks/training/results
 META=(--metadata "$DATA/tabular/wani_patient_details.csv" --key "Patient Id" --subgroups age,sex)
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee knee-eval compare cv region summary)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee knee-eval compare cv region members summary)
 want() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
 
 # train RUN_DIR ARGS...: skip when sealed, resume when killed, else start
@@ -47,9 +47,9 @@ if want knee; then
   train runs/knee-lite0 --split $SPLIT --arch efficientnet_lite0 --weights imagenet --img-size 224 \
     --epochs 10 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0
   # from scratch: no ImageNet weights for these offline
-  train runs/knee-cnn --split $SPLIT --arch cnn --weights none --img-size 224 --epochs 20 --lr 2e-3 --batch-size 16 --patience 6 --seed 0
-  train runs/knee-resnet18-scratch --split $SPLIT --arch resnet18 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0
-  train runs/knee-b0-scratch --split $SPLIT --arch efficientnet_b0 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0
+  train runs/knee-cnn --split $SPLIT --arch cnn --weights none --img-size 224 --epochs 20 --lr 2e-3 --batch-size 16 --patience 6 --seed 0 --threads 1
+  train runs/knee-resnet18-scratch --split $SPLIT --arch resnet18 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0 --threads 1
+  train runs/knee-b0-scratch --split $SPLIT --arch efficientnet_b0 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 --patience 5 --seed 0 --threads 1
 fi
 
 if want knee-eval; then
@@ -66,7 +66,7 @@ if want knee-eval; then
 fi
 
 if want compare; then
-  $OE compare runs/knee-lite0 runs/knee-b0-scratch runs/knee-resnet18-scratch runs/knee-cnn --out $RES/compare --threads 2
+  $OE compare runs/knee-lite0 runs/knee-b0-scratch runs/knee-resnet18-scratch runs/knee-cnn --out $RES/compare --threads 1
 fi
 
 if want cv; then
@@ -74,7 +74,7 @@ if want cv; then
   if [ ! -f runs/knee-lite0-cv5/cv.json ]; then
     if [ -d runs/knee-lite0-cv5 ]; then R=--resume; else R=; fi
     $OE train --split $SPLIT --out runs/knee-lite0-cv5 --folds 5 $R --arch efficientnet_lite0 --weights imagenet \
-      --img-size 160 --epochs 8 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0
+      --img-size 160 --epochs 8 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0 --threads 1
   fi
   $OE evaluate --model runs/knee-lite0-cv5 --folds 5 --split $SPLIT
   mkdir -p $RES/cv5
@@ -86,11 +86,23 @@ if want region; then
   for r in joint knee spine; do
     s=runs/splits/region/$r/split.csv; [ $r = joint ] && s=runs/splits/knee-spine-one/split.csv
     train runs/region-$r-lite0 --split $s --arch efficientnet_lite0 --weights imagenet --img-size 160 \
-      --epochs 8 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0
+      --epochs 8 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0 --threads 1
     $OE evaluate --model runs/region-$r-lite0 --split $s
     mkdir -p $RES/region/$r
     cp runs/region-$r-lite0/eval/test/{metrics.json,report.md,predictions.csv} runs/region-$r-lite0/history.csv $RES/region/$r/
   done
+fi
+
+if want members; then
+  # Does training on every copy of each radiograph (members all) help on Wani? The Wani copies of
+  # Normal/Osteoporosis knees only exist as non-representative members: with --members one the model
+  # never sees a Wani-style Normal or Osteoporosis knee. Same groups in the same splits as knee-one.
+  train runs/knee-lite0-allmembers --split runs/splits/knee-all/split.csv --arch efficientnet_lite0 --weights imagenet \
+    --img-size 224 --epochs 6 --freeze-epochs 1 --lr 5e-4 --batch-size 16 --patience 3 --seed 0 --threads 1
+  $OE evaluate --model runs/knee-lite0-allmembers --split runs/splits/knee-all/split.csv --out runs/knee-lite0-allmembers/eval/test-all-members "${META[@]}"
+  $OE evaluate --model runs/knee-lite0-allmembers --split $SPLIT "${META[@]}"
+  keep runs/knee-lite0-allmembers knee-lite0-allmembers
+  cp runs/knee-lite0-allmembers/eval/test-all-members/metrics.json $RES/knee-lite0-allmembers/test-all-members_metrics.json
 fi
 
 if want summary; then
