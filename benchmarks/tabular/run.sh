@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Reproduce benchmarks/tabular/: clinical risk models on the two public tables, the leakage-guard
-# refusal, bias reports and (when an image model's predictions.csv is given) image+clinical fusion.
+# refusal, bias reports and (when an image run is given) image+clinical late fusion.
 #
-#   bash benchmarks/tabular/run.sh                       # tabular runs + bias (fusion skipped)
-#   IMAGE_PREDICTIONS="runs/knee-lite0/eval/val/predictions.csv runs/knee-lite0/eval/test/predictions.csv" \
-#     IMAGE_RUN=runs/knee-lite0 bash benchmarks/tabular/run.sh   # also the image bias cohort and fusion
+#   bash benchmarks/tabular/run.sh                               # tabular runs + bias (fusion skipped)
+#   IMAGE_RUN=runs/knee-lite0 bash benchmarks/tabular/run.sh     # also the image bias cohort and fusion
 #
+# With IMAGE_RUN, the image run is COPIED to runs/tabular/image-run (the original bundle is never
+# modified: 'evaluate' reseals the run it evaluates), evaluated on its val and test subsets, and a
+# '--members all' split of the three knee sources is made so that held-out copies of Wani knees that
+# the run's split represents by another source's file are mapped back to their patients.
 # Model runs (with the fitted .skops models) go to runs/tabular/ (not committed); the reports,
 # tables and PNGs are copied under benchmarks/tabular/. Single-threaded on purpose (--jobs 1).
 set -euo pipefail
@@ -13,14 +16,10 @@ cd "$(dirname "$0")/../.."
 OE=${OE:-.venv/bin/osteo-edge}
 PY=${PY:-.venv/bin/python}
 DATA=${DATA:-../shared/data/tabular}
+KNEE=${KNEE:-../shared/data/knee}
 WORK=${WORK:-runs/tabular}
 OUT=benchmarks/tabular
-IMAGE_PREDICTIONS=${IMAGE_PREDICTIONS:-}
 IMAGE_RUN=${IMAGE_RUN:-}
-DUPLICATES=${DUPLICATES:-}   # a split.csv with --members all over the image run's sources (see docs/tabular.md)
-IMG_BIAS=(); IMG_FUSE=()
-for p in $IMAGE_PREDICTIONS; do IMG_BIAS+=(--image-predictions "$p"); IMG_FUSE+=(--predictions "$p"); done
-if [ -n "$DUPLICATES" ]; then IMG_BIAS+=(--duplicates "$DUPLICATES"); IMG_FUSE+=(--duplicates "$DUPLICATES"); fi
 mkdir -p "$WORK" "$OUT"
 LOG="$OUT/commands.log"
 : > "$LOG"
@@ -77,10 +76,28 @@ run $OE tabular train --csv "$DATA/wani_patient_details.csv" --target Diagnosis 
   --drop "S.No,T-score Value,Z-Score Value" --no-smote --out "$WORK/wani-nosmote" --jobs 1
 keep "$WORK/wani-nosmote" wani-nosmote
 
-# 4. bias: tabular models (out-of-fold), and the image model on held-out Wani images when given
+# 4. the image model's held-out predictions (val + test) on a copy of the image run
+IMG_BIAS=(); IMG_FUSE=()
+if [ -n "$IMAGE_RUN" ]; then
+  rm -rf "$WORK/image-run"; cp -r "$IMAGE_RUN" "$WORK/image-run"
+  for sub in val test; do
+    run $OE evaluate --model "$WORK/image-run" --subset $sub --out "$WORK/image-run/eval/$sub" --threads 2
+    IMG_BIAS+=(--image-predictions "$WORK/image-run/eval/$sub/predictions.csv")
+    IMG_FUSE+=(--predictions "$WORK/image-run/eval/$sub/predictions.csv")
+  done
+  run $OE data split "$KNEE/multiclass-kaggle" "$KNEE/wani-mendeley" "$KNEE/2class-kaggle" --members all \
+    --out "$WORK/split-all"
+  IMG_BIAS+=(--duplicates "$WORK/split-all/split.csv"); IMG_FUSE+=(--duplicates "$WORK/split-all/split.csv")
+  {
+    echo "image run: $IMAGE_RUN (copied to $WORK/image-run; manifest sha256 $(sha256sum "$IMAGE_RUN/manifest.json" | cut -c1-16)...)"
+    $PY -c "import json; m=json.load(open('$IMAGE_RUN/manifest.json')); print('arch:', m.get('arch')); print('split protocol:', m.get('provenance',{}).get('protocol')); print('split file:', m.get('provenance',{}).get('split_csv'))"
+  } > "$OUT/image_source.txt"
+fi
+
+# 5. bias: tabular models (out-of-fold), and the image model on held-out Wani images when given
 run $OE tabular bias --run "$WORK/lifestyle" --csv "$DATA/lifestyle_osteoporosis.csv" --out "$WORK/bias-lifestyle"
 keep "$WORK/bias-lifestyle" bias-lifestyle
-if [ -n "$IMAGE_PREDICTIONS" ]; then
+if [ -n "$IMAGE_RUN" ]; then
   run $OE tabular bias --run "$WORK/wani-smote" --csv "$DATA/wani_patient_details.csv" \
     "${IMG_BIAS[@]}" --clinical "$DATA/wani_patient_details.csv" --out "$WORK/bias-wani"
 else
@@ -88,18 +105,17 @@ else
 fi
 keep "$WORK/bias-wani" bias-wani
 
-# 5. image + clinical late fusion (Wani patients in the image model's val/test splits)
-if [ -n "$IMAGE_PREDICTIONS" ]; then
-  for est in xgboost logreg; do
-    run $OE tabular fuse --run "$WORK/wani-smote" --estimator $est "${IMG_FUSE[@]}" \
-      --out "$WORK/fusion-$est"
-    keep "$WORK/fusion-$est" "fusion-$est"
+# 6. image + clinical late fusion (Wani patients in the image model's val/test splits). Primary: the
+# no-SMOTE run (its probabilities keep the real class balance); the SMOTE run as a sensitivity check.
+# Clinical model: each run's default (highest out-of-fold ROC-AUC), fixed before fusion.
+if [ -n "$IMAGE_RUN" ]; then
+  for r in nosmote smote; do
+    run $OE tabular fuse --run "$WORK/wani-$r" "${IMG_FUSE[@]}" --out "$WORK/fusion-$r"
+    keep "$WORK/fusion-$r" "fusion-$r"
   done
-  echo "image predictions: $IMAGE_PREDICTIONS (run: ${IMAGE_RUN:-?})" > "$OUT/image_source.txt"
-  [ -n "$IMAGE_RUN" ] && [ -f "$IMAGE_RUN/manifest.json" ] && \
-    $PY -c "import json,sys; m=json.load(open('$IMAGE_RUN/manifest.json')); print('image run arch:', m.get('arch')); print('protocol:', m.get('provenance',{}).get('protocol'))" >> "$OUT/image_source.txt"
 else
-  echo "fusion skipped: set IMAGE_PREDICTIONS to an 'osteo-edge evaluate' predictions.csv" | tee -a "$LOG"
+  rm -rf "$OUT"/fusion-* "$OUT/image_source.txt"
+  echo "fusion skipped: set IMAGE_RUN to an image training run (see the header)" | tee -a "$LOG"
 fi
 $PY benchmarks/tabular/describe_data.py "$DATA"
 $PY benchmarks/tabular/summarize.py

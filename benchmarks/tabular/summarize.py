@@ -62,7 +62,11 @@ def main() -> int:
             continue
         table = rows(f)
         n = table[0]["n"]
+        rep = (est_dir / "report.md").read_text() if (est_dir / "report.md").exists() else ""
+        info = [ln for ln in rep.splitlines() if ln.startswith(("Clinical model:", "Image model:", "**n = "))]
+        clin = info[0].split(" (out-of-fold")[0] if info else ""
         out += [f"## Image + clinical late fusion ({est_dir.name}; n = {n} Wani patients)", "",
+                *(f"- {ln}" for ln in [clin, *info[1:]] if ln), "",
                 "| predictor | ROC-AUC (macro OvR) | low-BMD AUC | accuracy | F1 macro |", "|---|---|---|---|---|"]
         preds = list(dict.fromkeys(r["predictor"] for r in table))
         for p in preds:
@@ -82,14 +86,18 @@ def main() -> int:
         if not f.exists():
             continue
         table = rows(f)
-        small = sorted({f"{r['axis']} {r['group']}" for r in table if r["too_small"] == "True" and not r["reason"].startswith("no ")})
-        undefined = sorted({f"{r['axis']} {r['group']} ({r['reason']})" for r in table
-                            if r["too_small"] == "True" and r["reason"].startswith("no ")})
-        differ = sorted({f"{r['predictor']} {r['axis']} {r['group']}" for r in table if r["vs_overall"].startswith("ROC-AUC differs")})
-        out += [f"## Bias: {b.name} (full tables in {b.name}/report.md)", "",
-                f"- too small to conclude: {', '.join(small) or 'none'}",
-                f"- a class is missing, so ROC-AUC is undefined there: {', '.join(undefined) or 'none'}",
-                f"- ROC-AUC differs from the rest of the cohort (95% CI of the difference excludes 0): {'; '.join(differ) or 'none'}", ""]
+        out += [f"## Bias: {b.name} (full tables in {b.name}/report.md)", ""]
+        for cohort in dict.fromkeys(r["cohort"] for r in table):
+            part = [r for r in table if r["cohort"] == cohort]
+            small = sorted({f"{r['axis']} {r['group']} (n={r['n']})" for r in part
+                            if r["too_small"] == "True" and not r["reason"].startswith("no ")})
+            undefined = sorted({f"{r['axis']} {r['group']} ({r['reason']})" for r in part
+                                if r["too_small"] == "True" and r["reason"].startswith("no ")})
+            differ = sorted({f"{r['predictor']} {r['axis']} {r['group']}" for r in part if r["vs_overall"].startswith("ROC-AUC differs")})
+            out += [f"{cohort}:", "",
+                    f"- too small to conclude: {', '.join(small) or 'none'}",
+                    f"- a class is missing, so ROC-AUC is undefined there: {', '.join(undefined) or 'none'}",
+                    f"- ROC-AUC differs from the rest of the cohort (95% CI of the difference excludes 0): {'; '.join(differ) or 'none'}", ""]
     (HERE / "RESULTS.md").write_text("\n".join(out) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
     return 0

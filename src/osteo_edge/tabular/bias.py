@@ -164,7 +164,7 @@ def image_cohort(
     p = merged[[f"p_{lab}" for lab in labels]].to_numpy(dtype="float64")
     first = Path(predictions if isinstance(predictions, (str, os.PathLike)) else predictions[0])
     return Cohort(
-        title=f"image model ({first.parent.as_posix()}) on Wani images",
+        title=f"image model ({(first.parents[2] if first.parent.parent.name == 'eval' else first.parent).as_posix()}) on Wani images",
         population=(f"{len(y)} Wani patients with images in split(s) {', '.join(splits)} (image labels; never training images"
                     + (f"; {counts.get('patients_only_via_copies', 0)} of them only through a copy in another source" if duplicates else "")
                     + ")"),
