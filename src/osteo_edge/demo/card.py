@@ -138,6 +138,8 @@ def model_card_markdown(bundle: Bundle) -> str:
     if isinstance(arch, Mapping) and arch.get("name"):
         parts.append(f"- architecture: `{_md(arch['name'])}`")
     parent = prov.get("parent") or prov.get("parent_run")
+    if isinstance(parent, Mapping):
+        parent = " ".join(str(parent[k]) for k in ("path", "format") if parent.get(k)) or None
     if parent:
         parts.append(f"- exported from: `{_md(parent)}`")
     parts += ["", "### Training data", _bullets(prov.get("data"))]
@@ -146,7 +148,12 @@ def model_card_markdown(bundle: Bundle) -> str:
         parts.append(f"(split file sha256 `{_md(str(prov['split_sha256'])[:16])}...`)")
     rows = list(_metric_rows(m.get("metrics") or {}))
     parts += ["", "### Metrics"]
-    if rows:
+    with_ci = [(k, v) for k, v in rows if "95% CI" in v]
+    if with_ci:
+        parts += ["With 95% confidence intervals:", "", "| metric | value |", "|---|---|", *[f"| {_md(k)} | {v} |" for k, v in with_ci]]
+        parts += ["", f"<details><summary>All {len(rows)} recorded metrics</summary>", "", "| metric | value |", "|---|---|",
+                  *[f"| {_md(k)} | {v} |" for k, v in rows], "", "</details>"]
+    elif rows:
         parts += ["| metric | value |", "|---|---|", *[f"| {_md(k)} | {v} |" for k, v in rows]]
     else:
         parts.append(NOT_RECORDED)

@@ -91,7 +91,7 @@ def colourize(values: np.ndarray) -> np.ndarray:
     return _RAMP[lo] * (1 - t) + _RAMP[hi] * t
 
 
-def overlay(gray: np.ndarray, heat: np.ndarray | None, display: int = 320, alpha: float = 0.45, floor: float = 0.01) -> np.ndarray:
+def overlay(gray: np.ndarray, heat: np.ndarray | None, display: int = 320, alpha: float = 0.6, floor: float = 0.01) -> np.ndarray:
     """The model's view of the image (``gray`` HxW in [0, 1]) with the heat map blended over it.
 
     Only positive heat (regions that support the answer) is coloured; it is scaled by its maximum, or
