@@ -111,7 +111,7 @@ def main() -> int:
     ap.add_argument("--split", required=True, type=Path)
     ap.add_argument("--bundle", type=Path, action="append", default=[])
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "runtime" / "gate")
-    ap.add_argument("--min-accept", type=float, default=0.97)
+    ap.add_argument("--min-accept", type=float, default=0.99)
     ap.add_argument("--synthetic", type=int, default=120)
     args = ap.parse_args()
     t0 = time.perf_counter()

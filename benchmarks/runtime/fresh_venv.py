@@ -75,16 +75,19 @@ def main() -> int:
         imports.append(float(out[0]))
         leaked = out[1].strip()
     importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom")}
+    # The shipped bundle is package data: in the fresh install it loads with no path at all.
+    shipped = a.model.resolve() == (ROOT / "src" / "osteo_edge" / "models" / "default").resolve()
+    load_arg = "" if shipped else repr(str(a.model))
     first = (
         "import time; t=time.perf_counter();"
         "from osteo_edge.edge_runtime import EdgeClassifier;"
-        f"c=EdgeClassifier.load({str(a.model)!r}, threads=2); t1=time.perf_counter();"
+        f"c=EdgeClassifier.load({load_arg + ', ' if load_arg else ''}threads=2); t1=time.perf_counter();"
         f"p=c.predict({str(a.image)!r}); t2=time.perf_counter();"
         "import json; print(json.dumps({'import_and_load_s': t1-t, 'first_predict_s': t2-t1, 'total_s': t2-t, 'status': p.status, 'label': p.label, 'format': c.bundle.format}))"
     )
     fp = run([str(py), "-c", first], cwd=tmp)
     first_pred = json.loads(fp.stdout.strip().splitlines()[-1]) if fp.returncode == 0 else {"error": fp.stderr.strip().splitlines()[-1:]}
-    cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--model", str(a.model), "--json"], cwd=tmp)
+    cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--json", *([] if shipped else ["--model", str(a.model)])], cwd=tmp)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {
         "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]')",
@@ -99,7 +102,9 @@ def main() -> int:
         "importable": importable,
         "bundle": str(a.model.relative_to(ROOT)) if a.model.is_relative_to(ROOT) else str(a.model),
         "image": str(a.image.relative_to(SHARED.parent)) if a.image.is_relative_to(SHARED.parent) else str(a.image),
+        "bundle_loaded_from": "the installed package (EdgeClassifier.load() with no path)" if shipped else "--model path",
         "first_prediction": first_pred,
+        "cli_predict_command": "osteo-edge predict IMAGE --json" + ("" if shipped else " --model BUNDLE"),
         "cli_predict_exit_code": cli.returncode,
         "cli_predict_json": cli.stdout.strip(),
         "command": " ".join(["python", *sys.argv]),

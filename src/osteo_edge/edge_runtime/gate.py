@@ -240,7 +240,7 @@ def calibrate_gate(
     test_in: Sequence[ImageSource | DecodedImage] = (),
     test_ood: Mapping[str, Sequence[ImageSource | DecodedImage]] | None = None,
     *,
-    min_accept: float = 0.97,
+    min_accept: float = 0.99,
     components: Sequence[int] = (8, 16, 32, 48),
     protocol: str = "",
     bit_depth: str = "scale",
