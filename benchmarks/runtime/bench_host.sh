@@ -12,4 +12,4 @@ bundles=("$@")
 [ ${#bundles[@]} -eq 0 ] && bundles=(src/osteo_edge/models/default)
 args=()
 for b in "${bundles[@]}"; do args+=(--model "$b"); done
-COLUMNS=200 .venv/bin/osteo-edge bench --target host "${args[@]}" --threads 2 --runs 200 --warmup 20 --json "$OUT/host.json" | tee "$OUT/host.txt"
+COLUMNS=200 .venv/bin/osteo-edge bench --target host "${args[@]}" --threads "${THREADS:-2}" --runs "${RUNS:-200}" --warmup 20 --json "$OUT/host.json" | tee "$OUT/host.txt"

@@ -149,6 +149,19 @@ def find_parent(bundle_dir: Path, manifest: dict[str, Any], depth: int = 0) -> P
     return None
 
 
+def _direct_parent(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
+    prov = manifest.get("provenance") or {}
+    for key in PARENT_KEYS:
+        val = prov.get(key)
+        if isinstance(val, dict):
+            val = val.get("path") or val.get("run_dir")
+        if isinstance(val, str) and val:
+            for cand in (Path(val), bundle_dir / val, Path.cwd() / val):
+                if (cand / "manifest.json").is_file():
+                    return cand.resolve()
+    return None
+
+
 def accuracy_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
     """The headline metric recorded in a bundle (test split preferred): macro-F1, else accuracy, else AUROC."""
     metrics = manifest.get("metrics") or {}
@@ -287,7 +300,9 @@ def measure_local(req: BenchRequest, python: str | None = None, env: dict | None
         if parent is not None:
             parents[str(parent)] = parent
             pa = parent_test_accuracy(manifest)
-            if pa is not None:
+            # vs_parent describes the DIRECT parent: only use it when that is the reference itself
+            # (not when a QAT parent was walked past to its fp32 run)
+            if pa is not None and _direct_parent(b, manifest) == parent:
                 parent_acc[str(parent)] = pa
         planned.append((b, manifest, parent, None))
     results: list[dict[str, Any]] = []
