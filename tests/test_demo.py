@@ -404,3 +404,16 @@ def test_cli_serves_on_loopback(bundle_dir, tmp_path):
         out, _ = proc.communicate(timeout=30)
     assert f"http://127.0.0.1:{port}/" in out and "not a diagnosis" in out
     assert "warning" not in out.lower()
+
+
+def test_result_images_are_written_atomically_and_pruned(clf, tmp_path, monkeypatch):
+    import osteo_edge.demo.service as service
+
+    monkeypatch.setattr(service, "KEEP_VIEWS", 3)
+    svc = DemoService(clf, workdir=tmp_path / "work")
+    view = np.zeros((16, 16, 3), np.uint8)
+    paths = [svc.view_file(view) for _ in range(5)]
+    assert len(set(paths)) == 5  # one new file per answer, never rewritten in place
+    left = sorted((tmp_path / "work" / "views").iterdir())
+    assert len(left) == 3 and paths[-1] in left
+    assert np.array_equal(np.asarray(Image.open(paths[-1])), view)

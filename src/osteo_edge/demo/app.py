@@ -142,7 +142,8 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
             log.exception("unexpected error while analysing %s", file)
             return _message(f"unexpected error ({type(exc).__name__}); details are in the server log."), None, None, ""
         probs = dict(result.prediction.probabilities) if result.ok else None
-        return status_markdown(result, thresholds), probs, result.view, timing_markdown(result)
+        view_path = str(svc.view_file(result.view)) if result.view is not None else None
+        return status_markdown(result, thresholds), probs, view_path, timing_markdown(result)
 
     def run_batch(files: list[str] | None, folder: list[str] | None, progress: Any = gr.Progress()) -> tuple[str, Any, Any]:
         sources = [*(files or []), *folder_images(folder or [])]
@@ -167,7 +168,9 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
         )
         return summary, gr.update(value=rows, headers=headers), str(csv_path)
 
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as app:
+    # Uploads and results live in gradio's temp folder: delete them an hour after they were made
+    # (checked every 10 minutes) and when the app stops, so patient images do not pile up on disk.
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as app:
         gr.Markdown(
             "# osteo-edge: knee X-ray osteoporosis screening aid\n"
             f"**{DISCLAIMER}** Runs entirely on this computer; no image leaves it. "
@@ -199,6 +202,7 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
                         probs = gr.Label(num_top_classes=len(labels), label="Calibrated probabilities", elem_id="probs")
                         view = gr.Image(
                             label="What the model sees (input view) with the occlusion heat map",
+                            type="filepath",
                             interactive=False,
                             elem_id="heatmap",
                             buttons=["download", "fullscreen"],

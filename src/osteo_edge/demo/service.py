@@ -11,11 +11,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
+import io
 import logging
 import os
 import tempfile
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -29,6 +31,7 @@ from .explain import DEFAULT_GRID, Explanation, occlusion_map, overlay
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000  # files per batch request
+KEEP_VIEWS = 256  # result images kept in the work folder
 SIDE_FILE_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".xml", ".html", ".pdf"}
 
 
@@ -82,6 +85,7 @@ class DemoService:
         # ONNX Runtime sessions may be run from several threads at once; a LiteRT interpreter may not.
         backend = getattr(getattr(classifier, "runner", None), "backend", None)
         self._lock: Any = contextlib.nullcontext() if backend == "onnxruntime" else threading.Lock()
+        self._prune_lock = threading.Lock()
 
     # -- facts from the bundle --------------------------------------------------------------
     @property
@@ -121,6 +125,28 @@ class DemoService:
                         expl = occlusion_map(self.classifier.probabilities, x, spec, target=target, grid=self.grid)
                 view = overlay(gray, expl.heat if expl is not None else None)
         return SingleResult(pred, view, expl, (time.perf_counter() - t0) * 1000)
+
+    def view_file(self, view: np.ndarray) -> Path:
+        """Write a result image to a new PNG (atomically) and return its path.
+
+        The app hands gradio a file rather than an array: gradio copies files into its cache
+        atomically, but writes arrays there in place, which races when two people get the same
+        picture at the same moment. Only the newest :data:`KEEP_VIEWS` files are kept here (gradio
+        has its own copy by then).
+        """
+        from PIL import Image
+
+        from ..artifact import atomic_write_bytes
+
+        folder = self.workdir() / "views"
+        buf = io.BytesIO()
+        Image.fromarray(view).save(buf, format="PNG")
+        path = atomic_write_bytes(folder / f"view-{uuid.uuid4().hex}.png", buf.getvalue())
+        with self._prune_lock:
+            files = sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+            for old in files[:-KEEP_VIEWS]:
+                old.unlink(missing_ok=True)
+        return path
 
     # -- many images -------------------------------------------------------------------------
     def batch(
