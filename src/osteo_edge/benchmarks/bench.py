@@ -403,18 +403,27 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     ax = fig.add_subplot(1, 1, 1)
     has_acc = any(r.get("accuracy") for r in rows)
     metric_names = sorted({r["accuracy"]["metric"] for r in rows if r.get("accuracy")})
-    for r in rows:
+    placed = 0
+    for r in sorted(rows, key=lambda r: (r.get("accuracy") or {}).get("value", 0) if has_acc else r["p50_ms"]):
         mb = r.get("file_mb") or 0.0
         y = r["accuracy"]["value"] if has_acc and r.get("accuracy") else (None if has_acc else mb)
         if y is None:
             continue
         colour = "tab:gray" if r.get("role") == "reference" else "tab:blue"
         ax.scatter([r["p50_ms"]], [y], s=40 + 25 * mb, alpha=0.6, color=colour, edgecolors="black")
-        label = f"{r.get('format')} {r.get('precision', '')}\n{mb:.1f} MB"
+        label = f"{r.get('name')} ({r.get('format')})\n{mb:.1f} MB"
         if r.get("speedup_vs_torch_fp32"):
-            label += f", x{r['speedup_vs_torch_fp32']:.1f}"
-        ax.annotate(label, (r["p50_ms"], y), textcoords="offset points", xytext=(6, 4), fontsize=8)
+            label += f", x{r['speedup_vs_torch_fp32']:.1f} vs torch"
+        # neighbours alternate above / below their marker so that labels do not overlap
+        ax.annotate(label, (r["p50_ms"], y), textcoords="offset points", xytext=(7, 6 if placed % 2 == 0 else -24), fontsize=7.5)
+        placed += 1
     ax.set_xscale("log")
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_formatter(ScalarFormatter())
+    ax.tick_params(axis="x", which="minor", labelsize=7)
+    ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("p50 latency per image, ms (log scale)" + (" — EMULATED, not a Pi latency" if report.get("kind") == "emulated" else ""))
     ax.set_ylabel(", ".join(metric_names) if has_acc else "model file size, MB")
     m = report.get("machine", {})
