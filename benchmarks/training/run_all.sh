@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduce benchmarks/training: the real training runs, their evaluation and comparison.
 #
-#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee knee-eval compare cv region members summary (default: all)
+#   bash benchmarks/training/run_all.sh [stage ...]     stages: splits knee knee-eval compare cv region members cv-r18 summary (default: all)
 #
 # Runs go to runs/ (git-ignored); the committed outputs are copied to benchmarks/training/results/.
 # A finished run (manifest.json present) is skipped, a killed one is resumed (--resume), so the
@@ -16,7 +16,7 @@ SPLIT=runs/splits/knee-one/split.csv
 RES=benchmarks/training/results
 META=(--metadata "$DATA/tabular/wani_patient_details.csv" --key "Patient Id" --subgroups age,sex)
 STAGES=("$@")
-[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee knee-eval compare cv region members summary)
+[ ${#STAGES[@]} -eq 0 ] && STAGES=(splits knee knee-eval compare cv region members cv-r18 summary)
 want() { [[ " ${STAGES[*]} " == *" $1 "* ]]; }
 
 # train RUN_DIR ARGS...: skip when sealed, resume when killed, else start
@@ -69,16 +69,22 @@ if want compare; then
   $OE compare runs/knee-lite0 runs/knee-b0-scratch runs/knee-resnet18-scratch runs/knee-cnn --out $RES/compare --threads 1
 fi
 
-if want cv; then
-  # 5-fold CV of the best architecture (Lite0), smaller images / fewer epochs so 5 runs fit
-  if [ ! -f runs/knee-lite0-cv5/cv.json ]; then
-    if [ -d runs/knee-lite0-cv5 ]; then R=--resume; else R=; fi
-    $OE train --split $SPLIT --out runs/knee-lite0-cv5 --folds 5 $R --arch efficientnet_lite0 --weights imagenet \
-      --img-size 160 --epochs 8 --freeze-epochs 2 --lr 5e-4 --batch-size 16 --patience 4 --seed 0 --threads 1
+# cv5 NAME ARGS...: 5-fold CV (resumable), every fold's model evaluated on the held-out test split
+cv5() {
+  local name=$1; shift
+  if [ ! -f runs/$name/cv.json ]; then
+    if [ -d runs/$name ]; then R=--resume; else R=; fi
+    $OE train --split $SPLIT --out runs/$name --folds 5 $R "$@"
   fi
-  $OE evaluate --model runs/knee-lite0-cv5 --folds 5 --split $SPLIT
-  mkdir -p $RES/cv5
-  cp runs/knee-lite0-cv5/cv.json runs/knee-lite0-cv5/eval/test/cv_metrics.json runs/knee-lite0-cv5/eval/test/cv_report.md $RES/cv5/
+  $OE evaluate --model runs/$name --folds 5 --split $SPLIT
+  mkdir -p $RES/$name
+  cp runs/$name/cv.json runs/$name/eval/test/cv_metrics.json runs/$name/eval/test/cv_report.md $RES/$name/
+}
+
+if want cv; then
+  # 5-fold CV of Lite0 with the settings of runs/knee-lite0
+  cv5 knee-lite0-cv5 --arch efficientnet_lite0 --weights imagenet --img-size 224 --epochs 10 --freeze-epochs 2 \
+    --lr 5e-4 --batch-size 16 --patience 4 --seed 0 --threads 1
 fi
 
 if want region; then
@@ -103,6 +109,12 @@ if want members; then
   $OE evaluate --model runs/knee-lite0-allmembers --split $SPLIT "${META[@]}"
   keep runs/knee-lite0-allmembers knee-lite0-allmembers
   cp runs/knee-lite0-allmembers/eval/test-all-members/metrics.json $RES/knee-lite0-allmembers/test-all-members_metrics.json
+fi
+
+if want cv-r18; then
+  # ResNet-18 from scratch scored as well as Lite0 on the test split (overlapping CIs): CV it too
+  cv5 knee-resnet18-cv5 --arch resnet18 --weights none --img-size 224 --epochs 15 --lr 1e-3 --batch-size 16 \
+    --patience 5 --seed 0 --threads 1
 fi
 
 if want summary; then

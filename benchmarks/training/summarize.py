@@ -91,11 +91,19 @@ def wani_table(res: Path) -> list[str]:
     return out
 
 
-def cv_table(res: Path) -> list[str]:
-    s = load(res / "cv5" / "cv_metrics.json")
-    cv = load(res / "cv5" / "cv.json")
-    if not s:
+def cv_tables(res: Path) -> list[str]:
+    dirs = sorted(p.parent for p in res.glob("*/cv_metrics.json"))
+    if not dirs:
         return ["(cv stage not run yet)"]
+    out: list[str] = []
+    for d in dirs:
+        out += [f"### {d.name}", "", *cv_table(d), ""]
+    return out
+
+
+def cv_table(d: Path) -> list[str]:
+    s = load(d / "cv_metrics.json")
+    cv = load(d / "cv.json")
     cfg = (cv or {}).get("config", {})
     out = [f"{s['folds']} folds of {cfg.get('arch')} at {cfg.get('img_size')} px ({cfg.get('epochs')} epochs max); fold k validates on fold k; "
            f"every fold's model is evaluated on the same held-out test split. Total training time "
@@ -150,7 +158,7 @@ def main(res_dir: str) -> None:
              "`bash benchmarks/training/run_all.sh` (exact commands there).", "",
              "## Architectures on the knee split", "", *main_table(res), "",
              "## The Wani images (3 classes) and every copy of each test radiograph", "", *wani_table(res), "",
-             "## 5-fold cross-validation of the best architecture", "", *cv_table(res), "",
+             "## 5-fold cross-validation", "", *cv_tables(res), "",
              "## Multi-region: one model for knee + spine, or one per region?", "", *region_table(res), ""]
     (res.parent / "RESULTS.md").write_text("\n".join(lines))
     print(f"wrote {res.parent / 'RESULTS.md'}")
