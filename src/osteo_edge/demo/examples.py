@@ -25,7 +25,8 @@ from ..artifact import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-HEIGHT, WIDTH = 320, 256
+HEIGHT, WIDTH = 320, 256  # the drawing; PAD dark columns are added on each side
+PAD = 20
 
 
 @dataclass(frozen=True)
@@ -37,8 +38,8 @@ class Example:
 
 EXAMPLES: tuple[Example, ...] = (
     Example("synthetic_knee_a.png", "Synthetic knee A (PNG)", "drawn knee, dense trabecular texture, thick cortex"),
-    Example("synthetic_knee_b.dcm", "Synthetic knee B (DICOM)", "drawn knee, sparse texture, thin cortex; 12-bit DICOM"),
-    Example("synthetic_knee_c.tif", "Synthetic knee C (16-bit TIFF)", "drawn knee, medium texture, under-exposed; 16-bit TIFF"),
+    Example("synthetic_knee_b.dcm", "Synthetic knee B (DICOM)", "drawn knee, sparser texture, thinner cortex; 12-bit DICOM"),
+    Example("synthetic_knee_c.tif", "Synthetic knee C (16-bit TIFF)", "drawn knee, medium texture; 16-bit TIFF"),
     Example("colour_photo.jpg", "Not a radiograph (colour photo)", "a drawn colour landscape: the input gate must refuse it"),
 )
 
@@ -111,11 +112,16 @@ def _bone_masks(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.nd
     return femur, tibia, fibula & ~tibia
 
 
-def synthetic_knee(seed: int, density: float = 1.0, cortex: float = 1.0, exposure: float = 1.0) -> np.ndarray:
-    """A drawn AP knee radiograph, float64 [0, 1], ``HEIGHT x WIDTH``.
+def synthetic_knee(
+    seed: int, density: float = 1.0, cortex: float = 1.0, exposure: float = 1.0, tissue: float = 0.13, bone_gain: float = 1.0
+) -> np.ndarray:
+    """A drawn AP knee radiograph, float64 [0, 1], ``HEIGHT x (WIDTH + 2 * PAD)``.
 
     ``density`` scales the trabecular texture and ``cortex`` the cortical rim (1.0 = typical);
-    ``exposure`` scales the overall brightness. Not a patient; for trying the app only.
+    ``exposure`` scales the overall brightness, ``tissue`` the soft tissue and ``bone_gain`` the bone.
+    The frame has dark film edges and a saturated side marker, like a real film (which also keeps a
+    DICOM copy, stretched to its full range by the decoder, close to the 8-bit one). Not a patient;
+    for trying the app only.
     """
     rng = np.random.default_rng(seed)
     yy, xx = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float64)
@@ -124,7 +130,7 @@ def synthetic_knee(seed: int, density: float = 1.0, cortex: float = 1.0, exposur
 
     # Soft tissue: a blurred band around the bones.
     leg = _blur((np.abs(xx - WIDTH / 2) < 108).astype(np.float64), 10)
-    img = 0.03 + 0.13 * leg
+    img = 0.03 + tissue * leg
 
     # Trabecular texture: mostly vertical streaks of filtered noise.
     noise = _blur(rng.standard_normal((HEIGHT, WIDTH)), 2.5, 0.9)
@@ -138,12 +144,25 @@ def synthetic_knee(seed: int, density: float = 1.0, cortex: float = 1.0, exposur
     thick = np.sqrt(np.clip(_blur(bone.astype(np.float64), 7.0), 0.0, 1.0))  # projected thickness
     bone_img = np.where(bone, marrow * (0.55 + 0.45 * thick), 0.0) + np.where(rim, 0.10 + 0.16 * cortex, 0.0)
     bone_img = _blur(bone_img, 1.4)
-    img = img + bone_img
+    img = img + bone_gain * bone_img
 
     # Heel effect / exposure gradient, film grain, then the detector's response.
     img *= exposure * (0.92 + 0.12 * (1 - yy / HEIGHT))
     img += 0.015 * rng.standard_normal((HEIGHT, WIDTH))
-    return np.clip(img, 0.0, 1.0)
+    img = np.pad(np.clip(img, 0.0, 1.0), ((0, 0), (PAD, PAD)), constant_values=0.0)  # collimated film edge
+    return _side_marker(img)
+
+
+def _side_marker(img: np.ndarray) -> np.ndarray:
+    """A lead side marker ("R") in the top-left corner, saturated as on real films."""
+    y, x = 10, 8
+    img[y : y + 18, x : x + 3] = 1.0  # stem
+    img[y : y + 3, x : x + 11] = 1.0  # top of the bowl
+    img[y + 8 : y + 11, x : x + 11] = 1.0  # bottom of the bowl
+    img[y : y + 11, x + 9 : x + 12] = 1.0  # side of the bowl
+    for k in range(8):  # leg
+        img[y + 10 + k, x + 4 + k : x + 7 + k] = 1.0
+    return img
 
 
 def colour_photo(seed: int = 7) -> np.ndarray:
@@ -216,9 +235,9 @@ def _dicom_bytes(arr12: np.ndarray, name: str) -> bytes:
 
 def render_examples() -> dict[str, bytes]:
     """The bytes of every example file, by file name (deterministic)."""
-    knee_a = synthetic_knee(seed=11, density=1.15, cortex=1.2)
-    knee_b = synthetic_knee(seed=23, density=0.55, cortex=0.5)
-    knee_c = synthetic_knee(seed=37, density=0.85, cortex=0.9, exposure=0.8)
+    knee_a = synthetic_knee(seed=11, density=1.15, cortex=1.2, exposure=0.8, tissue=0.2)
+    knee_b = synthetic_knee(seed=23, density=0.75, cortex=0.7, exposure=0.8, tissue=0.2)
+    knee_c = synthetic_knee(seed=37, density=0.85, cortex=0.9, exposure=0.8, tissue=0.2)
     photo = colour_photo(seed=7)
     to8 = lambda a: np.round(a * 255).astype(np.uint8)  # noqa: E731
     return {
