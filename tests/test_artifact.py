@@ -133,3 +133,19 @@ def test_atomic_helpers_leave_no_partial_file(tmp_path):
             1 / 0
     assert json.loads(target.read_text()) == {"a": 1}
     assert os.listdir(tmp_path) == ["out.json"]
+
+
+def test_written_files_get_normal_permissions(tmp_path):
+    """mkstemp/mkdtemp create 0600/0700; a shipped bundle must be readable by other users."""
+    old = os.umask(0o022)
+    try:
+        atomic_write_json(tmp_path / "a.json", {"a": 1})
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+        write_bundle_dir(tmp_path / "bundle", lambda d: _make(d))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
+    assert (tmp_path / "bundle" / "manifest.json").stat().st_mode & 0o777 == 0o644

@@ -40,6 +40,18 @@ REQUIRED_FIELDS = ("kind", "manifest_version", "format", "model_file", "labels",
 # atomic writes
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; do so briefly (restored at once).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _default_mode(path: str | os.PathLike, directory: bool = False) -> None:
+    """Give a mkstemp/mkdtemp result (created 0600/0700) the permissions a normal create would."""
+    os.chmod(path, (0o777 if directory else 0o666) & ~_umask())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` via a temporary file in the same directory and a rename."""
     path = Path(path)
@@ -50,6 +62,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -88,6 +101,7 @@ class atomic_path:
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self.tmp is not None
         if exc_type is None:
+            _default_mode(self.tmp)
             os.replace(self.tmp, self.path)
         else:
             self.tmp.unlink(missing_ok=True)
@@ -329,6 +343,7 @@ def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    _default_mode(tmp, directory=True)
     try:
         build(tmp)
         load_bundle(tmp)  # must verify before it replaces anything
