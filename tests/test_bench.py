@@ -227,3 +227,18 @@ def test_raspberrypi_emulated_matches_host(tmp_path):
         assert r["status"] == "ok" and r["arch"] == "aarch64" and r["latency_note"] == "emulated, not a Pi latency"
         assert r["max_abs_diff_vs_host"] < 1e-4
     assert report["estimates"] and all("estimate" in e["text"] for e in report["estimates"])
+
+
+def test_mac_count_of_a_known_graph(tmp_path):
+    from osteo_edge.benchmarks.emulate import count_macs, pi_estimates
+
+    pytest.importorskip("onnx")
+    from test_runtime_fixtures import tiny_torch_model
+
+    path = export_onnx(tiny_torch_model(), tmp_path / "m.onnx")
+    # conv 3->8 3x3 stride 2 on 32x32: 8*16*16 outputs x 27; conv 8->8 3x3 stride 2: 8*8*8 x 72; linear 8->3: 24
+    assert count_macs(path) == 8 * 16 * 16 * 27 + 8 * 8 * 8 * 72 + 24
+    est = pi_estimates({"name": "m", "format": "onnx", "precision": "fp32", "p50_ms": 1.0}, 10**9, threads=1)
+    if est:  # needs /proc/cpuinfo with a clock
+        assert {e["device"].split(" (")[0] for e in est} == {"Raspberry Pi 4", "Raspberry Pi 5"}
+        assert all(e["estimated_p50_ms"] > 0 and "estimate" in e["text"] for e in est)

@@ -55,41 +55,54 @@ def kit_problem(kit: Path) -> str | None:
 
 
 def count_macs(onnx_path: Path) -> int | None:
-    """Multiply-accumulates of one image through an ONNX graph (Conv, Gemm, MatMul), or None without onnx."""
+    """Multiply-accumulates of one image through an ONNX graph (Conv, Gemm, MatMul), or None.
+
+    Tensor shapes are taken from one real run of the graph with ONNX Runtime (every Conv/Gemm/MatMul
+    input and output is exposed as a graph output): static shape inference leaves them symbolic for
+    graphs with computed padding (TF "same" padding in EfficientNet-Lite). Needs the onnx package.
+    """
     try:
+        import numpy as np
         import onnx
-        from onnx import numpy_helper, shape_inference
+        import onnxruntime as ort
+        from onnx import helper, numpy_helper
     except ImportError:
         return None
-    model = shape_inference.infer_shapes(onnx.load(str(onnx_path)))
+    model = onnx.load(str(onnx_path))
     g = model.graph
-    shapes: dict[str, list[int]] = {}
-    for vi in list(g.value_info) + list(g.input) + list(g.output):
-        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in vi.type.tensor_type.shape.dim]
-        shapes[vi.name] = dims
-    for init in g.initializer:
-        shapes[init.name] = list(numpy_helper.to_array(init).shape)
+    weights = {i.name: list(numpy_helper.to_array(i).shape) for i in g.initializer}
+    nodes = [n for n in g.node if n.op_type in ("Conv", "Gemm", "MatMul")]
+    existing = {o.name for o in g.output}
+    wanted = {t for n in nodes for t in (n.input[0], n.input[1], n.output[0]) if t and t not in weights}
+    for t in sorted(wanted - existing):
+        g.output.append(helper.make_empty_tensor_value_info(t))
+    inp = g.input[0]
+    dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else 1 for d in inp.type.tensor_type.shape.dim]
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    try:
+        sess = ort.InferenceSession(model.SerializeToString(), sess_options=opts, providers=["CPUExecutionProvider"])
+        names = [o.name for o in sess.get_outputs()]
+        outs = sess.run(names, {inp.name: np.zeros(dims, dtype=np.float32)})
+    except Exception:  # an exotic graph: no estimate rather than a wrong one
+        return None
+    shapes = {n: list(o.shape) for n, o in zip(names, outs)}
+    shapes.update(weights)
     total = 0
-    for node in g.node:
-        if node.op_type in ("Conv", "ConvInteger", "QLinearConv"):
-            w = node.input[3] if node.op_type == "QLinearConv" else node.input[1]
-            out = shapes.get(node.output[0])
-            ws = shapes.get(w)
-            if out and ws and len(ws) == 4:
-                n_out = 1
-                for d in out:
-                    n_out *= max(d, 1)
-                total += n_out * ws[1] * ws[2] * ws[3]
-        elif node.op_type in ("Gemm", "MatMul", "MatMulInteger"):
+    for node in nodes:
+        if node.op_type == "Conv":
+            out, w = shapes.get(node.output[0]), shapes.get(node.input[1])
+            if out and w and len(w) >= 3:
+                total += int(np.prod(out)) * int(np.prod(w[1:]))
+        else:
             a, b = shapes.get(node.input[0]), shapes.get(node.input[1])
-            if a and b and len(b) >= 2:
-                m = 1
-                for d in a[:-1]:
-                    m *= max(d, 1)
-                k, n = b[-2], b[-1]
-                if node.op_type == "Gemm" and any(a.name == "transB" and a.i == 1 for a in node.attribute):
-                    k, n = b[-1], b[-2]
-                total += m * k * n
+            out = shapes.get(node.output[0])
+            if a and out:
+                k = a[-1]
+                if node.op_type == "Gemm" and any(x.name == "transA" and x.i == 1 for x in node.attribute):
+                    k = a[0]
+                total += int(np.prod(out)) * int(k)
     return int(total)
 
 
