@@ -76,6 +76,7 @@ def test_prune_removes_channels_and_exports(tiny: dict[str, Path]) -> None:
     assert rec["macs_reduction"] >= 0.25 and rec["params_reduction"] > 0.2
     assert res.after["macs"] < res.before["macs"] and res.after["weights_bytes"] < res.before["weights_bytes"]
     assert {"p50", "p90", "threads"} <= set(res.after["torch_latency_ms"])
+    assert rec["finetune"]["bn_recalibrated_on_train_images"] == 6 and res.after["val_after_bn_recalibration"] is not None
     model, bundle = load_run(out)  # rebuilt from the pruned shapes
     convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs[0].out_channels < 16  # 16 channels before pruning
@@ -93,13 +94,14 @@ def test_quantize_qat_then_int8_export(tiny: dict[str, Path]) -> None:
 
     out = tiny["root"] / "qat"
     res = CliRunner().invoke(app, ["quantize", "--int8", "--model", str(tiny["run"]), "--split", str(tiny["split"]), "--out", str(out),
-                                   "--method", "qat", "--epochs", "1", "--calib-size", "4", "--lr", "1e-4"])
+                                   "--method", "qat", "--epochs", "1", "--calib-size", "4", "--lr", "1e-4", "--distill", "0.5"])
     assert res.exit_code == 0, res.output
     assert "int8 simulated" in res.output and "osteo-edge export" in res.output
     model, bundle = load_run(out)
     comp = bundle.manifest["compression"]
     assert comp["method"] == "qat" and comp["batchnorm_folded"] == 8 and comp["weights_baked"] == 9
     assert comp["calibration"]["n"] == 4 and set(comp["val"]) >= {"float", "int8_simulated", "baked_float"}
+    assert comp["finetune"]["distill_from_float_parent"] == 0.5 and len(comp["finetune"]) > 3
     # baked weights sit on a per-output-channel int8 grid: at most 255 distinct values per channel
     w = model.features[0].weight.detach().numpy()
     assert max(len(np.unique(w[c])) for c in range(w.shape[0])) <= 255

@@ -106,7 +106,8 @@ def main(parity_json: str, bench_json: str, work: str, out: str) -> None:
             f"| weights (state dict) | {b['weights_bytes'] / 1e6:.2f} MB | {a['weights_bytes'] / 1e6:.2f} MB | {a['weights_bytes'] / b['weights_bytes'] - 1:+.1%} |",
             f"| torch latency p50 (same process) | {b['torch_latency_ms']['p50']:.1f} ms | {a['torch_latency_ms']['p50']:.1f} ms | {a['torch_latency_ms']['p50'] / b['torch_latency_ms']['p50'] - 1:+.1%} |",
             f"| val accuracy | {b['val']['accuracy']:.4f} | {a['val']['accuracy']:.4f} | {a['val']['accuracy'] - b['val']['accuracy']:+.4f} |",
-            f"| val accuracy right after pruning, before fine-tuning | | {a['val_before_finetune']['accuracy']:.4f} | |",
+            f"| val accuracy right after pruning | | {a['val_before_finetune']['accuracy']:.4f} | |",
+            *([f"| val accuracy after BatchNorm re-estimation | | {a['val_after_bn_recalibration']['accuracy']:.4f} | |"] if a.get("val_after_bn_recalibration") else []),
         ]
     qr = Path(work) / "qat-run" / "manifest.json"
     if qr.is_file():

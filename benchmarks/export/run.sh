@@ -18,7 +18,7 @@ PY=${PY:-.venv/bin/python}
 export NNCF_EXTENSION_LOAD_TIMEOUT=${NNCF_EXTENSION_LOAD_TIMEOUT:-600}
 mkdir -p "$WORK" "$OUT"
 LOG="$OUT/steps.log"
-: > "$LOG"
+: >> "$LOG"
 
 # The split the run was trained on (its sha256 is in the manifest). If the file is gone, remake it:
 # the split is deterministic for the same data, options and seed, and the checksum proves it.
@@ -34,21 +34,24 @@ if [ -n "$WANT" ] && [ "$WANT" != "$GOT" ]; then echo "split $SPLIT sha256 $GOT 
 echo "run=$RUN split=$SPLIT sha256=$GOT" | tee -a "$LOG"
 
 step() { echo "+ $*" | tee -a "$LOG"; local t0=$SECONDS; "$@" >> "$LOG" 2>&1; echo "  ($((SECONDS - t0)) s)" | tee -a "$LOG"; }
+# resumable: a step whose --out bundle already verifies is skipped (delete it to redo)
+out_of() { local prev=""; for a in "$@"; do [ "$prev" = "--out" ] && echo "$a"; prev=$a; done; }
+build_step() { local o; o=$(out_of "$@"); if [ -n "$o" ] && $PY -c "from osteo_edge.artifact import load_bundle; load_bundle('$o')" 2>/dev/null; then echo "= $o exists, skipped" | tee -a "$LOG"; else step "$@"; fi; }
 
 # fp32 exports and post-training int8 (calibration: 128 training images)
-step $OE export --model "$RUN" --format onnx   --split "$SPLIT" --out "$WORK/onnx-fp32"
-step $OE export --model "$RUN" --format onnx   --int8 --split "$SPLIT" --out "$WORK/onnx-int8-ptq"
-step $OE export --model "$RUN" --format tflite --split "$SPLIT" --out "$WORK/tflite-fp32"
-step $OE export --model "$RUN" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-ptq"
+build_step $OE export --model "$RUN" --format onnx   --split "$SPLIT" --out "$WORK/onnx-fp32"
+build_step $OE export --model "$RUN" --format onnx   --int8 --split "$SPLIT" --out "$WORK/onnx-int8-ptq"
+build_step $OE export --model "$RUN" --format tflite --split "$SPLIT" --out "$WORK/tflite-fp32"
+build_step $OE export --model "$RUN" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-ptq"
 # QAT with NNCF, then the tuned weights through the same int8 quantizers
-step $OE quantize --int8 --method qat --model "$RUN" --split "$SPLIT" --out "$WORK/qat-run" --epochs ${QAT_EPOCHS:-3} --lr 1e-5 --threads 2
-step $OE export --model "$WORK/qat-run" --format onnx   --int8 --split "$SPLIT" --out "$WORK/onnx-int8-qat"
-step $OE export --model "$WORK/qat-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-qat"
+build_step $OE quantize --int8 --method qat --model "$RUN" --split "$SPLIT" --out "$WORK/qat-run" --epochs ${QAT_EPOCHS:-3} --lr 1e-5 --threads 2
+build_step $OE export --model "$WORK/qat-run" --format onnx   --int8 --split "$SPLIT" --out "$WORK/onnx-int8-qat"
+build_step $OE export --model "$WORK/qat-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-qat"
 # structured pruning (30% of channels), fine-tuned, then fp32 and int8 TFLite
-step $OE prune --model "$RUN" --ratio 0.3 --split "$SPLIT" --out "$WORK/pruned30-run" --finetune-epochs ${PRUNE_EPOCHS:-4} --threads 2
-step $OE export --model "$WORK/pruned30-run" --format tflite --split "$SPLIT" --out "$WORK/pruned30-tflite-fp32"
-step $OE export --model "$WORK/pruned30-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/pruned30-tflite-int8"
-step $OE export --model "$WORK/pruned30-run" --format onnx --split "$SPLIT" --out "$WORK/pruned30-onnx-fp32"
+build_step $OE prune --model "$RUN" --ratio 0.3 --split "$SPLIT" --out "$WORK/pruned30-run" --finetune-epochs ${PRUNE_EPOCHS:-4} --lr 3e-4 --threads 2
+build_step $OE export --model "$WORK/pruned30-run" --format tflite --split "$SPLIT" --out "$WORK/pruned30-tflite-fp32"
+build_step $OE export --model "$WORK/pruned30-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/pruned30-tflite-int8"
+build_step $OE export --model "$WORK/pruned30-run" --format onnx --split "$SPLIT" --out "$WORK/pruned30-onnx-fp32"
 
 CANDS=(onnx-fp32 onnx-int8-ptq onnx-int8-qat tflite-fp32 tflite-int8-ptq tflite-int8-qat qat-run pruned30-run pruned30-onnx-fp32 pruned30-tflite-fp32 pruned30-tflite-int8)
 PARGS=(); for c in "${CANDS[@]}"; do PARGS+=(--candidate "$WORK/$c"); done

@@ -20,7 +20,7 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", help="Output run directory (a pruned torch run).")],
         ratio: Annotated[float, typer.Option("--ratio", help="Fraction of channels removed per prunable layer group.")] = 0.3,
         finetune_epochs: Annotated[int, typer.Option("--finetune-epochs", help="Recovery fine-tuning epochs (one file per duplicate group each).")] = 3,
-        lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 1e-4,
+        lr: Annotated[float, typer.Option("--lr", help="Fine-tuning learning rate.")] = 3e-4,
         batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
         round_to: Annotated[int, typer.Option("--round-to", help="Keep channel counts multiples of this (SIMD-friendly; 1 = off).")] = 8,
         threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads (latency is measured with them).")] = 2,
@@ -49,7 +49,9 @@ def register(app: typer.Typer) -> None:
         t.add_row(f"torch latency p50 ({a['torch_latency_ms']['threads']} threads)", f"{lb:.1f} ms", f"{la:.1f} ms", f"{la / lb - 1:+.1%}")
         t.add_row("val accuracy", f"{b['val']['accuracy']:.4f}", f"{a['val']['accuracy']:.4f}", f"{a['val']['accuracy'] - b['val']['accuracy']:+.4f}")
         t.add_row("val macro-F1", f"{b['val']['macro_f1']:.4f}", f"{a['val']['macro_f1']:.4f}", f"{a['val']['macro_f1'] - b['val']['macro_f1']:+.4f}")
-        t.add_row("val accuracy before fine-tuning", "", f"{a['val_before_finetune']['accuracy']:.4f}", "")
+        t.add_row("val accuracy right after pruning", "", f"{a['val_before_finetune']['accuracy']:.4f}", "")
+        if a.get("val_after_bn_recalibration"):
+            t.add_row("val accuracy after BatchNorm re-estimation", "", f"{a['val_after_bn_recalibration']['accuracy']:.4f}", "")
         console.print(t)
         console.print(f"wrote {out} in {res.seconds:.0f} s", highlight=False)
         next_step(f"osteo-edge quantize --int8 --model {out} --split {split} --out QRUN   (or: osteo-edge export --model {out} --format tflite --int8 --split {split} --out BUNDLE)")

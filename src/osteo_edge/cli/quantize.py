@@ -44,6 +44,7 @@ def register(app: typer.Typer) -> None:
         lr: Annotated[float, typer.Option("--lr", help="QAT learning rate (small: 1e-5 .. 1e-4).")] = 1e-5,
         batch_size: Annotated[int, typer.Option("--batch-size")] = 16,
         fold_bn: Annotated[bool, typer.Option(help="Fold BatchNorm scales into the convolutions before quantizing.")] = True,
+        distill: Annotated[float, typer.Option("--distill", help="QAT loss weight of matching the float parent's outputs (KL); 0 = labels only, 1 = parent only.")] = 0.0,
         threads: Annotated[Optional[int], typer.Option("--threads", help="torch CPU threads.")] = None,
     ) -> None:
         """int8 with NNCF: calibrate on training images, optionally fine-tune (QAT); writes a run to export."""
@@ -61,7 +62,7 @@ def register(app: typer.Typer) -> None:
         prog, update = step_progress()
         with prog:
             res = quantize_run(model, split, out, method=method.value, epochs=epochs, calib_size=calib_size, lr=lr,
-                               batch_size=batch_size, fold_bn=fold_bn, command=command_line(), progress=update)
+                               batch_size=batch_size, fold_bn=fold_bn, distill=distill, command=command_line(), progress=update)
         t = Table(title=f"NNCF {res.method.upper()} (validation split)")
         t.add_column("model")
         t.add_column("accuracy", justify="right")

@@ -32,6 +32,7 @@ class FinetuneConfig:
     augment: str = "light"
     seed: int = 0
     max_steps: int | None = None  # per epoch (tests)
+    distill: float = 0.0  # weight of the KL loss to a teacher's outputs (0: labels only, 1: teacher only)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -40,6 +41,8 @@ class FinetuneConfig:
             raise ConfigError(f"learning rate must be positive, got {self.lr}")
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be >= 1, got {self.batch_size}")
+        if not 0.0 <= self.distill <= 1.0:
+            raise ConfigError(f"distillation weight must be in [0, 1], got {self.distill}")
 
 
 @dataclass
@@ -110,8 +113,14 @@ def finetune(
     data: SplitData,
     cfg: FinetuneConfig,
     progress: Callable[[str, int, int], None] | None = None,
+    teacher: Any = None,
 ) -> list[dict[str, Any]]:
-    """Fine-tune ``model`` in place; restores the best epoch (val accuracy). Returns the history."""
+    """Fine-tune ``model`` in place; restores the best epoch (val accuracy). Returns the history.
+
+    With ``teacher`` (e.g. the float parent of a quantized model) and ``cfg.distill > 0`` the loss
+    mixes cross-entropy with the KL divergence to the teacher's softmax on the same batch, which
+    pulls the student towards agreeing with the teacher, the quantity the parity gate measures.
+    """
     torch = require("torch", "train")
     from ..train.data import class_weights
     from .loading import freeze_batchnorm
@@ -144,7 +153,13 @@ def finetune(
             xb = torch.from_numpy(np.stack([data.train.array(int(i)) for i in b]))
             yb = torch.from_numpy(data.train.targets[b])
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(model(xb), yb)
+            logits = model(xb)
+            loss = loss_fn(logits, yb)
+            if teacher is not None and cfg.distill > 0:
+                with torch.no_grad():
+                    target = torch.softmax(teacher(xb), dim=1)
+                kd = torch.nn.functional.kl_div(torch.log_softmax(logits, dim=1), target, reduction="batchmean")
+                loss = (1.0 - cfg.distill) * loss + cfg.distill * kd
             if not torch.isfinite(loss):
                 raise ConfigError(f"fine-tuning diverged at epoch {epoch} (loss {loss.item()}); lower the learning rate")
             loss.backward()
@@ -163,6 +178,37 @@ def finetune(
     model.eval()
     log.info("kept epoch %d (val accuracy %.4f)", best["epoch"], best["accuracy"])
     return history
+
+
+def recalibrate_batchnorm(model: Any, dataset: Any, batch_size: int = 16, max_images: int | None = None) -> int:
+    """Re-estimate every BatchNorm's running statistics on un-augmented training images.
+
+    After channels are removed the inputs of later layers change, and the stored statistics no
+    longer fit; a forward pass in train mode (no gradients, cumulative average) refreshes them.
+    Returns the number of images used.
+    """
+    torch = require("torch", "train")
+    from ..preprocess import finalize
+
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [m.momentum for m in bns]
+    n = len(dataset) if max_images is None else min(len(dataset), max_images)
+    try:
+        for m in bns:
+            m.reset_running_stats()
+            m.momentum = None  # cumulative moving average over all batches
+        model.train()
+        with torch.no_grad():
+            for i in range(0, n, batch_size):
+                xb = np.stack([finalize(dataset.resized(j), dataset.spec) for j in range(i, min(i + batch_size, n))])
+                model(torch.from_numpy(xb))
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.eval()
+    return n
 
 
 def latency_ms(model: Any, example: Any, runs: int = 30, warmup: int = 5) -> dict[str, float]:

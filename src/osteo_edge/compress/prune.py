@@ -2,7 +2,8 @@
 
 torch-pruning builds a dependency graph of the network, so depthwise convolutions, squeeze-excite
 and residual additions are pruned consistently. Channels are ranked per layer group by L2
-magnitude and ``ratio`` of them removed (the classifier is kept whole); the model is then
+magnitude and ``ratio`` of them removed (the classifier is kept whole); BatchNorm statistics are
+re-estimated on training images (the inputs of every later layer changed), and the model is then
 fine-tuned on the training split (best epoch by validation accuracy). Parameters, MACs, weight
 size, torch CPU latency (same process, same threads, before and after) and validation accuracy are
 recorded in the bundle's ``pruning`` record; :func:`osteo_edge.compress.loading.load_run` rebuilds
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
 from ..errors import ConfigError, ExportError, require
-from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics
+from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics, recalibrate_batchnorm
 from .loading import load_run
 from .quantize import history_csv
 
@@ -62,10 +63,11 @@ def prune_run(
     out: str | os.PathLike,
     ratio: float = 0.3,
     finetune_epochs: int = 3,
-    lr: float = 1e-4,
+    lr: float = 3e-4,
     batch_size: int = 16,
     round_to: int | None = 8,
     latency_runs: int = 30,
+    recalibrate_bn: bool = True,
     max_steps: int | None = None,
     command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -100,15 +102,19 @@ def prune_run(
     with torch.no_grad():
         model(example)  # the pruned graph must still run
     pruned_only = quick_metrics(predict_logits(model, data.val), data.val.targets)
+    n_recal = recalibrate_batchnorm(model, data.train) if recalibrate_bn else 0
+    recalibrated = quick_metrics(predict_logits(model, data.val), data.val.targets) if n_recal else None
     history = finetune(model, data, cfg, progress=progress)
     after = measure(model, example, tp, lambda: predict_logits(model, data.val), data.val.targets, latency_runs)
     after["val_before_finetune"] = pruned_only
+    after["val_after_bn_recalibration"] = recalibrated
     val_logits = predict_logits(model, data.val)
     temperature = fit_temperature(val_logits, data.val.targets)
     record = {
         "ratio": ratio,
         "method": f"torch-pruning {getattr(tp, '__version__', '?')} MetaPruner, GroupMagnitudeImportance(p=2), round_to={round_to}, classifier kept",
-        "finetune": {"epochs": finetune_epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen"},
+        "finetune": {"epochs": finetune_epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen",
+                     "bn_recalibrated_on_train_images": n_recal},
         "before": before,
         "after": after,
         "macs_reduction": 1.0 - after["macs"] / before["macs"],
@@ -125,6 +131,7 @@ def prune_run(
         provenance.update({
             "parent": {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")},
             "parent_command": provenance.get("command", ""), "command": command or "",
+            "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")],
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,

@@ -122,6 +122,7 @@ def quantize_run(
     lr: float = 1e-5,
     batch_size: int = 16,
     fold_bn: bool = True,
+    distill: float = 0.0,
     max_steps: int | None = None,
     command: str | None = None,
     progress: Callable[[str, int, int], None] | None = None,
@@ -136,13 +137,20 @@ def quantize_run(
     from ..train.metrics import fit_temperature
 
     t0 = time.perf_counter()
-    cfg = FinetuneConfig(epochs=epochs if method == "qat" else 0, lr=lr, batch_size=batch_size, max_steps=max_steps)
+    cfg = FinetuneConfig(epochs=epochs if method == "qat" else 0, lr=lr, batch_size=batch_size, max_steps=max_steps, distill=distill)
     model, parent = load_run(run_dir)
     spec = parent.spec.with_layout("NCHW")
     data = load_split_data(split, parent.labels, spec)
     example = torch.zeros((1, spec.channels, spec.input_size, spec.input_size))
     val: dict[str, dict[str, float]] = {"float": quick_metrics(predict_logits(model, data.val), data.val.targets)}
     folded = fold_batchnorm(model, torch.randn((2, spec.channels, spec.input_size, spec.input_size))) if fold_bn else 0
+    teacher = None
+    if method == "qat" and distill > 0:
+        import copy
+
+        teacher = copy.deepcopy(model).eval()  # the float model, the target of the distillation
+        for p in teacher.parameters():
+            p.requires_grad_(False)
 
     dataset, n_calib = _nncf_dataset(nncf, data, calib_size)
     try:
@@ -150,7 +158,7 @@ def quantize_run(
     except Exception as exc:
         raise ExportError(f"nncf.quantize failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
     val["int8_simulated_before_qat"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
-    history = finetune(qmodel, data, cfg, progress=progress)
+    history = finetune(qmodel, data, cfg, progress=progress, teacher=teacher)
     val["int8_simulated"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
 
     state, n_baked = bake_weights(qmodel, list(model.state_dict().keys()))
@@ -165,7 +173,7 @@ def quantize_run(
         "batchnorm_folded": folded,
         "weights_baked": n_baked,
         "calibration": {"subset": "train", "n": n_calib, "split_sha256": data.split_sha256},
-        "finetune": {"epochs": cfg.epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen", "best_epoch": max(history, key=lambda h: (h["accuracy"], -h["nll"]))["epoch"]} if method == "qat" else None,
+        "finetune": {"epochs": cfg.epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen", "distill_from_float_parent": distill, "best_epoch": max(history, key=lambda h: (h["accuracy"], -h["nll"]))["epoch"]} if method == "qat" else None,
         "val": val,
         "weights": "model.pt holds the tuned float weights, BatchNorm scales folded, rounded to the NNCF int8 grid; export --int8 re-quantizes them with the target's quantizer",
     }
@@ -180,6 +188,7 @@ def quantize_run(
         provenance.update({
             "parent": {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")},
             "parent_command": provenance.get("command", ""), "command": command or "",
+            "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")],
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,

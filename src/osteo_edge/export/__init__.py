@@ -213,7 +213,8 @@ def export_model(
             metrics["test"] = test
             result["test"] = test
         provenance = dict(parent.manifest.get("provenance", {}))
-        provenance.update({"parent": _parent_record(parent), "command": command or "", "parent_command": provenance.get("command", "")})
+        provenance.update({"parent": _parent_record(parent), "command": command or "", "parent_command": provenance.get("command", ""),
+                           "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")]})
         if split is not None:
             provenance.setdefault("split_csv", split)
         seal(
