@@ -19,4 +19,7 @@ $OE export --model "$SRC" --format tflite --int8 --split "$SPLIT" --out src/oste
 # exit code 1 here means the shipped model fails a gate: that is reported, not hidden
 $OE parity --reference "$REF" --candidate src/osteo_edge/models/default --split "$SPLIT" --threads 2 \
     --json benchmarks/export/default_parity.json || echo "default bundle: parity gate failed (see default_parity.json)"
+# The edge runtime's input gate (out-of-distribution score) is fitted per bundle by the runtime's
+# script; a rebuilt bundle has none until this runs (it writes the manifest's "gate" field and reseals):
+$PY benchmarks/runtime/calibrate_gate.py --split "$SPLIT" --bundle src/osteo_edge/models/default
 du -b src/osteo_edge/models/default/*
