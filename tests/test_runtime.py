@@ -156,3 +156,15 @@ def test_torch_bundle_and_missing_default(tmp_path):
     if not (default_bundle_path() / "manifest.json").exists():
         with pytest.raises(BundleError, match="--model"):
             EdgeClassifier.load()
+
+
+def test_shipped_bundle_when_present():
+    if not (default_bundle_path() / "manifest.json").exists():
+        pytest.skip("no shipped bundle in this checkout (src/osteo_edge/models/default)")
+    clf = EdgeClassifier.load(threads=1)
+    assert clf.bundle.format in FORMATS and FORMATS[clf.bundle.format].runtime
+    p = clf.predict(knee_images(1)[0])
+    assert p.status in ("ok", "refer") and set(p.probabilities) == set(clf.labels)
+    spine = sorted((knee_images(1)[0].parents[3] / "spine" / "sriher").rglob("*.jpg"))[:1]
+    if clf.gate.ood is not None and spine:
+        assert clf.gate.ood.calibration.get("test_sets")  # the measured rates travel with the bundle
