@@ -246,10 +246,15 @@ def write_parity(report: ParityReport, json_path: str | os.PathLike | None = Non
         ax.set_xticks(x, names, rotation=15, fontsize=8)
         ax.set_ylim(0, 1.05)
         ax.set_title(f"Parity on the {report.subset} split ({report.n_images} images)", fontsize=10)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
         written["png"] = save_figure(fig, Path(png_path))
     return written
 
 
-def read_parity_json(path: str | os.PathLike) -> dict[str, Any]:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_parity_json(path: str | os.PathLike) -> ParityReport:
+    """A report written by :func:`write_parity` (e.g. to redraw its PNG)."""
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    fields = {f for f in CandidateResult.__dataclass_fields__}
+    cands = [CandidateResult(**{k: v for k, v in c.items() if k in fields}) for c in d["candidates"]]
+    keep = {k: d[k] for k in ("reference", "gates", "subset", "split", "protocol", "n_images", "seconds")}
+    return ParityReport(candidates=cands, **keep)
