@@ -47,6 +47,11 @@ def test_parity_passes_for_a_faithful_export(setup: dict[str, Path]) -> None:
     assert "ci95" in cand["metrics"]["headline"]["macro_f1"]
     png = out.with_suffix(".png")
     assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    from osteo_edge.export.parity import read_parity_json, write_parity
+
+    again = read_parity_json(out)  # the JSON round-trips into a report that redraws its chart
+    assert again.passed and again.candidates[0].agreement == 1.0
+    assert write_parity(again, None, setup["root"] / "redrawn.png")["png"].is_file()
 
 
 def test_parity_exit_code_1_names_the_failed_gate(setup: dict[str, Path]) -> None:
