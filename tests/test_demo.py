@@ -328,6 +328,14 @@ class _OutboundGuard:
 def test_twenty_concurrent_predictions_through_the_api(clf, bad_files, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    # huggingface_hub (gradio_client's dependency) reads those variables once, at import; another
+    # test may have imported it already (timm does), so set its constants too.
+    import sys
+
+    hub_constants = sys.modules.get("huggingface_hub.constants")
+    if hub_constants is not None:
+        monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+        monkeypatch.setattr(hub_constants, "HF_HUB_DISABLE_TELEMETRY", True)
     guard = _OutboundGuard(monkeypatch)
     from osteo_edge.demo import build_app, launch_app
 
