@@ -20,6 +20,8 @@ LABELS = {
     "tflite-int8-ptq": "TFLite full-int8, PTQ",
     "tflite-int8-qat": "TFLite full-int8, QAT weights",
     "qat-run": "torch, QAT-tuned float weights",
+    "tflite-int8-qat-kd": "TFLite full-int8, QAT + distillation weights",
+    "qat-kd-run": "torch, QAT + distillation float weights",
     "pruned30-run": "torch fp32, pruned 30%",
     "pruned30-onnx-fp32": "ONNX fp32, pruned 30%",
     "pruned30-tflite-fp32": "TFLite fp32, pruned 30%",
@@ -37,8 +39,19 @@ def ci(h: dict, key: str) -> str:
     return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
-def main(parity_json: str, bench_json: str, work: str, out: str) -> None:
+def main(parity_json: str, bench_json: str, work: str, out: str, *extra: str) -> None:
     parity = json.loads(Path(parity_json).read_text())
+    # candidates from later parity runs (same reference and split) are appended without latency
+    seen = {c["name"] for c in parity["candidates"]}
+    for path in extra:
+        more = json.loads(Path(path).read_text())
+        if more["split"] != parity["split"] or Path(more["reference"]["path"]).resolve() != Path(parity["reference"]["path"]).resolve():
+            raise SystemExit(f"{path}: another reference or split than {parity_json}")
+        for c in more["candidates"]:
+            if c["name"] not in seen:
+                c["extra_from"] = Path(path).name
+                parity["candidates"].append(c)
+                seen.add(c["name"])
     bench = json.loads(Path(bench_json).read_text())
     by_path = {}
     for r in bench["results"]:
@@ -82,6 +95,8 @@ def main(parity_json: str, bench_json: str, work: str, out: str) -> None:
             p50, p90 = pr_ref.get("p50_ms"), pr_ref.get("p90_ms")
             sp = rb["p50_ms"] / p50 if p50 and rb.get("p50_ms") else None
         gate = "pass" if not c["failures"] else "FAIL: " + "; ".join(c["failures"])
+        if c.get("extra_from"):
+            gate += f" (from {c['extra_from']}; not in the bench run)"
         lines.append(
             f"| {LABELS.get(c['name'], c['name'])} | {c['backend']} | {c['size_bytes'] / 1e6:.2f} | {ci(c['metrics']['headline'], 'accuracy')} "
             f"| {ci(c['metrics']['headline'], 'macro_f1')} | {c['agreement']:.4f} | {c['max_abs_dp']:.4f} | {c['mean_abs_dp']:.4f} "
@@ -125,4 +140,4 @@ def main(parity_json: str, bench_json: str, work: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:5])
+    main(*sys.argv[1:])

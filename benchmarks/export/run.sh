@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 RUN=${1:-runs/knee-lite0}
 WORK=${2:-runs/export-bench}
 OUT=benchmarks/export
+EXTRA_PARITY=${EXTRA_PARITY:-}   # parity JSONs of variants added after the bench run (rows without latency)
 OE=${OE:-.venv/bin/osteo-edge}
 PY=${PY:-.venv/bin/python}
 export NNCF_EXTENSION_LOAD_TIMEOUT=${NNCF_EXTENSION_LOAD_TIMEOUT:-600}
@@ -47,16 +48,19 @@ build_step $OE export --model "$RUN" --format tflite --int8 --split "$SPLIT" --o
 build_step $OE quantize --int8 --method qat --model "$RUN" --split "$SPLIT" --out "$WORK/qat-run" --epochs ${QAT_EPOCHS:-3} --lr 1e-5 --threads 2
 build_step $OE export --model "$WORK/qat-run" --format onnx   --int8 --split "$SPLIT" --out "$WORK/onnx-int8-qat"
 build_step $OE export --model "$WORK/qat-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-qat"
+# QAT that distils the fp32 outputs (aims at agreement with fp32 rather than a new optimum)
+build_step $OE quantize --int8 --method qat --model "$RUN" --split "$SPLIT" --out "$WORK/qat-kd-run" --epochs 2 --lr 1e-5 --distill 1.0 --calib-size 128 --threads 2
+build_step $OE export --model "$WORK/qat-kd-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/tflite-int8-qat-kd"
 # structured pruning (30% of channels), fine-tuned, then fp32 and int8 TFLite
 build_step $OE prune --model "$RUN" --ratio 0.3 --split "$SPLIT" --out "$WORK/pruned30-run" --finetune-epochs ${PRUNE_EPOCHS:-4} --lr 3e-4 --threads 2
 build_step $OE export --model "$WORK/pruned30-run" --format tflite --split "$SPLIT" --out "$WORK/pruned30-tflite-fp32"
 build_step $OE export --model "$WORK/pruned30-run" --format tflite --int8 --split "$SPLIT" --out "$WORK/pruned30-tflite-int8"
 build_step $OE export --model "$WORK/pruned30-run" --format onnx --split "$SPLIT" --out "$WORK/pruned30-onnx-fp32"
 
-CANDS=(onnx-fp32 onnx-int8-ptq onnx-int8-qat tflite-fp32 tflite-int8-ptq tflite-int8-qat qat-run pruned30-run pruned30-onnx-fp32 pruned30-tflite-fp32 pruned30-tflite-int8)
+CANDS=(onnx-fp32 onnx-int8-ptq onnx-int8-qat tflite-fp32 tflite-int8-ptq tflite-int8-qat tflite-int8-qat-kd qat-run qat-kd-run pruned30-run pruned30-onnx-fp32 pruned30-tflite-fp32 pruned30-tflite-int8)
 PARGS=(); for c in "${CANDS[@]}"; do PARGS+=(--candidate "$WORK/$c"); done
 # parity exits 1 when a candidate fails a gate: that is a result, not an error of this script
 step $OE parity --reference "$RUN" "${PARGS[@]}" --split "$SPLIT" --threads 2 --json "$OUT/parity.json" || true
 BARGS=(); for c in "${CANDS[@]}"; do case $c in *-run) ;; *) BARGS+=(--model "$WORK/$c");; esac; done
 step $OE bench "${BARGS[@]}" --threads 2 --runs ${BENCH_RUNS:-100} --json "$OUT/bench.json"
-step $PY benchmarks/export/make_table.py "$OUT/parity.json" "$OUT/bench.json" "$WORK" "$OUT/RESULTS.md"
+step $PY benchmarks/export/make_table.py "$OUT/parity.json" "$OUT/bench.json" "$WORK" "$OUT/RESULTS.md" $EXTRA_PARITY
