@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from .errors import BundleError, ConfigError
 from .preprocess import PreprocessSpec
@@ -149,12 +149,22 @@ def runtime_versions(extra: Iterable[str] = ()) -> dict[str, str]:
 # the manifest
 
 
-def _list_files(root: Path) -> list[str]:
+def list_files(root: Path, manifest: str = MANIFEST) -> list[str]:
+    """Every file below ``root`` except the manifest and hidden (temporary) files, sorted."""
     files = []
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST and not p.name.startswith("."):
+        if p.is_file() and p.name != manifest and not p.name.startswith("."):
             files.append(p.relative_to(root).as_posix())
     return files
+
+
+def hash_files(root: Path, manifest: str = MANIFEST) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` table: sha256 and size of every file in ``root``."""
+    return {
+        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
+        for name in list_files(root, manifest)
+    }
+
 
 
 def build_manifest(
@@ -180,10 +190,7 @@ def build_manifest(
         raise ConfigError(f"temperature must be positive, got {temperature}")
     if not (root / model_file).is_file():
         raise BundleError(f"{root}: model file {model_file!r} is not in the bundle")
-    files = {
-        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
-        for name in _list_files(root)
-    }
+    files = hash_files(root)
     manifest: dict[str, Any] = {
         "kind": BUNDLE_KIND,
         "manifest_version": MANIFEST_VERSION,
@@ -222,12 +229,9 @@ def reseal(root: str | os.PathLike, **updates: Any) -> "Bundle":
     root = Path(root)
     changed = set(updates.pop("changed", ()))
     old = read_manifest(root)
-    _verify_files(root, {k: v for k, v in old["files"].items() if k not in changed and (root / k).exists()})
+    verify_files(root, {k: v for k, v in old["files"].items() if k not in changed and (root / k).exists()})
     merged = {**old, **updates}
-    merged["files"] = {
-        name: {"sha256": sha256_file(root / name), "bytes": (root / name).stat().st_size}
-        for name in _list_files(root)
-    }
+    merged["files"] = hash_files(root)
     atomic_write_json(root / MANIFEST, merged)
     return load_bundle(root)
 
@@ -261,18 +265,20 @@ def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
     return manifest
 
 
-def _verify_files(root: Path, files: Mapping[str, Any]) -> None:
+def verify_files(root: Path, files: Mapping[str, Any], noun: str = "bundle") -> None:
+    """Check every listed file against its sha256; one-line :class:`BundleError` on any mismatch."""
     for name, entry in files.items():
         path = root / name
         if ".." in Path(name).parts or Path(name).is_absolute():
-            raise BundleError(f"{root}: manifest names a file outside the bundle: {name!r}")
+            raise BundleError(f"{root}: manifest names a file outside the {noun}: {name!r}")
         if not path.is_file():
-            raise BundleError(f"{root}: bundle is incomplete, {name} is missing")
+            raise BundleError(f"{root}: {noun} is incomplete, {name} is missing")
         expected = entry.get("sha256") if isinstance(entry, dict) else None
         if not expected:
             raise BundleError(f"{root}: manifest has no sha256 for {name}")
         if sha256_file(path) != expected:
-            raise BundleError(f"{root}: checksum mismatch for {name}; the bundle was modified or is corrupt")
+            raise BundleError(f"{root}: checksum mismatch for {name}; the {noun} was modified or is corrupt")
+
 
 
 @dataclass(frozen=True)
@@ -330,15 +336,16 @@ def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
     except ConfigError as exc:
         raise BundleError(f"{root}: invalid preprocess spec in manifest ({exc})") from exc
     if verify:
-        _verify_files(root, manifest["files"])
+        verify_files(root, manifest["files"])
     return Bundle(path=root, manifest=manifest)
 
 
-def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
-    """Build a bundle in a temporary sibling directory and move it into place.
+def write_dir_atomically(dest: str | os.PathLike, build: Callable[[Path], Any], verify: Callable[[Path], Any]) -> Path:
+    """Build a directory in a temporary sibling, verify it, then move it into place.
 
-    ``build(tmpdir)`` writes the files and calls :func:`seal`. If ``dest`` exists it is replaced
-    only after the new bundle is complete.
+    ``build(tmpdir)`` writes the content; ``verify(tmpdir)`` must pass before anything is replaced.
+    If ``dest`` exists it is replaced only after the new directory is complete; on any error the
+    temporary directory is removed and ``dest`` is untouched.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -346,7 +353,7 @@ def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
     _default_mode(tmp, directory=True)
     try:
         build(tmp)
-        load_bundle(tmp)  # must verify before it replaces anything
+        verify(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             if old.exists():
@@ -360,3 +367,11 @@ def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return dest
+
+
+def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
+    """Build a bundle in a temporary sibling directory and move it into place once it verifies.
+
+    ``build(tmpdir)`` writes the files and calls :func:`seal`.
+    """
+    return write_dir_atomically(dest, build, load_bundle)

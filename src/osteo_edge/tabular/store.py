@@ -22,15 +22,13 @@ import datetime as _dt
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..artifact import DISCLAIMER, atomic_write_json, sha256_file
+from ..artifact import DISCLAIMER, atomic_write_json, hash_files, verify_files, write_dir_atomically
 from ..errors import BundleError, ConfigError, require
 from .table import TableSchema
 
@@ -102,23 +100,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
 def _verify(root: Path, files: Any) -> None:
     if not isinstance(files, dict) or not files:
         raise BundleError(f"{root}: {RUN_MANIFEST} lists no files")
-    for name, entry in files.items():
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise BundleError(f"{root}: manifest names a file outside the run: {name!r}")
-        p = root / name
-        if not p.is_file():
-            raise BundleError(f"{root}: run is incomplete, {name} is missing")
-        expected = entry.get("sha256") if isinstance(entry, dict) else None
-        if not expected or sha256_file(p) != expected:
-            raise BundleError(f"{root}: checksum mismatch for {name}; the run was modified or is corrupt")
-
-
-def _list_files(root: Path) -> list[str]:
-    return sorted(
-        p.relative_to(root).as_posix()
-        for p in root.rglob("*")
-        if p.is_file() and p.name != RUN_MANIFEST and not p.name.startswith(".")
-    )
+    verify_files(root, files, noun="run")
 
 
 def write_run(dest: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
@@ -127,9 +109,10 @@ def write_run(dest: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
     ``build(tmpdir)`` writes the files and returns the manifest fields.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
-    try:
+    if dest.exists() and not (dest / RUN_MANIFEST).is_file() and any(dest.iterdir()):
+        raise ConfigError(f"{dest}: exists and is not a tabular run; choose another --out")
+
+    def _build(tmp: Path) -> None:
         fields = build(tmp)
         manifest = {
             "kind": RUN_KIND,
@@ -137,25 +120,11 @@ def write_run(dest: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
             "intended_use": DISCLAIMER,
             **fields,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "files": {n: {"sha256": sha256_file(tmp / n), "bytes": (tmp / n).stat().st_size} for n in _list_files(tmp)},
+            "files": hash_files(tmp, RUN_MANIFEST),
         }
         atomic_write_json(tmp / RUN_MANIFEST, manifest)
-        load_run(tmp)  # must verify before it replaces anything
-        if dest.exists():
-            if not (dest / RUN_MANIFEST).is_file() and any(dest.iterdir()):
-                raise ConfigError(f"{dest}: exists and is not a tabular run; choose another --out")
-            old = dest.with_name(f".{dest.name}.old")
-            if old.exists():
-                shutil.rmtree(old)
-            os.replace(dest, old)
-            os.replace(tmp, dest)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, dest)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return dest
+
+    return write_dir_atomically(dest, _build, load_run)
 
 
 @dataclass
