@@ -149,3 +149,15 @@ def test_written_files_get_normal_permissions(tmp_path):
     assert (tmp_path / "b.bin").stat().st_mode & 0o777 == 0o644
     assert (tmp_path / "bundle").stat().st_mode & 0o777 == 0o755
     assert (tmp_path / "bundle" / "manifest.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_child_provenance_chains_commands(tmp_path):
+    from osteo_edge.artifact import child_provenance
+
+    parent = _make(tmp_path / "p")  # provenance: {"command": "osteo-edge export ..."}
+    child = child_provenance(parent, "osteo-edge quantize", {"path": "p"})
+    assert child["parent"] == {"path": "p"} and child["command"] == "osteo-edge quantize"
+    assert child["parent_command"] == "osteo-edge export ..."
+    assert child["lineage"] == ["osteo-edge export ..."]
+    grand = child_provenance(type(parent)(parent.path, {**parent.manifest, "provenance": child}), None, {})
+    assert grand["command"] == "" and grand["lineage"] == ["osteo-edge export ...", "osteo-edge quantize"]

@@ -322,6 +322,20 @@ class Bundle:
         return self.path / name
 
 
+def child_provenance(parent: Bundle, command: str | None, parent_record: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance for a bundle made from ``parent``: the parent's record plus this step's command,
+    the parent's command and the whole chain of commands (``lineage``) that led here."""
+    provenance = dict(parent.manifest.get("provenance", {}))
+    earlier = provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]
+    provenance.update({
+        "parent": dict(parent_record),
+        "command": command or "",
+        "parent_command": provenance.get("command", ""),
+        "lineage": [*earlier, provenance.get("command", "")],
+    })
+    return provenance
+
+
 def load_bundle(root: str | os.PathLike, verify: bool = True) -> Bundle:
     """Read and (by default) verify a bundle; any mismatch raises a one-line :class:`BundleError`."""
     root = Path(root)

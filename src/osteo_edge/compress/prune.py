@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, atomic_path, child_provenance, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
 from ..errors import ConfigError, ExportError, require
 from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics, recalibrate_batchnorm
 from .loading import load_run
@@ -127,11 +127,8 @@ def prune_run(
         with atomic_path(tmp / "model.pt") as p:
             torch.save(model.state_dict(), p)
         atomic_write_text(tmp / "history.csv", history_csv(history))
-        provenance = dict(parent.manifest.get("provenance", {}))
+        provenance = child_provenance(parent, command, {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")})
         provenance.update({
-            "parent": {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")},
-            "parent_command": provenance.get("command", ""), "command": command or "",
-            "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")],
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,

@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, atomic_path, child_provenance, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
 from ..errors import ConfigError, ExportError, choice_error, require
 from .finetune import FinetuneConfig, finetune, load_split_data, predict_logits, quick_metrics
 from .loading import fold_batchnorm, load_run
@@ -184,11 +184,8 @@ def quantize_run(
         with atomic_path(tmp / "nncf_state.pt") as p:
             torch.save({k: v for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor)}, p)
         atomic_write_text(tmp / "history.csv", history_csv(history))
-        provenance = dict(parent.manifest.get("provenance", {}))
+        provenance = child_provenance(parent, command, {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")})
         provenance.update({
-            "parent": {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")},
-            "parent_command": provenance.get("command", ""), "command": command or "",
-            "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")],
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,

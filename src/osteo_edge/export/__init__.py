@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifact import Bundle, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, child_provenance, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
 from ..preprocess import PreprocessSpec
@@ -212,9 +212,7 @@ def export_model(
             test["evaluated_with"] = f"{runner.backend} {runner.version}"
             metrics["test"] = test
             result["test"] = test
-        provenance = dict(parent.manifest.get("provenance", {}))
-        provenance.update({"parent": _parent_record(parent), "command": command or "", "parent_command": provenance.get("command", ""),
-                           "lineage": [*(provenance.get("lineage") or [c for c in [provenance.get("parent_command")] if c]), provenance.get("command", "")]})
+        provenance = child_provenance(parent, command, _parent_record(parent))
         if split is not None:
             provenance.setdefault("split_csv", split)
         seal(
