@@ -57,7 +57,8 @@ def test_round_trip(tmp_path):
         (lambda r: _edit(r, lambda m: m.pop("labels")), "missing \\['labels'\\]"),
         (lambda r: _edit(r, lambda m: m.update(labels=["Normal"])), "at least two"),
         (lambda r: _edit(r, lambda m: m["spec"].update(input_size="big")), "invalid preprocess spec"),
-        (lambda r: _edit(r, lambda m: m["files"].update({"../x": {"sha256": "0"}})), "outside the bundle"),
+        (lambda r: _edit(r, lambda m: m["files"].update({"../x": {"sha256": "0"}})), "seal mismatch"),
+        (lambda r: _edit(r, lambda m: m["files"].update({"../x": {"sha256": "0"}}), reseal=True), "outside the bundle"),
         (lambda r: _edit(r, lambda m: m.update(kind="something-else")), "is not 'osteo-edge-bundle'"),
     ],
 )
@@ -70,9 +71,14 @@ def test_tampered_or_incomplete_bundle_refused(tmp_path, tamper, match):
     assert "\n" not in str(info.value)
 
 
-def _edit(root, fn):
+def _edit(root, fn, reseal=False):
+    """Edit the manifest as a person would; ``reseal`` also recomputes the seal as an attacker would."""
+    from osteo_edge.artifact import seal_digest
+
     m = json.loads((root / "manifest.json").read_text())
     fn(m)
+    if reseal:
+        m["seal"]["digest"] = seal_digest(m)
     (root / "manifest.json").write_text(json.dumps(m))
 
 
@@ -96,13 +102,20 @@ def test_reseal_adds_files_and_refuses_silent_changes(tmp_path):
     root = tmp_path / "b"
     _make(root)
     (root / "metrics.json").write_text("{}")
-    b = reseal(root, temperature=2.0)
+    first_seal = load_bundle(root).seal
+    b = reseal(root, step="evaluate", temperature=2.0)
     assert b.temperature == 2.0 and "metrics.json" in b.manifest["files"]
+    (rev,) = b.revisions
+    assert (rev.revision, rev.step, rev.fields, rev.files, rev.previous_seal) == (1, "evaluate", ("temperature",), ("metrics.json",), first_seal)
     (root / "model.onnx").write_bytes(b"changed behind our back")
     with pytest.raises(BundleError, match="checksum mismatch"):
-        reseal(root, temperature=3.0)
-    b = reseal(root, temperature=3.0, changed=["model.onnx"])
-    assert b.temperature == 3.0
+        reseal(root, step="x", temperature=3.0)
+    b = reseal(root, step="requantize", temperature=3.0, changed=["model.onnx"])
+    assert b.temperature == 3.0 and [r.step for r in b.revisions] == ["evaluate", "requantize"]
+    assert b.known_seals() == {first_seal, b.revisions[1].previous_seal, b.seal}
+    _edit(root, lambda m: m.update(temperature=9.0))
+    with pytest.raises(BundleError, match="seal mismatch"):
+        reseal(root, step="y", temperature=1.0)
 
 
 def test_write_bundle_dir_is_atomic(tmp_path):
@@ -152,12 +165,12 @@ def test_written_files_get_normal_permissions(tmp_path):
 
 
 def test_child_provenance_chains_commands(tmp_path):
-    from osteo_edge.artifact import child_provenance
-
     parent = _make(tmp_path / "p")  # provenance: {"command": "osteo-edge export ..."}
-    child = child_provenance(parent, "osteo-edge quantize", {"path": "p"})
-    assert child["parent"] == {"path": "p"} and child["command"] == "osteo-edge quantize"
-    assert child["parent_command"] == "osteo-edge export ..."
-    assert child["lineage"] == ["osteo-edge export ..."]
-    grand = child_provenance(type(parent)(parent.path, {**parent.manifest, "provenance": child}), None, {})
-    assert grand["command"] == "" and grand["lineage"] == ["osteo-edge export ...", "osteo-edge quantize"]
+    child = parent.child_provenance(tmp_path / "c", "osteo-edge quantize")
+    assert child.parent.path == "../p" and child.parent.seal == parent.seal and child.command == "osteo-edge quantize"
+    assert child.parent.model_sha256 == parent.model_sha256 and not os.path.isabs(child.parent.path)
+    assert child.parent_command == "osteo-edge export ..."
+    assert child.lineage == ("osteo-edge export ...",)
+    again = type(parent)(parent.path, {**parent.manifest, "provenance": child.to_dict()})
+    grand = again.child_provenance(tmp_path / "g", None)
+    assert grand.command == "" and grand.lineage == ("osteo-edge export ...", "osteo-edge quantize")

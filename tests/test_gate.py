@@ -259,7 +259,7 @@ def test_ood_gate_calibrated_and_round_trips(small_gate):
     assert cal["in_distribution"]["accept_rate"] >= 0.9
     assert cal["out_of_distribution"]["shapes"]["n"] == 10
     d = json.loads(json.dumps(gate.to_dict()))
-    back = Gate.from_manifest({"gate": d})
+    back = Gate.from_record(d)
     f = image_features(decode_image(knees[1]))
     assert back.ood.score(f) == pytest.approx(gate.ood.score(f), rel=1e-4)
     assert back.ood.threshold == pytest.approx(gate.ood.threshold, rel=1e-6)
@@ -276,12 +276,12 @@ def test_ood_gate_rejects_unseen_non_radiographs(small_gate):
 
 
 def test_gate_manifest_errors():
-    assert Gate.from_manifest({}).ood is None
+    assert Gate.from_record(None).ood is None
     with pytest.raises(BundleError):
-        Gate.from_manifest({"gate": {"version": 99}})
+        Gate.from_record({"version": 99})
     with pytest.raises(BundleError):
-        Gate.from_manifest({"gate": {"version": 1, "ood": {"features": "other", "threshold": 1}}})
+        Gate.from_record({"version": 1, "ood": {"features": "other", "threshold": 1}})
     m = OODModel.fit(np.random.default_rng(0).normal(size=(30, 102)), 4).to_dict()
     m["components"] = m["components"][:2]
     with pytest.raises(BundleError, match="inconsistent"):
-        Gate.from_manifest({"gate": {"version": 1, "ood": {**m, "threshold": 1.0}}})
+        Gate.from_record({"version": 1, "ood": {**m, "threshold": 1.0}})

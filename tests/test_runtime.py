@@ -143,7 +143,7 @@ def test_bundle_label_count_must_match_model(tmp_path):
     assert EdgeClassifier.load(b).labels == ["A", "B", "C", "D"]
     from osteo_edge.artifact import reseal
 
-    reseal(b, labels=["A", "B"])
+    reseal(b, step="test", labels=["A", "B"])
     with pytest.raises(BundleError, match="2 labels"):
         EdgeClassifier.load(b)
 

@@ -38,3 +38,16 @@ def progress_enabled() -> bool:
 
 def next_step(text: str) -> None:
     console.print(f"[bold]next:[/bold] {text}", highlight=False, soft_wrap=True)
+
+
+TRUSTED_KEY_HELP = (
+    "Trusted publisher public key (PEM file, or a folder of *.pub; repeatable; also read from "
+    "OSTEO_EDGE_TRUSTED_KEYS). With any trusted key, unsigned bundles and bundles signed by other keys are refused."
+)
+
+
+def trust_store(paths: Any) -> Any:
+    """The runtime's trust policy: ``--trusted-key`` paths plus ``OSTEO_EDGE_TRUSTED_KEYS``."""
+    from ..artifact.signing import TrustStore
+
+    return TrustStore.from_env(list(paths or []))

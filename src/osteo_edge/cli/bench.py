@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import console, handle_errors
+from ._common import TRUSTED_KEY_HELP, console, handle_errors, trust_store
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow"}
 
@@ -31,6 +31,7 @@ def bench(
     ssh_option: Annotated[Optional[List[str]], typer.Option("--ssh-option", help="Extra ssh argument, e.g. --ssh-option=-p2222 (repeatable).")] = None,
     remote_python: Annotated[Optional[str], typer.Option("--remote-python", help="Interpreter on the device that already has the runtime (skips the venv install).")] = None,
     remote_dir: Annotated[str, typer.Option("--remote-dir", help="Working directory on the device (relative = under the SSH user's home); replaced each run.")] = "osteo-edge-bench",
+    trusted_key: Annotated[Optional[List[Path]], typer.Option("--trusted-key", help=TRUSTED_KEY_HELP)] = None,
     emulator_dir: Annotated[Optional[Path], typer.Option("--emulator-dir", help="aarch64 emulation kit (qemu-aarch64, sysroot/, site/); see docs/runtime.md.")] = None,
 ) -> None:
     """Measure load time, p50/p90/p99 latency, throughput, peak RSS and size of each model.
@@ -40,8 +41,12 @@ def bench(
     """
     from ..benchmarks.bench import BenchRequest, plot_report, run_bench, write_json
     from ..edge_runtime import default_bundle_path
+    from ..edge_runtime.classifier import open_bundle
 
     bundles = list(model or [])
+    trust = trust_store(trusted_key)
+    for b in bundles or [None]:  # refuse a tampered, unsigned-but-required or untrusted bundle before measuring
+        open_bundle(b, trust)
     if not bundles and (default_bundle_path() / "manifest.json").is_file():
         bundles = [default_bundle_path()]
     if host and target != TargetName.raspberrypi:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import console, err_console, handle_errors
+from ._common import TRUSTED_KEY_HELP, console, err_console, handle_errors, trust_store
 
 
 @handle_errors
@@ -17,6 +17,7 @@ def demo(
     host: Annotated[str, typer.Option("--host", help="Address to listen on. 127.0.0.1 = this computer only; 0.0.0.0 = every network interface.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="TCP port to listen on.")] = 7860,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads (default: the backend's choice).")] = None,
+    trusted_key: Annotated[Optional[List[Path]], typer.Option("--trusted-key", help=TRUSTED_KEY_HELP)] = None,
 ) -> None:
     """Start the offline web demo: upload a knee radiograph, see the class, calibrated probabilities, status (ok / refer for DEXA / rejected), an occlusion heat map, latency and the model card.
 
@@ -34,7 +35,7 @@ def demo(
     warning = host_warning(host)
     if warning:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)
-    clf = EdgeClassifier.load(model, threads=threads)
+    clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
     app = build_app(clf)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes of its local URL
     shown_host = f"[{host}]" if ":" in host else host

@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import console, err_console, handle_errors
+from ._common import TRUSTED_KEY_HELP, console, err_console, handle_errors, trust_store
 
 STATUS_STYLE = {"ok": "green", "refer": "yellow", "rejected": "red"}
 
@@ -20,6 +20,7 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per input per line on stdout, nothing else.")] = False,
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write every answer to this CSV file.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads (default: the backend's choice).")] = None,
+    trusted_key: Annotated[Optional[List[Path]], typer.Option("--trusted-key", help=TRUSTED_KEY_HELP)] = None,
 ) -> None:
     """Classify knee radiographs: Normal / Osteopenia / Osteoporosis with calibrated probabilities.
 
@@ -36,7 +37,7 @@ def predict(
         raise ConfigError("no input given; pass image files or folders, e.g. osteo-edge predict knee.png scans/")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    clf = EdgeClassifier.load(model, threads=threads)
+    clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
     inputs = expand_inputs(paths)
     if not inputs:
         raise ConfigError(f"no files found in {', '.join(str(p) for p in paths)}")

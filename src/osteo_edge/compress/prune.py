@@ -132,7 +132,7 @@ def prune_run(
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
-             thresholds=parent.thresholds, metrics={"val": after["val"], "parent": parent.metrics}, provenance=provenance,
+             thresholds=parent.thresholds, metrics={"val": after["val"], "parent": parent.metrics.raw}, provenance=provenance,
              versions=runtime_versions(("torch", "timm", "torch-pruning")),
              extra={"arch": parent.manifest.get("arch"), "pruning": record})
 

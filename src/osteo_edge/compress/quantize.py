@@ -189,7 +189,7 @@ def quantize_run(
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
-             thresholds=parent.thresholds, metrics={"val": val, "parent": parent.metrics}, provenance=provenance,
+             thresholds=parent.thresholds, metrics={"val": val, "parent": parent.metrics.raw}, provenance=provenance,
              versions=runtime_versions(("torch", "timm", "nncf")),
              extra={"arch": parent.manifest.get("arch"), "compression": compression,
                     **({"pruning": parent.manifest["pruning"]} if "pruning" in parent.manifest else {})})

@@ -17,7 +17,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from ..artifact import DISCLAIMER, Bundle, load_bundle
+from ..artifact import Bundle, load_bundle
+from ..artifact.signing import TrustStore
 from ..errors import BundleError, InvalidImageError
 from ..formats import get_format
 from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_image, finalize, resize, to_gray
@@ -27,7 +28,6 @@ from .gate import Gate
 log = logging.getLogger(__name__)
 
 STATUSES = ("ok", "refer", "rejected")
-NORMAL_LABEL = "Normal"
 SHORT_DISCLAIMER = "Screening aid, not a diagnosis."
 
 
@@ -66,22 +66,25 @@ class EdgeClassifier:
     load_ms: float = 0.0
 
     @classmethod
-    def load(cls, bundle_dir: str | os.PathLike | None = None, threads: int | None = None) -> "EdgeClassifier":
-        """Verify a bundle's checksums and open its model; ``None`` = the shipped default bundle."""
+    def load(cls, bundle_dir: str | os.PathLike | None = None, threads: int | None = None,
+             trust: TrustStore | None = None) -> "EdgeClassifier":
+        """Verify a bundle (seal, checksums, signature, trust) and open its model.
+
+        ``bundle_dir=None`` = the shipped default bundle, which must be signed by a key shipped with
+        the package. ``trust=None`` reads trusted keys from ``OSTEO_EDGE_TRUSTED_KEYS``; when any are
+        configured, an unsigned bundle or one signed by another key is refused.
+        """
         t0 = time.perf_counter()
-        root = Path(bundle_dir) if bundle_dir is not None else default_bundle_path()
-        if bundle_dir is None and not (root / "manifest.json").is_file():
-            raise BundleError(f"{root}: no shipped model bundle in this install; pass --model BUNDLE_DIR")
-        bundle = load_bundle(root)
+        bundle = open_bundle(bundle_dir, trust)
+        root = bundle.path
         fmt = get_format(bundle.format)
         backend_for(fmt.name)  # one-line error for torch or unknown formats
         spec = bundle.spec
         if spec.layout != fmt.layout:
             raise BundleError(f"{root}: spec layout {spec.layout} does not match format {fmt.name} ({fmt.layout})")
         runner = open_backend(bundle.model_path, fmt.name, threads)
-        gate = Gate.from_manifest(bundle.manifest)
-        thresholds = {str(k): float(v) for k, v in bundle.thresholds.items()}
-        self = cls(bundle, runner, gate, bundle.labels, spec, bundle.temperature, thresholds)
+        gate = Gate.from_record(bundle.gate)
+        self = cls(bundle, runner, gate, bundle.labels, spec, bundle.temperature, bundle.thresholds)
         probe = self.logits(np.zeros((1, *spec.input_shape[1:]), dtype=np.float32))
         if probe.shape != (1, len(self.labels)):
             raise BundleError(f"{root}: model outputs {probe.shape[1:]} values, the manifest lists {len(self.labels)} labels")
@@ -108,9 +111,11 @@ class EdgeClassifier:
 
     # -- files -----------------------------------------------------------------------------
     def low_bmd_probability(self, probs: dict[str, float]) -> float | None:
-        if NORMAL_LABEL not in probs:
+        """1 - P(negative class) (the manifest's ``negative_label``, e.g. Normal); None without one."""
+        neg = self.bundle.negative_label
+        if neg is None or neg not in probs:
             return None
-        return float(1.0 - probs[NORMAL_LABEL])
+        return float(1.0 - probs[neg])
 
     def predict(self, source: ImageSource | DecodedImage, name: str | None = None) -> Prediction:
         """Gate, preprocess, run and explain one input. Bad input gives status ``rejected``, never an exception."""
@@ -161,14 +166,31 @@ class EdgeClassifier:
             yield self.predict(s)
 
     def info(self) -> dict[str, Any]:
-        m = self.bundle.manifest
+        b = self.bundle
+        sig = b.signature
         return {
             "bundle": str(self.bundle.path), "format": self.bundle.format, "backend": self.runner.backend,
             "backend_version": self.runner.version, "threads": self.runner.threads, "labels": self.labels,
             "temperature": self.temperature, "thresholds": self.thresholds, "input_size": self.spec.input_size,
             "gate": "rules + out-of-distribution score" if self.gate.ood is not None else "rules only",
-            "provenance": m.get("provenance", {}), "intended_use": m.get("intended_use", DISCLAIMER),
+            "provenance": b.provenance.to_dict(), "intended_use": b.intended_use,
+            "seal": b.seal, "signed_by": sig.key_id if sig is not None else None,
         }
+
+
+def open_bundle(bundle_dir: str | os.PathLike | None = None, trust: TrustStore | None = None) -> Bundle:
+    """The verified bundle a runtime may use: ``None`` = the shipped default (signed by a package key)."""
+    if bundle_dir is None:
+        root = default_bundle_path()
+        if not (root / "manifest.json").is_file():
+            raise BundleError(f"{root}: no shipped model bundle in this install; pass --model BUNDLE_DIR")
+        package = TrustStore.package()
+        if not package.configured:
+            raise BundleError(f"{root}: this install ships no public key to verify its default bundle")
+        load_bundle(root, trust=package)  # the shipped bundle is always checked against the shipped keys
+    else:
+        root = Path(bundle_dir)
+    return load_bundle(root, trust=trust if trust is not None else TrustStore.from_env())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -181,9 +181,8 @@ class Gate:
         return d
 
     @classmethod
-    def from_manifest(cls, manifest: Mapping[str, Any]) -> "Gate":
-        """The gate stored in a bundle manifest (``gate`` field), or the default checks without one."""
-        d = manifest.get("gate")
+    def from_record(cls, d: Mapping[str, Any] | None) -> "Gate":
+        """The gate from a bundle's ``gate`` record (:attr:`Bundle.gate`), or the default checks without one."""
         if d is None:
             return cls()
         if not isinstance(d, dict) or d.get("version") != GATE_VERSION:
@@ -316,6 +315,6 @@ def write_gate(bundle_dir: Any, gate: Gate) -> Any:
     """Store ``gate`` in a bundle's manifest (``gate`` field) and reseal it; returns the Bundle."""
     from ..artifact import reseal
 
-    return reseal(bundle_dir, gate=gate.to_dict())
+    return reseal(bundle_dir, step="gate calibration", gate=gate.to_dict())
 
 

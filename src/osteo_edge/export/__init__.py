@@ -203,7 +203,7 @@ def export_model(
         result["golden"] = check
         if not check["passed"]:
             raise ParityError(f"{fmt.name} export does not match torch on {golden.describe()['n']} golden inputs: {check['why']}")
-        metrics: dict[str, Any] = {"parent": parent.metrics}
+        metrics: dict[str, Any] = {"parent": parent.metrics.raw}
         if split is not None and evaluate:
             from .parity import evaluate_runner
 

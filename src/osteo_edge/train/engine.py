@@ -264,7 +264,7 @@ def _result_from_bundle(out: Path) -> TrainResult:
     return TrainResult(
         run_dir=out, best_epoch=int(tr.get("best_epoch", -1)), best_val_macro_f1=float(tr.get("best_val_macro_f1", float("nan"))),
         epochs_run=int(tr.get("epochs_run", 0)), stopped_early=bool(tr.get("stopped_early", False)),
-        train_seconds=float(tr.get("train_seconds", 0.0)), val_metrics=dict(b.metrics.get("val", {})),
+        train_seconds=float(tr.get("train_seconds", 0.0)), val_metrics=dict(b.metrics.raw.get("val", {})),
         temperature=b.temperature, thresholds=b.thresholds,
     )
 

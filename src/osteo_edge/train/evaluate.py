@@ -310,7 +310,7 @@ def _reseal_run(run_dir: Path, out: Path, subset: str, result: Mapping[str, Any]
     metrics[metrics_key(result)] = {**result["headline"], "n": result["n"], "split_sha256": result["split_sha256"]}
     training = dict(manifest.get("training", {}))
     training["calibration"] = dict(calib)
-    reseal(run_dir, changed=changed, temperature=temperature, thresholds=dict(thresholds), metrics=metrics, training=training)
+    reseal(run_dir, step="evaluate", changed=changed, temperature=temperature, thresholds=dict(thresholds), metrics=metrics, training=training)
 
 
 # ------------------------------------------------------------------------------------------------
