@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from osteo_edge.artifact import seal
+from osteo_edge.artifact import load_bundle, seal
 from osteo_edge.benchmarks.bench import BenchRequest, TARGETS, accuracy_of, add_speedups, find_parent, run_bench
 from osteo_edge.cli import app
 from osteo_edge.errors import ConfigError
@@ -54,7 +54,7 @@ def parent_and_export(tmp_path_factory):
             torch.onnx.export(model, torch.zeros(1, 1, SIZE, SIZE), str(exp / "model.onnx"), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["logits"])
     seal(exp, format="onnx", model_file="model.onnx", labels=labels, spec=spec, metrics={"test": {"macro_f1": 0.6, "accuracy": 0.7}, "val": {"macro_f1": 0.9}},
-         provenance={"parent_run": "../run", "command": "test"})
+         provenance=load_bundle(run).child_provenance(exp, "test"))
     return run, exp
 
 
@@ -66,16 +66,23 @@ def test_targets_table():
         run_bench("host", BenchRequest(bundles=[]))
 
 
+def _b(manifest):
+    from osteo_edge.artifact import Bundle
+
+    return Bundle(Path("b"), manifest)
+
+
 def test_accuracy_prefers_test_macro_f1():
-    assert accuracy_of({"metrics": {"val": {"macro_f1": 0.9}, "test": {"accuracy": 0.7, "macro_f1": 0.6}}}) == {"metric": "test.macro_f1", "value": 0.6}
-    assert accuracy_of({"metrics": {}}) is None
+    assert accuracy_of(_b({"metrics": {"val": {"macro_f1": 0.9}, "test": {"accuracy": 0.7, "macro_f1": 0.6}}})) == {"metric": "test.macro_f1", "value": 0.6}
+    assert accuracy_of(_b({"metrics": {"val": {"accuracy": 0.9}}})) == {"metric": "val.accuracy", "value": 0.9}
+    assert accuracy_of(_b({"metrics": {}})) is None
 
 
 def test_headline_metric_is_common_to_all_rows():
     from osteo_edge.benchmarks.bench import choose_headline, parent_test_accuracy, test_metrics
 
-    child = {"metrics": {"test": {"accuracy": 0.79, "macro_f1": 0.78, "vs_parent": {"parent_accuracy": 0.81}}}}
-    ref = {"role": "reference", "status": "ok", "test_metrics": {**test_metrics({"metrics": {"val": {"macro_f1": 0.9}}}), "accuracy": parent_test_accuracy(child)}}
+    child = _b({"metrics": {"test": {"accuracy": 0.79, "macro_f1": 0.78, "vs_parent": {"parent_accuracy": 0.81}}}})
+    ref = {"role": "reference", "status": "ok", "test_metrics": {**test_metrics(_b({"metrics": {"val": {"macro_f1": 0.9}}})), "accuracy": parent_test_accuracy(child)}}
     mod = {"role": "model", "status": "ok", "test_metrics": test_metrics(child)}
     choose_headline([ref, mod])  # the parent has no test macro-F1: accuracy is the common metric
     assert ref["accuracy"] == {"metric": "test.accuracy", "value": 0.81}
@@ -95,7 +102,9 @@ def test_speedups_are_ratios_of_one_run():
 
 def test_bench_host_with_torch_parent(parent_and_export, tmp_path):
     run, exp = parent_and_export
-    assert find_parent(exp, json.loads((exp / "manifest.json").read_text())) == run.resolve()
+    from osteo_edge.artifact import load_bundle
+
+    assert find_parent(load_bundle(exp)) == run.resolve()
     out = tmp_path / "bench" / "host.json"
     res = runner.invoke(app, ["bench", "--model", str(exp), "--target", "host", "--threads", "1", "--runs", "20", "--warmup", "2", "--json", str(out)])
     assert res.exit_code == 0, res.output

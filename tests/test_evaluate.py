@@ -103,7 +103,8 @@ def test_cli_evaluate_writes_every_file_and_reseals(run, tmp_path):
     assert "eval/test/predictions.csv" in b.manifest["files"]
     m = json.loads((out / "metrics.json").read_text())
     assert m["temperature"] == pytest.approx(b.temperature) and m["thresholds"] == b.thresholds
-    assert b.metrics["test"]["macro_f1"]["value"] == pytest.approx(m["headline"]["macro_f1"]["value"])
+    assert b.metrics.test.macro_f1 == pytest.approx(m["headline"]["macro_f1"]["value"])
+    assert [r.step for r in b.revisions] == ["evaluate"] and b.revisions[0].previous_seal
     assert set(m["per_source"]) == {"multiclass-kaggle", "wani-mendeley"}
     sg = m["subgroups"]
     assert sg["matched"] == 2 and set(sg["by"]) == {"age", "sex"} and sg["by"]["sex"]["column"] == "Gender"

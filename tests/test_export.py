@@ -46,7 +46,8 @@ def test_export_every_format_reloads_and_matches_torch(tiny: dict[str, Path], fm
     assert bundle.spec.layout == record.layout and bundle.spec.input_size == 32
     assert bundle.temperature == pytest.approx(1.5) and bundle.thresholds["low_bmd"] == 0.5
     assert m["provenance"]["command"] == "pytest export" and m["provenance"]["lineage"] == ["tests: make_run"]
-    assert m["provenance"]["parent"]["path"] == str(tiny["run"].resolve())
+    assert m["provenance"]["parent"]["path"] == "../run" and bundle.parent_dir() == tiny["run"].resolve()
+    assert m["provenance"]["parent"]["seal"] == load_bundle(tiny["run"]).seal
     assert m["export"]["golden_parity"]["passed"] and m["export"]["golden_parity"]["inputs"]["source"] == "split:test"
     if record.precision == "int8":
         assert m["export"]["calibration"] == {"source": "split:train", "n": 4, "subset": "train"}

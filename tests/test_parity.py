@@ -73,10 +73,12 @@ def test_parity_refuses_a_corrupted_candidate(setup: dict[str, Path], tmp_path: 
     broken = tmp_path / "broken"
     shutil.copytree(setup["good"], broken)
     manifest = json.loads((broken / "manifest.json").read_text())
-    manifest["labels"] = ["A", "B", "C"]  # tampered manifest: files still verify, labels differ
+    original = (broken / "manifest.json").read_text()
+    manifest["labels"] = list(reversed(manifest["labels"]))  # tampered manifest: files still verify
     (broken / "manifest.json").write_text(json.dumps(manifest))
     res = _invoke("--reference", str(setup["run"]), "--candidate", str(broken), "--split", str(setup["split"]))
-    assert res.exit_code == 1 and "labels" in res.output
+    assert res.exit_code == 1 and "seal mismatch" in res.output
+    (broken / "manifest.json").write_text(original)
     (broken / "model.onnx").write_bytes(b"not an onnx model")
     res = _invoke("--reference", str(setup["run"]), "--candidate", str(broken), "--split", str(setup["split"]))
     assert res.exit_code == 1 and "checksum" in res.output

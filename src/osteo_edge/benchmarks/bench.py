@@ -30,12 +30,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..artifact import atomic_write_json, load_bundle, read_manifest
+from ..artifact import Bundle, atomic_write_json, load_bundle
 from ..errors import BundleError, ConfigError, choice_error
 
 log = logging.getLogger(__name__)
 
-PARENT_KEYS = ("parent_run", "parent", "run_dir", "source_run", "parent_bundle")
 STATUS_LEGEND = {
     "ok": "measured",
     "failed": "could not be loaded or run (error shown)",
@@ -123,92 +122,45 @@ def _loadavg() -> list[float] | None:
         return None
 
 
-def find_parent(bundle_dir: Path, manifest: dict[str, Any], depth: int = 0) -> Path | None:
-    """The torch training run a bundle was exported from, when its provenance names one that exists."""
-    prov = manifest.get("provenance") or {}
-    for key in PARENT_KEYS:
-        val = prov.get(key)
-        if isinstance(val, dict):
-            val = val.get("path") or val.get("run_dir")
-        if not isinstance(val, str) or not val:
-            continue
-        for cand in (Path(val), bundle_dir / val, Path.cwd() / val):
-            if (cand / "manifest.json").is_file():
-                try:
-                    pm = read_manifest(cand)
-                except BundleError:
-                    continue
-                if pm.get("format") != "torch":
-                    continue
-                if "compression" in pm and depth < 3:
-                    # a QAT run is not an fp32 model: its own parent is the fp32 reference
-                    up = find_parent(cand, pm, depth + 1)
-                    if up is not None:
-                        return up
-                return cand.resolve()
-    return None
+def find_parent(bundle: Bundle, depth: int = 0) -> Path | None:
+    """The torch fp32 run a bundle descends from, when its provenance names one that is present.
 
-
-def _direct_parent(bundle_dir: Path, manifest: dict[str, Any]) -> Path | None:
-    prov = manifest.get("provenance") or {}
-    for key in PARENT_KEYS:
-        val = prov.get(key)
-        if isinstance(val, dict):
-            val = val.get("path") or val.get("run_dir")
-        if isinstance(val, str) and val:
-            for cand in (Path(val), bundle_dir / val, Path.cwd() / val):
-                if (cand / "manifest.json").is_file():
-                    return cand.resolve()
-    return None
-
-
-def accuracy_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
-    """The headline metric recorded in a bundle (test split preferred): macro-F1, else accuracy, else AUROC."""
-    metrics = manifest.get("metrics") or {}
-
-    def search(d: Any, path: str) -> list[tuple[str, float]]:
-        found = []
-        if isinstance(d, dict):
-            for k, v in d.items():
-                p = f"{path}.{k}" if path else str(k)
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and k in ("macro_f1", "accuracy", "auroc", "auroc_macro", "balanced_accuracy"):
-                    found.append((p, float(v)))
-                elif isinstance(v, dict):
-                    found.extend(search(v, p))
-        return found
-
-    found = search(metrics, "")
-    if not found:
+    A QAT run is not an fp32 model: its own parent is the reference. The lineage of every bundle on
+    the way is verified (:meth:`Bundle.verify_lineage`) when it is loaded.
+    """
+    pdir = bundle.parent_dir()
+    if pdir is None or depth > 3:
         return None
-    order = {"macro_f1": 0, "balanced_accuracy": 1, "accuracy": 2, "auroc_macro": 3, "auroc": 4}
-
-    def rank(item: tuple[str, float]) -> tuple[int, int, int]:
-        p = item[0]
-        parts = p.split(".")
-        return (0 if "test" in parts else 1, order.get(parts[-1], 9), len(parts))
-
-    p, v = sorted(found, key=rank)[0]
-    return {"metric": p, "value": v}
-
-
-def test_metrics(manifest: dict[str, Any]) -> dict[str, float]:
-    """Test-split accuracy and macro-F1 recorded in a bundle (``metrics.test``), when present."""
-    t = (manifest.get("metrics") or {}).get("test")
-    out: dict[str, float] = {}
-    if isinstance(t, dict):
-        for k in ("accuracy", "macro_f1"):
-            v = t.get(k)
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = float(v)
-    return out
+    try:
+        parent = load_bundle(pdir)
+    except BundleError as exc:
+        log.warning("%s: parent %s not usable as a reference (%s)", bundle.path, pdir, exc)
+        return None
+    if parent.format != "torch":
+        return find_parent(parent, depth + 1)
+    if parent.compression is not None:
+        return find_parent(parent, depth + 1) or pdir
+    return pdir
 
 
-def parent_test_accuracy(child_manifest: dict[str, Any]) -> float | None:
-    """The torch parent's accuracy on the same test split, as the export's evaluation recorded it."""
-    t = (child_manifest.get("metrics") or {}).get("test")
-    vp = t.get("vs_parent") if isinstance(t, dict) else None
-    v = vp.get("parent_accuracy") if isinstance(vp, dict) else None
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+def accuracy_of(bundle: Bundle) -> dict[str, Any] | None:
+    """The headline metric recorded in a bundle: test macro-F1, else test accuracy, else validation's."""
+    found = bundle.metrics.headline()
+    return {"metric": found[0], "value": found[1]} if found else None
+
+
+def test_metrics(bundle: Bundle) -> dict[str, float]:
+    """Test-split accuracy and macro-F1 recorded in a bundle, when present."""
+    t = bundle.metrics.test
+    if t is None:
+        return {}
+    return {k: v for k, v in (("accuracy", t.accuracy), ("macro_f1", t.macro_f1)) if v is not None}
+
+
+def parent_test_accuracy(child: Bundle) -> float | None:
+    """The direct parent's accuracy on the same test split, as the child's evaluation recorded it."""
+    t = child.metrics.test
+    return t.vs_parent.parent_accuracy if t is not None and t.vs_parent is not None else None
 
 
 def choose_headline(results: list[dict[str, Any]]) -> None:
@@ -252,18 +204,18 @@ def _measure_subprocess(path: Path, req: BenchRequest, torch_run: bool = False, 
     return json.loads(lines[-1])
 
 
-def _row(path: Path, manifest: dict[str, Any] | None, measured: dict[str, Any], role: str) -> dict[str, Any]:
+def _row(path: Path, bundle: Bundle | None, measured: dict[str, Any], role: str) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": path.name,
         "path": str(path),
         "role": role,  # model | reference
-        "format": (manifest or {}).get("format", measured.get("format")),
+        "format": bundle.format if bundle is not None else measured.get("format"),
         "status": measured.get("status", "failed"),
     }
     row.update({k: v for k, v in measured.items() if k not in ("status",)})
-    if manifest is not None:
-        row["accuracy"] = accuracy_of(manifest)
-        row["test_metrics"] = test_metrics(manifest)
+    if bundle is not None:
+        row["accuracy"] = accuracy_of(bundle)
+        row["test_metrics"] = test_metrics(bundle)
     if "file_bytes" in row:
         row["file_mb"] = round(row["file_bytes"] / 1e6, 3)
     return row
@@ -286,41 +238,41 @@ def measure_local(req: BenchRequest, python: str | None = None, env: dict | None
     shared machine allows (the load average before and after is in the report).
     """
     use_torch = req.torch_reference if torch_reference is None else torch_reference
-    planned: list[tuple[Path, dict[str, Any] | None, Path | None, str | None]] = []
+    planned: list[tuple[Path, Bundle | None, Path | None, str | None]] = []
     parents: dict[str, Path] = {}
     parent_acc: dict[str, float] = {}
     for b in req.bundles:
         b = Path(b)
         try:
-            manifest = load_bundle(b).manifest
+            bundle = load_bundle(b)
         except BundleError as exc:
             planned.append((b, None, None, str(exc)))
             continue
-        parent = find_parent(b, manifest) if use_torch else None
+        parent = find_parent(bundle) if use_torch else None
         if parent is not None:
             parents[str(parent)] = parent
-            pa = parent_test_accuracy(manifest)
+            pa = parent_test_accuracy(bundle)
             # vs_parent describes the DIRECT parent: only use it when that is the reference itself
             # (not when a QAT parent was walked past to its fp32 run)
-            if pa is not None and _direct_parent(b, manifest) == parent:
+            if pa is not None and bundle.parent_dir() == parent:
                 parent_acc[str(parent)] = pa
-        planned.append((b, manifest, parent, None))
+        planned.append((b, bundle, parent, None))
     results: list[dict[str, Any]] = []
     for key, parent in parents.items():
-        manifest = read_manifest(parent)
+        pb = load_bundle(parent)
         if not torch_available():
-            row = _row(parent, manifest, {"status": "skipped", "error": "torch is not installed here"}, "reference")
+            row = _row(parent, pb, {"status": "skipped", "error": "torch is not installed here"}, "reference")
         else:
-            row = _row(parent, manifest, _measure_subprocess(parent, req, torch_run=True), "reference")
+            row = _row(parent, pb, _measure_subprocess(parent, req, torch_run=True), "reference")
         row["path"] = key
         if key in parent_acc and "accuracy" not in row["test_metrics"]:
             row["test_metrics"]["accuracy"] = parent_acc[key]  # same test split, from the export's evaluation
         results.append(row)
-    for b, manifest, parent, error in planned:
-        if manifest is None:
+    for b, bundle, parent, error in planned:
+        if bundle is None:
             results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": error})
             continue
-        row = _row(b, manifest, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
+        row = _row(b, bundle, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
         if use_torch:
             row["parent"] = str(parent) if parent is not None else None
         results.append(row)

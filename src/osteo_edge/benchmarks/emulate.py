@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..artifact import read_manifest
+from ..artifact import load_bundle
 from .bench import BenchRequest, _report, find_parent, machine_info, measure_local
 
 EMU_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
@@ -162,7 +162,7 @@ def run_emulated(req: BenchRequest) -> dict[str, Any]:
     for r in host_rows:
         mp = Path(r["path"])
         try:
-            parent = find_parent(mp, read_manifest(mp))
+            parent = find_parent(load_bundle(mp))
         except Exception:  # a failed bundle has no manifest to read
             parent = None
         r["_parent_key"] = str(parent) if parent else r["path"]

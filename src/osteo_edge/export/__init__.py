@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifact import Bundle, child_provenance, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, load_bundle, runtime_versions, seal, write_bundle_dir
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
 from ..preprocess import PreprocessSpec
@@ -150,19 +150,6 @@ class ExportResult:
         return self.bundle.model_path.stat().st_size
 
 
-def _parent_record(parent: Bundle) -> dict[str, Any]:
-    rec = {
-        "path": str(parent.path.resolve()),
-        "format": parent.format,
-        "manifest_sha256": sha256_file(parent.path / "manifest.json"),
-        "model_sha256": parent.manifest["files"][parent.manifest["model_file"]]["sha256"],
-    }
-    for key in ("compression", "pruning"):
-        if key in parent.manifest:
-            rec[key] = parent.manifest[key]
-    return rec
-
-
 def export_model(
     run_dir: str | os.PathLike,
     format_name: str,
@@ -212,7 +199,7 @@ def export_model(
             test["evaluated_with"] = f"{runner.backend} {runner.version}"
             metrics["test"] = test
             result["test"] = test
-        provenance = child_provenance(parent, command, _parent_record(parent))
+        provenance = parent.child_provenance(tmp, command).to_dict()
         if split is not None:
             provenance.setdefault("split_csv", split)
         seal(
@@ -227,7 +214,7 @@ def export_model(
             provenance=provenance,
             versions=runtime_versions(("torch", "onnx", "onnxruntime", "ai-edge-litert", "tensorflow", "onnx2tf", "nncf")),
             extra={
-                "arch": parent.manifest.get("arch"),
+                "arch": parent.arch.to_dict() if parent.arch else None,
                 "export": {"format": fmt.name, "precision": fmt.precision, "layout": fmt.layout, "golden_parity": check, **ctx.info},
             },
         )
