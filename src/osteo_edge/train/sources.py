@@ -148,7 +148,8 @@ class Verdict:
     model_accuracy: float
     shortcut_accuracy: float  # the bar: max(majority accuracy, best constant on these rows)
     margin_points: float  # 100 * (model - bar)
-    beats_shortcut: bool
+    beats_shortcut: bool  # model accuracy > bar
+    ci_clears_bar: bool  # the lower 95% bound of the model's accuracy on this source is above the bar too
 
 
 @dataclass(frozen=True)
@@ -459,6 +460,7 @@ def per_source_report(
         verdicts.append(Verdict(
             source=sm.source, model_accuracy=sm.accuracy, shortcut_accuracy=bar,
             margin_points=100.0 * (sm.accuracy - bar), beats_shortcut=bool(sm.accuracy > bar + 1e-12),
+            ci_clears_bar=bool(sm.accuracy_ci95.lo > bar + 1e-12),
         ))
 
     return SourceReport(
@@ -574,10 +576,10 @@ def format_report(result: SourceReport | ProbeResult) -> str:
         "## Per source, beside the shortcut\n",
         f"{r.n} rows ({r.n_groups} groups). Intervals: {r.interval_method}. "
         f"Shortcut majorities counted on the {b.basis}.\n",
-        "| | n | accuracy [95% CI] | macro-F1 | low-BMD AUROC (within) | majority class | majority acc. | shortcut bar | margin (points) | beats shortcut |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| | n | accuracy [95% CI] | macro-F1 | low-BMD AUROC (within) | majority class | majority acc. | shortcut bar | margin (points) | beats shortcut | CI clears bar |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         f"| **pooled** | {r.n} | {_f(r.pooled_accuracy)} | {_f(r.pooled_macro_f1)} | {_f(r.pooled_low_bmd_auroc)} (pooled) | per source | "
-        f"{_f(b.majority_accuracy)} | | | |",
+        f"{_f(b.majority_accuracy)} | | | | |",
     ]
     for s in r.per_source:
         v = r.verdict(s.source)
@@ -585,13 +587,14 @@ def format_report(result: SourceReport | ProbeResult) -> str:
         out.append(
             f"| {s.source} | {s.n} | {_f(s.accuracy)} {_ci(s.accuracy_ci95)} | {_f(s.macro_f1)} | {_f(s.low_bmd_auroc)} | "
             f"{c.majority_label} | {_f(c.majority_accuracy)} | {_f(v.shortcut_accuracy)} | {v.margin_points:+.1f} | "
-            f"{'yes' if v.beats_shortcut else '**no**'} |"
+            f"{'yes' if v.beats_shortcut else '**no**'} | {'yes' if v.ci_clears_bar else 'no'} |"
         )
     out += [
         "",
         f"Worst source: **{r.worst_source}** (accuracy {_f(r.worst_source_accuracy)}). "
         "The shortcut bar is the higher of the majority accuracy and the best constant answer on these rows, "
-        "so a model that only reads the source cannot beat it.\n",
+        "so a model that only reads the source cannot beat it. \"CI clears bar\": the lower 95% bound of the model's "
+        "accuracy on the source is above the bar as well (a margin inside the noise does not).\n",
         "## Recall per (source, class)\n",
         "| source | class | k of n | recall | 95% CI | groups | interval |",
         "|---|---|---|---|---|---|---|",
