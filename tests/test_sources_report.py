@@ -215,3 +215,21 @@ def test_source_probe_reads_the_source_only_when_it_is_there(manifest: list[dict
     assert abs(lo.auroc - 0.5) < 0.07, lo
     assert hi.auroc - lo.auroc > 0.3
     assert "lower is better" in format_report(lo)
+
+
+def test_source_probe_keeps_copies_of_a_radiograph_in_one_fold(manifest: list[dict]) -> None:
+    """Features that only identify the radiograph (one random vector per duplicate group) say nothing
+    about the source of an unseen radiograph: a probe that let copies straddle folds would read them."""
+    by_group = group_source({"group": r["sha"], "source": r["folder"]} for r in manifest)
+    copies = defaultdict(list)
+    for r in manifest:
+        copies[r["sha"]].append(r)
+    multi = sorted((m for m in copies.values() if len(m) >= 2), key=lambda m: m[0]["sha"])[:120]
+    rows = [r for m in multi for r in m]
+    groups = np.array([r["sha"] for r in rows])
+    sources = np.array([by_group[g] for g in groups])
+    rng = np.random.default_rng(0)
+    uniq, inv = np.unique(groups, return_inverse=True)
+    feats = rng.normal(size=(len(uniq), 96))[inv] + rng.normal(0, 0.05, size=(len(rows), 96))
+    res = source_probe(feats, sources, groups, folds=5, seed=0)
+    assert abs(res.auroc - 0.5) < 0.1, res
