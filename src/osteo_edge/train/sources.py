@@ -1,0 +1,636 @@
+"""Evaluation that cannot be fooled by the source: per-source metrics beside the shortcut baselines.
+
+Class and source are confounded in the public knee data (every Osteopenia knee comes from
+``wani-mendeley``; the Kaggle sources hold only Normal and Osteoporosis). A model can therefore
+score well pooled by recognising the scanner, the exposure or the aspect ratio. This module puts
+each model number next to what the source alone achieves on the same rows:
+
+- :func:`group_source`: the source of a duplicate group ("wani-mendeley" if any member is from
+  Wani, because the Kaggle folders hold byte-identical copies of Wani images).
+- :func:`per_source_report`: pooled and per-source accuracy / macro-F1 / confusion, recall of every
+  (source, class) cell as ``k of n`` with a 95% interval, within-source AUROCs, two shortcut
+  baselines (per-source majority class; source-only class distribution) and a per-source verdict.
+- :func:`source_probe`: how well feature vectors predict the source (group-aware k-fold logistic
+  regression; lower is better).
+- :func:`format_report`: markdown for a report.md.
+
+numpy only at import time; scikit-learn is imported inside the functions that need it. No torch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from typing import Any, Hashable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import ConfigError
+from .metrics import _auc, bootstrap_ci
+
+WANI = "wani-mendeley"
+NORMAL = "Normal"
+OSTEOPENIA = "Osteopenia"
+OSTEOPOROSIS = "Osteoporosis"
+Z95 = 1.959963984540054
+
+
+# ------------------------------------------------------------------------------------------------
+# the source of a duplicate group
+
+
+def _field(row: Any, name: str) -> Any:
+    if isinstance(row, Mapping):
+        return row[name]
+    return getattr(row, name)
+
+
+def group_source(rows: Iterable[Any], priority: Sequence[str] = (WANI,), mixed: str = "join") -> dict[Hashable, str]:
+    """The source of every duplicate group, from per-file rows with ``group`` and ``source``.
+
+    Rows are mappings or objects (``SplitRow``, ``FileInfo``). A group with any member from a source
+    in ``priority`` (default: ``wani-mendeley``) belongs to the first such source: the Kaggle
+    folders hold byte-identical copies of Wani images, and counting those as Kaggle would turn every
+    Wani Normal and Osteoporosis knee into a "Kaggle" knee. Otherwise the group's source is that of
+    its members. A group spread over several other sources gets their names joined with ``+``
+    (``mixed="join"``, e.g. ``2class-kaggle+multiclass-kaggle``: on the knee data every 2class-kaggle
+    radiograph also sits in multiclass-kaggle) or the most frequent one, ties alphabetical
+    (``mixed="majority"``, as the split's stratification does).
+
+    Give it ALL member files (an audit's groups.csv or a ``--members all`` split): a ``--members
+    one`` split keeps only one representative per group, which may be the Kaggle copy.
+    """
+    if mixed not in ("join", "majority"):
+        raise ConfigError(f"unknown mixed={mixed!r}; valid: join, majority")
+    members: dict[Hashable, Counter[str]] = defaultdict(Counter)
+    for r in rows:
+        g = _field(r, "group")
+        g = int(g) if isinstance(g, str) and g.lstrip("-").isdigit() else g
+        members[g][str(_field(r, "source"))] += 1
+    out: dict[Hashable, str] = {}
+    for g, counts in members.items():
+        first = next((p for p in priority if counts.get(p)), None)
+        if first is not None:
+            out[g] = first
+        elif mixed == "join":
+            out[g] = "+".join(sorted(counts))
+        else:
+            out[g] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# typed result
+
+
+@dataclass(frozen=True)
+class Interval:
+    lo: float
+    hi: float
+    method: str  # "wilson" | "bootstrap-groups" | "wilson-groups"
+
+    def contains(self, x: float) -> bool:
+        return self.lo - 1e-12 <= x <= self.hi + 1e-12
+
+
+@dataclass(frozen=True)
+class CellRecall:
+    """Recall of one (source, true class) cell: ``k`` of ``n`` correctly classified."""
+
+    source: str
+    label: str
+    k: int
+    n: int
+    n_groups: int
+    recall: float
+    ci95: Interval
+
+
+@dataclass(frozen=True)
+class SourceMetrics:
+    source: str
+    n: int
+    n_groups: int
+    class_counts: dict[str, int]
+    accuracy: float
+    accuracy_ci95: Interval
+    macro_f1: float  # over the classes present in this source
+    confusion: tuple[tuple[int, ...], ...]  # rows true, columns predicted, in ``labels`` order
+    low_bmd_auroc: float  # Normal vs the rest, inside this source; nan when it lacks one side
+
+
+@dataclass(frozen=True)
+class SourceShortcut:
+    """What the source alone achieves on one source's rows."""
+
+    source: str
+    majority_label: str  # the majority class on the basis rows (training rows when given)
+    majority_accuracy: float  # accuracy of always answering ``majority_label`` on these rows
+    best_constant_label: str  # the majority class on these evaluated rows
+    best_constant_accuracy: float  # the ceiling of any source-only answer on these rows
+    distribution: dict[str, float]  # P(class | source) on the basis rows
+
+
+@dataclass(frozen=True)
+class ShortcutBaselines:
+    basis: str  # "training rows" | "evaluated rows": where the majorities and distributions were counted
+    per_source: tuple[SourceShortcut, ...]
+    majority_accuracy: float  # pooled accuracy of the per-source majority answer
+    source_only_accuracy: float  # argmax of P(class | source): equals majority_accuracy by construction
+    source_only_macro_f1: float
+    source_only_low_bmd_auroc: float  # pooled AUROC of P(low BMD | source)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    source: str
+    model_accuracy: float
+    shortcut_accuracy: float  # the bar: max(majority accuracy, best constant on these rows)
+    margin_points: float  # 100 * (model - bar)
+    beats_shortcut: bool  # model accuracy > bar
+    ci_clears_bar: bool  # the lower 95% bound of the model's accuracy on this source is above the bar too
+
+
+@dataclass(frozen=True)
+class SourceReport:
+    labels: tuple[str, ...]
+    normal_label: str
+    n: int
+    n_groups: int
+    pooled_accuracy: float
+    pooled_macro_f1: float
+    pooled_low_bmd_auroc: float
+    per_source: tuple[SourceMetrics, ...]
+    worst_source: str
+    worst_source_accuracy: float
+    cells: tuple[CellRecall, ...]
+    within_source_low_bmd_auroc: dict[str, float]
+    wani_osteopenia_vs_osteoporosis_auroc: float
+    baselines: ShortcutBaselines
+    verdicts: tuple[Verdict, ...]
+    interval_method: str
+
+    def source(self, name: str) -> SourceMetrics:
+        for s in self.per_source:
+            if s.source == name:
+                return s
+        raise KeyError(f"no source {name!r}; have {[s.source for s in self.per_source]}")
+
+    def verdict(self, name: str) -> Verdict:
+        for v in self.verdicts:
+            if v.source == name:
+                return v
+        raise KeyError(f"no source {name!r}; have {[v.source for v in self.verdicts]}")
+
+    def cell(self, source: str, label: str) -> CellRecall:
+        for c in self.cells:
+            if c.source == source and c.label == label:
+                return c
+        raise KeyError(f"no cell ({source!r}, {label!r})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """Out-of-fold source prediction from features. Lower is better (0.5 = the source is not there)."""
+
+    auroc: float  # pooled out-of-fold AUROC (one-vs-rest macro when more than two sources)
+    auroc_per_fold: tuple[float, ...]
+    auroc_fold_mean: float
+    sources: tuple[str, ...]
+    n: int
+    n_groups: int
+    folds: int
+    seed: int
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return _jsonable(asdict(self))
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, float)):
+        v = float(x)
+        return None if math.isnan(v) else v
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion k/n (nan, nan when n == 0)."""
+    if n <= 0:
+        return float("nan"), float("nan")
+    p = k / n
+    den = 1.0 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _as_index(values: Sequence[Any], labels: Sequence[str], what: str) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.dtype.kind in "iu":
+        bad = arr[(arr < 0) | (arr >= len(labels))]
+        if bad.size:
+            raise ConfigError(f"{what} holds class index {int(bad[0])}; valid: 0..{len(labels) - 1} for {list(labels)}")
+        return arr.astype(int)
+    pos = {lab: i for i, lab in enumerate(labels)}
+    out = np.empty(len(arr), dtype=int)
+    for i, v in enumerate(arr.tolist()):
+        if v not in pos:
+            raise ConfigError(f"{what} holds unknown label {v!r}; valid: {', '.join(labels)}")
+        out[i] = pos[v]
+    return out
+
+
+def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the classes present in ``y`` (a class absent from the subset has no recall)."""
+    if len(y) == 0:
+        return float("nan")
+    f1s = []
+    for c in np.unique(y):
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return float(np.mean(f1s))
+
+
+def _proportion_ci(correct: np.ndarray, groups: np.ndarray | None, k_classes: int, n_boot: int, seed: int) -> Interval:
+    """95% interval of the mean of a 0/1 vector: Wilson over rows, or a bootstrap over groups.
+
+    The group bootstrap reuses :func:`osteo_edge.train.metrics.bootstrap_ci` (percentile interval
+    of "accuracy" with groups resampled). Where every row is right (or every row wrong) the
+    percentile bootstrap collapses to a point, so there a Wilson interval over the number of
+    distinct groups is given instead (conservative: a group counts once).
+    """
+    n = len(correct)
+    k = int(correct.sum())
+    if groups is None:
+        lo, hi = wilson_interval(k, n)
+        return Interval(lo, hi, "wilson")
+    n_groups = len(np.unique(groups))
+    if k in (0, n) or n_groups < 2 or n_boot <= 0:
+        kg = n_groups if k == n else 0 if k == 0 else round(k / n * n_groups)
+        lo, hi = wilson_interval(kg, n_groups)
+        return Interval(lo, hi, "wilson-groups")
+    y = np.zeros(n, dtype=int)
+    probs = np.zeros((n, max(2, k_classes)))
+    probs[np.arange(n), np.where(correct, 0, 1)] = 1.0  # argmax == y exactly where correct
+    ci = bootstrap_ci(y, probs, [str(i) for i in range(probs.shape[1])], groups=groups, n_boot=n_boot, seed=seed,
+                      metric_fn=lambda yy, pp, _labels, _t: {"accuracy": float((pp.argmax(axis=1) == yy).mean())})
+    lo, hi = ci["accuracy"]["ci95"]
+    if math.isnan(lo) or math.isnan(hi):
+        lo, hi = wilson_interval(k, n)
+        return Interval(lo, hi, "wilson")
+    return Interval(float(lo), float(hi), "bootstrap-groups")
+
+
+def _majority(ys: Sequence[int] | np.ndarray) -> int:
+    """The most frequent class index (ties: the lower index, i.e. the first in label order)."""
+    c = Counter(int(v) for v in ys)
+    return sorted(c.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
+
+
+# ------------------------------------------------------------------------------------------------
+# the report
+
+
+def per_source_report(
+    y_true: Sequence[Any],
+    y_pred: Sequence[Any],
+    probs: np.ndarray | None,
+    sources: Sequence[str],
+    labels: Sequence[str],
+    groups: Sequence[Any] | None = None,
+    normal_label: str = NORMAL,
+    *,
+    train_y: Sequence[Any] | None = None,
+    train_sources: Sequence[str] | None = None,
+    wani_source: str = WANI,
+    penia_label: str = OSTEOPENIA,
+    porosis_label: str = OSTEOPOROSIS,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> SourceReport:
+    """Per-source metrics of a model beside what the source alone achieves on the same rows.
+
+    ``y_true`` / ``y_pred``: class names from ``labels`` or indices into it. ``probs``: (n, len(labels))
+    class probabilities in ``labels`` order, or ``None`` (AUROCs are then nan). ``sources``: the source
+    of each row (use :func:`group_source` so that Wani copies count as Wani). ``groups``: duplicate
+    group ids; when given, intervals are bootstrapped over groups, else Wilson over rows.
+
+    Shortcut baselines: the per-source majority class and the per-source class distribution
+    (``P(class | source)``) are counted on the training rows when ``train_y`` and ``train_sources``
+    are given, else on the evaluated rows (``baselines.basis`` says which). A source unseen in
+    training gets the pooled training majority.
+
+    Verdict: the model beats the shortcut on source S only if its accuracy on S is strictly greater
+    than the bar ``max(majority accuracy, best constant answer on these rows)``. The second term is
+    what any answer that depends on the source alone can reach on these rows at best, so a model
+    that only reads the source can never pass, whatever the training majority was.
+    """
+    labels = [str(x) for x in labels]
+    if normal_label not in labels:
+        raise ConfigError(f"normal label {normal_label!r} is not among the labels {labels}")
+    y = _as_index(y_true, labels, "y_true")
+    pred = _as_index(y_pred, labels, "y_pred")
+    src = np.asarray([str(s) for s in sources])
+    n = len(y)
+    if not (len(pred) == n == len(src)):
+        raise ConfigError(f"y_true, y_pred and sources must have the same length, got {n}, {len(pred)}, {len(src)}")
+    if n == 0:
+        raise ConfigError("nothing to evaluate: y_true is empty")
+    grp = None if groups is None else np.asarray([str(g) for g in groups])
+    if grp is not None and len(grp) != n:
+        raise ConfigError(f"groups must have one entry per row ({n}), got {len(grp)}")
+    P = None
+    if probs is not None:
+        P = np.asarray(probs, dtype=np.float64)
+        if P.shape != (n, len(labels)):
+            raise ConfigError(f"probs must have shape ({n}, {len(labels)}), got {P.shape}")
+    k = len(labels)
+    ni = labels.index(normal_label)
+    y_low = (y != ni).astype(int)
+    p_low = None if P is None else 1.0 - P[:, ni]
+    correct = pred == y
+    src_names = sorted(set(src.tolist()))
+
+    # per source
+    per_source = []
+    within_auc: dict[str, float] = {}
+    for s in src_names:
+        m = src == s
+        ys, ps = y[m], pred[m]
+        conf = np.zeros((k, k), dtype=int)
+        np.add.at(conf, (ys, ps), 1)
+        auc = _auc(y_low[m], p_low[m]) if p_low is not None else float("nan")
+        if not math.isnan(auc):
+            within_auc[s] = auc
+        per_source.append(SourceMetrics(
+            source=s, n=int(m.sum()), n_groups=int(len(np.unique(grp[m]))) if grp is not None else int(m.sum()),
+            class_counts={labels[c]: int(np.sum(ys == c)) for c in range(k) if np.any(ys == c)},
+            accuracy=float(correct[m].mean()),
+            accuracy_ci95=_proportion_ci(correct[m], None if grp is None else grp[m], k, n_boot, seed),
+            macro_f1=_macro_f1(ys, ps), confusion=tuple(tuple(int(v) for v in row) for row in conf),
+            low_bmd_auroc=auc,
+        ))
+    worst = min(per_source, key=lambda s: (s.accuracy, s.source))
+
+    # (source, class) recall cells
+    cells = []
+    for s in src_names:
+        for c in range(k):
+            m = (src == s) & (y == c)
+            if not m.any():
+                continue
+            cells.append(CellRecall(
+                source=s, label=labels[c], k=int(correct[m].sum()), n=int(m.sum()),
+                n_groups=int(len(np.unique(grp[m]))) if grp is not None else int(m.sum()),
+                recall=float(correct[m].mean()),
+                ci95=_proportion_ci(correct[m], None if grp is None else grp[m], k, n_boot, seed),
+            ))
+
+    # within Wani: Osteopenia vs Osteoporosis, scored by P(Osteoporosis) / (P(Osteopenia) + P(Osteoporosis))
+    wani_auc = float("nan")
+    if P is not None and penia_label in labels and porosis_label in labels:
+        a, b = labels.index(penia_label), labels.index(porosis_label)
+        m = (src == wani_source) & ((y == a) | (y == b))
+        if m.any():
+            den = P[m, a] + P[m, b]
+            score = np.divide(P[m, b], den, out=np.full(int(m.sum()), 0.5), where=den > 0)
+            wani_auc = _auc((y[m] == b).astype(int), score)
+
+    # shortcut baselines
+    if (train_y is None) != (train_sources is None):
+        raise ConfigError("give both train_y and train_sources (the training rows), or neither")
+    if train_y is not None:
+        by = _as_index(train_y, labels, "train_y")
+        bs = np.asarray([str(s) for s in train_sources])  # type: ignore[union-attr]
+        if len(by) != len(bs) or len(by) == 0:
+            raise ConfigError(f"train_y and train_sources must be non-empty and of one length, got {len(by)} and {len(bs)}")
+        basis = "training rows"
+    else:
+        by, bs, basis = y, src, "evaluated rows"
+    fallback = _majority(by)
+    fallback_dist = np.bincount(by, minlength=k) / len(by)
+    shortcuts, maj_pred, dist_rows = [], np.empty(n, dtype=int), np.empty((n, k))
+    for s in src_names:
+        m = src == s
+        bm = bs == s
+        if bm.any():
+            maj = _majority(by[bm])
+            dist = np.bincount(by[bm], minlength=k) / bm.sum()
+        else:
+            maj, dist = fallback, fallback_dist
+        best = _majority(y[m])
+        maj_pred[m] = maj
+        dist_rows[m] = dist
+        shortcuts.append(SourceShortcut(
+            source=s, majority_label=labels[maj], majority_accuracy=float(np.mean(y[m] == maj)),
+            best_constant_label=labels[best], best_constant_accuracy=float(np.mean(y[m] == best)),
+            distribution={labels[c]: float(dist[c]) for c in range(k)},
+        ))
+    so_pred = dist_rows.argmax(axis=1)
+    baselines = ShortcutBaselines(
+        basis=basis, per_source=tuple(shortcuts),
+        majority_accuracy=float(np.mean(maj_pred == y)),
+        source_only_accuracy=float(np.mean(so_pred == y)),
+        source_only_macro_f1=_macro_f1(y, so_pred),
+        source_only_low_bmd_auroc=_auc(y_low, 1.0 - dist_rows[:, ni]),
+    )
+
+    verdicts = []
+    for sm, sc in zip(per_source, shortcuts):
+        bar = max(sc.majority_accuracy, sc.best_constant_accuracy)
+        verdicts.append(Verdict(
+            source=sm.source, model_accuracy=sm.accuracy, shortcut_accuracy=bar,
+            margin_points=100.0 * (sm.accuracy - bar), beats_shortcut=bool(sm.accuracy > bar + 1e-12),
+            ci_clears_bar=bool(sm.accuracy_ci95.lo > bar + 1e-12),
+        ))
+
+    return SourceReport(
+        labels=tuple(labels), normal_label=normal_label, n=n,
+        n_groups=int(len(np.unique(grp))) if grp is not None else n,
+        pooled_accuracy=float(correct.mean()), pooled_macro_f1=_macro_f1(y, pred),
+        pooled_low_bmd_auroc=_auc(y_low, p_low) if p_low is not None else float("nan"),
+        per_source=tuple(per_source), worst_source=worst.source, worst_source_accuracy=worst.accuracy,
+        cells=tuple(cells), within_source_low_bmd_auroc=within_auc,
+        wani_osteopenia_vs_osteoporosis_auroc=wani_auc, baselines=baselines, verdicts=tuple(verdicts),
+        interval_method=("bootstrap over duplicate groups (percentile, %d replicates; Wilson over groups where "
+                         "k = 0 or k = n)" % n_boot) if grp is not None else "Wilson score interval over rows",
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# source probe
+
+
+def _ovr_macro_auc(y: np.ndarray, scores: np.ndarray, classes: Sequence[int]) -> float:
+    if len(classes) == 2:
+        return _auc((y == classes[1]).astype(int), scores[:, 1])
+    aucs = [_auc((y == c).astype(int), scores[:, j]) for j, c in enumerate(classes)]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def source_probe(
+    features: np.ndarray, sources: Sequence[str], groups: Sequence[Any], folds: int = 5, seed: int = 0
+) -> ProbeResult:
+    """How well the features predict the source: group-aware k-fold logistic regression.
+
+    Standardised features, L2 logistic regression, ``StratifiedGroupKFold`` (shuffled with ``seed``)
+    so copies of one radiograph never sit on both sides of a fold. AUROC is computed on the held-out
+    fold (one-vs-rest macro over the sources present in that fold when there are more than two) and
+    on all out-of-fold predictions pooled. 0.5: the features do not carry the source; 1.0: they
+    identify it. Lower is better for a model meant to read bone.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedGroupKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(features, dtype=np.float64)
+    if X.ndim != 2:
+        raise ConfigError(f"features must be a 2-D array (rows x dims), got shape {X.shape}")
+    names = sorted(set(str(s) for s in sources))
+    if len(names) < 2:
+        raise ConfigError(f"source_probe needs at least two sources, got {names}")
+    s = np.asarray([names.index(str(v)) for v in sources])
+    g = np.asarray([str(v) for v in groups])
+    if not (len(s) == len(g) == len(X)):
+        raise ConfigError(f"features, sources and groups must have one length, got {len(X)}, {len(s)}, {len(g)}")
+    n_groups = len(np.unique(g))
+    if folds < 2 or folds > n_groups:
+        raise ConfigError(f"folds must be between 2 and the number of groups ({n_groups}), got {folds}")
+    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    oof = np.zeros((len(s), len(names)))
+    per_fold = []
+    for tr, te in cv.split(X, s, g):
+        classes = np.unique(s[tr])
+        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        model.fit(X[tr], s[tr])
+        p = model.predict_proba(X[te])
+        full = np.zeros((len(te), len(names)))
+        full[:, classes] = p
+        oof[te] = full
+        present = [c for c in range(len(names)) if np.any(s[te] == c)]
+        if len(present) >= 2:
+            sub = full[:, present]
+            if len(present) == 2:
+                sub = np.column_stack([1 - sub[:, 1] / np.clip(sub.sum(axis=1), 1e-12, None), sub[:, 1] / np.clip(sub.sum(axis=1), 1e-12, None)])
+            per_fold.append(_ovr_macro_auc(s[te], sub, present))
+        else:
+            per_fold.append(float("nan"))
+    pooled = _ovr_macro_auc(s, oof, list(range(len(names))))
+    valid = [a for a in per_fold if not math.isnan(a)]
+    return ProbeResult(
+        auroc=pooled, auroc_per_fold=tuple(per_fold), auroc_fold_mean=float(np.mean(valid)) if valid else float("nan"),
+        sources=tuple(names), n=len(s), n_groups=n_groups, folds=folds, seed=seed,
+        method="StandardScaler + LogisticRegression, StratifiedGroupKFold over duplicate groups"
+        + (", one-vs-rest macro AUROC" if len(names) > 2 else ""),
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# markdown
+
+
+def _f(x: float, d: int = 3) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
+
+
+def _ci(iv: Interval) -> str:
+    return f"[{_f(iv.lo)}, {_f(iv.hi)}]"
+
+
+def format_report(result: SourceReport | ProbeResult) -> str:
+    """Markdown tables (for a report.md) of a :class:`SourceReport` or a :class:`ProbeResult`."""
+    if isinstance(result, ProbeResult):
+        folds = ", ".join(_f(a) for a in result.auroc_per_fold)
+        return (
+            "## Source probe (lower is better)\n\n"
+            f"Out-of-fold AUROC of predicting the source ({', '.join(result.sources)}) from the features: "
+            f"**{_f(result.auroc)}** (per fold: {folds}; mean {_f(result.auroc_fold_mean)}). "
+            f"{result.n} rows, {result.n_groups} groups, {result.folds} folds, seed {result.seed}; {result.method}. "
+            "0.5 = the source cannot be read from the features.\n"
+        )
+    r = result
+    b = r.baselines
+    sc = {s.source: s for s in b.per_source}
+    out = [
+        "## Per source, beside the shortcut\n",
+        f"{r.n} rows ({r.n_groups} groups). Intervals: {r.interval_method}. "
+        f"Shortcut majorities counted on the {b.basis}.\n",
+        "| | n | accuracy [95% CI] | macro-F1 | low-BMD AUROC (within) | majority class | majority acc. | shortcut bar | margin (points) | beats shortcut | CI clears bar |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| **pooled** | {r.n} | {_f(r.pooled_accuracy)} | {_f(r.pooled_macro_f1)} | {_f(r.pooled_low_bmd_auroc)} (pooled) | per source | "
+        f"{_f(b.majority_accuracy)} | | | | |",
+    ]
+    for s in r.per_source:
+        v = r.verdict(s.source)
+        c = sc[s.source]
+        out.append(
+            f"| {s.source} | {s.n} | {_f(s.accuracy)} {_ci(s.accuracy_ci95)} | {_f(s.macro_f1)} | {_f(s.low_bmd_auroc)} | "
+            f"{c.majority_label} | {_f(c.majority_accuracy)} | {_f(v.shortcut_accuracy)} | {v.margin_points:+.1f} | "
+            f"{'yes' if v.beats_shortcut else '**no**'} | {'yes' if v.ci_clears_bar else 'no'} |"
+        )
+    out += [
+        "",
+        f"Worst source: **{r.worst_source}** (accuracy {_f(r.worst_source_accuracy)}). "
+        "The shortcut bar is the higher of the majority accuracy and the best constant answer on these rows, "
+        "so a model that only reads the source cannot beat it. \"CI clears bar\": the lower 95% bound of the model's "
+        "accuracy on the source is above the bar as well (a margin inside the noise does not).\n",
+        "## Recall per (source, class)\n",
+        "| source | class | k of n | recall | 95% CI | groups | interval |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in r.cells:
+        out.append(f"| {c.source} | {c.label} | {c.k} of {c.n} | {_f(c.recall)} | {_ci(c.ci95)} | {c.n_groups} | {c.ci95.method} |")
+    out += [
+        "",
+        "## Within-source discrimination\n",
+        "| source | low-BMD AUROC (Normal vs rest, inside the source) |",
+        "|---|---|",
+    ]
+    for s in r.per_source:
+        out.append(f"| {s.source} | {_f(s.low_bmd_auroc)} |")
+    out += [
+        "",
+        f"Within Wani, Osteopenia vs Osteoporosis AUROC (score P(Osteoporosis) / (P(Osteopenia) + P(Osteoporosis))): "
+        f"{_f(r.wani_osteopenia_vs_osteoporosis_auroc)}.\n",
+        "## Shortcut baselines\n",
+        f"Source-only classifier (answers P(class | source), counted on the {b.basis}): accuracy {_f(b.source_only_accuracy)} "
+        f"(equal to the per-source majority by construction), macro-F1 {_f(b.source_only_macro_f1)}, "
+        f"pooled low-BMD AUROC from P(low BMD | source) alone {_f(b.source_only_low_bmd_auroc)}. "
+        f"Compare the model's pooled low-BMD AUROC {_f(r.pooled_low_bmd_auroc)}.\n",
+        "| source | P(class \\| source) | majority | best constant on these rows |",
+        "|---|---|---|---|",
+    ]
+    for c in b.per_source:
+        dist = ", ".join(f"{k} {v:.2f}" for k, v in c.distribution.items() if v > 0)
+        out.append(f"| {c.source} | {dist} | {c.majority_label} ({_f(c.majority_accuracy)}) | {c.best_constant_label} ({_f(c.best_constant_accuracy)}) |")
+    conf = ["", "## Confusion per source (rows true, columns predicted)\n"]
+    for s in r.per_source:
+        conf.append(f"**{s.source}**\n")
+        conf.append("| true \\ pred | " + " | ".join(r.labels) + " |")
+        conf.append("|---|" + "---|" * len(r.labels))
+        for lab, row in zip(r.labels, s.confusion):
+            if sum(row):
+                conf.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
+        conf.append("")
+    return "\n".join(out + conf) + "\n"
