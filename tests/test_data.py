@@ -182,3 +182,18 @@ def test_split_sources_reuses_groups_csv(mini_sources, tmp_path):
     a = split_sources(mini_sources, opts, groups_csv=tmp_path / "audit" / "groups.csv")
     b = split_sources(mini_sources, opts)
     assert [(r.path, r.split) for r in a.rows] == [(r.path, r.split) for r in b.rows]
+
+
+def test_group_source_follows_the_wani_rule_with_one_member(full_audit, tmp_path):
+    """--members one keeps the largest copy, often a Kaggle re-encode of a Wani knee; the group's
+    source must still be wani-mendeley (any Wani member), and survive the CSV round trip."""
+    one = make_split(full_audit.files, SplitOptions(members="one", seed=0))
+    wani_groups = {f.group for f in full_audit.files if f.source == "wani-mendeley"}
+    kaggle_kept = [r for r in one.rows if r.group in wani_groups and r.source != "wani-mendeley"]
+    assert kaggle_kept, "expected Wani radiographs represented by a Kaggle copy"
+    assert all(r.group_source == "wani-mendeley" == r.domain for r in kaggle_kept)
+    assert all(r.group_source != "wani-mendeley" for r in one.rows if r.group not in wani_groups)
+    write_split(one, tmp_path / "s")
+    back = read_split(tmp_path / "s" / "split.csv")
+    assert [r.group_source for r in back.rows] == [r.group_source for r in one.rows]
+    assert Counter(r.label for r in back.rows if r.domain == "wani-mendeley").keys() == {"Normal", "Osteopenia", "Osteoporosis"}

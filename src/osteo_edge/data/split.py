@@ -7,8 +7,11 @@ no source is concentrated in one split. With ``folds=K`` the non-test groups als
 index 0..K-1, stratified the same way (test rows have fold -1).
 
 split.csv columns: ``path`` (absolute), ``label`` (after the label mapping), ``orig_label``,
-``source``, ``group``, ``split`` (train/val/test), ``fold``, ``sha256``. Beside it,
-``split.json`` records the options, the label order and the counts.
+``source`` (the file's folder), ``group``, ``split`` (train/val/test), ``fold``, ``sha256`` and
+``group_source``: the source of the whole duplicate group by :func:`.sources.group_source`
+(``wani-mendeley`` when any copy is a Wani file), computed from every member even when
+``--members one`` keeps a Kaggle copy. Per-source metrics use it. Beside it, ``split.json`` records
+the options, the label order and the counts.
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from typing import Any, Callable, Sequence
 from ..artifact import atomic_write_json, atomic_write_text, sha256_file
 from ..errors import ConfigError, DataError
 from .audit import DEFAULT_PHASH_THRESHOLD, FileInfo, audit_sources
-from .sources import BINARY_MAP, order_labels
+from .sources import BINARY_MAP, group_source, order_labels
 
-SPLIT_COLUMNS = ("path", "label", "orig_label", "source", "group", "split", "fold", "sha256")
+SPLIT_COLUMNS = ("path", "label", "orig_label", "source", "group", "split", "fold", "sha256", "group_source")
 SPLITS = ("train", "val", "test")
 
 
@@ -66,6 +69,12 @@ class SplitRow:
     split: str
     fold: int
     sha256: str
+    group_source: str = ""  # the duplicate group's source (Wani rule); "" in split files made before it
+
+    @property
+    def domain(self) -> str:
+        """The source used for per-source metrics: the group's source, else the file's folder."""
+        return self.group_source or self.source
 
 
 @dataclass
@@ -191,8 +200,9 @@ def make_split(infos: list[FileInfo], opts: SplitOptions) -> SplitTable:
         if f.readable and f.group in group_labels:
             members[f.group].append(f)
     # A group's source for stratification: its majority source (ties: alphabetical).
-    group_source = {g: sorted(Counter(f.source for f in m).items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for g, m in members.items()}
-    split_of, fold_of = assign_splits(group_labels, group_source, opts)
+    majority_source = {g: sorted(Counter(f.source for f in m).items(), key=lambda kv: (-kv[1], kv[0]))[0][0] for g, m in members.items()}
+    split_of, fold_of = assign_splits(group_labels, majority_source, opts)
+    domain = group_source([f for m in members.values() for f in m])
     rows: list[SplitRow] = []
     for g in sorted(members):
         mem = members[g] if opts.members == "all" else [_choose_representative(members[g])]
@@ -200,7 +210,7 @@ def make_split(infos: list[FileInfo], opts: SplitOptions) -> SplitTable:
             rows.append(
                 SplitRow(
                     path=str(Path(f.path).resolve()), label=group_labels[g], orig_label=f.label, source=f.source,
-                    group=g, split=split_of[g], fold=fold_of.get(g, -1), sha256=f.sha256,
+                    group=g, split=split_of[g], fold=fold_of.get(g, -1), sha256=f.sha256, group_source=domain[g],
                 )
             )
     labels = order_labels(group_labels.values())
@@ -303,6 +313,7 @@ def read_split(path: str | os.PathLike) -> SplitTable:
                         path=str(p), label=row["label"], orig_label=row.get("orig_label") or row["label"],
                         source=row.get("source", ""), group=int(row["group"]), split=split,
                         fold=int(row.get("fold") or -1), sha256=row.get("sha256", ""),
+                        group_source=row.get("group_source") or "",
                     )
                 )
             except ValueError as exc:

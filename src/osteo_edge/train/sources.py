@@ -26,10 +26,10 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from ..data.sources import WANI, group_source  # noqa: F401  (re-exported: part of this module's API)
 from ..errors import ConfigError
 from .metrics import _auc, bootstrap_ci
 
-WANI = "wani-mendeley"
 NORMAL = "Normal"
 OSTEOPENIA = "Osteopenia"
 OSTEOPOROSIS = "Osteoporosis"
@@ -44,40 +44,6 @@ def _field(row: Any, name: str) -> Any:
     if isinstance(row, Mapping):
         return row[name]
     return getattr(row, name)
-
-
-def group_source(rows: Iterable[Any], priority: Sequence[str] = (WANI,), mixed: str = "join") -> dict[Hashable, str]:
-    """The source of every duplicate group, from per-file rows with ``group`` and ``source``.
-
-    Rows are mappings or objects (``SplitRow``, ``FileInfo``). A group with any member from a source
-    in ``priority`` (default: ``wani-mendeley``) belongs to the first such source: the Kaggle
-    folders hold byte-identical copies of Wani images, and counting those as Kaggle would turn every
-    Wani Normal and Osteoporosis knee into a "Kaggle" knee. Otherwise the group's source is that of
-    its members. A group spread over several other sources gets their names joined with ``+``
-    (``mixed="join"``, e.g. ``2class-kaggle+multiclass-kaggle``: on the knee data every 2class-kaggle
-    radiograph also sits in multiclass-kaggle) or the most frequent one, ties alphabetical
-    (``mixed="majority"``, as the split's stratification does).
-
-    Give it ALL member files (an audit's groups.csv or a ``--members all`` split): a ``--members
-    one`` split keeps only one representative per group, which may be the Kaggle copy.
-    """
-    if mixed not in ("join", "majority"):
-        raise ConfigError(f"unknown mixed={mixed!r}; valid: join, majority")
-    members: dict[Hashable, Counter[str]] = defaultdict(Counter)
-    for r in rows:
-        g = _field(r, "group")
-        g = int(g) if isinstance(g, str) and g.lstrip("-").isdigit() else g
-        members[g][str(_field(r, "source"))] += 1
-    out: dict[Hashable, str] = {}
-    for g, counts in members.items():
-        first = next((p for p in priority if counts.get(p)), None)
-        if first is not None:
-            out[g] = first
-        elif mixed == "join":
-            out[g] = "+".join(sorted(counts))
-        else:
-            out[g] = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[0][0]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
