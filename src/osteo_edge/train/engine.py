@@ -388,14 +388,17 @@ class _LoopState:
 
 @dataclass
 class _EpochStats:
+    """Training totals of one epoch (this process's, or summed over processes by :func:`_pool_stats`)."""
+
     loss_sum: float = 0.0
-    correct: int = 0
-    n: int = 0
+    correct: float = 0
+    n: float = 0
     lr: float = 0.0
     t0: float = 0.0
 
 
 def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, progress: Progress | None) -> _Run:
+    """Datasets (augmented training, plain validation), model and optimiser, sampler and loader, AMP."""
     from ..data.split import read_split
 
     table = read_split(config.split)
