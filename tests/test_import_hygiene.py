@@ -61,7 +61,7 @@ def test_help_works_without_torch():
             sys.modules[name] = None
         from typer.testing import CliRunner
         from osteo_edge.cli import app
-        for cmd in (["--help"], ["predict", "--help"], ["bench", "--help"]):
+        for cmd in (["--help"], ["predict", "--help"], ["bench", "--help"], ["train", "--help"], ["export", "--help"]):
             res = CliRunner().invoke(app, cmd)
             assert res.exit_code == 0, (cmd, res.output)
         print("OK")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import sys
-from typing import Any, Callable, TypeVar
+from enum import Enum
+from typing import Any, Callable, Iterable, TypeVar
 
 import typer
 from rich.console import Console
@@ -29,6 +30,12 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def choices(name: str, names: Iterable[str]) -> Any:
+    """A ``str`` enum of ``names`` (in table order) for a Typer option: the CLI's choices come from
+    the library's table, never retyped here."""
+    return Enum(name, {n: n for n in names}, type=str)
 
 
 def progress_enabled() -> bool:

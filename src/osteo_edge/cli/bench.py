@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import TRUSTED_KEY_HELP, console, handle_errors, trust_store
+from ..benchmarks.bench import TARGETS
+from ._common import TRUSTED_KEY_HELP, choices, console, handle_errors, trust_store
 
 STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow"}
 
 
-class TargetName(str, Enum):
-    host = "host"
-    raspberrypi = "raspberrypi"
+TargetName = choices("TargetName", TARGETS)
 
 
 @handle_errors

@@ -5,21 +5,18 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 from rich.table import Table
 
-from ._common import console, handle_errors, next_step
+from ..formats import FORMATS
+from ._common import choices, console, handle_errors, next_step
 
 
-class ExportFormat(str, Enum):
-    onnx = "onnx"
-    tflite = "tflite"
-    onnx_int8 = "onnx-int8"
-    tflite_int8 = "tflite-int8"
+# export targets: the formats the edge runtime loads (``torch`` is the input, not a target)
+ExportFormat = choices("ExportFormat", (f.name for f in FORMATS.values() if f.runtime))
 
 
 def command_line() -> str:

@@ -9,38 +9,16 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ._common import console, err_console, handle_errors, next_step, progress_enabled
+from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES
+from ..train.models import ARCHS
+from ._common import choices, console, err_console, handle_errors, next_step, progress_enabled
 
 
-class Arch(str, Enum):
-    efficientnet_b0 = "efficientnet_b0"
-    efficientnet_lite0 = "efficientnet_lite0"
-    resnet18 = "resnet18"
-    resnet50 = "resnet50"
-    cnn = "cnn"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-
-
-class Schedule(str, Enum):
-    cosine = "cosine"
-    onecycle = "onecycle"
-
-
-class Balance(str, Enum):
-    weighted = "weighted"
-    sampler = "sampler"
-    none = "none"
-
-
-class Augment(str, Enum):
-    default = "default"
-    light = "light"
-    none = "none"
+Arch = choices("Arch", ARCHS)
+Device = choices("Device", DEVICES)
+Schedule = choices("Schedule", SCHEDULES)
+Balance = choices("Balance", BALANCE)
+Augment = choices("Augment", AUGMENT)
 
 
 def command_line(name: str, params: dict[str, Any]) -> str:
@@ -115,7 +93,7 @@ def train_cmd(
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW) [default: 1e-3].", show_default=False)] = None,
     freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only) [default: auto = min(2, epochs // 3)].", show_default=False)] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict [default: imagenet].", show_default=False)] = None,
-    device: Annotated[Optional[Device], typer.Option(help="auto | cpu | cuda [default: auto].", show_default=False)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to train [default: auto].", show_default=False)] = None,
     devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU) [default: 1].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint (uses the run's saved config).")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].", show_default=False)] = None,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..artifact import Bundle, atomic_path, child_provenance, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
 from ..errors import ConfigError, ExportError, require
 from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics, recalibrate_batchnorm
 from .loading import load_run
@@ -78,7 +78,6 @@ def prune_run(
     torch = require("torch", "compress")
     tp = require("torch_pruning", "compress")
     from ..train.metrics import fit_temperature
-    from ..train.models import classifier_module
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, max_steps=max_steps)
@@ -89,6 +88,38 @@ def prune_run(
     data = load_split_data(split, parent.labels, spec)
     example = torch.zeros((1, spec.channels, spec.input_size, spec.input_size))
     before = measure(model, example, tp, lambda: predict_logits(model, data.val), data.val.targets, latency_runs)
+    _prune_channels(model, example, tp, ratio, round_to)
+    after, n_recal, history = _recover(model, example, tp, data, cfg, recalibrate_bn, latency_runs, progress)
+    temperature = fit_temperature(predict_logits(model, data.val), data.val.targets)
+    record = _pruning_record(tp, ratio, round_to, cfg, n_recal, before, after)
+    _write_pruned(out, model, example, parent, spec, split, data, temperature, record, history, command)
+    bundle = load_bundle(out)
+    return PruneResult(bundle=bundle, before=before, after=after, history=history, seconds=time.perf_counter() - t0)
+
+
+def _pruning_record(
+    tp: Any, ratio: float, round_to: int | None, cfg: FinetuneConfig, n_recal: int, before: dict[str, Any], after: dict[str, Any],
+) -> dict[str, Any]:
+    """The bundle's ``pruning`` record: method, fine-tuning, measurements before and after, their ratios."""
+    return {
+        "ratio": ratio,
+        "method": f"torch-pruning {getattr(tp, '__version__', '?')} MetaPruner, GroupMagnitudeImportance(p=2), round_to={round_to}, classifier kept",
+        "finetune": {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "bn": "frozen",
+                     "bn_recalibrated_on_train_images": n_recal},
+        "before": before,
+        "after": after,
+        "macs_reduction": 1.0 - after["macs"] / before["macs"],
+        "params_reduction": 1.0 - after["params"] / before["params"],
+        "torch_speedup_p50": before["torch_latency_ms"]["p50"] / after["torch_latency_ms"]["p50"],
+        "note": "latency: torch eager CPU, batch 1, measured before and after in the same process",
+    }
+
+
+def _prune_channels(model: Any, example: Any, tp: Any, ratio: float, round_to: int | None) -> None:
+    """Remove ``ratio`` of the channels of every layer group (L2 magnitude), the classifier kept whole."""
+    import torch
+
+    from ..train.models import classifier_module
 
     try:
         pruner = tp.pruner.MetaPruner(
@@ -101,6 +132,14 @@ def prune_run(
     model.eval()
     with torch.no_grad():
         model(example)  # the pruned graph must still run
+
+
+def _recover(
+    model: Any, example: Any, tp: Any, data: Any, cfg: FinetuneConfig, recalibrate_bn: bool, latency_runs: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[dict[str, Any], int, list[dict[str, Any]]]:
+    """BatchNorm re-estimation and fine-tuning of the pruned model; returns ``(after, images, history)``
+    where ``after`` holds the measurements, with the validation metrics at each step on the way."""
     pruned_only = quick_metrics(predict_logits(model, data.val), data.val.targets)
     n_recal = recalibrate_batchnorm(model, data.train) if recalibrate_bn else 0
     recalibrated = quick_metrics(predict_logits(model, data.val), data.val.targets) if n_recal else None
@@ -108,33 +147,28 @@ def prune_run(
     after = measure(model, example, tp, lambda: predict_logits(model, data.val), data.val.targets, latency_runs)
     after["val_before_finetune"] = pruned_only
     after["val_after_bn_recalibration"] = recalibrated
-    val_logits = predict_logits(model, data.val)
-    temperature = fit_temperature(val_logits, data.val.targets)
-    record = {
-        "ratio": ratio,
-        "method": f"torch-pruning {getattr(tp, '__version__', '?')} MetaPruner, GroupMagnitudeImportance(p=2), round_to={round_to}, classifier kept",
-        "finetune": {"epochs": finetune_epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen",
-                     "bn_recalibrated_on_train_images": n_recal},
-        "before": before,
-        "after": after,
-        "macs_reduction": 1.0 - after["macs"] / before["macs"],
-        "params_reduction": 1.0 - after["params"] / before["params"],
-        "torch_speedup_p50": before["torch_latency_ms"]["p50"] / after["torch_latency_ms"]["p50"],
-        "note": "latency: torch eager CPU, batch 1, measured before and after in the same process",
-    }
+    return after, n_recal, history
+
+
+def _write_pruned(
+    out: str | os.PathLike, model: Any, example: Any, parent: Bundle, spec: Any, split: str | os.PathLike, data: Any,
+    temperature: float, record: dict[str, Any], history: list[dict[str, Any]], command: str | None,
+) -> None:
+    """Seal the pruned run in a temporary directory, check that it reloads to the same model, move it to ``out``."""
+    import torch
 
     def build(tmp: Path) -> None:
         with atomic_path(tmp / "model.pt") as p:
             torch.save(model.state_dict(), p)
         atomic_write_text(tmp / "history.csv", history_csv(history))
-        provenance = child_provenance(parent, command, {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")})
+        provenance = parent.child_provenance(tmp, command).to_dict()
         provenance.update({
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
-             thresholds=parent.thresholds, metrics={"val": after["val"], "parent": parent.metrics.raw}, provenance=provenance,
+             thresholds=parent.thresholds, metrics={"val": record["after"]["val"], "parent": parent.metrics.raw}, provenance=provenance,
              versions=runtime_versions(("torch", "timm", "torch-pruning")),
-             extra={"arch": parent.manifest.get("arch"), "pruning": record})
+             extra={"arch": parent.arch.to_dict() if parent.arch else None, "pruning": record})
 
         # the bundle must rebuild before it is moved into place: load_run reshapes the architecture
         reloaded, _ = load_run(tmp)
@@ -144,5 +178,3 @@ def prune_run(
             raise ExportError(f"the pruned bundle does not reload to the same model (max output difference {diff:.3g})")
 
     write_bundle_dir(out, build)
-    bundle = load_bundle(out)
-    return PruneResult(bundle=bundle, before=before, after=after, history=history, seconds=time.perf_counter() - t0)

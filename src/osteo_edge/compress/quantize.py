@@ -31,7 +31,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifact import Bundle, atomic_path, child_provenance, atomic_write_text, load_bundle, runtime_versions, seal, sha256_file, write_bundle_dir
+from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
 from ..errors import ConfigError, ExportError, choice_error, require
 from .finetune import FinetuneConfig, finetune, load_split_data, predict_logits, quick_metrics
 from .loading import fold_batchnorm, load_run
@@ -141,17 +141,54 @@ def quantize_run(
     model, parent = load_run(run_dir)
     spec = parent.spec.with_layout("NCHW")
     data = load_split_data(split, parent.labels, spec)
-    example = torch.zeros((1, spec.channels, spec.input_size, spec.input_size))
     val: dict[str, dict[str, float]] = {"float": quick_metrics(predict_logits(model, data.val), data.val.targets)}
     folded = fold_batchnorm(model, torch.randn((2, spec.channels, spec.input_size, spec.input_size))) if fold_bn else 0
-    teacher = None
-    if method == "qat" and distill > 0:
-        import copy
+    teacher = _frozen_copy(model) if method == "qat" and distill > 0 else None  # the float model, the target of the distillation
+    qmodel, n_calib, history = _quantize_and_tune(nncf, model, data, cfg, calib_size, val, teacher, progress)
 
-        teacher = copy.deepcopy(model).eval()  # the float model, the target of the distillation
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+    state, n_baked = bake_weights(qmodel, list(model.state_dict().keys()))
+    model.load_state_dict(state, strict=True)
+    val_logits = predict_logits(model, data.val)
+    val["baked_float"] = quick_metrics(val_logits, data.val.targets)
+    temperature = fit_temperature(val_logits, data.val.targets)
 
+    compression = _compression_record(nncf, method, cfg, folded, n_baked, n_calib, data.split_sha256, val, history)
+    _write_quantized(out, state, qmodel, parent, spec, split, data, temperature, compression, history, command)
+    return QuantizeResult(bundle=load_bundle(out), method=method, val=val, history=history, seconds=time.perf_counter() - t0)
+
+
+def _compression_record(
+    nncf: Any, method: str, cfg: FinetuneConfig, folded: int, n_baked: int, n_calib: int, split_sha256: str,
+    val: dict[str, dict[str, float]], history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """The bundle's ``compression`` record: quantizer, calibration, fine-tuning and the validation metrics at each step."""
+    return {
+        "method": method,
+        "quantizer": f"nncf {nncf.__version__} (preset mixed: per-channel symmetric int8 weights, asymmetric int8 activations)",
+        "batchnorm_folded": folded,
+        "weights_baked": n_baked,
+        "calibration": {"subset": "train", "n": n_calib, "split_sha256": split_sha256},
+        "finetune": {"epochs": cfg.epochs, "lr": cfg.lr, "batch_size": cfg.batch_size, "bn": "frozen", "distill_from_float_parent": cfg.distill, "best_epoch": max(history, key=lambda h: (h["accuracy"], -h["nll"]))["epoch"]} if method == "qat" else None,
+        "val": val,
+        "weights": "model.pt holds the tuned float weights, BatchNorm scales folded, rounded to the NNCF int8 grid; export --int8 re-quantizes them with the target's quantizer",
+    }
+
+
+def _frozen_copy(model: Any) -> Any:
+    import copy
+
+    teacher = copy.deepcopy(model).eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def _quantize_and_tune(
+    nncf: Any, model: Any, data: Any, cfg: FinetuneConfig, calib_size: int, val: dict[str, dict[str, float]], teacher: Any,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[Any, int, list[dict[str, Any]]]:
+    """``nncf.quantize`` on training images, then (QAT: ``cfg.epochs`` > 0) fine-tuning; the simulated int8
+    validation metrics before and after go into ``val``. Returns ``(quantized model, calibration images, history)``."""
     dataset, n_calib = _nncf_dataset(nncf, data, calib_size)
     try:
         qmodel = nncf.quantize(model, dataset, subset_size=n_calib, preset=nncf.QuantizationPreset.MIXED)
@@ -160,23 +197,15 @@ def quantize_run(
     val["int8_simulated_before_qat"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
     history = finetune(qmodel, data, cfg, progress=progress, teacher=teacher)
     val["int8_simulated"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
+    return qmodel, n_calib, history
 
-    state, n_baked = bake_weights(qmodel, list(model.state_dict().keys()))
-    model.load_state_dict(state, strict=True)
-    val_logits = predict_logits(model, data.val)
-    val["baked_float"] = quick_metrics(val_logits, data.val.targets)
-    temperature = fit_temperature(val_logits, data.val.targets)
 
-    compression = {
-        "method": method,
-        "quantizer": f"nncf {nncf.__version__} (preset mixed: per-channel symmetric int8 weights, asymmetric int8 activations)",
-        "batchnorm_folded": folded,
-        "weights_baked": n_baked,
-        "calibration": {"subset": "train", "n": n_calib, "split_sha256": data.split_sha256},
-        "finetune": {"epochs": cfg.epochs, "lr": lr, "batch_size": batch_size, "bn": "frozen", "distill_from_float_parent": distill, "best_epoch": max(history, key=lambda h: (h["accuracy"], -h["nll"]))["epoch"]} if method == "qat" else None,
-        "val": val,
-        "weights": "model.pt holds the tuned float weights, BatchNorm scales folded, rounded to the NNCF int8 grid; export --int8 re-quantizes them with the target's quantizer",
-    }
+def _write_quantized(
+    out: str | os.PathLike, state: dict[str, Any], qmodel: Any, parent: Bundle, spec: Any, split: str | os.PathLike, data: Any,
+    temperature: float, compression: dict[str, Any], history: list[dict[str, Any]], command: str | None,
+) -> None:
+    """Seal the tuned run (``model.pt``, ``nncf_state.pt``, history) in a temporary directory, then move it to ``out``."""
+    import torch
 
     def build(tmp: Path) -> None:
         with atomic_path(tmp / "model.pt") as p:
@@ -184,15 +213,14 @@ def quantize_run(
         with atomic_path(tmp / "nncf_state.pt") as p:
             torch.save({k: v for k, v in qmodel.state_dict().items() if isinstance(v, torch.Tensor)}, p)
         atomic_write_text(tmp / "history.csv", history_csv(history))
-        provenance = child_provenance(parent, command, {"path": str(parent.path.resolve()), "manifest_sha256": sha256_file(parent.path / "manifest.json")})
+        provenance = parent.child_provenance(tmp, command).to_dict()
         provenance.update({
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
-             thresholds=parent.thresholds, metrics={"val": val, "parent": parent.metrics.raw}, provenance=provenance,
+             thresholds=parent.thresholds, metrics={"val": compression["val"], "parent": parent.metrics.raw}, provenance=provenance,
              versions=runtime_versions(("torch", "timm", "nncf")),
-             extra={"arch": parent.manifest.get("arch"), "compression": compression,
-                    **({"pruning": parent.manifest["pruning"]} if "pruning" in parent.manifest else {})})
+             extra={"arch": parent.arch.to_dict() if parent.arch else None, "compression": compression,
+                    **({"pruning": dict(parent.pruning)} if parent.pruning is not None else {})})
 
     write_bundle_dir(out, build)
-    return QuantizeResult(bundle=load_bundle(out), method=method, val=val, history=history, seconds=time.perf_counter() - t0)

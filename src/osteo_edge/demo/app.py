@@ -17,7 +17,7 @@ import ipaddress
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..artifact import DISCLAIMER
 from ..errors import OsteoEdgeError
@@ -131,6 +131,28 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
     thresholds = dict(getattr(classifier, "thresholds", None) or bundle.thresholds)
     no_latex: list[dict[str, Any]] = []
 
+    # Uploads and results live in gradio's temp folder: delete them an hour after they were made
+    # (checked every 10 minutes) and when the app stops, so patient images do not pile up on disk.
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as app:
+        gr.Markdown(
+            "# osteo-edge: knee X-ray osteoporosis screening aid\n"
+            f"**{DISCLAIMER}** Runs entirely on this computer; no image leaves it. "
+            f"Classes: {', '.join(labels)} (from the model bundle).",
+            latex_delimiters=no_latex,
+        )
+        with gr.Tabs():
+            _single_tab(gr, labels, _predict_handler(svc, thresholds), no_latex)
+            _batch_tab(gr, labels, _batch_handler(gr, svc), no_latex)
+            with gr.Tab("Model card", id="card"):
+                gr.Markdown(model_card_markdown(bundle), elem_id="model-card", latex_delimiters=no_latex)
+        gr.Markdown(f"{DISCLAIMER}", elem_classes=["oe-disclaimer"], latex_delimiters=no_latex)
+    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
+    return app
+
+
+def _predict_handler(svc: DemoService, thresholds: dict[str, float]) -> Callable[[str | None, bool], tuple[str, Any, Any, str]]:
+    """The "One image" event: status, probabilities, input view with heat map, timing."""
+
     def predict(file: str | None, explain: bool) -> tuple[str, Any, Any, str]:
         if not file:
             return "Upload a knee radiograph or click an example.", None, None, ""
@@ -144,6 +166,12 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
         probs = dict(result.prediction.probabilities) if result.ok else None
         view_path = str(svc.view_file(result.view)) if result.view is not None else None
         return status_markdown(result, thresholds), probs, view_path, timing_markdown(result)
+
+    return predict
+
+
+def _batch_handler(gr: Any, svc: DemoService) -> Callable[..., tuple[str, Any, Any]]:
+    """The "Batch" event: summary, results table, CSV path."""
 
     def run_batch(files: list[str] | None, folder: list[str] | None, progress: Any = gr.Progress()) -> tuple[str, Any, Any]:
         sources = [*(files or []), *folder_images(folder or [])]
@@ -168,74 +196,66 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
         )
         return summary, gr.update(value=rows, headers=headers), str(csv_path)
 
-    # Uploads and results live in gradio's temp folder: delete them an hour after they were made
-    # (checked every 10 minutes) and when the app stops, so patient images do not pile up on disk.
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    return run_batch
+
+
+def _single_tab(gr: Any, labels: Sequence[str], predict: Callable[..., Any], no_latex: list[dict[str, Any]]) -> None:
+    with gr.Tab("One image", id="single"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                file = gr.File(
+                    label="Knee radiograph (JPEG, PNG, TIFF or DICOM)",
+                    file_count="single",
+                    type="filepath",
+                    elem_id="single-file",
+                )
+                explain = gr.Checkbox(value=True, label="Explain (occlusion heat map, computed by the same runtime)")
+                examples = [[str(examples_dir() / e.file)] for e in EXAMPLES if (examples_dir() / e.file).is_file()]
+                if examples:
+                    gr.Examples(
+                        examples=examples,
+                        inputs=[file],
+                        label="Examples (synthetic drawings, not patients)",
+                        example_labels=[e.title for e in EXAMPLES if (examples_dir() / e.file).is_file()],
+                        cache_examples=False,
+                    )
+            with gr.Column(scale=1):
+                status = gr.Markdown("Upload a knee radiograph or click an example.", elem_id="status", latex_delimiters=no_latex)
+                probs = gr.Label(num_top_classes=len(labels), label="Calibrated probabilities", elem_id="probs")
+                view = gr.Image(
+                    label="What the model sees (input view) with the occlusion heat map",
+                    type="filepath",
+                    interactive=False,
+                    elem_id="heatmap",
+                    buttons=["download", "fullscreen"],
+                    format="png",
+                )
+                timing = gr.Markdown("", elem_id="timing", latex_delimiters=no_latex)
+        outputs = [status, probs, view, timing]
+        file.change(predict, inputs=[file, explain], outputs=outputs, api_name="predict")
+        explain.change(predict, inputs=[file, explain], outputs=outputs, api_visibility="private")
+
+
+def _batch_tab(gr: Any, labels: Sequence[str], run_batch: Callable[..., Any], no_latex: list[dict[str, Any]]) -> None:
+    with gr.Tab("Batch", id="batch"):
         gr.Markdown(
-            "# osteo-edge: knee X-ray osteoporosis screening aid\n"
-            f"**{DISCLAIMER}** Runs entirely on this computer; no image leaves it. "
-            f"Classes: {', '.join(labels)} (from the model bundle).",
+            "Several radiographs or a whole folder at once: a results table and a CSV to download.",
             latex_delimiters=no_latex,
         )
-        with gr.Tabs():
-            with gr.Tab("One image", id="single"):
-                with gr.Row():
-                    with gr.Column(scale=1):
-                        file = gr.File(
-                            label="Knee radiograph (JPEG, PNG, TIFF or DICOM)",
-                            file_count="single",
-                            type="filepath",
-                            elem_id="single-file",
-                        )
-                        explain = gr.Checkbox(value=True, label="Explain (occlusion heat map, computed by the same runtime)")
-                        examples = [[str(examples_dir() / e.file)] for e in EXAMPLES if (examples_dir() / e.file).is_file()]
-                        if examples:
-                            gr.Examples(
-                                examples=examples,
-                                inputs=[file],
-                                label="Examples (synthetic drawings, not patients)",
-                                example_labels=[e.title for e in EXAMPLES if (examples_dir() / e.file).is_file()],
-                                cache_examples=False,
-                            )
-                    with gr.Column(scale=1):
-                        status = gr.Markdown("Upload a knee radiograph or click an example.", elem_id="status", latex_delimiters=no_latex)
-                        probs = gr.Label(num_top_classes=len(labels), label="Calibrated probabilities", elem_id="probs")
-                        view = gr.Image(
-                            label="What the model sees (input view) with the occlusion heat map",
-                            type="filepath",
-                            interactive=False,
-                            elem_id="heatmap",
-                            buttons=["download", "fullscreen"],
-                            format="png",
-                        )
-                        timing = gr.Markdown("", elem_id="timing", latex_delimiters=no_latex)
-                outputs = [status, probs, view, timing]
-                file.change(predict, inputs=[file, explain], outputs=outputs, api_name="predict")
-                explain.change(predict, inputs=[file, explain], outputs=outputs, api_visibility="private")
-            with gr.Tab("Batch", id="batch"):
-                gr.Markdown(
-                    "Several radiographs or a whole folder at once: a results table and a CSV to download.",
-                    latex_delimiters=no_latex,
-                )
-                with gr.Row():
-                    files = gr.File(label="Radiographs", file_count="multiple", type="filepath", elem_id="batch-files")
-                    folder = gr.File(label="... or a folder", file_count="directory", type="filepath", elem_id="batch-folder")
-                run = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
-                summary = gr.Markdown("", elem_id="batch-summary", latex_delimiters=no_latex)
-                table = gr.Dataframe(
-                    headers=["file", "status", "label", *[f"P({lab})" for lab in labels], "P(low BMD)", "latency ms", "message"],
-                    interactive=False,
-                    wrap=True,
-                    elem_id="batch-table",
-                    latex_delimiters=no_latex,
-                )
-                csv_out = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
-                run.click(run_batch, inputs=[files, folder], outputs=[summary, table, csv_out], api_name="batch")
-            with gr.Tab("Model card", id="card"):
-                gr.Markdown(model_card_markdown(bundle), elem_id="model-card", latex_delimiters=no_latex)
-        gr.Markdown(f"{DISCLAIMER}", elem_classes=["oe-disclaimer"], latex_delimiters=no_latex)
-    app.queue(default_concurrency_limit=CONCURRENCY, max_size=QUEUE_SIZE)
-    return app
+        with gr.Row():
+            files = gr.File(label="Radiographs", file_count="multiple", type="filepath", elem_id="batch-files")
+            folder = gr.File(label="... or a folder", file_count="directory", type="filepath", elem_id="batch-folder")
+        run = gr.Button("Analyse all", variant="primary", elem_id="batch-run")
+        summary = gr.Markdown("", elem_id="batch-summary", latex_delimiters=no_latex)
+        table = gr.Dataframe(
+            headers=["file", "status", "label", *[f"P({lab})" for lab in labels], "P(low BMD)", "latency ms", "message"],
+            interactive=False,
+            wrap=True,
+            elem_id="batch-table",
+            latex_delimiters=no_latex,
+        )
+        csv_out = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
+        run.click(run_batch, inputs=[files, folder], outputs=[summary, table, csv_out], api_name="batch")
 
 
 def launch_app(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False) -> str:

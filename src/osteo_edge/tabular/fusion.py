@@ -67,9 +67,30 @@ def read_image_predictions(
         paths = [paths]
     if not paths:
         raise ConfigError("no predictions.csv given")
+    df, pcols = _read_prediction_files(pd, list(map(Path, paths)))
+    path = Path(paths[0]) if len(paths) == 1 else Path(f"{len(paths)} predictions files")
+    labels = [c[2:] for c in pcols]
+    counts = {"rows": len(df)}
+    present = sorted(df["split"].astype(str).unique())
+    if "train" in splits:
+        log.warning("image predictions of the training split are used: they are optimistic (the model saw them)")
+    df = df[df["split"].astype(str).isin(list(splits))]
+    if df.empty:
+        raise DataError(f"{path}: no rows in split(s) {list(splits)}; splits present: {present}")
+    counts["rows_in_splits"] = len(df)
+    df = df.assign(id=[Path(str(p)).stem for p in df["path"]], via="file")
+    if source:
+        df = _rows_of_source(pd, df, path, source, splits, duplicates, counts)
+    else:
+        counts["rows_of_source"] = len(df)
+    return _per_patient(df, pcols, counts), labels, counts
+
+
+def _read_prediction_files(pd: Any, paths: Sequence[Path]) -> tuple["pd.DataFrame", list[str]]:
+    """The rows of every file (an image listed twice kept once) and their common ``p_<label>`` columns."""
     frames = []
     pcols: list[str] = []
-    for path in map(Path, paths):
+    for path in paths:
         if not path.is_file():
             raise DataError(f"{path}: no such predictions.csv (write one with 'osteo-edge evaluate')")
         one = pd.read_csv(path)
@@ -84,34 +105,31 @@ def read_image_predictions(
             raise DataError(f"{path}: label columns {cols} differ from {pcols} of the other predictions file")
         pcols = cols
         frames.append(one)
-    df = pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first")
-    path = Path(paths[0]) if len(paths) == 1 else Path(f"{len(paths)} predictions files")
-    labels = [c[2:] for c in pcols]
-    counts = {"rows": len(df)}
-    present = sorted(df["split"].astype(str).unique())
-    if "train" in splits:
-        log.warning("image predictions of the training split are used: they are optimistic (the model saw them)")
-    df = df[df["split"].astype(str).isin(list(splits))]
-    if df.empty:
-        raise DataError(f"{path}: no rows in split(s) {list(splits)}; splits present: {present}")
-    counts["rows_in_splits"] = len(df)
-    df = df.assign(id=[Path(str(p)).stem for p in df["path"]], via="file")
-    if source:
-        if "source" not in df.columns:
-            raise DataError(f"{path}: has no 'source' column to select {source!r} with; pass --source ''")
-        srcs = sorted(df["source"].astype(str).unique())
-        own = df[df["source"].astype(str) == source]
-        counts["rows_of_source"] = len(own)
-        if duplicates is not None:
-            others = df[df["source"].astype(str) != source]
-            mapped = map_duplicates(others, duplicates, source)
-            counts["rows_mapped_from_copies"] = len(mapped)
-            own = pd.concat([own, mapped], ignore_index=True)
-        if own.empty:
-            raise DataError(f"{path}: no rows of source {source!r} in split(s) {list(splits)}; sources present: {srcs}")
-        df = own
-    else:
-        counts["rows_of_source"] = len(df)
+    return pd.concat(frames, ignore_index=True).drop_duplicates(subset=["path"], keep="first"), pcols
+
+
+def _rows_of_source(
+    pd: Any, df: "pd.DataFrame", path: Path, source: str, splits: Sequence[str], duplicates: str | os.PathLike | None,
+    counts: dict[str, int],
+) -> "pd.DataFrame":
+    """The rows of ``source``, plus (with ``duplicates``) other sources' copies of its files."""
+    if "source" not in df.columns:
+        raise DataError(f"{path}: has no 'source' column to select {source!r} with; pass --source ''")
+    srcs = sorted(df["source"].astype(str).unique())
+    own = df[df["source"].astype(str) == source]
+    counts["rows_of_source"] = len(own)
+    if duplicates is not None:
+        others = df[df["source"].astype(str) != source]
+        mapped = map_duplicates(others, duplicates, source)
+        counts["rows_mapped_from_copies"] = len(mapped)
+        own = pd.concat([own, mapped], ignore_index=True)
+    if own.empty:
+        raise DataError(f"{path}: no rows of source {source!r} in split(s) {list(splits)}; sources present: {srcs}")
+    return own
+
+
+def _per_patient(df: "pd.DataFrame", pcols: list[str], counts: dict[str, int]) -> "pd.DataFrame":
+    """One row per patient id: images averaged (then renormalised); patients whose images disagree on the label left out."""
     conflicts = df.groupby("id")["label"].nunique()
     bad = list(conflicts[conflicts > 1].index)
     counts["patients_with_conflicting_image_labels"] = len(bad)
@@ -129,7 +147,7 @@ def read_image_predictions(
     agg[pcols] = p / p.sum(axis=1, keepdims=True)
     counts["patients"] = len(agg)
     counts["patients_only_via_copies"] = int((agg["via"] == "copy").sum())
-    return agg, labels, counts
+    return agg
 
 
 def map_duplicates(rows: "pd.DataFrame", split_csv: str | os.PathLike, source: str) -> "pd.DataFrame":

@@ -231,58 +231,18 @@ def train_tabular(
     smote_k = smote_neighbours(y, opts.folds, opts.seed) if opts.smote else None
     if opts.smote and smote_k is not None and smote_k < 1:
         raise DataError("SMOTE needs at least 2 rows of every class in each training fold; use fewer folds or no --smote")
-    oof, fold_of, per_fold, importance = cross_validate(data, opts, progress)
-    metrics = {name: bootstrap(y, p, k, opts.bootstrap, opts.seed) for name, p in oof.items()}
+    cv = _CrossValidated(data, labels, *cross_validate(data, opts, progress))
+    metrics = {name: bootstrap(y, p, k, opts.bootstrap, opts.seed) for name, p in cv.oof.items()}
     selected = max(opts.models, key=lambda m: (np.nan_to_num(metrics[m]["roc_auc"].value, nan=-1.0)))
     protocol = protocol_sentence(len(y), opts, smote_k)
     class_counts = {lab: int(c) for lab, c in zip(labels, np.bincount(y, minlength=k))}
-    result = TrainResult(Path(out), schema, metrics, per_fold, selected, len(y), class_counts, protocol, data.leakage)
+    result = TrainResult(Path(out), schema, metrics, cv.per_fold, selected, len(y), class_counts, protocol, data.leakage)
 
     def build(tmp: Path) -> dict[str, Any]:
-        import pandas as pd
-
-        models_meta = {}
-        for name in opts.models:
-            pipe = build_pipeline(name, schema, smote=opts.smote, smote_k=smote_k or 5, seed=opts.seed, n_jobs=opts.n_jobs, trees=opts.trees)
-            pipe.fit(data.X, y)
-            save_model(pipe, tmp / "models" / f"{name}.skops")
-            models_meta[name] = {"file": f"models/{name}.skops", "title": MODELS[name].title, "params": MODELS[name].params}
-            if progress:
-                progress(f"refit {name} on all rows", 1, 1)
-        # out-of-fold predictions, long format
-        frames = []
-        for name, p in oof.items():
-            fr = pd.DataFrame({"row_index": data.rows, "id": data.ids if data.ids is not None else [""] * len(y), "fold": fold_of,
-                               "model": name, "label": [labels[i] for i in y], "pred": [labels[i] for i in p.argmax(1)]})
-            for c, lab in enumerate(labels):
-                fr[f"p_{lab}"] = p[:, c]
-            frames.append(fr)
-        atomic_write_text(tmp / "oof_predictions.csv", pd.concat(frames).to_csv(index=False))
-        rows = []
-        for name in opts.models:
-            for m in METRIC_NAMES:
-                e = metrics[name][m]
-                fold_vals = np.array([fm[m] for fm in per_fold[name]], dtype="float64")
-                rows.append({"model": name, "metric": m, "value": e.value, "ci_low": e.low, "ci_high": e.high,
-                             "fold_mean": np.nanmean(fold_vals), "fold_sd": np.nanstd(fold_vals, ddof=1), "n": e.n})
-        atomic_write_text(tmp / "metrics.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"))
-        if importance:
-            imp_rows = [{"model": n, "feature": f, "mean_auc_drop": m, "sd": s} for n, v in importance.items() for f, m, s in v]
-            atomic_write_text(tmp / "importance.csv", pd.DataFrame(imp_rows).to_csv(index=False, float_format="%.5f"))
-        lk = data.leakage
-        leak_rows = [{"column": c, "single_feature_auc": a, "flagged": lk.flagged.get(c, ""), "allowed_on_purpose": c in lk.allowed}
-                     for c, a in sorted(lk.scores.items(), key=lambda kv: -kv[1])]
-        atomic_write_text(tmp / "leakage.csv", pd.DataFrame(leak_rows).to_csv(index=False, float_format="%.4f"))
-        pngs = []
-        if opts.plots:
-            from .plots import importance_figure, roc_figure
-
-            roc_figure(y, oof, labels, {n: metrics[n]["roc_auc"] for n in oof}, f"Out-of-fold ROC ({csv.name}, {len(y)} rows)", tmp / "roc.png")
-            pngs.append("roc.png")
-            if importance:
-                importance_figure(importance, tmp / "importance.png")
-                pngs.append("importance.png")
-        atomic_write_text(tmp / "report.md", run_report(result, csv, opts, pngs, importance))
+        models_meta = _refit_models(tmp, data, opts, smote_k, progress)
+        _write_tables(tmp, cv, metrics, opts)
+        pngs = _write_pngs(tmp, cv, metrics, f"Out-of-fold ROC ({csv.name}, {len(y)} rows)") if opts.plots else []
+        atomic_write_text(tmp / "report.md", run_report(result, csv, opts, pngs, cv.importance))
         return {
             "task": "clinical risk model (tabular classification)",
             "schema": schema.to_dict(),
@@ -291,7 +251,7 @@ def train_tabular(
             "selected": selected,
             "selection_rule": "highest out-of-fold ROC-AUC (point estimate)",
             "metrics": {n: {m: e.to_dict() for m, e in metrics[n].items()} for n in metrics},
-            "fold_metrics": per_fold,
+            "fold_metrics": cv.per_fold,
             "protocol": protocol,
             "options": {"smote": opts.smote, "smote_k": smote_k, "folds": opts.folds, "seed": opts.seed, "trees": opts.trees,
                         "bootstrap": opts.bootstrap, "importance_repeats": opts.importance_repeats},
@@ -305,6 +265,73 @@ def train_tabular(
     write_run(Path(out), build)
     result.written = sorted(p.name for p in Path(out).iterdir())
     return result
+
+
+@dataclass
+class _CrossValidated:
+    """What :func:`cross_validate` returned, beside the data it was cut from."""
+
+    data: PreparedData
+    labels: list[str]
+    oof: dict[str, np.ndarray]
+    fold_of: np.ndarray
+    per_fold: dict[str, list[dict[str, float]]]
+    importance: dict[str, list[tuple[str, float, float]]]
+
+
+def _refit_models(tmp: Path, data: PreparedData, opts: TrainOptions, smote_k: int | None, progress: Progress | None) -> dict[str, Any]:
+    """Every model refitted on all rows and saved as ``models/<name>.skops``; returns their manifest records."""
+    models_meta = {}
+    for name in opts.models:
+        pipe = build_pipeline(name, data.schema, smote=opts.smote, smote_k=smote_k or 5, seed=opts.seed, n_jobs=opts.n_jobs, trees=opts.trees)
+        pipe.fit(data.X, data.y)
+        save_model(pipe, tmp / "models" / f"{name}.skops")
+        models_meta[name] = {"file": f"models/{name}.skops", "title": MODELS[name].title, "params": MODELS[name].params}
+        if progress:
+            progress(f"refit {name} on all rows", 1, 1)
+    return models_meta
+
+
+def _write_tables(tmp: Path, cv: _CrossValidated, metrics: dict[str, dict[str, Estimate]], opts: TrainOptions) -> None:
+    """oof_predictions.csv (long format), metrics.csv, importance.csv (when measured) and leakage.csv."""
+    import pandas as pd
+
+    data, labels, y = cv.data, cv.labels, cv.data.y
+    frames = []
+    for name, p in cv.oof.items():
+        fr = pd.DataFrame({"row_index": data.rows, "id": data.ids if data.ids is not None else [""] * len(y), "fold": cv.fold_of,
+                           "model": name, "label": [labels[i] for i in y], "pred": [labels[i] for i in p.argmax(1)]})
+        for c, lab in enumerate(labels):
+            fr[f"p_{lab}"] = p[:, c]
+        frames.append(fr)
+    atomic_write_text(tmp / "oof_predictions.csv", pd.concat(frames).to_csv(index=False))
+    rows = []
+    for name in opts.models:
+        for m in METRIC_NAMES:
+            e = metrics[name][m]
+            fold_vals = np.array([fm[m] for fm in cv.per_fold[name]], dtype="float64")
+            rows.append({"model": name, "metric": m, "value": e.value, "ci_low": e.low, "ci_high": e.high,
+                         "fold_mean": np.nanmean(fold_vals), "fold_sd": np.nanstd(fold_vals, ddof=1), "n": e.n})
+    atomic_write_text(tmp / "metrics.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"))
+    if cv.importance:
+        imp_rows = [{"model": n, "feature": f, "mean_auc_drop": m, "sd": s} for n, v in cv.importance.items() for f, m, s in v]
+        atomic_write_text(tmp / "importance.csv", pd.DataFrame(imp_rows).to_csv(index=False, float_format="%.5f"))
+    lk = data.leakage
+    leak_rows = [{"column": c, "single_feature_auc": a, "flagged": lk.flagged.get(c, ""), "allowed_on_purpose": c in lk.allowed}
+                 for c, a in sorted(lk.scores.items(), key=lambda kv: -kv[1])]
+    atomic_write_text(tmp / "leakage.csv", pd.DataFrame(leak_rows).to_csv(index=False, float_format="%.4f"))
+
+
+def _write_pngs(tmp: Path, cv: _CrossValidated, metrics: dict[str, dict[str, Estimate]], roc_title: str) -> list[str]:
+    """roc.png and (when measured) importance.png; returns the names written."""
+    from .plots import importance_figure, roc_figure
+
+    roc_figure(cv.data.y, cv.oof, cv.labels, {n: metrics[n]["roc_auc"] for n in cv.oof}, roc_title, tmp / "roc.png")
+    pngs = ["roc.png"]
+    if cv.importance:
+        importance_figure(cv.importance, tmp / "importance.png")
+        pngs.append("importance.png")
+    return pngs
 
 
 def _fmt_row(name: str, ms: dict[str, Estimate], per_fold: list[dict[str, float]]) -> str:

@@ -303,182 +303,361 @@ def _worker(
         torch.set_num_threads(threads_before)
 
 
+@dataclass
+class EarlyStopping:
+    """Model selection and patience: the best epoch has the highest validation macro-F1 (ties: the
+    lower validation loss); patience counts fine-tuning epochs without improvement only."""
+
+    patience: int
+    best_f1: float = -1.0
+    best_loss: float = float("inf")
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def update(self, epoch: int, macro_f1: float, val_loss: float, counts: bool) -> bool:
+        """Record epoch ``epoch`` (0-based); True when it is the new best. ``counts``: a fine-tuning epoch."""
+        improved = macro_f1 > self.best_f1 + 1e-9 or (abs(macro_f1 - self.best_f1) <= 1e-9 and val_loss < self.best_loss)
+        if improved:
+            self.best_f1, self.best_loss, self.best_epoch, self.bad_epochs = macro_f1, val_loss, epoch + 1, 0
+        elif counts:
+            self.bad_epochs += 1
+        return improved
+
+    @property
+    def exhausted(self) -> bool:
+        return self.bad_epochs >= self.patience
+
+    def state(self) -> dict[str, Any]:
+        return {"best_f1": self.best_f1, "best_loss": self.best_loss, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    @classmethod
+    def from_state(cls, patience: int, last: Mapping[str, Any]) -> "EarlyStopping":
+        return cls(patience, float(last["best_f1"]), float(last["best_loss"]), int(last["best_epoch"]), int(last["bad_epochs"]))
+
+
+@dataclass
+class _Run:
+    """Everything one process trains with, built once by :func:`_setup`."""
+
+    config: TrainConfig
+    out: Path
+    rank: int
+    world: int
+    device: str
+    emit: Progress
+    table: Any
+    labels: list[str]
+    spec: Any
+    train_ds: RadiographDataset
+    val_ds: RadiographDataset
+    model: Any = None
+    opt: Any = None
+    channels_last: bool = False
+    sampler: Any = None
+    loader: Any = None
+    steps_per_epoch: int = 0
+    finetune_steps: int = 0
+    class_weight: Any = None
+    use_amp: bool = False
+    amp_dtype: Any = None
+    scaler: Any = None
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+    @property
+    def freeze_epochs(self) -> int:
+        return self.config.warmup_epochs
+
+
+@dataclass
+class _LoopState:
+    """What changes from epoch to epoch (and is saved in ``last.pt`` for ``--resume``)."""
+
+    stopping: EarlyStopping
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    ft_step: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class _EpochStats:
+    """Training totals of one epoch (this process's, or summed over processes by :func:`_pool_stats`)."""
+
+    loss_sum: float = 0.0
+    correct: float = 0
+    n: float = 0
+    lr: float = 0.0
+    t0: float = 0.0
+
+
+def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, progress: Progress | None) -> _Run:
+    """Datasets (augmented training, plain validation), model and optimiser, sampler and loader, AMP."""
+    from ..data.split import read_split
+
+    table = read_split(config.split)
+    train_rows, val_rows = split_rows(table, config.fold)
+    spec = get_arch(config.arch).spec(config.img_size, resize=config.resize)
+    run = _Run(
+        config, out, rank, world, device, progress or (lambda *a, **k: None), table, table.labels, spec,
+        RadiographDataset(train_rows, table.labels, spec, augment=build_augmentation(config.augment), seed=config.seed),
+        RadiographDataset(val_rows, table.labels, spec),
+    )
+    _setup_model(run)
+    _setup_data(run)
+    _setup_amp(run)
+    return run
+
+
+def _setup_model(run: _Run) -> None:
+    """The seeded model (channels-last if asked) and AdamW with separate backbone and head groups."""
+    import torch
+
+    config = run.config
+    torch.manual_seed(config.seed)
+    run.model = build_model(config.arch, len(run.labels), weights=config.weights, drop_rate=config.drop_rate).to(run.device)
+    run.channels_last = config.channels_last and run.spec.channels > 1
+    if run.channels_last:
+        run.model = run.model.to(memory_format=torch.channels_last)
+    head_ids = {id(p) for p in classifier_module(run.model).parameters()}
+    backbone = [p for p in run.model.parameters() if id(p) not in head_ids]
+    head = [p for p in run.model.parameters() if id(p) in head_ids]
+    run.opt = torch.optim.AdamW(
+        [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}], lr=config.lr, weight_decay=config.weight_decay
+    )
+    if config.freeze_epochs > 0 and not config.pretrained and run.rank == 0:
+        log.info("--weights none: no frozen warm-up (a random backbone is not worth freezing)")
+
+
+def _setup_data(run: _Run) -> None:
+    """The per-rank epoch sampler, the loader, steps per epoch and the class weights of the loss."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    config = run.config
+    run.sampler = EpochSampler(run.train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=run.rank, world=run.world)
+    n = len(run.sampler)
+    steps = -(-n // config.batch_size)
+    drop_last = n % config.batch_size == 1 and n > 1
+    if drop_last:
+        steps -= 1
+    if config.max_steps_per_epoch:
+        steps = min(steps, config.max_steps_per_epoch)
+    run.steps_per_epoch = steps
+    run.finetune_steps = steps * (config.epochs - run.freeze_epochs)
+    run.loader = DataLoader(run.train_ds, batch_size=config.batch_size, sampler=run.sampler, num_workers=config.workers, drop_last=drop_last)
+    if config.balance == "weighted":
+        run.class_weight = torch.tensor(class_weights(run.train_ds.targets, len(run.labels))).to(run.device)
+
+
+def _setup_amp(run: _Run) -> None:
+    """Mixed precision on CUDA only: bfloat16 where supported, else float16 with a gradient scaler."""
+    import torch
+
+    run.use_amp = run.is_cuda and run.config.amp
+    run.amp_dtype = torch.bfloat16 if (run.use_amp and torch.cuda.is_bf16_supported()) else torch.float16
+    run.scaler = torch.amp.GradScaler("cuda", enabled=run.use_amp and run.amp_dtype == torch.float16)
+
+
+def _resume_state(run: _Run, resume: bool) -> _LoopState:
+    """A fresh loop state, or the one in ``last.pt`` (model, optimiser and scaler restored in place)."""
+    import torch
+
+    if not resume:
+        return _LoopState(EarlyStopping(run.config.patience))
+    last = torch.load(run.out / LAST, map_location="cpu", weights_only=True)
+    run.model.load_state_dict(last["model"])
+    run.opt.load_state_dict(last["optimizer"])
+    if last.get("scaler"):
+        run.scaler.load_state_dict(last["scaler"])
+    stopping = EarlyStopping.from_state(run.config.patience, last)
+    state = _LoopState(stopping, [dict(h) for h in last["history"]], int(last["epoch"]) + 1, int(last["ft_step"]), stopping.exhausted)
+    if run.rank == 0:
+        log.info("resuming %s at epoch %d of %d", run.out, state.start_epoch + 1, run.config.epochs)
+    return state
+
+
 def _loop(
     rank: int, world: int, config: TrainConfig, out: Path, resume: bool, command: str, device: str,
     progress: Progress | None, on_step: Callable[[int, int], None] | None,
 ) -> None:
-    import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
-    from torch.utils.data import DataLoader
 
-    from ..data.split import read_split
-
-    emit = progress or (lambda *a, **k: None)
-    distributed = world > 1
-    is_cuda = device.startswith("cuda")
-    table = read_split(config.split)
-    labels = table.labels
-    train_rows, val_rows = split_rows(table, config.fold)
-    spec = get_arch(config.arch).spec(config.img_size, resize=config.resize)
-    aug = build_augmentation(config.augment)
-    train_ds = RadiographDataset(train_rows, labels, spec, augment=aug, seed=config.seed)
-    val_ds = RadiographDataset(val_rows, labels, spec)
-
-    torch.manual_seed(config.seed)
-    model = build_model(config.arch, len(labels), weights=config.weights, drop_rate=config.drop_rate).to(device)
-    channels_last = config.channels_last and spec.channels > 1
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    head_ids = {id(p) for p in classifier_module(model).parameters()}
-    backbone = [p for p in model.parameters() if id(p) not in head_ids]
-    head = [p for p in model.parameters() if id(p) in head_ids]
-    opt = torch.optim.AdamW(
-        [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}], lr=config.lr, weight_decay=config.weight_decay
-    )
-    freeze_epochs = config.warmup_epochs
-    if config.freeze_epochs > 0 and not config.pretrained and rank == 0:
-        log.info("--weights none: no frozen warm-up (a random backbone is not worth freezing)")
-    sampler = EpochSampler(train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=rank, world=world)
-    steps_per_epoch = -(-len(sampler) // config.batch_size)
-    drop_last = len(sampler) % config.batch_size == 1 and len(sampler) > 1
-    if drop_last:
-        steps_per_epoch -= 1
-    if config.max_steps_per_epoch:
-        steps_per_epoch = min(steps_per_epoch, config.max_steps_per_epoch)
-    finetune_steps = steps_per_epoch * (config.epochs - freeze_epochs)
-    loader = DataLoader(train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=config.workers, drop_last=drop_last)
-    cw = torch.tensor(class_weights(train_ds.targets, len(labels))) if config.balance == "weighted" else None
-    if cw is not None:
-        cw = cw.to(device)
-    use_amp = is_cuda and config.amp
-    amp_dtype = torch.bfloat16 if (use_amp and torch.cuda.is_bf16_supported()) else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best_f1, best_loss, best_epoch, bad_epochs, ft_step = 0, -1.0, float("inf"), -1, 0, 0
-    if resume:
-        last = torch.load(out / LAST, map_location="cpu", weights_only=True)
-        model.load_state_dict(last["model"])
-        opt.load_state_dict(last["optimizer"])
-        if last.get("scaler"):
-            scaler.load_state_dict(last["scaler"])
-        start_epoch, best_f1, best_loss = int(last["epoch"]) + 1, float(last["best_f1"]), float(last["best_loss"])
-        best_epoch, bad_epochs, ft_step = int(last["best_epoch"]), int(last["bad_epochs"]), int(last["ft_step"])
-        history = [dict(h) for h in last["history"]]
-        if rank == 0:
-            log.info("resuming %s at epoch %d of %d", out, start_epoch + 1, config.epochs)
-    stopped_early = bool(resume and bad_epochs >= config.patience)
-    emit("start", epochs=config.epochs, steps=steps_per_epoch, start_epoch=start_epoch, train=len(train_ds), val=len(val_ds), device=device, world=world)
-
+    run = _setup(rank, world, config, out, device, progress)
+    state = _resume_state(run, resume)
+    run.emit("start", epochs=config.epochs, steps=run.steps_per_epoch, start_epoch=state.start_epoch, train=len(run.train_ds),
+             val=len(run.val_ds), device=device, world=world)
     ddp_model, wrapped_stage = None, None
-    epoch = start_epoch
-    for epoch in range(start_epoch, config.epochs):
-        if stopped_early:
+    for epoch in range(state.start_epoch, config.epochs):
+        if state.stopped_early:
             break
-        frozen = epoch < freeze_epochs
+        frozen = epoch < run.freeze_epochs
         stage = "frozen" if frozen else "finetune"
         if wrapped_stage != stage:
-            _set_backbone_trainable(model, not frozen)
-            if distributed:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                ddp_model = DDP(model, device_ids=[torch.cuda.current_device()] if is_cuda else None)
-            else:
-                ddp_model = model
-            wrapped_stage = stage
-        sampler.set_epoch(epoch)
-        train_ds.epoch = epoch
-        torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: same per epoch, so resume == uninterrupted
-        _train_mode(model, frozen)
-        emit("epoch_start", epoch=epoch, epochs=config.epochs, steps=steps_per_epoch, stage=stage)
-        t0 = time.perf_counter()
-        tot_loss, tot_correct, tot_n = 0.0, 0, 0
-        lr_now = config.lr
-        for step, (x, y) in enumerate(loader):
-            if step >= steps_per_epoch:
-                break
-            if frozen:
-                lr_now = config.lr
-                for g in opt.param_groups:
-                    g["lr"] = config.lr
-            else:
-                lr_now = config.lr * lr_factor(ft_step, finetune_steps, config.schedule, config.warmup_steps_frac)
-                for g in opt.param_groups:
-                    g["lr"] = lr_now * (config.head_lr_mult if g.get("name") == "head" else 1.0)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=amp_dtype, enabled=use_amp):
-                logits = ddp_model(x)
-                loss = F.cross_entropy(logits.float(), y, weight=cw, label_smoothing=config.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            if not frozen:
-                ft_step += 1
-            n = int(y.shape[0])
-            tot_loss += float(loss.detach()) * n
-            tot_correct += int((logits.detach().argmax(1) == y).sum())
-            tot_n += n
-            elapsed = time.perf_counter() - t0
-            emit("step", epoch=epoch, step=step + 1, steps=steps_per_epoch, loss=float(loss.detach()),
-                 images_per_second=tot_n * world / max(elapsed, 1e-9), lr=lr_now)
-            if on_step is not None:
-                on_step(epoch, step)
-        stats = torch.tensor([tot_loss, tot_correct, tot_n], dtype=torch.float64, device=device)
-        if distributed:
-            dist.all_reduce(stats)
-        train_seconds = time.perf_counter() - t0
-
-        stop_flag = torch.zeros(1, device=device)
-        if rank == 0:
-            val_logits = predict_logits(model, val_ds, max(config.batch_size, 32), device, channels_last)
-            vm = classification_metrics(val_ds.targets, softmax(val_logits), labels)
-            val_loss = float(F.cross_entropy(torch.from_numpy(val_logits).float(), torch.from_numpy(val_ds.targets)))
-            row = {
-                "epoch": epoch + 1, "stage": stage, "lr": lr_now,
-                "train_loss": float(stats[0] / max(stats[2], 1)), "train_acc": float(stats[1] / max(stats[2], 1)),
-                "val_loss": val_loss, "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_auroc_macro": vm["auroc_macro"],
-                "epoch_seconds": time.perf_counter() - t0, "images_per_second": float(stats[2]) / max(train_seconds, 1e-9),
-            }
-            history.append(row)
-            improved = vm["macro_f1"] > best_f1 + 1e-9 or (abs(vm["macro_f1"] - best_f1) <= 1e-9 and val_loss < best_loss)
-            if improved:
-                best_f1, best_loss, best_epoch, bad_epochs = vm["macro_f1"], val_loss, epoch + 1, 0
-                _save_torch({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, out / BEST)
-            elif epoch >= freeze_epochs:  # patience counts fine-tuning epochs only
-                bad_epochs += 1
-            stopped_early = bad_epochs >= config.patience and epoch + 1 < config.epochs
-            _save_torch(
-                {
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-                    "epoch": epoch, "best_f1": best_f1, "best_loss": best_loss, "best_epoch": best_epoch,
-                    "bad_epochs": bad_epochs, "ft_step": ft_step, "history": history, "finished": False,
-                    "split_sha256": table.sha256,
-                },
-                out / LAST,
-            )
-            _write_history(out, history)
-            _plot_curves(out, history, config)
-            emit("epoch_end", **row, best_epoch=best_epoch, stopped_early=stopped_early)
-            if stopped_early:
-                log.info("early stopping after epoch %d: val macro-F1 has not improved for %d epochs (best %.3f at epoch %d)",
-                         epoch + 1, config.patience, best_f1, best_epoch)
-            stop_flag[0] = float(stopped_early)
-        if distributed:
-            dist.broadcast(stop_flag, 0)
-            stopped_early = bool(stop_flag.item())
-            dist.barrier()
-        if stopped_early:
+            ddp_model, wrapped_stage = _wrap_for_stage(run, frozen), stage
+        stats, train_seconds = _pool_stats(run, run_epoch(run, state, ddp_model, epoch, frozen, on_step))
+        stop = _end_epoch(run, state, epoch, stage, stats, train_seconds) if rank == 0 else False
+        state.stopped_early = _agree_on_stop(run, stop)
+        if state.stopped_early:
             break
-
     if rank == 0:
-        _finish(config, out, table, labels, spec, val_ds, device, channels_last, history, best_epoch, best_f1, stopped_early, command, world)
-    if distributed:
+        _finish(config, out, run.table, run.labels, run.spec, run.val_ds, device, run.channels_last, state.history,
+                state.stopping.best_epoch, state.stopping.best_f1, state.stopped_early, command, world)
+    if run.distributed:
         dist.barrier()
+
+
+def _wrap_for_stage(run: _Run, frozen: bool) -> Any:
+    """(Un)freeze the backbone; under DDP wrap the model anew, since the trainable parameters changed."""
+    import torch
+
+    _set_backbone_trainable(run.model, not frozen)
+    if not run.distributed:
+        return run.model
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    return DDP(run.model, device_ids=[torch.cuda.current_device()] if run.is_cuda else None)
+
+
+def _set_lr(run: _Run, frozen: bool, ft_step: int) -> float:
+    """Constant LR in the frozen warm-up; the schedule (head x ``head_lr_mult``) while fine-tuning."""
+    config = run.config
+    if frozen:
+        for g in run.opt.param_groups:
+            g["lr"] = config.lr
+        return config.lr
+    lr = config.lr * lr_factor(ft_step, run.finetune_steps, config.schedule, config.warmup_steps_frac)
+    for g in run.opt.param_groups:
+        g["lr"] = lr * (config.head_lr_mult if g.get("name") == "head" else 1.0)
+    return lr
+
+
+def run_epoch(run: _Run, state: _LoopState, ddp_model: Any, epoch: int, frozen: bool, on_step: Callable[[int, int], None] | None) -> _EpochStats:
+    """One pass over the training loader (at most ``steps_per_epoch`` optimiser steps)."""
+    import torch
+
+    config = run.config
+    run.sampler.set_epoch(epoch)
+    run.train_ds.epoch = epoch
+    torch.manual_seed(config.seed * 1000 + epoch)  # dropout etc.: same per epoch, so resume == uninterrupted
+    _train_mode(run.model, frozen)
+    run.emit("epoch_start", epoch=epoch, epochs=config.epochs, steps=run.steps_per_epoch, stage="frozen" if frozen else "finetune")
+    stats = _EpochStats(lr=config.lr, t0=time.perf_counter())
+    for step, (x, y) in enumerate(run.loader):
+        if step >= run.steps_per_epoch:
+            break
+        stats.lr = _set_lr(run, frozen, state.ft_step)
+        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
+        logits, loss = _train_step(run, ddp_model, x, y)
+        if not frozen:
+            state.ft_step += 1
+        n = int(y.shape[0])
+        stats.loss_sum += float(loss.detach()) * n
+        stats.correct += int((logits.detach().argmax(1) == y).sum())
+        stats.n += n
+        elapsed = time.perf_counter() - stats.t0
+        run.emit("step", epoch=epoch, step=step + 1, steps=run.steps_per_epoch, loss=float(loss.detach()),
+                 images_per_second=stats.n * run.world / max(elapsed, 1e-9), lr=stats.lr)
+        if on_step is not None:
+            on_step(epoch, step)
+    return stats
+
+
+def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any) -> tuple[Any, Any]:
+    """Forward (autocast under AMP) on a batch already on the device, weighted and smoothed cross-entropy, backward, optimiser step."""
+    import torch
+    import torch.nn.functional as F
+
+    if run.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.use_amp):
+        logits = ddp_model(x)
+        loss = F.cross_entropy(logits.float(), y, weight=run.class_weight, label_smoothing=run.config.label_smoothing)
+    run.opt.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.opt)
+    run.scaler.update()
+    return logits, loss
+
+
+def validate(run: _Run, epoch: int, stage: str, stats: _EpochStats, train_seconds: float) -> dict[str, Any]:
+    """The history row of ``epoch``: pooled training loss/accuracy and validation metrics (rank 0)."""
+    import torch
+    import torch.nn.functional as F
+
+    val_logits = predict_logits(run.model, run.val_ds, max(run.config.batch_size, 32), run.device, run.channels_last)
+    vm = classification_metrics(run.val_ds.targets, softmax(val_logits), run.labels)
+    val_loss = float(F.cross_entropy(torch.from_numpy(val_logits).float(), torch.from_numpy(run.val_ds.targets)))
+    n = max(stats.n, 1)
+    return {
+        "epoch": epoch + 1, "stage": stage, "lr": stats.lr,
+        "train_loss": float(stats.loss_sum / n), "train_acc": float(stats.correct / n),
+        "val_loss": val_loss, "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_auroc_macro": vm["auroc_macro"],
+        "epoch_seconds": time.perf_counter() - stats.t0, "images_per_second": float(stats.n) / max(train_seconds, 1e-9),
+    }
+
+
+def save_checkpoints(run: _Run, state: _LoopState, epoch: int, improved: bool) -> None:
+    """``model.pt`` when the epoch is the new best; always ``last.pt`` (all ``--resume`` needs), history and curves."""
+    if improved:
+        _save_torch({k: v.detach().cpu().contiguous() for k, v in run.model.state_dict().items()}, run.out / BEST)
+    _save_torch(
+        {
+            "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+            "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
+            "epoch": epoch, **state.stopping.state(), "ft_step": state.ft_step, "history": state.history, "finished": False,
+            "split_sha256": run.table.sha256,
+        },
+        run.out / LAST,
+    )
+    _write_history(run.out, state.history)
+    _plot_curves(run.out, state.history, run.config)
+
+
+def _pool_stats(run: _Run, stats: _EpochStats) -> tuple[_EpochStats, float]:
+    """The epoch's training loss/accuracy totals summed over all processes, and the training seconds."""
+    import torch
+    import torch.distributed as dist
+
+    totals = torch.tensor([stats.loss_sum, stats.correct, stats.n], dtype=torch.float64, device=run.device)
+    if run.distributed:
+        dist.all_reduce(totals)
+    train_seconds = time.perf_counter() - stats.t0
+    return _EpochStats(float(totals[0]), float(totals[1]), float(totals[2]), stats.lr, stats.t0), train_seconds
+
+
+def _end_epoch(run: _Run, state: _LoopState, epoch: int, stage: str, stats: _EpochStats, train_seconds: float) -> bool:
+    """Rank 0 after an epoch: validate, select, checkpoint, report. Returns whether to stop early."""
+    row = validate(run, epoch, stage, stats, train_seconds)
+    state.history.append(row)
+    stopping = state.stopping
+    improved = stopping.update(epoch, row["val_macro_f1"], row["val_loss"], counts=epoch >= run.freeze_epochs)
+    stop = stopping.exhausted and epoch + 1 < run.config.epochs
+    save_checkpoints(run, state, epoch, improved)
+    run.emit("epoch_end", **row, best_epoch=stopping.best_epoch, stopped_early=stop)
+    if stop:
+        log.info("early stopping after epoch %d: val macro-F1 has not improved for %d epochs (best %.3f at epoch %d)",
+                 epoch + 1, run.config.patience, stopping.best_f1, stopping.best_epoch)
+    return stop
+
+
+def _agree_on_stop(run: _Run, stop: bool) -> bool:
+    """Rank 0's early-stopping decision, broadcast to every process (then all wait for each other)."""
+    if not run.distributed:
+        return stop
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([float(stop)], device=run.device)
+    dist.broadcast(flag, 0)
+    dist.barrier()
+    return bool(flag.item())
 
 
 def _plot_curves(out: Path, history: Sequence[Mapping[str, Any]], config: TrainConfig) -> None:

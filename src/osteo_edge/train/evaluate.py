@@ -8,6 +8,7 @@ protocol read from split.json.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import logging
@@ -17,7 +18,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -138,6 +139,43 @@ def subgroup_metrics(
 # evaluation
 
 
+@dataclass
+class EvalScores:
+    """What scoring a run produced, before anything is written: the metrics.json record and the
+    arrays the predictions file and the figures are drawn from."""
+
+    metrics: dict[str, Any]
+    rows: list[Any]
+    labels: list[str]
+    y: np.ndarray
+    logits: np.ndarray
+    p_raw: np.ndarray
+    p_cal: np.ndarray
+    temperature: float
+    thresholds: dict[str, float]
+    calib: dict[str, Any]
+
+    @property
+    def ece_raw(self) -> float:
+        return float(self.metrics["ece_uncalibrated"]["value"])
+
+
+@dataclass
+class _EvalRows:
+    """The rows to score and the validation rows to calibrate on, with where they came from."""
+
+    table: Any
+    split_path: Path
+    prov: Mapping[str, Any]
+    same_split: bool
+    own: Any
+    fold: int
+    overlap: int
+    calib_rows_from: str
+    rows: list[Any]
+    val_rows: list[Any]
+
+
 def evaluate_run(
     run_dir: str | os.PathLike,
     split: str | os.PathLike | None = None,
@@ -155,69 +193,110 @@ def evaluate_run(
     plots: bool = True,
 ) -> EvalResult:
     """Evaluate ``run_dir`` on ``subset`` of its split; write the files and reseal the bundle."""
-    import torch
-
-    from ..data.split import read_split
-
     if subset not in SUBSETS:
         raise ConfigError(f"unknown --subset {subset!r}; valid: {', '.join(SUBSETS)}")
     if (metadata is None) != (key is None) or (subgroups and metadata is None):
         raise ConfigError("--metadata and --key go together, and --subgroups needs both")
     run_dir = Path(run_dir)
-    threads_before = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
+    scores = score_run(run_dir, split, subset, metadata=metadata, key=key, subgroups=subgroups, n_boot=n_boot, seed=seed,
+                       batch_size=batch_size, device=device, threads=threads, command=command)
+    out = Path(out) if out is not None else run_dir / "eval" / subset
+    files = write_evaluation(scores, out, run_dir.name, plots)
+    _reseal_run(run_dir, out, subset, scores.metrics, scores.temperature, scores.thresholds, scores.calib)
+    return EvalResult(out=out, subset=subset, metrics=scores.metrics, files=files)
+
+
+# ------------------------------------------------------------------------------------------------
+# scoring (writes nothing)
+
+
+def score_run(
+    run_dir: Path, split: str | os.PathLike | None, subset: str, *, metadata: str | os.PathLike | None = None,
+    key: str | None = None, subgroups: Sequence[str] = (), n_boot: int = 1000, seed: int = 0, batch_size: int = 32,
+    device: str = "auto", threads: int = 2, command: str = "",
+) -> EvalScores:
+    """Logits of ``subset``, temperature and thresholds refitted on validation, metrics with intervals."""
+    with _torch_threads(threads):
         dev = resolve_device(device)
         model, bundle = load_model(run_dir, device=dev)
-        prov = bundle.manifest.get("provenance", {})
-        split_path = Path(split or prov.get("split_csv") or "")
-        if not str(split_path) or not split_path.is_file():
-            raise DataError(f"{run_dir}: pass --split (the run's split file {prov.get('split_csv')!r} is not available)")
-        table = read_split(split_path)
-        if table.labels != bundle.labels:
-            raise DataError(f"{split_path}: labels {table.labels} differ from the model's {bundle.labels}")
-        same_split = prov.get("split_sha256") == table.sha256
-        own = table if same_split else _own_split(prov)
-        fold = int(prov.get("fold", -1))
-        overlap = 0
-        if own is not None:  # calibrate on the run's own validation rows, whatever split is scored
-            _, val_rows = split_rows(own, fold)
-            calib_rows_from = "the run's own validation split"
-        else:
-            _, val_rows = split_rows(table, -1)
-            calib_rows_from = "the evaluated split's validation rows (the run's own split file is not available)"
-        rows = (val_rows if same_split else split_rows(table, -1)[1]) if subset == "val" else table.subset("test")
-        if not same_split:
-            if own is not None:
-                seen = {r.sha256 for r in own.rows if r.split != "test" and r.sha256}
-                overlap = sum(1 for r in rows if r.sha256 and r.sha256 in seen)
-            log.warning("%s is not the split this run was trained on; %s of its %s rows are byte-identical to the run's "
-                        "training/validation files", split_path, overlap if own is not None else "an unknown number", subset)
-        if not rows or not val_rows:
-            raise DataError(f"{split_path}: the {subset} or validation subset is empty")
-        spec = bundle.spec
-        labels = bundle.labels
-        cl = spec.channels > 1
-        val_ds = RadiographDataset(val_rows, labels, spec)
-        val_logits = predict_logits(model, val_ds, batch_size, dev, cl)
-        calib_old = (bundle.manifest.get("training") or {}).get("calibration", {})
-        target = float((calib_old.get("low_bmd") or {}).get("target_sensitivity", 0.9))
-        min_conf = float(bundle.thresholds.get("min_confidence", 0.6))
-        temperature, thresholds, calib = calibrate_on_val(val_logits, val_ds.targets, labels, min_conf, target)
+        sel = _select_rows(run_dir, bundle, split, subset)
+        labels, spec = bundle.labels, bundle.spec
+        val_ds = RadiographDataset(sel.val_rows, labels, spec)
+        val_logits = predict_logits(model, val_ds, batch_size, dev, spec.channels > 1)
+        temperature, thresholds, calib = _calibrate(bundle, val_logits, val_ds.targets)
         if subset == "val":
             ds, logits = val_ds, val_logits
         else:
-            ds = RadiographDataset(rows, labels, spec)
-            logits = predict_logits(model, ds, batch_size, dev, cl)
+            ds = RadiographDataset(sel.rows, labels, spec)
+            logits = predict_logits(model, ds, batch_size, dev, spec.channels > 1)
+    y = ds.targets
+    p_raw, p_cal = softmax(logits, 1.0), softmax(logits, temperature)
+    metrics = compute_metrics(y, p_raw, p_cal, sel.rows, labels, thresholds.get("low_bmd"), n_boot, seed)
+    result = _result_record(run_dir, subset, sel, labels, len(y), temperature, thresholds, calib, metrics, n_boot, seed, command)
+    if metadata is not None and key is not None:
+        result["subgroups"] = subgroup_metrics(sel.rows, y, p_cal, labels, metadata, key, list(subgroups), thresholds.get("low_bmd"), n_boot, seed)
+    return EvalScores(result, sel.rows, labels, y, logits, p_raw, p_cal, temperature, thresholds, calib)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    import torch
+
+    threads_before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
     finally:
         torch.set_num_threads(threads_before)
 
-    y = ds.targets
+
+def _select_rows(run_dir: Path, bundle: Any, split: str | os.PathLike | None, subset: str) -> _EvalRows:
+    """Read the split to score; calibration rows come from the run's own validation split when it is there."""
+    from ..data.split import read_split
+
+    prov = bundle.manifest.get("provenance", {})
+    split_path = Path(split or prov.get("split_csv") or "")
+    if not str(split_path) or not split_path.is_file():
+        raise DataError(f"{run_dir}: pass --split (the run's split file {prov.get('split_csv')!r} is not available)")
+    table = read_split(split_path)
+    if table.labels != bundle.labels:
+        raise DataError(f"{split_path}: labels {table.labels} differ from the model's {bundle.labels}")
+    same_split = prov.get("split_sha256") == table.sha256
+    own = table if same_split else _own_split(prov)
+    fold = int(prov.get("fold", -1))
+    overlap = 0
+    if own is not None:  # calibrate on the run's own validation rows, whatever split is scored
+        _, val_rows = split_rows(own, fold)
+        calib_rows_from = "the run's own validation split"
+    else:
+        _, val_rows = split_rows(table, -1)
+        calib_rows_from = "the evaluated split's validation rows (the run's own split file is not available)"
+    rows = (val_rows if same_split else split_rows(table, -1)[1]) if subset == "val" else table.subset("test")
+    if not same_split:
+        if own is not None:
+            seen = {r.sha256 for r in own.rows if r.split != "test" and r.sha256}
+            overlap = sum(1 for r in rows if r.sha256 and r.sha256 in seen)
+        log.warning("%s is not the split this run was trained on; %s of its %s rows are byte-identical to the run's "
+                    "training/validation files", split_path, overlap if own is not None else "an unknown number", subset)
+    if not rows or not val_rows:
+        raise DataError(f"{split_path}: the {subset} or validation subset is empty")
+    return _EvalRows(table, split_path, prov, same_split, own, fold, overlap, calib_rows_from, rows, val_rows)
+
+
+def _calibrate(bundle: Any, val_logits: np.ndarray, y_val: np.ndarray) -> tuple[float, dict[str, float], dict[str, Any]]:
+    """Refit temperature and thresholds on validation, with the run's own sensitivity target and confidence floor."""
+    calib_old = (bundle.manifest.get("training") or {}).get("calibration", {})
+    target = float((calib_old.get("low_bmd") or {}).get("target_sensitivity", 0.9))
+    min_conf = float(bundle.thresholds.get("min_confidence", 0.6))
+    return calibrate_on_val(val_logits, y_val, bundle.labels, min_conf, target)
+
+
+def compute_metrics(
+    y: np.ndarray, p_raw: np.ndarray, p_cal: np.ndarray, rows: Sequence[Any], labels: Sequence[str],
+    thr: float | None, n_boot: int, seed: int,
+) -> dict[str, Any]:
+    """Point metrics, bootstrap intervals over duplicate groups, ECE before calibration, per source."""
     groups = np.array([r.group for r in rows])
-    p_raw, p_cal = softmax(logits, 1.0), softmax(logits, temperature)
-    thr = thresholds.get("low_bmd")
-    point = classification_metrics(y, p_cal, labels, thr)
-    ci = bootstrap_ci(y, p_cal, labels, groups, thr, n_boot=n_boot, seed=seed)
     ece_raw = ece_score(p_raw, y)
     ece_raw_ci = bootstrap_ci(y, p_raw, labels, groups, thr, n_boot=n_boot, seed=seed)["ece"]
     per_source = {}
@@ -228,39 +307,64 @@ def evaluate_run(
             **bootstrap_ci(y[m], p_cal[m], labels, groups[m], thr, n_boot=n_boot, seed=seed),
             "confusion": classification_metrics(y[m], p_cal[m], labels, thr)["confusion"],
         }
-    majority = Counter(y.tolist()).most_common(1)[0]
-    provenance = split_provenance(table, fold, prov.get("command", ""))
-    result: dict[str, Any] = {
-        "run": str(run_dir), "subset": subset, "n": int(len(y)), "groups": int(len(set(groups.tolist()))),
-        "protocol": provenance["protocol"], "split_csv": str(split_path), "split_sha256": table.sha256,
-        "same_split_as_training": same_split, "overlap_with_training_files": overlap if own is not None else None,
-        "calibrated_on": calib_rows_from, "labels": labels, "temperature": temperature, "thresholds": thresholds,
-        "calibration": calib, "headline": ci, "point": point,
+    return {
+        "groups": int(len(set(groups.tolist()))),
+        "headline": bootstrap_ci(y, p_cal, labels, groups, thr, n_boot=n_boot, seed=seed),
+        "point": classification_metrics(y, p_cal, labels, thr),
         "ece_uncalibrated": {"value": ece_raw, "ci95": ece_raw_ci["ci95"]},
-        "majority_baseline_accuracy": majority[1] / len(y), "per_source": per_source,
+        "majority_baseline_accuracy": Counter(y.tolist()).most_common(1)[0][1] / len(y),
+        "per_source": per_source,
+    }
+
+
+def _result_record(
+    run_dir: Path, subset: str, sel: _EvalRows, labels: list[str], n: int, temperature: float, thresholds: Mapping[str, float],
+    calib: Mapping[str, Any], metrics: Mapping[str, Any], n_boot: int, seed: int, command: str,
+) -> dict[str, Any]:
+    """The metrics.json record: the metrics with the protocol, the split and the calibration they rest on."""
+    provenance = split_provenance(sel.table, sel.fold, sel.prov.get("command", ""))
+    return {
+        "run": str(run_dir), "subset": subset, "n": int(n), "groups": metrics["groups"],
+        "protocol": provenance["protocol"], "split_csv": str(sel.split_path), "split_sha256": sel.table.sha256,
+        "same_split_as_training": sel.same_split, "overlap_with_training_files": sel.overlap if sel.own is not None else None,
+        "calibrated_on": sel.calib_rows_from, "labels": labels, "temperature": temperature, "thresholds": thresholds,
+        "calibration": calib, "headline": metrics["headline"], "point": metrics["point"],
+        "ece_uncalibrated": metrics["ece_uncalibrated"],
+        "majority_baseline_accuracy": metrics["majority_baseline_accuracy"], "per_source": metrics["per_source"],
         "bootstrap": {"replicates": n_boot, "unit": "duplicate group", "seed": seed},
         "command": command, "disclaimer": DISCLAIMER,
     }
-    if metadata is not None and key is not None:
-        result["subgroups"] = subgroup_metrics(rows, y, p_cal, labels, metadata, key, list(subgroups), thr, n_boot, seed)
 
-    out = Path(out) if out is not None else run_dir / "eval" / subset
+
+# ------------------------------------------------------------------------------------------------
+# writing (files in ``out``; the bundle update is a separate step, see :func:`_reseal_run`)
+
+
+def write_evaluation(scores: EvalScores, out: Path, run_name: str, plots: bool = True) -> dict[str, Path]:
+    """metrics.json, predictions.csv, the PNGs (``plots``) and report.md in ``out``; returns the paths."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"metrics.json": atomic_write_json(out / "metrics.json", result)}
-    files["predictions.csv"] = _write_predictions(out / "predictions.csv", rows, labels, logits, p_cal)
+    files = {"metrics.json": atomic_write_json(out / "metrics.json", scores.metrics)}
+    files["predictions.csv"] = _write_predictions(out / "predictions.csv", scores.rows, scores.labels, scores.logits, scores.p_cal)
     if plots:
-        from .plots import confusion_png, reliability_png, roc_png
+        files.update(_write_plots(scores, out, run_name))
+    files["report.md"] = atomic_write_text(out / "report.md", render_report(scores.metrics))
+    return files
 
-        title = f"{run_dir.name}: {subset} split (n = {len(y)})"
-        files["confusion.png"] = confusion_png(point["confusion"], labels, out / "confusion.png", title)
-        p_low = low_bmd_probability(p_cal, labels)
-        y_low = (y != labels.index(NORMAL)).astype(int) if NORMAL in labels else None
-        op = (point.get("low_bmd_sensitivity", float("nan")), point.get("low_bmd_specificity", float("nan"))) if thr is not None else None
-        files["roc.png"] = roc_png(y, p_cal, labels, out / "roc.png", title, p_low, y_low, op)
-        files["reliability.png"] = reliability_png(y, p_raw, p_cal, temperature, ece_raw, point["ece"], out / "reliability.png", title)
-    files["report.md"] = atomic_write_text(out / "report.md", render_report(result))
-    _reseal_run(run_dir, out, subset, result, temperature, thresholds, calib)
-    return EvalResult(out=out, subset=subset, metrics=result, files=files)
+
+def _write_plots(s: EvalScores, out: Path, run_name: str) -> dict[str, Path]:
+    from .plots import confusion_png, reliability_png, roc_png
+
+    labels, y, point = s.labels, s.y, s.metrics["point"]
+    thr = s.thresholds.get("low_bmd")
+    title = f"{run_name}: {s.metrics['subset']} split (n = {len(y)})"
+    p_low = low_bmd_probability(s.p_cal, labels)
+    y_low = (y != labels.index(NORMAL)).astype(int) if NORMAL in labels else None
+    op = (point.get("low_bmd_sensitivity", float("nan")), point.get("low_bmd_specificity", float("nan"))) if thr is not None else None
+    return {
+        "confusion.png": confusion_png(point["confusion"], labels, out / "confusion.png", title),
+        "roc.png": roc_png(y, s.p_cal, labels, out / "roc.png", title, p_low, y_low, op),
+        "reliability.png": reliability_png(y, s.p_raw, s.p_cal, s.temperature, s.ece_raw, point["ece"], out / "reliability.png", title),
+    }
 
 
 def _label_counts(y: np.ndarray, labels: Sequence[str]) -> dict[str, int]:
