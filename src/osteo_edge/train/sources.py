@@ -310,6 +310,78 @@ def per_source_report(
     what any answer that depends on the source alone can reach on these rows at best, so a model
     that only reads the source can never pass, whatever the training majority was.
     """
+    rows = _rows(y_true, y_pred, probs, sources, labels, groups, normal_label)
+    per_source, within_auc = _per_source_metrics(rows, n_boot, seed)
+    worst = min(per_source, key=lambda s: (s.accuracy, s.source))
+    baselines = _shortcut_baselines(rows, train_y, train_sources)
+    verdicts = []
+    for sm, sc in zip(per_source, baselines.per_source):
+        bar = max(sc.majority_accuracy, sc.best_constant_accuracy)
+        verdicts.append(Verdict(
+            source=sm.source, model_accuracy=sm.accuracy, shortcut_accuracy=bar,
+            margin_points=100.0 * (sm.accuracy - bar), beats_shortcut=bool(sm.accuracy > bar + 1e-12),
+            ci_clears_bar=bool(sm.accuracy_ci95.lo > bar + 1e-12),
+        ))
+    r = rows
+    return SourceReport(
+        labels=tuple(r.labels), normal_label=normal_label, n=r.n,
+        n_groups=int(len(np.unique(r.grp))) if r.grp is not None else r.n,
+        pooled_accuracy=float(r.correct.mean()), pooled_macro_f1=_macro_f1(r.y, r.pred),
+        pooled_low_bmd_auroc=_auc(r.y_low, r.p_low) if r.p_low is not None else float("nan"),
+        per_source=tuple(per_source), worst_source=worst.source, worst_source_accuracy=worst.accuracy,
+        cells=tuple(_cells(r, n_boot, seed)), within_source_low_bmd_auroc=within_auc,
+        wani_osteopenia_vs_osteoporosis_auroc=_wani_auc(r, wani_source, penia_label, porosis_label),
+        baselines=baselines, verdicts=tuple(verdicts),
+        interval_method=("bootstrap over duplicate groups (percentile, %d replicates; Wilson over groups where "
+                         "k = 0 or k = n)" % n_boot) if r.grp is not None else "Wilson score interval over rows",
+    )
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The evaluated rows as index arrays (validated once)."""
+
+    labels: list[str]
+    y: np.ndarray
+    pred: np.ndarray
+    src: np.ndarray
+    grp: np.ndarray | None
+    P: np.ndarray | None
+    ni: int
+
+    @property
+    def n(self) -> int:
+        return len(self.y)
+
+    @property
+    def k(self) -> int:
+        return len(self.labels)
+
+    @property
+    def correct(self) -> np.ndarray:
+        return self.pred == self.y
+
+    @property
+    def y_low(self) -> np.ndarray:
+        return (self.y != self.ni).astype(int)
+
+    @property
+    def p_low(self) -> np.ndarray | None:
+        return None if self.P is None else 1.0 - self.P[:, self.ni]
+
+    @property
+    def sources(self) -> list[str]:
+        return sorted(set(self.src.tolist()))
+
+    def groups_in(self, m: np.ndarray) -> np.ndarray | None:
+        return None if self.grp is None else self.grp[m]
+
+    def n_groups(self, m: np.ndarray) -> int:
+        return int(len(np.unique(self.grp[m]))) if self.grp is not None else int(m.sum())
+
+
+def _rows(y_true: Sequence[Any], y_pred: Sequence[Any], probs: np.ndarray | None, sources: Sequence[str],
+          labels: Sequence[str], groups: Sequence[Any] | None, normal_label: str) -> _Rows:
     labels = [str(x) for x in labels]
     if normal_label not in labels:
         raise ConfigError(f"normal label {normal_label!r} is not among the labels {labels}")
@@ -329,116 +401,87 @@ def per_source_report(
         P = np.asarray(probs, dtype=np.float64)
         if P.shape != (n, len(labels)):
             raise ConfigError(f"probs must have shape ({n}, {len(labels)}), got {P.shape}")
-    k = len(labels)
-    ni = labels.index(normal_label)
-    y_low = (y != ni).astype(int)
-    p_low = None if P is None else 1.0 - P[:, ni]
-    correct = pred == y
-    src_names = sorted(set(src.tolist()))
+    return _Rows(labels, y, pred, src, grp, P, labels.index(normal_label))
 
-    # per source
-    per_source = []
-    within_auc: dict[str, float] = {}
-    for s in src_names:
-        m = src == s
-        ys, ps = y[m], pred[m]
-        conf = np.zeros((k, k), dtype=int)
+
+def _per_source_metrics(r: _Rows, n_boot: int, seed: int) -> tuple[list[SourceMetrics], dict[str, float]]:
+    per_source, within_auc = [], {}
+    for s in r.sources:
+        m = r.src == s
+        ys, ps = r.y[m], r.pred[m]
+        conf = np.zeros((r.k, r.k), dtype=int)
         np.add.at(conf, (ys, ps), 1)
-        auc = _auc(y_low[m], p_low[m]) if p_low is not None else float("nan")
+        auc = _auc(r.y_low[m], r.p_low[m]) if r.p_low is not None else float("nan")
         if not math.isnan(auc):
             within_auc[s] = auc
         per_source.append(SourceMetrics(
-            source=s, n=int(m.sum()), n_groups=int(len(np.unique(grp[m]))) if grp is not None else int(m.sum()),
-            class_counts={labels[c]: int(np.sum(ys == c)) for c in range(k) if np.any(ys == c)},
-            accuracy=float(correct[m].mean()),
-            accuracy_ci95=_proportion_ci(correct[m], None if grp is None else grp[m], k, n_boot, seed),
+            source=s, n=int(m.sum()), n_groups=r.n_groups(m),
+            class_counts={r.labels[c]: int(np.sum(ys == c)) for c in range(r.k) if np.any(ys == c)},
+            accuracy=float(r.correct[m].mean()),
+            accuracy_ci95=_proportion_ci(r.correct[m], r.groups_in(m), r.k, n_boot, seed),
             macro_f1=_macro_f1(ys, ps), confusion=tuple(tuple(int(v) for v in row) for row in conf),
             low_bmd_auroc=auc,
         ))
-    worst = min(per_source, key=lambda s: (s.accuracy, s.source))
+    return per_source, within_auc
 
-    # (source, class) recall cells
+
+def _cells(r: _Rows, n_boot: int, seed: int) -> list[CellRecall]:
+    """Recall of every (source, class) cell, as k of n with a 95% interval."""
     cells = []
-    for s in src_names:
-        for c in range(k):
-            m = (src == s) & (y == c)
+    for s in r.sources:
+        for c in range(r.k):
+            m = (r.src == s) & (r.y == c)
             if not m.any():
                 continue
             cells.append(CellRecall(
-                source=s, label=labels[c], k=int(correct[m].sum()), n=int(m.sum()),
-                n_groups=int(len(np.unique(grp[m]))) if grp is not None else int(m.sum()),
-                recall=float(correct[m].mean()),
-                ci95=_proportion_ci(correct[m], None if grp is None else grp[m], k, n_boot, seed),
+                source=s, label=r.labels[c], k=int(r.correct[m].sum()), n=int(m.sum()), n_groups=r.n_groups(m),
+                recall=float(r.correct[m].mean()), ci95=_proportion_ci(r.correct[m], r.groups_in(m), r.k, n_boot, seed),
             ))
+    return cells
 
-    # within Wani: Osteopenia vs Osteoporosis, scored by P(Osteoporosis) / (P(Osteopenia) + P(Osteoporosis))
-    wani_auc = float("nan")
-    if P is not None and penia_label in labels and porosis_label in labels:
-        a, b = labels.index(penia_label), labels.index(porosis_label)
-        m = (src == wani_source) & ((y == a) | (y == b))
-        if m.any():
-            den = P[m, a] + P[m, b]
-            score = np.divide(P[m, b], den, out=np.full(int(m.sum()), 0.5), where=den > 0)
-            wani_auc = _auc((y[m] == b).astype(int), score)
 
-    # shortcut baselines
+def _wani_auc(r: _Rows, wani_source: str, penia_label: str, porosis_label: str) -> float:
+    """Within Wani: Osteopenia vs Osteoporosis, scored by P(Osteoporosis) / (P(Osteopenia) + P(Osteoporosis))."""
+    if r.P is None or penia_label not in r.labels or porosis_label not in r.labels:
+        return float("nan")
+    a, b = r.labels.index(penia_label), r.labels.index(porosis_label)
+    m = (r.src == wani_source) & ((r.y == a) | (r.y == b))
+    if not m.any():
+        return float("nan")
+    den = r.P[m, a] + r.P[m, b]
+    score = np.divide(r.P[m, b], den, out=np.full(int(m.sum()), 0.5), where=den > 0)
+    return _auc((r.y[m] == b).astype(int), score)
+
+
+def _shortcut_baselines(r: _Rows, train_y: Sequence[Any] | None, train_sources: Sequence[str] | None) -> ShortcutBaselines:
+    """Per-source majority class and source-only class distribution, counted on the training rows when given."""
     if (train_y is None) != (train_sources is None):
         raise ConfigError("give both train_y and train_sources (the training rows), or neither")
     if train_y is not None:
-        by = _as_index(train_y, labels, "train_y")
+        by = _as_index(train_y, r.labels, "train_y")
         bs = np.asarray([str(s) for s in train_sources])  # type: ignore[union-attr]
         if len(by) != len(bs) or len(by) == 0:
             raise ConfigError(f"train_y and train_sources must be non-empty and of one length, got {len(by)} and {len(bs)}")
         basis = "training rows"
     else:
-        by, bs, basis = y, src, "evaluated rows"
-    fallback = _majority(by)
-    fallback_dist = np.bincount(by, minlength=k) / len(by)
-    shortcuts, maj_pred, dist_rows = [], np.empty(n, dtype=int), np.empty((n, k))
-    for s in src_names:
-        m = src == s
-        bm = bs == s
-        if bm.any():
-            maj = _majority(by[bm])
-            dist = np.bincount(by[bm], minlength=k) / bm.sum()
-        else:
-            maj, dist = fallback, fallback_dist
-        best = _majority(y[m])
-        maj_pred[m] = maj
-        dist_rows[m] = dist
+        by, bs, basis = r.y, r.src, "evaluated rows"
+    fallback, fallback_dist = _majority(by), np.bincount(by, minlength=r.k) / len(by)
+    shortcuts, maj_pred, dist_rows = [], np.empty(r.n, dtype=int), np.empty((r.n, r.k))
+    for s in r.sources:
+        m, bm = r.src == s, bs == s
+        maj, dist = (_majority(by[bm]), np.bincount(by[bm], minlength=r.k) / bm.sum()) if bm.any() else (fallback, fallback_dist)
+        best = _majority(r.y[m])
+        maj_pred[m], dist_rows[m] = maj, dist
         shortcuts.append(SourceShortcut(
-            source=s, majority_label=labels[maj], majority_accuracy=float(np.mean(y[m] == maj)),
-            best_constant_label=labels[best], best_constant_accuracy=float(np.mean(y[m] == best)),
-            distribution={labels[c]: float(dist[c]) for c in range(k)},
+            source=s, majority_label=r.labels[maj], majority_accuracy=float(np.mean(r.y[m] == maj)),
+            best_constant_label=r.labels[best], best_constant_accuracy=float(np.mean(r.y[m] == best)),
+            distribution={r.labels[c]: float(dist[c]) for c in range(r.k)},
         ))
     so_pred = dist_rows.argmax(axis=1)
-    baselines = ShortcutBaselines(
-        basis=basis, per_source=tuple(shortcuts),
-        majority_accuracy=float(np.mean(maj_pred == y)),
-        source_only_accuracy=float(np.mean(so_pred == y)),
-        source_only_macro_f1=_macro_f1(y, so_pred),
-        source_only_low_bmd_auroc=_auc(y_low, 1.0 - dist_rows[:, ni]),
-    )
-
-    verdicts = []
-    for sm, sc in zip(per_source, shortcuts):
-        bar = max(sc.majority_accuracy, sc.best_constant_accuracy)
-        verdicts.append(Verdict(
-            source=sm.source, model_accuracy=sm.accuracy, shortcut_accuracy=bar,
-            margin_points=100.0 * (sm.accuracy - bar), beats_shortcut=bool(sm.accuracy > bar + 1e-12),
-            ci_clears_bar=bool(sm.accuracy_ci95.lo > bar + 1e-12),
-        ))
-
-    return SourceReport(
-        labels=tuple(labels), normal_label=normal_label, n=n,
-        n_groups=int(len(np.unique(grp))) if grp is not None else n,
-        pooled_accuracy=float(correct.mean()), pooled_macro_f1=_macro_f1(y, pred),
-        pooled_low_bmd_auroc=_auc(y_low, p_low) if p_low is not None else float("nan"),
-        per_source=tuple(per_source), worst_source=worst.source, worst_source_accuracy=worst.accuracy,
-        cells=tuple(cells), within_source_low_bmd_auroc=within_auc,
-        wani_osteopenia_vs_osteoporosis_auroc=wani_auc, baselines=baselines, verdicts=tuple(verdicts),
-        interval_method=("bootstrap over duplicate groups (percentile, %d replicates; Wilson over groups where "
-                         "k = 0 or k = n)" % n_boot) if grp is not None else "Wilson score interval over rows",
+    return ShortcutBaselines(
+        basis=basis, per_source=tuple(shortcuts), majority_accuracy=float(np.mean(maj_pred == r.y)),
+        source_only_accuracy=float(np.mean(so_pred == r.y)), source_only_macro_f1=_macro_f1(r.y, so_pred),
+        source_only_low_bmd_auroc=_auc(r.y_low, 1.0 - dist_rows[:, r.ni]),
     )
 
 
