@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import functools
-import sys
 from typing import Any, Callable, TypeVar
 
 import typer
 from rich.console import Console
 
+from ..core.progress import progress_enabled  # noqa: F401 (re-exported for the command modules)
 from ..errors import OsteoEdgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -29,11 +29,6 @@ def handle_errors(fn: F) -> F:
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
-
-
-def progress_enabled() -> bool:
-    """Progress bars only on a terminal."""
-    return sys.stderr.isatty()
 
 
 def next_step(text: str) -> None:

@@ -23,12 +23,11 @@ import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, read_manifest, reseal
 from ..errors import ConfigError, DataError
-from .data import RadiographDataset
+from ..core.classification import HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, low_bmd_probability
+from ..core.stats import fmt_ci, softmax
+from ..modeling.dataset import RadiographDataset
+from ..modeling.loading import load_run
 from .engine import calibrate_on_val, predict_logits, resolve_device, split_provenance, split_rows
-from .metrics import (
-    HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, fmt_ci, low_bmd_probability, softmax,
-)
-from .models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +167,7 @@ def evaluate_run(
     torch.set_num_threads(threads)
     try:
         dev = resolve_device(device)
-        model, bundle = load_model(run_dir, device=dev)
+        model, bundle = load_run(run_dir, device=dev)
         prov = bundle.manifest.get("provenance", {})
         split_path = Path(split or prov.get("split_csv") or "")
         if not str(split_path) or not split_path.is_file():
