@@ -150,8 +150,8 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
         if not sources:
             return "Add radiographs (several files or a folder) first.", None, None
 
-        def tick(i: int, n: int, name: str) -> None:
-            progress((i, n), desc=f"analysing {name}", unit="images")
+        def tick(label: str, done: int = 0, total: int | None = None, **info: Any) -> None:  # core.progress.Progress
+            progress((done, total), desc=label, unit="images")
 
         try:
             preds, csv_path = svc.batch(sources, progress=tick)
