@@ -17,7 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import require
-from .stats import Estimate, auroc, bootstrap, softmax  # noqa: F401 (softmax: re-exported for metric callers)
+from .stats import Estimate, auroc, bootstrap
 
 log = logging.getLogger(__name__)
 
