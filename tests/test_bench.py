@@ -30,7 +30,7 @@ SIZE = 32
 def parent_and_export(tmp_path_factory):
     """A torch training run (contract 1) and an ONNX bundle exported from it whose provenance names it."""
     torch = pytest.importorskip("torch")
-    from osteo_edge.train.models import build_model
+    from osteo_edge.modeling.models import build_model
 
     root = tmp_path_factory.mktemp("bench")
     run = root / "run"

@@ -15,7 +15,7 @@ from osteo_edge.train.compare import count_macs  # noqa: E402
 from osteo_edge.train.config import TrainConfig  # noqa: E402
 from osteo_edge.train.engine import train  # noqa: E402
 from osteo_edge.train.evaluate import evaluate_run  # noqa: E402
-from osteo_edge.train.models import build_model  # noqa: E402
+from osteo_edge.modeling.models import build_model  # noqa: E402
 
 from test_train import KNEE, make_tiny_split  # noqa: E402
 

@@ -23,8 +23,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_fold_batchnorm_keeps_function_and_architecture() -> None:
     import torch
 
-    from osteo_edge.compress.loading import fold_batchnorm
-    from osteo_edge.train.models import build_model
+    from osteo_edge.compress.surgery import fold_batchnorm
+    from osteo_edge.modeling.models import build_model
 
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", 3)
@@ -49,8 +49,8 @@ def test_fold_batchnorm_keeps_function_and_architecture() -> None:
 def test_reshape_to_state_dict_rebuilds_depthwise() -> None:
     import torch
 
-    from osteo_edge.compress.loading import reshape_to_state_dict
-    from osteo_edge.train.models import build_model
+    from osteo_edge.modeling.loading import reshape_to_state_dict
+    from osteo_edge.modeling.models import build_model
 
     model = build_model("efficientnet_lite0", 3)
     state = model.state_dict()
@@ -66,7 +66,7 @@ def test_reshape_to_state_dict_rebuilds_depthwise() -> None:
 def test_prune_removes_channels_and_exports(tiny: dict[str, Path]) -> None:
     import torch
 
-    from osteo_edge.compress.loading import load_run
+    from osteo_edge.modeling.loading import load_run
     from osteo_edge.compress.prune import prune_run
     from osteo_edge.export import export_model
 
@@ -89,7 +89,7 @@ def test_quantize_qat_then_int8_export(tiny: dict[str, Path]) -> None:
     """NNCF quantize + a QAT step; the tuned weights load as a plain run and export to int8."""
     os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")  # first use compiles a C++ extension
     from osteo_edge.cli import app
-    from osteo_edge.compress.loading import load_run
+    from osteo_edge.modeling.loading import load_run
     from osteo_edge.export import export_model
 
     out = tiny["root"] / "qat"
@@ -119,3 +119,22 @@ def test_compress_options_are_validated(tiny: dict[str, Path]) -> None:
         prune_run(tiny["run"], tiny["split"], tiny["root"] / "x", ratio=1.5)
     with pytest.raises(ConfigError, match="valid: qat, ptq"):
         quantize_run(tiny["run"], tiny["split"], tiny["root"] / "x", method="awq")
+
+
+def test_evaluate_and_compare_a_pruned_run(tiny: dict[str, Path]) -> None:
+    """A pruned run has narrower layers than its arch name says: evaluate and compare rebuild it through
+    the one loader (modeling.loading.load_run) instead of failing with "does not fit arch"."""
+    import json
+
+    from osteo_edge.cli import app
+    from osteo_edge.compress.prune import prune_run
+
+    out = tiny["root"] / "pruned-eval"
+    prune_run(tiny["run"], tiny["split"], out, ratio=0.3, finetune_epochs=0, max_steps=1, latency_runs=1, command="pytest prune")
+    res = CliRunner().invoke(app, ["evaluate", "--model", str(out), "--split", str(tiny["split"]), "--bootstrap", "20",
+                                   "--device", "cpu", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "eval" / "test" / "metrics.json").read_text())
+    assert metrics["headline"]["accuracy"]["value"] >= 0.0 and "ci95" in metrics["headline"]["accuracy"]
+    res = CliRunner().invoke(app, ["compare", str(tiny["run"]), str(out), "--out", str(tiny["root"] / "cmp"), "--latency-runs", "2", "--threads", "1"])
+    assert res.exit_code == 0, res.output

@@ -214,7 +214,7 @@ def test_batch_table_and_csv(clf, bad_files, tmp_path):
     (folder / "k.png").write_bytes(knees[2].read_bytes())
     (folder / "notes.txt").write_text("skipped: not an image suffix")
     seen: list[tuple[int, int]] = []
-    preds, csv_path = svc.batch([knees[0], knees[1], bad_files["colour"], folder], progress=lambda i, n, name: seen.append((i, n)))
+    preds, csv_path = svc.batch([knees[0], knees[1], bad_files["colour"], folder], progress=lambda label, done, total: seen.append((done, total)))
     assert len(preds) == 4 and seen[0] == (0, 4) and seen[-1] == (4, 4)
     assert [p.status == "rejected" for p in preds] == [False, False, True, False]
     assert csv_path.parent == tmp_path / "work"

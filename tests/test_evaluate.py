@@ -19,10 +19,12 @@ from osteo_edge.cli import app  # noqa: E402
 from osteo_edge.preprocess import preprocess  # noqa: E402
 from osteo_edge.train.config import TrainConfig  # noqa: E402
 from osteo_edge.train.engine import train  # noqa: E402
-from osteo_edge.train.metrics import (  # noqa: E402
-    bootstrap_ci, choose_low_bmd_threshold, classification_metrics, ece_score, fast_headline, fit_temperature, headline, softmax,
+from osteo_edge.core.classification import (  # noqa: E402
+    bootstrap_ci, choose_low_bmd_threshold, classification_metrics, ece_score, fast_headline, headline,
 )
-from osteo_edge.train.models import load_model  # noqa: E402
+from osteo_edge.core.stats import softmax  # noqa: E402
+from osteo_edge.modeling.calibration import fit_temperature  # noqa: E402
+from osteo_edge.modeling.loading import load_run  # noqa: E402
 
 from test_train import DATA, KNEE, LABELS, make_tiny_split  # noqa: E402
 
@@ -117,7 +119,7 @@ def test_cli_evaluate_writes_every_file_and_reseals(run, tmp_path):
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["path", "source", "group", "split", "label", "pred", "p_Normal", "p_Osteopenia", "p_Osteoporosis", "low_bmd_probability"]
     assert len(rows) == 6 and {r["split"] for r in rows} == {"test"}
-    model, bundle = load_model(run)
+    model, bundle = load_run(run)
     x = torch.from_numpy(np.stack([preprocess(r["path"], bundle.spec) for r in rows]))
     with torch.no_grad():
         p = softmax(model(x).numpy(), bundle.temperature)

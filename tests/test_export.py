@@ -30,11 +30,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_export_every_format_reloads_and_matches_torch(tiny: dict[str, Path], fmt: str) -> None:
     from osteo_edge.artifact import load_bundle
-    from osteo_edge.compress.loading import load_run
+    from osteo_edge.modeling.loading import load_run
     from osteo_edge.edge_runtime import EdgeClassifier
     from osteo_edge.export import GOLDEN_TOLERANCE, export_model, torch_logits
     from osteo_edge.export.golden import split_inputs
-    from osteo_edge.export.parity import softmax
+    from osteo_edge.core.stats import softmax
     from osteo_edge.formats import get_format
 
     out = tiny["root"] / f"bundle-{fmt}"
@@ -85,7 +85,7 @@ def test_onnx_carries_spec_metadata(tiny: dict[str, Path]) -> None:
 def test_golden_check_catches_a_wrong_model(tiny: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     """An exporter that writes the wrong network is refused and leaves no bundle behind."""
     from osteo_edge import export as export_pkg
-    from osteo_edge.compress.loading import load_run
+    from osteo_edge.modeling.loading import load_run
     from osteo_edge.errors import ParityError
     from osteo_edge.export.onnx_export import to_onnx
 

@@ -55,7 +55,7 @@ def make_run(tmp: Path, arch: str = "cnn", size: int = 32, seed: int = 0, flip: 
     import torch
 
     from osteo_edge.artifact import atomic_path, seal
-    from osteo_edge.train.models import arch_record_for_manifest, build_model, classifier_module, get_arch
+    from osteo_edge.modeling.models import arch_record_for_manifest, build_model, classifier_module, get_arch
 
     torch.manual_seed(seed)
     model = build_model(arch, len(LABELS)).eval()

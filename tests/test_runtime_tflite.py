@@ -23,7 +23,7 @@ def int8_bundle(tmp_path_factory):
     pytest.importorskip("tensorflow")
     pytest.importorskip("onnx2tf")
     from osteo_edge.export import export_model
-    from osteo_edge.train.models import build_model
+    from osteo_edge.modeling.models import build_model
 
     root = tmp_path_factory.mktemp("tfl")
     run = root / "run"

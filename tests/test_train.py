@@ -26,9 +26,10 @@ from osteo_edge.cli import app  # noqa: E402
 from osteo_edge.data.split import SplitRow, SplitTable, read_split, write_split  # noqa: E402
 from osteo_edge.errors import BundleError, ConfigError, WeightsUnavailableError  # noqa: E402
 from osteo_edge.preprocess import decode_image, preprocess  # noqa: E402
-from osteo_edge.train import models  # noqa: E402
+from osteo_edge.modeling import models  # noqa: E402
+from osteo_edge.modeling.loading import load_run  # noqa: E402
 from osteo_edge.train.config import TrainConfig, resolve_config  # noqa: E402
-from osteo_edge.train.data import RadiographDataset, build_augmentation  # noqa: E402
+from osteo_edge.modeling.dataset import RadiographDataset, build_augmentation  # noqa: E402
 from osteo_edge.train.engine import train  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -212,7 +213,7 @@ def test_devices_2_gloo_on_cpu(tiny_split, tmp_path):
     b = load_bundle(tmp_path / "ddp")
     assert b.manifest["training"]["processes"] == 2
     assert res.epochs_run == 1
-    m, _ = models.load_model(tmp_path / "ddp")
+    m, _ = load_run(tmp_path / "ddp")
     assert m(torch.zeros(1, 1, 32, 32)).shape == (1, 3)
 
 
@@ -264,17 +265,17 @@ def test_cli_weights_unavailable_one_line(tiny_split, tmp_path, monkeypatch):
     assert not (tmp_path / "b0").exists()
 
 
-def test_load_model_refuses_a_tampered_run(cli_run, tmp_path):
+def test_load_run_refuses_a_tampered_run(cli_run, tmp_path):
     import shutil
 
     copy = tmp_path / "copy"
     shutil.copytree(cli_run, copy)
-    model, bundle = models.load_model(copy)
+    model, bundle = load_run(copy)
     assert bundle.labels == LABELS and not model.training
     with open(copy / "model.pt", "ab") as fh:
         fh.write(b"x")
     with pytest.raises(BundleError, match="checksum"):
-        models.load_model(copy)
+        load_run(copy)
 
 
 def test_resume_without_state_is_an_error(tiny_split, tmp_path):

@@ -136,7 +136,7 @@ def build_stand_in(root: Path) -> Path:
 
     from osteo_edge.artifact import seal
     from osteo_edge.preprocess import PreprocessSpec
-    from osteo_edge.train.models import build_model
+    from osteo_edge.modeling.models import build_model
 
     torch.manual_seed(0)
     shutil.rmtree(root, ignore_errors=True)

@@ -3,7 +3,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from onnxruntime.quantization.shape_inference import quant_pre_process
 from osteo_edge.artifact import load_bundle
 from osteo_edge.export.golden import split_inputs, calibration_inputs
-from osteo_edge.export.parity import softmax
+from osteo_edge.core.stats import softmax
 from osteo_edge.export.onnx_export import _Reader
 """ONNX Runtime int8 calibration variants of the fp32 export, scored against it on the test split.
 

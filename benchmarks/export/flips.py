@@ -1,10 +1,10 @@
 import numpy as np
-from osteo_edge.compress.loading import load_run
+from osteo_edge.modeling.loading import load_run
 from osteo_edge.artifact import load_bundle
 from osteo_edge.edge_runtime.backends import open_backend
 from osteo_edge.export import torch_logits
 from osteo_edge.export.golden import split_inputs
-from osteo_edge.export.parity import softmax
+from osteo_edge.core.stats import softmax
 """Which test images change their answer under int8, and how sure fp32 was about them.
 
     python benchmarks/export/flips.py [WORK] [SPLIT]   (after run.sh; output: flips.txt)

@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+from osteo_edge.core.stats import fmt_ci
+
 LABELS = {
     "reference": "torch fp32 (trained run)",
     "onnx-fp32": "ONNX fp32",
@@ -30,13 +32,7 @@ LABELS = {
 
 
 def ci(h: dict, key: str) -> str:
-    e = (h or {}).get(key) or {}
-    v, (lo, hi) = e.get("value"), e.get("ci95", [None, None])
-    if v is None:
-        return "n/a"
-    if lo is None or hi is None or lo != lo or hi != hi:
-        return f"{v:.3f}"
-    return f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+    return fmt_ci((h or {}).get(key))
 
 
 def main(parity_json: str, bench_json: str, work: str, out: str, *extra: str) -> None:

@@ -14,7 +14,8 @@ import numpy as np
 
 from osteo_edge.artifact import DISCLAIMER
 from osteo_edge.train.evaluate import fmt_mean_sd
-from osteo_edge.train.metrics import bootstrap_ci, fmt_ci
+from osteo_edge.core.classification import bootstrap_ci
+from osteo_edge.core.stats import fmt_ci
 
 LABELS = ["Normal", "Osteopenia", "Osteoporosis"]
 KNEE_SOURCES = ("multiclass-kaggle", "wani-mendeley", "2class-kaggle")

@@ -348,7 +348,7 @@ def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
 def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     """PNG: p50 latency (x, log) vs accuracy (y; file size when no accuracy is recorded); marker area = file size."""
-    from ..data.report import new_figure, save_figure
+    from ..core.plots import new_figure, save_figure
 
     rows = [r for r in report["results"] if r.get("status") == "ok" and r.get("p50_ms")]
     fig = new_figure(7.5, 4.8)

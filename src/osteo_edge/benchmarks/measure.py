@@ -101,10 +101,7 @@ def measure_torch(run_dir: str | os.PathLike, threads: int, runs: int, warmup: i
     t0 = time.perf_counter()
     import torch
 
-    try:
-        from ..compress.loading import load_run  # pruned runs too
-    except ImportError:  # pragma: no cover - older trees without the compress package
-        from ..train.models import load_model as load_run
+    from ..modeling.loading import load_run  # any torch run, pruned ones too
 
     torch.set_num_threads(threads)
     model, bundle = load_run(run_dir)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import sys
 from enum import Enum
 from typing import Any, Callable, Iterable, TypeVar
 
 import typer
 from rich.console import Console
 
+from ..core.progress import progress_enabled  # noqa: F401 (re-exported for the command modules)
 from ..errors import OsteoEdgeError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -36,11 +36,6 @@ def choices(name: str, names: Iterable[str]) -> Any:
     """A ``str`` enum of ``names`` (in table order) for a Typer option: the CLI's choices come from
     the library's table, never retyped here."""
     return Enum(name, {n: n for n in names}, type=str)
-
-
-def progress_enabled() -> bool:
-    """Progress bars only on a terminal."""
-    return sys.stderr.isatty()
 
 
 def next_step(text: str) -> None:

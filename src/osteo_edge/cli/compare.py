@@ -19,7 +19,7 @@ def compare_cmd(
 ) -> None:
     """Compare runs: arch, params, MACs, host latency, validation and test metrics with CIs, training time."""
     from ..train.compare import compare_runs
-    from ..train.metrics import fmt_ci
+    from ..core.stats import fmt_ci
 
     res = compare_runs(runs, out, latency_runs=latency_runs, threads=threads)
     from rich.table import Table

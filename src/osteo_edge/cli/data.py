@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._common import console, handle_errors, next_step, progress_enabled
+from ..core.progress import TerminalProgress
+from ._common import console, handle_errors, next_step
 
 data_app = typer.Typer(help="Audit datasets for duplicates and label conflicts; make leakage-safe splits.", no_args_is_help=True)
 
@@ -27,16 +27,6 @@ class Members(str, Enum):
 Sources = Annotated[List[Path], typer.Argument(help="ImageFolder directories (one subfolder per class).", show_default=False)]
 
 
-def _progress(label: str):
-    prog = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), disable=not progress_enabled(), transient=True)
-    task = prog.add_task(label, total=None)
-
-    def update(n: int, total: int) -> None:
-        prog.update(task, completed=n, total=total)
-
-    return prog, update
-
-
 @data_app.command("audit")
 @handle_errors
 def audit(
@@ -48,9 +38,8 @@ def audit(
     """Find exact and near duplicates, label conflicts, cross-source overlap and unreadable files."""
     from ..data.audit import audit_sources, write_audit
 
-    prog, update = _progress("hashing")
-    with prog:
-        result = audit_sources(sources, phash_threshold, progress=update)
+    with TerminalProgress("hashing") as progress:
+        result = audit_sources(sources, phash_threshold, progress=progress)
     written = write_audit(result, out, plots=plots)
     s = result.summary
     table = Table(title="Data audit")
@@ -89,9 +78,8 @@ def split(
         labels=tuple(x.strip() for x in labels.split(",") if x.strip()) if labels else (),
         binary=binary, seed=seed, phash_threshold=phash_threshold,
     )
-    prog, update = _progress("hashing")
-    with prog:
-        table = split_sources(sources, opts, groups_csv=groups, progress=update)
+    with TerminalProgress("hashing") as progress:
+        table = split_sources(sources, opts, groups_csv=groups, progress=progress)
     written = write_split(table, out)
     counts = table.info["counts"]
     t = Table(title="Split (groups per label; files in brackets)")

@@ -34,9 +34,9 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a trained run; writes metrics.json, report.md, predictions.csv and PNGs, and stores the
     validation-fitted temperature and low-BMD threshold in the bundle."""
+    from ..core.stats import fmt_ci
     from ..train.cv import evaluate_folds, fold_dirs, is_cv_dir
     from ..train.evaluate import evaluate_run, fmt_mean_sd
-    from ..train.metrics import fmt_ci
 
     command = command_line("evaluate", dict(model=model, split=split, subset=subset, out=out, metadata=metadata, key=key,
                                             subgroups=subgroups, folds=folds or None, bootstrap=bootstrap, seed=seed))

@@ -28,16 +28,6 @@ def quiet_tensorflow() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _fmt_ci(entry: dict | None) -> str:
-    if not entry:
-        return "n/a"
-    lo, hi = entry.get("ci95", [None, None])
-    v = entry.get("value")
-    if v is None:
-        return "n/a"
-    return f"{v:.3f}" + (f" [{lo:.3f}, {hi:.3f}]" if lo is not None and hi is not None and lo == lo and hi == hi else "")
-
-
 def register(app: typer.Typer) -> None:
     @app.command("export")
     @handle_errors
@@ -54,6 +44,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Export to ONNX or TFLite (fp32 or int8), check it numerically against torch, write a bundle."""
         quiet_tensorflow()
+        from ..core.stats import fmt_ci
         from ..export import export_model, resolve_format
 
         fmt = resolve_format(format.value, int8)
@@ -70,8 +61,8 @@ def register(app: typer.Typer) -> None:
         t.add_row("golden top-1 agreement", f"{g['agreement']:.3f}")
         if result.test:
             h = result.test["headline"]
-            t.add_row(f"test accuracy ({result.test['n_images']} images)", _fmt_ci(h.get("accuracy")))
-            t.add_row("test macro-F1", _fmt_ci(h.get("macro_f1")))
+            t.add_row(f"test accuracy ({result.test['n_images']} images)", fmt_ci(h.get("accuracy")))
+            t.add_row("test macro-F1", fmt_ci(h.get("macro_f1")))
             vp = result.test.get("vs_parent", {})
             if vp:
                 t.add_row("parent (torch) test accuracy", f"{vp['parent_accuracy']:.3f}")

@@ -28,16 +28,15 @@ def register(app: typer.Typer) -> None:
         """Remove channels for real, fine-tune, and report params/MACs/size/latency/accuracy before and after."""
         from ..compress.prune import prune_run
         from .export import command_line
-        from .quantize import step_progress
+        from ..core.progress import TerminalProgress
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        prog, update = step_progress()
-        with prog:
+        with TerminalProgress() as progress:
             res = prune_run(model, split, out, ratio=ratio, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size,
-                            round_to=round_to if round_to > 1 else None, command=command_line(), progress=update)
+                            round_to=round_to if round_to > 1 else None, command=command_line(), progress=progress)
         b, a = res.before, res.after
         t = Table(title=f"Pruning {ratio:.0%} of channels")
         for col in ("", "before", "after", "change"):

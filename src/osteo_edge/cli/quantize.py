@@ -8,26 +8,14 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ._common import console, handle_errors, next_step, progress_enabled
+from ._common import console, handle_errors, next_step
 
 
 class Method(str, Enum):
     qat = "qat"
     ptq = "ptq"
-
-
-def step_progress() -> tuple[Progress, object]:
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not progress_enabled(), transient=True)
-    task = prog.add_task("", total=None)
-
-    def update(label: str, n: int, total: int) -> None:
-        prog.update(task, description=label, completed=n, total=total)
-
-    return prog, update
 
 
 def register(app: typer.Typer) -> None:
@@ -53,16 +41,16 @@ def register(app: typer.Typer) -> None:
         # NNCF compiles a small C++ extension on first use; on a busy 2-core machine that takes minutes.
         os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", "600")
         from ..compress.quantize import quantize_run
+        from ..core.progress import TerminalProgress
         from .export import command_line
 
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        prog, update = step_progress()
-        with prog:
+        with TerminalProgress() as progress:
             res = quantize_run(model, split, out, method=method.value, epochs=epochs, calib_size=calib_size, lr=lr,
-                               batch_size=batch_size, fold_bn=fold_bn, distill=distill, command=command_line(), progress=update)
+                               batch_size=batch_size, fold_bn=fold_bn, distill=distill, command=command_line(), progress=progress)
         t = Table(title=f"NNCF {res.method.upper()} (validation split)")
         t.add_column("model")
         t.add_column("accuracy", justify="right")

@@ -10,7 +10,7 @@ from typing import Annotated, List, Optional
 import typer
 from rich.table import Table
 
-from ._common import console, handle_errors, next_step, progress_enabled
+from ._common import console, handle_errors, next_step
 
 tabular_app = typer.Typer(
     help=(
@@ -68,8 +68,7 @@ def train(
     plots: Annotated[bool, typer.Option("--plots/--no-plots", help="Write ROC and importance PNGs.")] = True,
 ) -> None:
     """Cross-validate clinical risk models, refuse leaky features, save the models with their input schema."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
+    from ..core.progress import TerminalProgress
     from ..tabular.models import parse_models
     from ..tabular.train import TrainOptions, train_tabular
 
@@ -78,15 +77,8 @@ def train(
         id_column=id_col, allow_leaky=_names(allow_leaky), leak_threshold=leak_threshold, seed=seed, n_jobs=jobs,
         trees=trees, bootstrap=bootstrap, importance_repeats=importance_repeats, plots=plots,
     )
-    prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    disable=not progress_enabled(), transient=True)
-    task = prog.add_task("cross-validation", total=None)
-
-    def update(label: str, done: int, total: int) -> None:
-        prog.update(task, description=label, completed=done, total=total)
-
-    with prog:
-        res = train_tabular(csv, out, opts, command=shlex.join(["osteo-edge", *sys.argv[1:]]), progress=update)
+    with TerminalProgress("cross-validation") as progress:
+        res = train_tabular(csv, out, opts, command=shlex.join(["osteo-edge", *sys.argv[1:]]), progress=progress)
     t = Table(title=f"{csv.name} -> {res.schema.target}: out-of-fold metrics [95% bootstrap CI]")
     t.add_column("model")
     for m in ("ROC-AUC", "accuracy", "bal. accuracy", "F1 macro"):

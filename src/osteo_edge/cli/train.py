@@ -9,9 +9,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from ..core.progress import TerminalProgress
+from ..modeling.models import ARCHS
 from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES
-from ..train.models import ARCHS
-from ._common import choices, console, err_console, handle_errors, next_step, progress_enabled
+from ._common import choices, console, err_console, handle_errors, next_step
 
 
 Arch = choices("Arch", ARCHS)
@@ -37,26 +38,15 @@ def command_line(name: str, params: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-class _Renderer:
-    """Rich progress on a terminal; one line per epoch otherwise."""
+class _Renderer(TerminalProgress):
+    """The training event stream (:class:`osteo_edge.core.progress.Progress`, label = event) on a
+    terminal bar; one line per epoch otherwise."""
 
     def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.enabled = progress_enabled()
-        self.prog = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), console=err_console, disable=not self.enabled, transient=True)
-        self.task = None
+        super().__init__(console=err_console)
         self.prefix = ""
 
-    def __enter__(self) -> "_Renderer":
-        self.prog.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.prog.__exit__(*exc)
-
-    def __call__(self, event: str, **d: Any) -> None:
+    def __call__(self, event: str, done: int = 0, total: int | None = None, **d: Any) -> None:
         if event == "fold":
             self.prefix = f"fold {d['fold'] + 1}/{d['folds']} "
             err_console.print(f"[bold]{self.prefix.strip()}[/bold]", highlight=False)
@@ -65,19 +55,16 @@ class _Renderer:
                               f"{d['steps']} steps per epoch" + (f", resuming at epoch {d['start_epoch'] + 1}" if d["start_epoch"] else ""), highlight=False)
         elif event == "epoch_start":
             desc = f"{self.prefix}epoch {d['epoch'] + 1}/{d['epochs']} ({d['stage']})"
-            if self.task is None:
-                self.task = self.prog.add_task(desc, total=d["steps"], info="")
-            else:
-                self.prog.reset(self.task, total=d["steps"], description=desc, info="")
-        elif event == "step" and self.task is not None:
-            self.prog.update(self.task, completed=d["step"], info=f"loss {d['loss']:.3f}  {d['images_per_second']:.1f} img/s")
+            self.bar.reset(self.task, total=d["steps"], description=desc, info="")
+        elif event == "step":
+            self.bar.update(self.task, completed=d["step"], info=f"loss {d['loss']:.3f}  {d['images_per_second']:.1f} img/s")
         elif event == "epoch_end":
             mark = " *" if d["best_epoch"] == d["epoch"] else ""
             line = (f"{self.prefix}epoch {d['epoch']} [{d['stage']}] train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f} | "
                     f"val loss {d['val_loss']:.3f} acc {d['val_acc']:.3f} macro-F1 {d['val_macro_f1']:.3f} | "
                     f"{d['epoch_seconds']:.0f}s, {d['images_per_second']:.1f} img/s{mark}")
             if self.enabled:
-                self.prog.console.print(line, highlight=False)
+                self.bar.console.print(line, highlight=False)
             else:
                 err_console.print(line, highlight=False, soft_wrap=True)
 

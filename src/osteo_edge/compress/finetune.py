@@ -1,6 +1,6 @@
 """A small fine-tuning loop shared by QAT and pruning recovery, and the evaluation they report.
 
-Samples come from :class:`osteo_edge.train.data.RadiographDataset` (the shared preprocessing with
+Samples come from :class:`osteo_edge.modeling.dataset.RadiographDataset` (the shared preprocessing with
 the training augmentation between resize and finalize). Each epoch draws one file per duplicate
 group of the training split (a different copy each epoch), so a radiograph with five copies does
 not weigh five times. BatchNorm stays frozen (eval mode): batches are small and a folded model's
@@ -14,10 +14,11 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from ..core.progress import Progress
 from ..errors import ConfigError, DataError, require
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SplitData:
 
 def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: Any, augment: str = "light", seed: int = 0) -> SplitData:
     from ..data.split import read_split
-    from ..train.data import RadiographDataset, build_augmentation
+    from ..modeling.dataset import RadiographDataset, build_augmentation
 
     table = read_split(split_csv)
     train_rows, val_rows = table.subset("train"), table.subset("val")
@@ -79,7 +80,7 @@ def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: A
     )
 
 
-def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
     torch = require("torch", "train")
     model.eval()
     outs = []
@@ -88,12 +89,13 @@ def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Cal
             xb = torch.from_numpy(np.stack([dataset.array(j) for j in range(i, min(i + batch_size, len(dataset)))]))
             outs.append(model(xb).float().numpy())
             if progress:
-                progress(min(i + batch_size, len(dataset)), len(dataset))
+                progress("predicting", min(i + batch_size, len(dataset)), len(dataset))
     return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(dataset.labels)), np.float32)
 
 
 def quick_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
-    from ..train.metrics import classification_metrics, softmax
+    from ..core.classification import classification_metrics
+    from ..core.stats import softmax
 
     m = classification_metrics(targets, softmax(logits), [str(i) for i in range(logits.shape[1])])
     return {"accuracy": m["accuracy"], "macro_f1": m["macro_f1"], "nll": m["nll"]}
@@ -112,7 +114,7 @@ def finetune(
     model: Any,
     data: SplitData,
     cfg: FinetuneConfig,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
     teacher: Any = None,
 ) -> list[dict[str, Any]]:
     """Fine-tune ``model`` in place; restores the best epoch (val accuracy). Returns the history.
@@ -122,8 +124,8 @@ def finetune(
     pulls the student towards agreeing with the teacher, the quantity the parity gate measures.
     """
     torch = require("torch", "train")
-    from ..train.data import class_weights
-    from .loading import freeze_batchnorm
+    from ..modeling.dataset import class_weights
+    from .surgery import freeze_batchnorm
 
     history: list[dict[str, Any]] = []
     val_logits = predict_logits(model, data.val)

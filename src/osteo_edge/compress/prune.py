@@ -6,7 +6,7 @@ magnitude and ``ratio`` of them removed (the classifier is kept whole); BatchNor
 re-estimated on training images (the inputs of every later layer changed), and the model is then
 fine-tuned on the training split (best epoch by validation accuracy). Parameters, MACs, weight
 size, torch CPU latency (same process, same threads, before and after) and validation accuracy are
-recorded in the bundle's ``pruning`` record; :func:`osteo_edge.compress.loading.load_run` rebuilds
+recorded in the bundle's ``pruning`` record; :func:`osteo_edge.modeling.loading.load_run` rebuilds
 the pruned shapes from ``model.pt``.
 """
 
@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
+from ..core.progress import Progress
 from ..errors import ConfigError, ExportError, require
 from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics, recalibrate_batchnorm
-from .loading import load_run
+from ..modeling.loading import load_run
 from .quantize import history_csv
 
 log = logging.getLogger(__name__)
@@ -70,14 +71,15 @@ def prune_run(
     recalibrate_bn: bool = True,
     max_steps: int | None = None,
     command: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> PruneResult:
     """Prune ``ratio`` of the channels of ``run_dir``, fine-tune, and write the pruned run ``out``."""
     if not 0.0 < ratio < 1.0:
         raise ConfigError(f"--ratio must be in (0, 1), got {ratio}")
     torch = require("torch", "compress")
     tp = require("torch_pruning", "compress")
-    from ..train.metrics import fit_temperature
+    from ..modeling.calibration import fit_temperature
+    from ..modeling.models import classifier_module
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, max_steps=max_steps)
@@ -119,7 +121,7 @@ def _prune_channels(model: Any, example: Any, tp: Any, ratio: float, round_to: i
     """Remove ``ratio`` of the channels of every layer group (L2 magnitude), the classifier kept whole."""
     import torch
 
-    from ..train.models import classifier_module
+    from ..modeling.models import classifier_module
 
     try:
         pruner = tp.pruner.MetaPruner(

@@ -27,14 +27,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
+from ..core.progress import Progress
 from ..errors import ConfigError, ExportError, choice_error, require
 from .finetune import FinetuneConfig, finetune, load_split_data, predict_logits, quick_metrics
-from .loading import fold_batchnorm, load_run
+from ..modeling.loading import load_run
+from .surgery import fold_batchnorm
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +55,7 @@ class QuantizeResult:
 def _nncf_dataset(nncf: Any, data: Any, n: int) -> Any:
     import torch
 
-    from ..export.golden import pick_rows
+    from ..modeling.calibration import pick_rows
 
     rows = pick_rows(data.train.rows, n, seed=1)
     index = {id(r): i for i, r in enumerate(data.train.rows)}
@@ -125,7 +127,7 @@ def quantize_run(
     distill: float = 0.0,
     max_steps: int | None = None,
     command: str | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> QuantizeResult:
     """Quantize ``run_dir`` (NNCF PTQ or QAT) and write the tuned run bundle ``out``."""
     if method not in METHODS:
@@ -134,7 +136,7 @@ def quantize_run(
         raise ConfigError(f"--calib-size must be at least 1, got {calib_size}")
     torch = require("torch", "compress")
     nncf = require("nncf", "compress")
-    from ..train.metrics import fit_temperature
+    from ..modeling.calibration import fit_temperature
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(epochs=epochs if method == "qat" else 0, lr=lr, batch_size=batch_size, max_steps=max_steps, distill=distill)

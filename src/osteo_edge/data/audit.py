@@ -20,11 +20,12 @@ import os
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..artifact import atomic_write_json, atomic_write_text, sha256_file
+from ..core.progress import Progress
 from ..errors import ConfigError, InvalidImageError, require
 from ..preprocess import decode_image, to_gray
 from .sources import ImageRecord, order_labels, scan_sources
@@ -225,7 +226,7 @@ def summarize(infos: list[FileInfo], phash_threshold: int, sources: Sequence[str
 def audit_sources(
     sources: Sequence[str | os.PathLike],
     phash_threshold: int = DEFAULT_PHASH_THRESHOLD,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> AuditResult:
     """Scan, hash and group every file of the sources. No files are written."""
     if not 0 <= phash_threshold <= 32:
@@ -235,7 +236,7 @@ def audit_sources(
     for n, rec in enumerate(records, 1):
         infos.append(hash_file(rec))
         if progress:
-            progress(n, len(records))
+            progress("hashing", n, len(records))
     for f in infos:
         if not f.readable:
             log.warning("unreadable, skipped: %s (%s)", f.path, f.error)

@@ -4,33 +4,14 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..artifact import atomic_path
-from ..errors import require
+from ..core.plots import new_figure, save_figure
 
 if TYPE_CHECKING:
     from .audit import AuditResult
-
-
-def new_figure(w: float = 7.0, h: float = 4.0) -> Any:
-    """A matplotlib Figure attached to an Agg canvas, without touching pyplot's global state."""
-    require("matplotlib", "data")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(w, h), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig: Any, path: Path) -> Path:
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path
 
 
 def write_audit_plots(result: "AuditResult", out: Path, contact_groups: int = 6) -> dict[str, Path]:

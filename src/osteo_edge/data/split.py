@@ -25,9 +25,10 @@ import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..artifact import atomic_write_json, atomic_write_text, sha256_file
+from ..core.progress import Progress
 from ..errors import ConfigError, DataError
 from .audit import DEFAULT_PHASH_THRESHOLD, FileInfo, audit_sources
 from .sources import BINARY_MAP, group_source, order_labels
@@ -276,7 +277,7 @@ def split_sources(
     sources: Sequence[str | os.PathLike],
     opts: SplitOptions,
     groups_csv: str | os.PathLike | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> SplitTable:
     """Audit (or reuse an audit's groups.csv) and split."""
     if groups_csv is not None:

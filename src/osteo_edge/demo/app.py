@@ -178,8 +178,8 @@ def _batch_handler(gr: Any, svc: DemoService) -> Callable[..., tuple[str, Any, A
         if not sources:
             return "Add radiographs (several files or a folder) first.", None, None
 
-        def tick(i: int, n: int, name: str) -> None:
-            progress((i, n), desc=f"analysing {name}", unit="images")
+        def tick(label: str, done: int = 0, total: int | None = None, **info: Any) -> None:  # core.progress.Progress
+            progress((done, total), desc=label, unit="images")
 
         try:
             preds, csv_path = svc.batch(sources, progress=tick)

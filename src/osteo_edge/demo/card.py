@@ -11,12 +11,9 @@ import math
 from typing import Any, Iterable, Mapping
 
 from ..artifact import DISCLAIMER, Bundle
+from ..core.stats import Estimate, fmt_ci
 
 NOT_RECORDED = "_not recorded in this bundle_"
-_POINT_KEYS = ("value", "point", "estimate", "mean", "score")
-_LO_KEYS = ("ci_low", "ci_lo", "lower", "lo", "low")
-_HI_KEYS = ("ci_high", "ci_hi", "upper", "hi", "high")
-_CI_KEYS = ("ci", "ci95", "ci_95", "interval")
 
 
 def _md(text: Any) -> str:
@@ -45,18 +42,11 @@ def _metric_value(v: Any) -> str | None:
     if _is_num(v):
         return _num(v)
     if isinstance(v, Mapping):
-        point = next((v[k] for k in _POINT_KEYS if k in v and _is_num(v[k])), None)
-        if point is None:
+        e = Estimate.from_dict(v)  # every stored shape: {value, ci95}, legacy {value, ci_low, ci_high}, {point, lo, hi}
+        if e is None:
             return None
-        lo = next((v[k] for k in _LO_KEYS if k in v and _is_num(v[k])), None)
-        hi = next((v[k] for k in _HI_KEYS if k in v and _is_num(v[k])), None)
-        for k in _CI_KEYS:
-            ci = v.get(k)
-            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_is_num(c) for c in ci):
-                lo, hi = ci
-        text = _num(point)
-        if lo is not None and hi is not None and not (math.isnan(float(lo)) or math.isnan(float(hi))):
-            text += f" (95% CI {_num(lo)} to {_num(hi)})"
+        no_interval = math.isnan(e.low) or math.isnan(e.high)
+        text = _num(e.value) if no_interval else fmt_ci(e, style="words")
         n = v.get("n")
         if _is_num(n):
             text += f", n={n}"

@@ -20,10 +20,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..core.progress import Progress
 from ..errors import ConfigError, InvalidImageError, OsteoEdgeError
 from ..preprocess import decode_image, resize, to_gray
 from .explain import DEFAULT_GRID, Explanation, occlusion_map, overlay
@@ -152,7 +153,7 @@ class DemoService:
     def batch(
         self,
         sources: Sequence[str | os.PathLike],
-        progress: Callable[[int, int, str], None] | None = None,
+        progress: Progress | None = None,
     ) -> tuple[list[Any], Path]:
         """Predict every file (folders are walked); returns the predictions and a CSV file path."""
         from ..edge_runtime import expand_inputs
@@ -166,10 +167,10 @@ class DemoService:
         preds = []
         for i, f in enumerate(files):
             if progress is not None:
-                progress(i, len(files), _display_name(f))
+                progress(f"analysing {_display_name(f)}", i, len(files))
             preds.append(self._predict_safely(f))
         if progress is not None:
-            progress(len(files), len(files), "done")
+            progress("done", len(files), len(files))
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.workdir() / f"osteo-edge-predictions-{stamp}-{len(preds)}.csv"
         predictions_csv(preds, self.labels, out)

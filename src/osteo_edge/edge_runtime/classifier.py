@@ -19,6 +19,7 @@ import numpy as np
 
 from ..artifact import Bundle, load_bundle
 from ..artifact.signing import TrustStore
+from ..core.stats import softmax
 from ..errors import BundleError, InvalidImageError
 from ..formats import get_format
 from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_image, finalize, resize, to_gray
@@ -100,10 +101,7 @@ class EdgeClassifier:
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities softmax(logits / T), (batch, classes)."""
-        z = self.logits(x).astype(np.float64) / self.temperature
-        z -= z.max(axis=1, keepdims=True)
-        e = np.exp(z)
-        return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax(self.logits(x), self.temperature).astype(np.float32)
 
     def input_for(self, decoded: DecodedImage) -> np.ndarray:
         """Model input for one decoded image through the shared preprocessing (no batch dim)."""

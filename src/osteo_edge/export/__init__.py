@@ -26,6 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..artifact import Bundle, load_bundle, runtime_versions, seal, write_bundle_dir
+from ..core.progress import Progress
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
 from ..preprocess import PreprocessSpec
@@ -48,7 +49,7 @@ class ExportContext:
     workdir: Path
     calib_size: int = 128
     split: str | None = None
-    progress: Callable[[int, int], None] | None = None
+    progress: Progress | None = None
     info: dict[str, Any] = field(default_factory=dict)  # exporters record converter details here
     _calib: InputSet | None = None
 
@@ -120,7 +121,8 @@ def torch_logits(model: Any, x: np.ndarray, batch: int = 16) -> np.ndarray:
 
 def golden_check(ref_logits: np.ndarray, cand_logits: np.ndarray, temperature: float, precision: str) -> dict[str, Any]:
     """Compare candidate and torch logits; ``passed`` is judged by :data:`GOLDEN_TOLERANCE`."""
-    from .parity import agreement_stats, softmax
+    from ..core.stats import softmax
+    from .parity import agreement_stats
 
     if cand_logits.shape != ref_logits.shape:
         return {"passed": False, "why": f"output shape {cand_logits.shape} != torch {ref_logits.shape}"}
@@ -160,10 +162,10 @@ def export_model(
     evaluate: bool = True,
     threads: int | None = None,
     command: str | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ExportResult:
     """Export ``run_dir`` to ``format_name`` as the bundle ``out`` (replaced only when complete)."""
-    from ..compress.loading import load_run
+    from ..modeling.loading import load_run
     from ..edge_runtime.backends import open_backend
 
     t0 = time.perf_counter()

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
+from ..core.progress import Progress
 from ..errors import ConfigError, DataError
+from ..modeling.calibration import pick_rows
 from ..preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -68,29 +70,6 @@ def _rows(split_csv: str | os.PathLike, subset: str) -> tuple[list, list[str]]:
     return rows, table.labels
 
 
-def pick_rows(rows: Sequence, n: int, seed: int = 0) -> list:
-    """Up to ``n`` rows, one per duplicate group first, spread over labels, deterministic."""
-    by_group: dict[int, object] = {}
-    for r in sorted(rows, key=lambda r: r.path):
-        by_group.setdefault(r.group, r)
-    reps = list(by_group.values())
-    rng = np.random.default_rng(seed)
-    rng.shuffle(reps)
-    # round-robin over labels so every class is represented
-    by_label: dict[str, list] = {}
-    for r in reps:
-        by_label.setdefault(r.label, []).append(r)
-    picked: list = []
-    while len(picked) < n and any(by_label.values()):
-        for lab in sorted(by_label):
-            if by_label[lab] and len(picked) < n:
-                picked.append(by_label[lab].pop())
-    if len(picked) < n:  # fewer groups than asked: fill with the remaining duplicates
-        rest = [r for r in rows if r not in picked]
-        picked.extend(rest[: n - len(picked)])
-    return picked
-
-
 def split_inputs(
     split_csv: str | os.PathLike,
     spec: PreprocessSpec,
@@ -98,7 +77,7 @@ def split_inputs(
     n: int | None = None,
     labels: Sequence[str] | None = None,
     seed: int = 0,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> InputSet:
     """Real images of one split subset through the shared preprocessing. ``n=None``: all rows."""
     rows, split_labels = _rows(split_csv, subset)
@@ -115,7 +94,7 @@ def split_inputs(
     for i, r in enumerate(rows):
         xs.append(preprocess(r.path, spec))
         if progress:
-            progress(i + 1, len(rows))
+            progress(f"preprocessing {subset} images", i + 1, len(rows))
     return InputSet(
         x=np.stack(xs).astype(np.float32),
         layout=spec.layout,
@@ -145,7 +124,7 @@ def calibration_inputs(
     split_csv: str | os.PathLike | None,
     n: int = 128,
     labels: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> InputSet:
     """Calibration images from the TRAINING split (synthetic only when no split is given)."""
     if split_csv is None:

@@ -20,6 +20,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..artifact import Bundle, atomic_write_json, load_bundle
+from ..core.progress import Progress
+from ..core.stats import softmax
 from ..errors import BundleError, ConfigError
 from ..preprocess import PreprocessSpec
 from .golden import split_inputs
@@ -27,13 +29,6 @@ from .golden import split_inputs
 log = logging.getLogger(__name__)
 
 HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro", "low_bmd_auroc")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def agreement_stats(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, float]:
@@ -49,8 +44,8 @@ def agreement_stats(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, 
 
 def score(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], groups: Sequence[int], thresholds: dict[str, float] | None,
           n_boot: int = 1000) -> dict[str, Any]:
-    """Headline metrics with 95% group-bootstrap CIs plus per-class detail (train.metrics)."""
-    from ..train.metrics import bootstrap_ci, classification_metrics
+    """Headline metrics with 95% group-bootstrap CIs plus per-class detail (core.classification)."""
+    from ..core.classification import bootstrap_ci, classification_metrics
 
     thr = (thresholds or {}).get("low_bmd")
     detail = classification_metrics(y, probs, labels, thr)
@@ -71,7 +66,7 @@ def evaluate_runner(
     reference: Any = None,
     reference_spec: PreprocessSpec | None = None,
     n_boot: int = 1000,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
     """Score a runner on a split subset; with a torch ``reference``, also its agreement with it."""
     from ..data.split import read_split
@@ -146,7 +141,7 @@ def _model_size(bundle: Bundle) -> int:
 
 def _candidate_runner(bundle: Bundle, threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     if bundle.format == "torch":  # a compressed torch run (QRUN/PRUN) runs through torch
-        from ..compress.loading import load_run
+        from ..modeling.loading import load_run
         from . import torch_logits
 
         model, _ = load_run(bundle.path)
@@ -166,10 +161,10 @@ def run_parity(
     min_agreement: float = 0.98,
     threads: int | None = None,
     n_boot: int = 1000,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ParityReport:
     """Score the reference (torch) and every candidate (edge runtime) on ``subset``; apply the gates."""
-    from ..compress.loading import load_run
+    from ..modeling.loading import load_run
     from ..data.split import SPLITS, read_split
     from . import torch_logits
 
@@ -229,7 +224,7 @@ def write_parity(report: ParityReport, json_path: str | os.PathLike | None = Non
     if json_path is not None:
         written["json"] = atomic_write_json(json_path, report.to_dict())
     if png_path is not None:
-        from ..data.report import new_figure, save_figure
+        from ..core.plots import new_figure, save_figure
 
         names = ["reference"] + [c.name for c in report.candidates]
         accs = [report.reference["accuracy"]] + [c.metrics["accuracy"] for c in report.candidates]

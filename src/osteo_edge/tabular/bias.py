@@ -25,9 +25,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text, sha256_file
+from ..core.stats import Estimate
 from ..errors import ConfigError, DataError, require
 from .fusion import DEFAULT_SOURCE, DEFAULT_SPLITS, read_image_predictions
-from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, Estimate, bootstrap, bootstrap_difference
+from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, bootstrap, bootstrap_difference
 from .store import load_run
 from .table import read_table, resolve_column
 

@@ -29,8 +29,9 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text
+from ..core.stats import Estimate, auroc
 from ..errors import ConfigError, DataError, require
-from .metrics import DEFAULT_BOOTSTRAP, Estimate, binary_auc, paired_bootstrap
+from .metrics import DEFAULT_BOOTSTRAP, paired_bootstrap
 from .store import TabularRun, load_run
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -200,7 +201,7 @@ def low_bmd_scorer(labels: Sequence[str]) -> Any:
     j = normals[0]
 
     def f(y: np.ndarray, p: np.ndarray) -> float:
-        return binary_auc(y != j, 1.0 - p[:, j])
+        return auroc(y != j, 1.0 - p[:, j])
 
     return f
 
@@ -279,10 +280,10 @@ def fuse(
     rows = []
     for name, ms in single.items():
         for m, e in ms.items():
-            rows.append({"predictor": name, "metric": m, **e.to_dict()})
+            rows.append({"predictor": name, "metric": m, **e.to_row()})
     for (a, b), ms in diffs.items():
         for m, e in ms.items():
-            rows.append({"predictor": f"{a} - {b}", "metric": m, **e.to_dict()})
+            rows.append({"predictor": f"{a} - {b}", "metric": m, **e.to_row()})
     result.written.append(atomic_write_text(out / "fusion_metrics.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.4f")))
     pngs = []
     if plots:

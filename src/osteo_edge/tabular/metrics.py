@@ -1,4 +1,7 @@
-"""Classification metrics on predicted probabilities, and percentile-bootstrap confidence intervals.
+"""Tabular classification metrics on predicted probabilities, and percentile-bootstrap confidence intervals.
+
+The AUROC, the bootstrap resampling/intervals and :class:`Estimate` are the shared ones of
+:mod:`osteo_edge.core.stats`; this module only defines the tabular metric set.
 
 ``y`` holds integer class codes ``0..K-1``; ``proba`` is an ``(n, K)`` array. ROC-AUC is the
 binary AUC of class 1 for two classes and the macro average of one-vs-rest AUCs for more (NaN
@@ -11,39 +14,22 @@ replacement; resamples where a metric is undefined (a class missing) are skipped
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from ..core.stats import Estimate, auroc, percentile_interval, resample_indices
+from ..core.stats import bootstrap as _bootstrap
+
 DEFAULT_BOOTSTRAP = 1000
-CI_LEVEL = 0.95
 METRIC_NAMES = ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro")
-
-
-def _rankdata(x: np.ndarray) -> np.ndarray:
-    """Average ranks (1-based) with ties sharing their mean rank."""
-    from scipy.stats import rankdata
-
-    return rankdata(x, method="average")
-
-
-def binary_auc(pos: np.ndarray, score: np.ndarray) -> float:
-    """ROC-AUC of ``score`` for the boolean truth ``pos`` (Mann-Whitney U); NaN if one side is empty."""
-    pos = np.asarray(pos, dtype=bool)
-    n1 = int(pos.sum())
-    n0 = len(pos) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = _rankdata(np.asarray(score, dtype="float64"))
-    return float((r[pos].sum() - n1 * (n1 + 1) / 2.0) / (n1 * n0))
 
 
 def roc_auc(y: np.ndarray, proba: np.ndarray, n_classes: int) -> float:
     y = np.asarray(y)
     if n_classes == 2:
-        return binary_auc(y == 1, proba[:, 1])
-    aucs = [binary_auc(y == k, proba[:, k]) for k in range(n_classes)]
+        return auroc(y == 1, proba[:, 1])
+    aucs = [auroc(y == k, proba[:, k]) for k in range(n_classes)]
     return float("nan") if any(np.isnan(a) for a in aucs) else float(np.mean(aucs))
 
 
@@ -88,33 +74,6 @@ def compute(y: np.ndarray, proba: np.ndarray, n_classes: int) -> dict[str, float
     }
 
 
-@dataclass(frozen=True)
-class Estimate:
-    value: float
-    low: float
-    high: float
-    n: int
-    valid_resamples: int
-
-    def to_dict(self) -> dict[str, float | int]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high, "n": self.n, "valid_resamples": self.valid_resamples}
-
-    def fmt(self, digits: int = 3) -> str:
-        if np.isnan(self.value):
-            return "n/a"
-        if np.isnan(self.low):
-            return f"{self.value:.{digits}f}"
-        return f"{self.value:.{digits}f} [{self.low:.{digits}f}, {self.high:.{digits}f}]"
-
-
-def _percentiles(samples: list[float]) -> tuple[float, float, int]:
-    arr = np.asarray([s for s in samples if not np.isnan(s)])
-    if len(arr) < 20:
-        return float("nan"), float("nan"), len(arr)
-    alpha = (1 - CI_LEVEL) / 2
-    return float(np.quantile(arr, alpha)), float(np.quantile(arr, 1 - alpha)), len(arr)
-
-
 def bootstrap(
     y: np.ndarray, proba: np.ndarray, n_classes: int, n_boot: int = DEFAULT_BOOTSTRAP, seed: int = 0
 ) -> dict[str, Estimate]:
@@ -122,18 +81,7 @@ def bootstrap(
     y = np.asarray(y, dtype=int)
     proba = np.asarray(proba, dtype="float64")
     point = compute(y, proba, n_classes)
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {k: [] for k in point}
-    n = len(y)
-    for _ in range(n_boot if n else 0):
-        idx = rng.integers(0, n, n)
-        for k, v in compute(y[idx], proba[idx], n_classes).items():
-            draws[k].append(v)
-    out = {}
-    for k, v in point.items():
-        lo, hi, valid = _percentiles(draws[k])
-        out[k] = Estimate(v, lo, hi, n, valid)
-    return out
+    return _bootstrap(point, lambda idx: compute(y[idx], proba[idx], n_classes), len(y), n_boot, seed)
 
 
 def paired_bootstrap(
@@ -166,22 +114,19 @@ def paired_bootstrap(
         return res
 
     point = all_metrics(None)
-    rng = np.random.default_rng(seed)
-    draws: list[dict[str, dict[str, float]]] = []
     n = len(y)
-    for _ in range(n_boot if n else 0):
-        draws.append(all_metrics(rng.integers(0, n, n)))
+    draws = [all_metrics(idx) for idx in resample_indices(n, n_boot, seed)]
     single: dict[str, dict[str, Estimate]] = {}
     for name, m in point.items():
         single[name] = {}
         for k, v in m.items():
-            lo, hi, valid = _percentiles([d[name][k] for d in draws])
+            lo, hi, valid = percentile_interval([d[name][k] for d in draws])
             single[name][k] = Estimate(v, lo, hi, n, valid)
     diffs: dict[tuple[str, str], dict[str, Estimate]] = {}
     for a, b in pairs:
         diffs[(a, b)] = {}
         for k in point[a]:
-            lo, hi, valid = _percentiles([d[a][k] - d[b][k] for d in draws])
+            lo, hi, valid = percentile_interval([d[a][k] - d[b][k] for d in draws])
             diffs[(a, b)][k] = Estimate(point[a][k] - point[b][k], lo, hi, n, valid)
     return single, diffs
 
@@ -199,5 +144,5 @@ def bootstrap_difference(
         ia = rng.integers(0, len(y_a), len(y_a))
         ib = rng.integers(0, len(y_b), len(y_b))
         draws.append(compute(y_a[ia], p_a[ia], n_classes)[metric] - compute(y_b[ib], p_b[ib], n_classes)[metric])
-    lo, hi, valid = _percentiles(draws)
+    lo, hi, valid = percentile_interval(draws)
     return Estimate(float(point), lo, hi, len(y_a), valid)

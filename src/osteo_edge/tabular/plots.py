@@ -7,8 +7,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..data.report import new_figure, save_figure
-from .metrics import Estimate
+from ..core.plots import new_figure, save_figure
+from ..core.stats import Estimate
 
 
 def _roc_points(pos: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

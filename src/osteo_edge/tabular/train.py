@@ -20,14 +20,16 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text, runtime_versions, sha256_file
+from ..core.progress import Progress
+from ..core.stats import Estimate
 from ..errors import ConfigError, DataError, require
 from . import leakage as _leak
-from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, Estimate, bootstrap, compute, roc_auc
+from .metrics import DEFAULT_BOOTSTRAP, METRIC_NAMES, bootstrap, compute, roc_auc
 from .models import DEFAULT_TREES, MODELS, build_pipeline
 from .store import save_model, write_run
 from .table import TableSchema, _as_text, infer_schema, read_table, resolve_column, resolve_columns, target_labels
@@ -36,8 +38,6 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ import numpy as np
 
 from ..artifact import atomic_write_json, atomic_write_text
 from ..errors import ConfigError
-from .metrics import fmt_ci
-from .models import count_parameters, load_model
+from ..core.stats import Estimate, fmt_ci
+from ..modeling.loading import load_run
+from ..modeling.models import count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def measure_latency(model: Any, input_shape: Sequence[int], runs: int = 30, warm
 
 
 def describe_run(run: str | os.PathLike, latency_runs: int = 30, threads: int = 2) -> dict[str, Any]:
-    model, bundle = load_model(run)
+    model, bundle = load_run(run)
     m = bundle.manifest
     spec = bundle.spec
     tr = m.get("training", {})
@@ -91,7 +92,7 @@ def describe_run(run: str | os.PathLike, latency_runs: int = 30, threads: int = 
             if isinstance(v, Mapping):
                 out[k] = dict(v)
             elif isinstance(v, (int, float)) and k != "n":
-                out[k] = {"value": float(v), "ci95": [float("nan"), float("nan")]}
+                out[k] = Estimate(float(v)).to_dict()
         return out
 
     cfg = {}
@@ -143,9 +144,8 @@ def _csv(rows: Sequence[Mapping[str, Any]]) -> str:
         vals = [r.get(c) for c in cols]
         for s in ("val", "test"):
             for k in TABLE_METRICS:
-                e = r.get(s, {}).get(k) or {}
-                ci = e.get("ci95", [None, None])
-                vals += [e.get("value"), ci[0], ci[1]]
+                e = Estimate.from_dict(r.get(s, {}).get(k))
+                vals += [None, None, None] if e is None else [e.value, e.low, e.high]
         w.writerow(["" if v is None else (f"{v:.6g}" if isinstance(v, float) else v) for v in vals])
     return buf.getvalue()
 

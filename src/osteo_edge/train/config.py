@@ -54,7 +54,7 @@ class TrainConfig:
     max_steps_per_epoch: int = 0  # 0: full epochs (tests use a few steps)
 
     def __post_init__(self) -> None:
-        from .models import ARCHS
+        from ..modeling.models import ARCHS
 
         if self.arch not in ARCHS:
             raise choice_error("--arch", self.arch, ARCHS)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from ..artifact import atomic_write_json, atomic_write_text
+from ..core.classification import HEADLINE
+from ..core.progress import Progress
 from ..errors import ConfigError
 from .config import TrainConfig
 from .engine import LAST, TrainResult, train
 from .evaluate import EvalResult, evaluate_run, fmt_mean_sd, summarize_folds
-from .metrics import HEADLINE
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def is_cv_dir(path: str | os.PathLike) -> bool:
 
 def train_folds(
     config: TrainConfig, out: str | os.PathLike, folds: int, *, resume: bool = False,
-    progress: Callable[..., None] | None = None, command: str = "",
+    progress: Progress | None = None, command: str = "",
 ) -> list[TrainResult]:
     from ..data.split import read_split
 
@@ -87,7 +88,7 @@ def evaluate_folds(cv_dir: str | os.PathLike, subset: str = "test", out: str | o
 
 def render_cv_report(s: Mapping[str, Any]) -> str:
     from ..artifact import DISCLAIMER
-    from .metrics import fmt_ci
+    from ..core.stats import fmt_ci
 
     lines = [f"# {s['folds']}-fold cross-validation: {Path(s['cv_dir']).name}, {s['subset']} split", "", f"> {DISCLAIMER}", "",
              f"**Protocol:** {s['protocol']}; k-fold over the non-test groups (fold k validates, the others train); "

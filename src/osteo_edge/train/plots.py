@@ -7,8 +7,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..data.report import new_figure, save_figure
-from .metrics import reliability_bins
+from ..core.classification import reliability_bins
+from ..core.stats import Estimate, auroc
+from ..core.plots import new_figure, save_figure
 
 
 def training_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
@@ -56,7 +57,7 @@ def confusion_png(confusion: Sequence[Sequence[int]], labels: Sequence[str], pat
 
 def roc_png(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: Path, title: str,
             p_low: np.ndarray | None = None, y_low: np.ndarray | None = None, operating: tuple[float, float] | None = None) -> Path:
-    from sklearn.metrics import roc_auc_score, roc_curve
+    from sklearn.metrics import roc_curve
 
     fig = new_figure(10 if p_low is not None else 5.5, 4.5)
     ax = fig.add_subplot(1, 2 if p_low is not None else 1, 1)
@@ -65,7 +66,7 @@ def roc_png(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: Path,
         if yb.min() == yb.max():
             continue
         fpr, tpr, _ = roc_curve(yb, probs[:, i])
-        ax.plot(fpr, tpr, label=f"{lab} vs rest (AUC {roc_auc_score(yb, probs[:, i]):.3f})")
+        ax.plot(fpr, tpr, label=f"{lab} vs rest (AUC {auroc(yb, probs[:, i]):.3f})")
     ax.plot([0, 1], [0, 1], color="0.6", ls="--", lw=1)
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
@@ -74,7 +75,7 @@ def roc_png(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], path: Path,
     if p_low is not None and y_low is not None and y_low.min() != y_low.max():
         ax2 = fig.add_subplot(1, 2, 2)
         fpr, tpr, _ = roc_curve(y_low, p_low)
-        ax2.plot(fpr, tpr, color="C3", label=f"low BMD vs Normal (AUC {roc_auc_score(y_low, p_low):.3f})")
+        ax2.plot(fpr, tpr, color="C3", label=f"low BMD vs Normal (AUC {auroc(y_low, p_low):.3f})")
         if operating is not None:
             sens, spec = operating
             ax2.plot([1 - spec], [sens], "ko", label=f"operating point (sens {sens:.2f}, spec {spec:.2f})")
@@ -121,12 +122,10 @@ def compare_png(rows: Sequence[Mapping[str, Any]], path: Path, metric: str = "ma
     for j, (key, lab) in enumerate(((metric, "macro-F1"), ("accuracy", "accuracy"), ("low_bmd_auroc", "low-BMD AUROC"))):
         vals, lo, hi = [], [], []
         for r in rows:
-            e = (r.get("test") or {}).get(key) or {}
-            v = e.get("value", float("nan"))
-            ci = e.get("ci95", [float("nan"), float("nan")])
-            vals.append(v)
-            lo.append(v - ci[0] if ci[0] == ci[0] else 0)
-            hi.append(ci[1] - v if ci[1] == ci[1] else 0)
+            e = Estimate.from_dict((r.get("test") or {}).get(key)) or Estimate(float("nan"))
+            vals.append(e.value)
+            lo.append(e.value - e.low if e.low == e.low else 0)
+            hi.append(e.high - e.value if e.high == e.high else 0)
         ax1.bar(x + (j - 1) * 0.27, vals, 0.27, yerr=[lo, hi], capsize=3, label=lab)
     ax1.set_xticks(x, names, rotation=20, fontsize=8)
     ax1.set_ylim(0, 1)

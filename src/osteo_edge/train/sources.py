@@ -28,7 +28,8 @@ import numpy as np
 
 from ..data.sources import WANI, group_source  # noqa: F401  (re-exported: part of this module's API)
 from ..errors import ConfigError
-from .metrics import _auc, bootstrap_ci
+from ..core.classification import bootstrap_ci
+from ..core.stats import auroc as _auc
 
 NORMAL = "Normal"
 OSTEOPENIA = "Osteopenia"

@@ -1,6 +1,9 @@
-"""Classification metrics, the binary low-BMD view, calibration and bootstrap confidence intervals.
+"""Image-classification metrics: per-class and macro scores, the binary low-BMD view, ECE, and
+group-bootstrap confidence intervals of the headline metrics.
 
-numpy + scikit-learn only. Probabilities are calibrated softmax outputs ``softmax(logits / T)``.
+numpy, with scikit-learn imported lazily inside :func:`classification_metrics`. The AUROC,
+softmax and bootstrap are the shared ones of :mod:`osteo_edge.core.stats`. Probabilities are
+calibrated softmax outputs ``softmax(logits / T)``.
 Bootstrap resampling is done over duplicate groups (cluster bootstrap), so copies of one
 radiograph never count as independent evidence.
 """
@@ -14,18 +17,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..errors import require
+from .stats import Estimate, auroc, bootstrap
 
 log = logging.getLogger(__name__)
 
 NORMAL = "Normal"
 HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro", "low_bmd_auroc", "low_bmd_sensitivity", "low_bmd_specificity", "ece")
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / float(temperature)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def low_bmd_probability(probs: np.ndarray, labels: Sequence[str]) -> np.ndarray | None:
@@ -37,14 +34,6 @@ def low_bmd_probability(probs: np.ndarray, labels: Sequence[str]) -> np.ndarray 
 
 # ------------------------------------------------------------------------------------------------
 # point metrics
-
-
-def _auc(y_bin: np.ndarray, score: np.ndarray) -> float:
-    if y_bin.min() == y_bin.max():
-        return float("nan")
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(y_bin, score))
 
 
 def ece_score(probs: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
@@ -125,7 +114,7 @@ def classification_metrics(
     per_class = {}
     aurocs = []
     for i, lab in enumerate(labels):
-        auc = _auc((y == i).astype(int), probs[:, i])
+        auc = auroc((y == i).astype(int), probs[:, i])
         per_class[lab] = {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i]), "auroc": auc}
         if not math.isnan(auc):
             aurocs.append(auc)
@@ -144,7 +133,7 @@ def classification_metrics(
     p_low = low_bmd_probability(probs, labels)
     if p_low is not None:
         y_low = (y != list(labels).index(NORMAL)).astype(int)
-        out["low_bmd_auroc"] = _auc(y_low, p_low)
+        out["low_bmd_auroc"] = auroc(y_low, p_low)
         if low_bmd_threshold is not None:
             sens, spec = binary_at_threshold(y_low, p_low, low_bmd_threshold)
             out["low_bmd_threshold"] = float(low_bmd_threshold)
@@ -153,42 +142,7 @@ def classification_metrics(
 
 
 # ------------------------------------------------------------------------------------------------
-# calibration
-
-
-def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
-    """The temperature minimising the negative log-likelihood on these (validation) logits."""
-    from scipy.optimize import minimize_scalar
-
-    logits = np.asarray(logits, dtype=np.float64)
-    y = np.asarray(y).astype(int)
-    if len(y) == 0:
-        return 1.0
-
-    def nll(log_t: float) -> float:
-        p = softmax(logits, math.exp(log_t))
-        return float(-np.mean(np.log(np.clip(p[np.arange(len(y)), y], 1e-12, None))))
-
-    res = minimize_scalar(nll, bounds=(math.log(0.05), math.log(20.0)), method="bounded", options={"xatol": 1e-4})
-    t = float(math.exp(res.x))
-    # Never worse than no scaling on the data it was fitted on.
-    return t if nll(res.x) <= nll(0.0) else 1.0
-
-
-# ------------------------------------------------------------------------------------------------
 # bootstrap
-
-
-def _fast_auc(yb: np.ndarray, score: np.ndarray) -> float:
-    """Mann-Whitney AUROC with tied ranks averaged (equals sklearn's roc_auc_score)."""
-    from scipy.stats import rankdata
-
-    n1 = int(yb.sum())
-    n0 = len(yb) - n1
-    if n1 == 0 or n0 == 0:
-        return float("nan")
-    r = rankdata(score)
-    return float((r[yb == 1].sum() - n1 * (n1 + 1) / 2) / (n1 * n0))
 
 
 def fast_headline(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_bmd_threshold: float | None = None) -> dict[str, float]:
@@ -206,7 +160,7 @@ def fast_headline(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_b
             rec = tp / (tp + fn) if tp + fn else 0.0
             f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
             recalls.append(rec)
-        a = _fast_auc((y == c).astype(int), probs[:, c])
+        a = auroc((y == c).astype(int), probs[:, c])
         if not math.isnan(a):
             aucs.append(a)
     out = {
@@ -219,7 +173,7 @@ def fast_headline(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_b
     p_low = low_bmd_probability(probs, labels)
     if p_low is not None:
         y_low = (y != list(labels).index(NORMAL)).astype(int)
-        out["low_bmd_auroc"] = _fast_auc(y_low, p_low)
+        out["low_bmd_auroc"] = auroc(y_low, p_low)
         if low_bmd_threshold is not None:
             out["low_bmd_sensitivity"], out["low_bmd_specificity"] = binary_at_threshold(y_low, p_low, low_bmd_threshold)
     return out
@@ -245,35 +199,9 @@ def bootstrap_ci(
     fn = metric_fn or fast_headline
     point = headline(classification_metrics(y, probs, labels, low_bmd_threshold))
     if n_boot <= 0 or len(y) < 2:
-        return {k: {"value": v, "ci95": [float("nan"), float("nan")]} for k, v in point.items()}
-    g = np.asarray(groups if groups is not None else np.arange(len(y)))
-    uniq, inv = np.unique(g, return_inverse=True)
-    members = [np.flatnonzero(inv == j) for j in range(len(uniq))]
-    rng = np.random.default_rng(seed)
-    samples: dict[str, list[float]] = {k: [] for k in point}
-    for _ in range(n_boot):
-        pick = rng.integers(0, len(uniq), size=len(uniq))
-        idx = np.concatenate([members[j] for j in pick])
-        m = headline(fn(y[idx], probs[idx], labels, low_bmd_threshold))
-        for k in point:
-            samples[k].append(m.get(k, float("nan")))
-    out = {}
-    for k, v in point.items():
-        arr = np.asarray(samples[k], dtype=np.float64)
-        arr = arr[~np.isnan(arr)]
-        lo, hi = (np.percentile(arr, [2.5, 97.5]).tolist() if len(arr) >= 20 else [float("nan"), float("nan")])
-        out[k] = {"value": v, "ci95": [float(lo), float(hi)]}
-    return out
+        return {k: Estimate(v).to_dict() for k, v in point.items()}
+    est = bootstrap(point, lambda idx: headline(fn(y[idx], probs[idx], labels, low_bmd_threshold)), len(y), n_boot, seed,
+                    groups=groups if groups is not None else np.arange(len(y)))
+    # stored as {"value", "ci95"}: the interval of a group bootstrap is over groups, so no row count is attached
+    return {k: Estimate(e.value, e.low, e.high).to_dict() for k, e in est.items()}
 
-
-def fmt_ci(entry: Mapping[str, Any] | None, digits: int = 3) -> str:
-    """``0.812 [0.701, 0.905]`` (or ``n/a``)."""
-    if not entry:
-        return "n/a"
-    v = entry.get("value", float("nan"))
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return "n/a"
-    lo, hi = entry.get("ci95", [float("nan"), float("nan")])
-    if lo is None or hi is None or math.isnan(lo) or math.isnan(hi):
-        return f"{v:.{digits}f}"
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"

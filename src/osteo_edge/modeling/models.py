@@ -1,4 +1,6 @@
-"""The model table: one record per architecture, ``build_model`` and ``load_model``.
+"""The model table: one record per architecture, ``build_model`` and the manifest's ``arch`` record.
+
+A run is rebuilt from its bundle by :func:`osteo_edge.modeling.loading.load_run`.
 
 Models output raw logits (no softmax). Consumers apply the bundle's temperature:
 ``probs = softmax(logits / T)``.
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import BundleError, ConfigError, WeightsUnavailableError, choice_error, require
+from ..errors import ConfigError, WeightsUnavailableError, choice_error, require
 from ..preprocess import PreprocessSpec
 
 log = logging.getLogger(__name__)
@@ -361,31 +363,6 @@ def arch_record_for_manifest(arch: str, num_classes: int, **kw: Any) -> dict[str
     """The manifest's ``arch`` field: everything :func:`build_model` needs to rebuild the network."""
     rec = get_arch(arch)
     return {"name": rec.name, "num_classes": int(num_classes), "timm_name": rec.timm_name, **kw}
-
-
-def load_model(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any, Any]:
-    """Rebuild a trained model from its bundle (checksums verified): ``(model.eval(), Bundle)``."""
-    import torch
-
-    from ..artifact import load_bundle
-
-    bundle = load_bundle(run_dir)
-    if bundle.format != "torch":
-        raise BundleError(f"{run_dir}: bundle format {bundle.format!r} is not a torch training run")
-    arch = bundle.manifest.get("arch")
-    if not isinstance(arch, dict) or "name" not in arch or "num_classes" not in arch:
-        raise BundleError(f"{run_dir}: manifest has no 'arch' record (name, num_classes) to rebuild the model")
-    kw = {k: v for k, v in arch.items() if k not in ("name", "num_classes", "timm_name")}
-    if int(arch["num_classes"]) != len(bundle.labels):
-        raise BundleError(f"{run_dir}: arch has {arch['num_classes']} classes but the manifest lists {len(bundle.labels)} labels")
-    model = build_model(arch["name"], int(arch["num_classes"]), weights="none", **kw)
-    state = torch.load(bundle.model_path, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise BundleError(f"{run_dir}: {bundle.model_path.name} does not fit arch {arch['name']} ({str(exc).splitlines()[0]})") from exc
-    model.to(device).eval()
-    return model, bundle
 
 
 def count_parameters(model: Any) -> int:
