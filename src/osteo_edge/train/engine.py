@@ -33,7 +33,7 @@ from ..core.progress import Progress
 from ..core.stats import softmax
 from ..errors import ConfigError, DataError, OsteoEdgeError, require
 from ..modeling.calibration import fit_temperature
-from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, class_weights
+from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, cell_weights, class_weights
 from ..modeling.models import arch_record_for_manifest, build_model, classifier_module, get_arch
 from .config import TrainConfig, config_yaml_text, read_config_yaml
 
@@ -443,7 +443,12 @@ def _setup_data(run: _Run) -> None:
     from torch.utils.data import DataLoader
 
     config = run.config
-    run.sampler = EpochSampler(run.train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=run.rank, world=run.world)
+    weights = None
+    if config.balance == "cells":  # every (source of the group, class) cell equally often, groups equal within
+        rows = run.train_ds.rows
+        weights = cell_weights([f"{r.domain}|{r.label}" for r in rows], [r.group for r in rows])
+    run.sampler = EpochSampler(run.train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=run.rank,
+                               world=run.world, weights=weights)
     n = len(run.sampler)
     steps = -(-n // config.batch_size)
     drop_last = n % config.batch_size == 1 and n > 1
