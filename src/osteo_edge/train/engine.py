@@ -262,7 +262,7 @@ def _result_from_bundle(out: Path) -> TrainResult:
     from ..artifact import load_bundle
 
     b = load_bundle(out)
-    tr = b.manifest.get("training", {})
+    tr = b.training
     return TrainResult(
         run_dir=out, best_epoch=int(tr.get("best_epoch", -1)), best_val_macro_f1=float(tr.get("best_val_macro_f1", float("nan"))),
         epochs_run=int(tr.get("epochs_run", 0)), stopped_early=bool(tr.get("stopped_early", False)),

@@ -20,9 +20,9 @@ numpy only at import time; scikit-learn is imported inside the functions that ne
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
