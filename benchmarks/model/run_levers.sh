@@ -9,8 +9,8 @@
 # Written for a 2-core CPU: Lite0 at 224 px, 10 epochs max, 2 frozen warm-up epochs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-OE="nice -n 10 .venv/bin/osteo-edge"
-PY="nice -n 10 .venv/bin/python"
+OE=".venv/bin/osteo-edge"
+PY=".venv/bin/python"
 DATA=../shared/data
 KNEE="$DATA/knee/multiclass-kaggle $DATA/knee/wani-mendeley $DATA/knee/2class-kaggle"
 W=runs/model
