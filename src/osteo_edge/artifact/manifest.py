@@ -28,7 +28,7 @@ from ..errors import BundleError, ConfigError
 from ..preprocess import PreprocessSpec
 from .atomic import _json_default, atomic_write_json, runtime_versions, sha256_file, write_dir_atomically
 from .records import (
-    NORMAL_LABEL, ArchRecord, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord,
+    NORMAL_LABEL, ArchRef, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -394,8 +394,8 @@ class Bundle:
         return Provenance.from_dict(self.manifest.get("provenance"))
 
     @property
-    def arch(self) -> ArchRecord | None:
-        return ArchRecord.from_dict(self.manifest.get("arch"))
+    def arch(self) -> ArchRef | None:
+        return ArchRef.from_dict(self.manifest.get("arch"))
 
     @property
     def gate(self) -> Mapping[str, Any] | None:
