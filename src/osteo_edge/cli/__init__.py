@@ -18,6 +18,9 @@ from ..errors import OsteoEdgeError
 # One module per command (group), registered in this order in --help.
 COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular")
 
+# Libraries whose log lines are not for the user's screen unless --verbose.
+THIRD_PARTY_LOGGERS = ("pydicom", "pynetdicom", "highdicom")
+
 app = typer.Typer(
     name="osteo-edge",
     help=(
@@ -40,6 +43,8 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in THIRD_PARTY_LOGGERS:  # their warnings (and tracebacks) only behind --verbose
+        logging.getLogger(name).propagate = verbose  # (pydicom resets its level on import)
 
 
 for _name in COMMAND_MODULES:
