@@ -16,7 +16,7 @@ import typer
 from ..errors import OsteoEdgeError
 
 # One module per command (group), registered in this order in --help.
-COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular")
+COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular", "serve", "record")
 
 # Libraries whose log lines are not for the user's screen unless --verbose.
 THIRD_PARTY_LOGGERS = ("pydicom", "pynetdicom", "highdicom")
