@@ -171,6 +171,17 @@ class ClinicRecord:
         with self._lock:
             return self._db.execute(q, (sop_instance_uid,)).fetchone() is not None
 
+    def has_event(self, sop_instance_uid: str, event: str) -> bool:
+        with self._lock:
+            q = "SELECT 1 FROM events WHERE sop_instance_uid = ? AND event = ?"
+            return self._db.execute(q, (sop_instance_uid, event)).fetchone() is not None
+
+    def count_instances(self) -> int:
+        """Distinct SOP Instance UIDs answered by the node."""
+        with self._lock:
+            q = "SELECT count(*) FROM predictions WHERE source = 'serve' AND kind = 'prediction'"
+            return int(self._db.execute(q).fetchone()[0])
+
     def row(self, row_id: int) -> dict[str, Any]:
         rows = list(self.rows(where="id = ?", args=(row_id,)))
         if not rows:

@@ -65,3 +65,26 @@ def all_syntaxes(image: str | Path, out: Path) -> dict[str, Path]:
     for ts in TRANSFER_SYNTAXES:
         files[ts.name] = encode(ts, bases[ts.bits], out / f"{ts.name}.dcm")
     return files
+
+
+def storescu_config(ts_uid: str, path: Path) -> list[str]:
+    """storescu arguments that propose exactly ``ts_uid`` for CR, DX and SC (``-xf CONFIG PROFILE``).
+
+    storescu's -x* flags cover most syntaxes but not JPEG Lossless process 14 (non-SV1); a
+    configuration file covers every one the same way."""
+    classes = ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",
+               "1.2.840.10008.5.1.4.1.1.7")
+    pcs = "\n".join(f"PresentationContext{i} = {c}\\Only" for i, c in enumerate(classes, 1))
+    path.write_text(
+        f"[[TransferSyntaxes]]\n[Only]\nTransferSyntax1 = {ts_uid}\n\n"
+        f"[[PresentationContexts]]\n[Radiographs]\n{pcs}\n\n"
+        "[[Profiles]]\n[Send]\nPresentationContexts = Radiographs\n"
+    )
+    return ["-xf", str(path), "Send"]
+
+
+def new_instance_uid(path: Path) -> str:
+    """Give a DICOM file a new SOP Instance UID with dcmtk's ``dcmodify -gin`` (pixel data untouched)."""
+    _run(["dcmodify", "-nb", "-gin", str(path)])
+    pydicom = require("pydicom", "runtime")
+    return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)

