@@ -124,3 +124,49 @@ def test_result_sr_arrives_at_orthanc_and_references_the_source(samples, tmp_pat
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def _scu_store(port, dataset, aet="TESTSCU", syntax=None):
+    """pynetdicom as the sending peer: the exact C-STORE status (None: association refused)."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=aet)
+    if isinstance(dataset, Path):
+        meta = pydicom.dcmread(dataset, stop_before_pixels=True)
+        ae.add_requested_context(meta.SOPClassUID, str(meta.file_meta.TransferSyntaxUID))
+    else:
+        ae.add_requested_context(dataset.SOPClassUID, syntax or "1.2.840.10008.1.2.1")
+    assoc = ae.associate("127.0.0.1", port, ae_title="OSTEOEDGE")
+    if not assoc.is_established:
+        return None
+    try:
+        status = assoc.send_c_store(dataset)
+        return int(status.Status) if "Status" in status else -1
+    finally:
+        assoc.release()
+
+
+def test_refusals_are_clean_and_the_node_keeps_serving(samples, tmp_path, caplog):
+    ct = pydicom.dcmread(samples["base8"])
+    ct.SOPClassUID = "1.2.840.10008.5.1.4.1.1.2"  # CT Image Storage
+    ct.SOPInstanceUID = ct.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    ct.file_meta.MediaStorageSOPClassUID = ct.SOPClassUID
+    truncated = tmp_path / "truncated.dcm"
+    data = samples["base8"].read_bytes()
+    truncated.write_bytes(data[: len(data) - 50_000])
+    cfg = NodeConfig(record=tmp_path / "r.db", port=0, allow_ae=["STORESCU", "TESTSCU"], max_bytes=400_000)
+    caplog.set_level(logging.INFO, logger="osteo_edge.dicom.node")
+    with Node(cfg) as node:
+        res = subprocess.run(["echoscu", "-aet", "STRANGER", "-aec", "OSTEOEDGE", "127.0.0.1", str(node.port)], capture_output=True, timeout=30)
+        assert res.returncode != 0 and b"Rejected" in res.stdout + res.stderr
+        assert _scu_store(node.port, ct) == STATUS["sop_class_not_supported"] == 0x0122
+        assert _scu_store(node.port, truncated) == STATUS["cannot_understand"]
+        assert _scu_store(node.port, samples["base12"]) == STATUS["out_of_resources"]  # 512 KB > 400 KB limit
+        assert _scu_store(node.port, samples["base8"]) == 0  # still serving
+        wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the good instance")
+    refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(refusals) == 4, refusals
+    assert all("\n" not in m for m in refusals)
+    for words in ("'STRANGER'", "not a radiograph", "truncated", "over the 400000-byte limit"):
+        assert any(words in m for m in refusals), words
+    assert all(r.levelno < logging.ERROR for r in caplog.records if r.name.startswith("osteo_edge"))

@@ -172,7 +172,7 @@ class Node:
     def _handlers(self) -> list[tuple[Any, Any]]:
         from pynetdicom import evt
 
-        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_REQUESTED, self._on_request)]
+        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_REJECTED, self._on_rejected)]
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Stop accepting, then (``drain``) let the worker finish the spool, then close the record."""
@@ -212,11 +212,11 @@ class Node:
         log.debug("C-ECHO from %s", _peer(event))
         return STATUS["success"]
 
-    def _on_request(self, event: Any) -> None:
+    def _on_rejected(self, event: Any) -> None:
         allowed = self.config.allow_ae
-        calling = event.assoc.requestor.ae_title.strip()
-        if allowed and calling not in allowed:
-            log.warning("association refused: calling AE %r (%s) is not in --allow-ae", calling, event.assoc.requestor.address)
+        calling = str(event.assoc.requestor.ae_title or "").strip()
+        why = "is not in --allow-ae" if allowed and calling not in allowed else "(too many associations or a bad request)"
+        log.warning("association refused: calling AE %r (%s) %s", calling, event.assoc.requestor.address, why)
 
     def _on_store(self, event: Any) -> int:
         req = event.request
