@@ -13,7 +13,6 @@ import threading
 import time
 
 import pydicom
-import pytest
 
 from dicom_support import free_port, require_knee, require_programs
 
@@ -138,10 +137,7 @@ def _fault_run(n, tmp_path):
     return len(acked), text
 
 
-def test_sigkill_mid_stream_loses_nothing_acknowledged_40(tmp_path):
-    _fault_run(40, tmp_path)
-
-
-@pytest.mark.slow
-def test_sigkill_mid_stream_loses_nothing_acknowledged_200(tmp_path):
+def test_sigkill_mid_stream_loses_nothing_acknowledged(tmp_path):
+    # 200 instances take ~20 s on the 2-core development machine: under the ~60 s that would make it `slow`.
+    # (The restart usually finds unanswered instances in the spool: "finishing 57 instances" in one run.)
     _fault_run(200, tmp_path)
