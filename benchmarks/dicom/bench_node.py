@@ -119,7 +119,7 @@ def machine() -> dict:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             versions[pkg] = None
-    dcmtk = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()
+    dcmtk = [ln.strip("$ ").replace("dcmtk: ", "") for ln in subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()]
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
             "dcmtk": dcmtk[0] if dcmtk else None, "versions": versions}
 
