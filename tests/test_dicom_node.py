@@ -163,7 +163,16 @@ def test_refusals_are_clean_and_the_node_keeps_serving(samples, tmp_path, caplog
         assert _scu_store(node.port, truncated) == STATUS["cannot_understand"]
         assert _scu_store(node.port, samples["base12"]) == STATUS["out_of_resources"]  # 512 KB > 400 KB limit
         assert _scu_store(node.port, samples["base8"]) == 0  # still serving
-        wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the good instance")
+        for cls in ("1.2.840.10008.5.1.4.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1"):
+            ds = pydicom.dcmread(samples["base8"])  # CR, DX for presentation, DX for processing
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = cls
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+            ds.PatientName, ds.PatientID = "DOE^JANE", "PID-4711"
+            assert _scu_store(node.port, ds) == 0, cls
+        wait_until(lambda: node.record.count_instances() == 4 and node.idle(), what="the good instances")
+    everything = "\n".join(r.getMessage() for r in caplog.records) + (tmp_path / "r.db").read_bytes().decode("latin-1")
+    everything += (tmp_path / "r.db-wal").read_bytes().decode("latin-1") if (tmp_path / "r.db-wal").exists() else ""
+    assert "DOE" not in everything and "PID-4711" not in everything  # patient identifiers: not logged, not recorded
     refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(refusals) == 4, refusals
     assert all("\n" not in m for m in refusals)

@@ -44,7 +44,10 @@ def _root(
         stream=sys.stderr,
     )
     for name in THIRD_PARTY_LOGGERS:  # their warnings (and tracebacks) only behind --verbose
-        logging.getLogger(name).propagate = verbose  # (pydicom resets its level on import)
+        lib = logging.getLogger(name)
+        lib.propagate = verbose  # (not the level: pydicom resets its level on import)
+        if not lib.handlers:
+            lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
 
 
 for _name in COMMAND_MODULES:
