@@ -134,7 +134,8 @@ def markdown(result: dict) -> str:
         f"pylibjpeg-libjpeg {m['versions']['pylibjpeg-libjpeg']}, pylibjpeg-openjpeg {m['versions']['pylibjpeg-openjpeg']}, "
         f"ai-edge-litert {m['versions']['ai-edge-litert']}. Model: the shipped tflite-int8 bundle, {result['threads']} inference thread(s).", "",
         f"Image: a real knee radiograph ({KNEE.name}, 512x512), 8-bit for JPEG baseline, 12-bit (BitsStored 12) otherwise, "
-        "compressed by dcmtk / GDCM.", "",
+        "compressed by dcmtk / GDCM. The 2 cores are shared with other work and noisy: an earlier run of the same "
+        "command measured 9.3 images/s for explicit and 7.1 for jpeg-ls; compare syntaxes within one run.", "",
         "## End to end: storescu -> spool (fsync) -> decode -> classify -> SR -> clinic record", "",
         "| syntax | file KB | images | recorded | send s | end-to-end s | images/s |", "|---|---|---|---|---|---|---|",
     ]
