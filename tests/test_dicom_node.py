@@ -179,3 +179,31 @@ def test_refusals_are_clean_and_the_node_keeps_serving(samples, tmp_path, caplog
     for words in ("'STRANGER'", "not a radiograph", "truncated", "over the 400000-byte limit"):
         assert any(words in m for m in refusals), words
     assert all(r.levelno < logging.ERROR for r in caplog.records if r.name.startswith("osteo_edge"))
+
+
+def test_serve_cli_port_in_use_is_one_line(tmp_path):
+    import socket
+
+    from typer.testing import CliRunner
+
+    from osteo_edge.cli import app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        res = CliRunner().invoke(app, ["serve", "--record", str(tmp_path / "r.db"), "--port", str(port)])
+    assert res.exit_code == 1 and "cannot listen on 127.0.0.1" in res.output and "Traceback" not in res.output
+    res = CliRunner().invoke(app, ["serve", "--record", str(tmp_path / "r.db"), "--forward", "PACS"])
+    assert res.exit_code == 1 and "AE@HOST:PORT" in res.output
+
+
+def test_unreachable_destination_keeps_the_result_and_records_the_answer(samples, tmp_path):
+    cfg = NodeConfig(record=tmp_path / "r.db", port=0, forward=Destination("NOBODY", "127.0.0.1", free_port()))
+    with Node(cfg) as node:
+        assert _scu_store(node.port, samples["base8"]) == 0
+        wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the answer")
+        events = node.record.events()
+        unsent = list((node.spool.root / "unsent").glob("*.dcm"))
+    assert [e["event"] for e in events] == ["forward_failed"] and len(unsent) == 1
+    assert pydicom.dcmread(unsent[0]).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"

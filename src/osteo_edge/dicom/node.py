@@ -142,21 +142,24 @@ class Node:
             log.info("finishing %d instances left in the spool", len(pending))
         self._worker = threading.Thread(target=self._work, name="osteo-edge-worker", daemon=True)
         self._worker.start()
-        self._server = self._make_ae().start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers())
+        try:
+            self._server = self._make_ae().start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers())
+        except OSError as exc:
+            self.stop(drain=False)
+            raise ConfigError(f"cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc}); choose another --port or --bind") from None
         self.port = self._server.server_address[1]
         log.info("DICOM node %s listening on %s:%d (model %s, record %s)", cfg.ae_title, cfg.bind, self.port,
                  self.clf.bundle.format, cfg.record)
         return self
 
     def _make_ae(self) -> Any:
-        from pynetdicom import AE
+        from pynetdicom import AE, StoragePresentationContexts
         from pynetdicom.sop_class import Verification
 
         cfg = self.config
         ae = AE(ae_title=cfg.ae_title)
         ae.add_supported_context(Verification)
         syntaxes = accepted_syntaxes()
-        from pynetdicom import StoragePresentationContexts
 
         # Every storage class is negotiated, so that a wrong one gets a C-STORE status (0x0122) and a log line.
         for ctx in StoragePresentationContexts:
@@ -272,13 +275,18 @@ class Node:
         uids = dicom_uids(path)
         uid = uids.get("sop_instance_uid") or path.stem
         pred = self.clf.predict(path, name=uid)
-        sr = build_sr(pred, _header(path), self.clf.bundle.seal)
-        data = sr_bytes(sr)
-        if self.config.results is not None:
+        try:
+            sr = build_sr(pred, _header(path), self.clf.bundle.seal)
+            data = sr_bytes(sr)
+        except Exception as exc:  # an image header highdicom cannot cite: the answer is still recorded
+            log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
+            sr = data = None
+        if sr is not None and self.config.results is not None:
             atomic_write_bytes(self.config.results / f"{sr.SOPInstanceUID}.dcm", data)
         who = InputIdentity(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
-        new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=str(sr.SOPInstanceUID))
-        if self.config.forward is not None and (new or not self.record.has_event(uid, "forwarded")):
+        result_uid = str(sr.SOPInstanceUID) if sr is not None else None
+        new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=result_uid)
+        if sr is not None and self.config.forward is not None and (new or not self.record.has_event(uid, "forwarded")):
             self._forward(uid, sr, data)
         self.spool.done(path)
         self.answered += 1
