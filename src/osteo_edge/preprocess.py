@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import ConfigError, InvalidImageError, choice_error
+
+_log = logging.getLogger(__name__)
 
 # Input-size limits of the decoder. Pillow's own bomb guard only warns below 89 Mpx; we refuse
 # earlier and with one line, before any pixel data is decoded.
@@ -261,13 +264,26 @@ def _from_pil(img: Image.Image, fmt: str, policy: str) -> DecodedImage:
 
 
 def _decode_dicom(data: bytes, name: str, policy: str) -> DecodedImage:
+    """A 2-D MONOCHROME DICOM through pydicom and its pixel plugins (every transfer syntax in
+    ``osteo_edge.dicom.decode.TRANSFER_SYNTAXES`` with the ``runtime`` extra). pydicom's warnings are
+    caught here and logged at debug level: they never reach the user's screen."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            return _decode_dicom_quiet(data, name)
+        finally:
+            for w in caught:
+                _log.debug("%s: %s: %s", name, w.category.__name__, w.message)
+
+
+def _decode_dicom_quiet(data: bytes, name: str) -> DecodedImage:
     from .errors import require
 
     pydicom = require("pydicom", "runtime")
     try:
         ds = pydicom.dcmread(io.BytesIO(data))
     except Exception as exc:  # pydicom raises many types for bad files
-        raise InvalidImageError(f"{name}: unreadable DICOM ({type(exc).__name__}: {exc})") from exc
+        raise InvalidImageError(f"{name}: unreadable DICOM ({type(exc).__name__}: {_one_line(exc)})") from exc
     if "PixelData" not in ds:
         raise InvalidImageError(f"{name}: DICOM file has no pixel data")
     for tag in ("Rows", "Columns", "BitsStored", "PhotometricInterpretation"):
@@ -283,8 +299,10 @@ def _decode_dicom(data: bytes, name: str, policy: str) -> DecodedImage:
         )
     try:
         arr = ds.pixel_array
-    except Exception as exc:
-        raise InvalidImageError(f"{name}: DICOM pixel data cannot be decoded ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:  # decoder plugins raise many types (RuntimeError, ValueError, ...)
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        what = f" ({ts.name})" if ts is not None else ""
+        raise InvalidImageError(f"{name}: DICOM pixel data{what} cannot be decoded ({type(exc).__name__}: {_one_line(exc)})") from exc
     if arr.ndim != 2:
         raise InvalidImageError(f"{name}: DICOM has {arr.ndim}-D pixel data; a single 2-D radiograph is needed")
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
@@ -298,6 +316,11 @@ def _decode_dicom(data: bytes, name: str, policy: str) -> DecodedImage:
     if photometric == "MONOCHROME1":
         unit = 1.0 - unit
     return DecodedImage(pixels=unit, format="DICOM", mode=photometric, bits=int(ds.BitsStored), size=(cols, rows))
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
 
 
 def decode_image(source: ImageSource, bit_depth: str = "scale") -> DecodedImage:

@@ -16,7 +16,10 @@ import typer
 from ..errors import OsteoEdgeError
 
 # One module per command (group), registered in this order in --help.
-COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular")
+COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular", "serve", "record")
+
+# Libraries whose log lines are not for the user's screen unless --verbose.
+THIRD_PARTY_LOGGERS = ("pydicom", "pynetdicom", "highdicom")
 
 app = typer.Typer(
     name="osteo-edge",
@@ -40,6 +43,11 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for name in THIRD_PARTY_LOGGERS:  # their warnings (and tracebacks) only behind --verbose
+        lib = logging.getLogger(name)
+        lib.propagate = verbose  # (not the level: pydicom resets its level on import)
+        if not lib.handlers:
+            lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
 
 
 for _name in COMMAND_MODULES:

@@ -21,6 +21,7 @@ def predict(
     csv_out: Annotated[Optional[Path], typer.Option("--csv", help="Also write every answer to this CSV file.")] = None,
     threads: Annotated[Optional[int], typer.Option("--threads", help="Inference threads (default: the backend's choice).")] = None,
     trusted_key: Annotated[Optional[List[Path]], typer.Option("--trusted-key", help=TRUSTED_KEY_HELP)] = None,
+    record: Annotated[Optional[Path], typer.Option("--record", help="Also append every answer to this clinic record (SQLite, append-only).")] = None,
 ) -> None:
     """Classify knee radiographs: Normal / Osteopenia / Osteoporosis with calibrated probabilities.
 
@@ -50,6 +51,10 @@ def predict(
             typer.echo(json.dumps(row))
     if csv_out is not None:
         predictions_csv(preds, clf.labels, csv_out)
+    if record is not None:
+        from ..dicom.record import record_predictions
+
+        err_console.print(f"recorded {record_predictions(record, preds, clf)} answers in {record}", highlight=False, soft_wrap=True)
     if as_json:
         if csv_out is not None:
             err_console.print(f"wrote {csv_out}", highlight=False, soft_wrap=True)

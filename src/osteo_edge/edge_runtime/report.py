@@ -25,3 +25,16 @@ def predictions_csv(preds: Iterable[Prediction], labels: Sequence[str], path: st
             p.reason or "", p.message, "" if p.latency_ms is None else f"{p.latency_ms:.3f}",
         ])
     return atomic_write_text(path, buf.getvalue())
+
+
+# Spreadsheet formula injection: a cell a spreadsheet would read as a formula.
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def safe_cell(value: object) -> str:
+    """A CSV cell that a spreadsheet shows as text: one starting with =, +, -, @, tab or CR gets a
+    leading single quote. ``None`` is the empty cell. The one helper every CSV writer uses."""
+    if value is None:
+        return ""
+    text = value if isinstance(value, str) else str(value)
+    return "'" + text if text.startswith(_FORMULA_STARTS) else text

@@ -1,0 +1,385 @@
+"""``osteo-edge serve``: a DICOM node (pynetdicom) that answers radiographs.
+
+C-ECHO is answered; C-STORE of CR, DX (for presentation and for processing) and Secondary Capture
+images is accepted. An accepted instance is written to the spool durably BEFORE the success status
+goes back; one worker answers the spool in order (EdgeClassifier.predict on the spooled file),
+appends the answer to the clinic record (once per SOP Instance UID), writes a Comprehensive SR
+referencing the image to the results folder and/or C-STOREs it to ``--forward``, then removes the
+spooled file. On restart the spool is finished first. Log lines carry UIDs and AE titles, never a
+patient's name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import ipaddress
+import logging
+import queue
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError, OsteoEdgeError, require
+from .decode import accepted_syntaxes
+from .spool import Spool, valid_uid
+
+log = logging.getLogger(__name__)
+
+RADIOGRAPH_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
+    "1.2.840.10008.5.1.4.1.1.1.1": "DX Image Storage - For Presentation",
+    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX Image Storage - For Processing",
+    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
+}
+# C-STORE statuses (PS3.4 B.2.3, PS3.7 C): one name per refusal the node gives.
+STATUS = {
+    "success": 0x0000,
+    "sop_class_not_supported": 0x0122,
+    "out_of_resources": 0xA700,
+    "dataset_does_not_match": 0xA900,
+    "cannot_understand": 0xC000,
+    "processing_failure": 0x0110,
+}
+DEFAULT_PORT = 11112
+DEFAULT_AE_TITLE = "OSTEOEDGE"
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # preprocess.MAX_FILE_BYTES: the decoder refuses more anyway
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go by C-STORE: ``AE@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        ae, sep, rest = text.partition("@")
+        host, sep2, port = rest.rpartition(":")
+        if not (sep and sep2 and ae and host and port.isdigit() and 0 < int(port) < 65536 and len(ae) <= 16):
+            raise ConfigError(f"--forward {text!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:4242)")
+        return cls(ae, host, int(port))
+
+
+@dataclass
+class NodeConfig:
+    record: Path
+    spool: Path | None = None  # default: beside the record, <record>.spool
+    results: Path | None = None  # results kept for pick-up here (SR files)
+    port: int = DEFAULT_PORT
+    ae_title: str = DEFAULT_AE_TITLE
+    bind: str = "127.0.0.1"
+    allow_ae: list[str] = field(default_factory=list)  # empty: any calling AE title
+    forward: Destination | None = None
+    model: Path | None = None
+    trust: Any = None
+    threads: int | None = None
+    max_bytes: int = DEFAULT_MAX_BYTES
+
+    def check(self) -> "NodeConfig":
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"--port {self.port} is not a TCP port (1-65535)")
+        if not self.ae_title or len(self.ae_title) > 16 or not self.ae_title.isascii():
+            raise ConfigError(f"--ae-title {self.ae_title!r} must be 1-16 ASCII characters")
+        for ae in self.allow_ae:
+            if not ae or len(ae) > 16:
+                raise ConfigError(f"--allow-ae {ae!r} must be 1-16 characters")
+        if self.max_bytes < 1024:
+            raise ConfigError(f"--max-bytes {self.max_bytes} is below 1024")
+        if self.spool is None:
+            self.spool = self.record.with_name(self.record.name + ".spool")
+        return self
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Node:
+    """A running DICOM node: ``start()``, ``wait()``/``stop()``. Use as a context manager in tests."""
+
+    def __init__(self, config: NodeConfig) -> None:
+        self.config = config.check()
+        self._queue: queue.Queue[Path] = queue.Queue()
+        self._stop = threading.Event()
+        self._server: Any = None
+        self._worker: threading.Thread | None = None
+        self.clf: Any = None
+        self.record: Any = None
+        self.spool: Spool | None = None
+        self.port: int = config.port
+        self.answered = 0
+
+    # -- life cycle ------------------------------------------------------------------------
+    def start(self) -> "Node":
+        from ..edge_runtime import EdgeClassifier
+        from .record import ClinicRecord
+
+        require("pynetdicom", "runtime")
+        require("highdicom", "runtime")
+        cfg = self.config
+        if not is_loopback(cfg.bind):
+            log.warning("binding %s: reachable from other machines; restrict it with a firewall and --allow-ae", cfg.bind)
+        self.clf = EdgeClassifier.load(cfg.model, threads=cfg.threads, trust=cfg.trust)
+        self.record = ClinicRecord(cfg.record)
+        self.spool = Spool(cfg.spool)
+        if cfg.results is not None:
+            cfg.results.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pending = self.spool.pending()
+        for path in pending:
+            self._queue.put(path)
+        if pending:
+            log.info("finishing %d instances left in the spool", len(pending))
+        self._worker = threading.Thread(target=self._work, name="osteo-edge-worker", daemon=True)
+        self._worker.start()
+        try:
+            self._server = self._make_ae().start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers())
+        except OSError as exc:
+            self.stop(drain=False)
+            raise ConfigError(f"cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc}); choose another --port or --bind") from None
+        self.port = self._server.server_address[1]
+        log.info("DICOM node %s listening on %s:%d (model %s, record %s)", cfg.ae_title, cfg.bind, self.port,
+                 self.clf.bundle.format, cfg.record)
+        return self
+
+    def _make_ae(self) -> Any:
+        from pynetdicom import AE, StoragePresentationContexts
+        from pynetdicom.sop_class import Verification
+
+        cfg = self.config
+        ae = AE(ae_title=cfg.ae_title)
+        ae.add_supported_context(Verification)
+        syntaxes = accepted_syntaxes()
+
+        # Every storage class is negotiated, so that a wrong one gets a C-STORE status (0x0122) and a log line.
+        for ctx in StoragePresentationContexts:
+            ae.add_supported_context(ctx.abstract_syntax, syntaxes)
+        for uid in RADIOGRAPH_SOP_CLASSES:
+            if uid not in {c.abstract_syntax for c in ae.supported_contexts}:
+                ae.add_supported_context(uid, syntaxes)
+        ae.require_calling_aet = list(cfg.allow_ae)
+        ae.maximum_associations = 8
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
+        return ae
+
+    def _handlers(self) -> list[tuple[Any, Any]]:
+        from pynetdicom import evt
+
+        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_REJECTED, self._on_rejected)]
+
+    def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
+        """Stop accepting, then (``drain``) let the worker finish the spool, then close the record."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+        if drain:
+            deadline = time.monotonic() + timeout
+            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+                time.sleep(0.05)
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(timeout=10)
+        if self.record is not None:
+            self.record.close()
+            self.record = None
+
+    def wait(self) -> None:
+        """Block until interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt by the CLI)."""
+        try:
+            while not self._stop.is_set():
+                time.sleep(0.5)
+        finally:
+            self.stop()
+
+    def __enter__(self) -> "Node":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def idle(self) -> bool:
+        return self._queue.unfinished_tasks == 0
+
+    # -- events (pynetdicom threads) --------------------------------------------------------
+    def _on_echo(self, event: Any) -> int:
+        log.debug("C-ECHO from %s", _peer(event))
+        return STATUS["success"]
+
+    def _on_rejected(self, event: Any) -> None:
+        allowed = self.config.allow_ae
+        calling = str(event.assoc.requestor.ae_title or "").strip()
+        why = "is not in --allow-ae" if allowed and calling not in allowed else "(too many associations or a bad request)"
+        log.warning("association refused: calling AE %r (%s) %s", calling, event.assoc.requestor.address, why)
+
+    def _on_store(self, event: Any) -> int:
+        req = event.request
+        sop_class, uid = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
+        who = _peer(event)
+        if sop_class not in RADIOGRAPH_SOP_CLASSES:
+            return _refuse("sop_class_not_supported", f"C-STORE {uid} from {who}: SOP class {_class_name(sop_class)} is not a radiograph (CR, DX, SC)")
+        size = req.DataSet.getbuffer().nbytes
+        if size > self.config.max_bytes:
+            return _refuse("out_of_resources", f"C-STORE {uid} from {who}: dataset of {size} bytes is over the {self.config.max_bytes}-byte limit")
+        if not valid_uid(uid):
+            return _refuse("dataset_does_not_match", f"C-STORE from {who}: invalid SOP Instance UID {uid[:70]!r}")
+        data = event.encoded_dataset()
+        problem = check_dataset(data, sop_class, uid)
+        if problem is not None:
+            return _refuse(problem[0], f"C-STORE {uid} from {who}: {problem[1]}")
+        info = {"calling_ae": event.assoc.requestor.ae_title.strip(), "received_at": time.time(),
+                "transfer_syntax": str(event.context.transfer_syntax)}
+        try:
+            path = self.spool.put(uid, data, info)  # durable before the success status goes back
+        except (OSError, OsteoEdgeError) as exc:
+            return _refuse("out_of_resources", f"C-STORE {uid} from {who}: spool write failed ({exc})")
+        self._queue.put(path)
+        log.info("stored %s (%s) from %s", uid, RADIOGRAPH_SOP_CLASSES[sop_class], who)
+        return STATUS["success"]
+
+    # -- the worker ------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            try:
+                path = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                self._answer(path)
+            except Exception as exc:  # one bad instance never stops the node; it is kept in spool/failed
+                log.error("could not answer %s (%s: %s); kept in %s", path.stem, type(exc).__name__, _first_line(exc),
+                          self.spool.root / "failed")
+                log.debug("worker error", exc_info=True)
+                if path.exists():
+                    self.spool.fail(path)
+            finally:
+                self._queue.task_done()
+
+    def _answer(self, path: Path) -> None:
+        from ..artifact import atomic_write_bytes
+        from .record import InputIdentity, bundle_identity, dicom_uids
+        from .sr import build_sr, sr_bytes
+
+        if not path.exists():  # a duplicate already answered and removed
+            return
+        info = self.spool.info(path)
+        uids = dicom_uids(path)
+        uid = uids.get("sop_instance_uid") or path.stem
+        pred = self.clf.predict(path, name=uid)
+        try:
+            sr = build_sr(pred, _header(path), self.clf.bundle.seal)
+            data = sr_bytes(sr)
+        except Exception as exc:  # an image header highdicom cannot cite: the answer is still recorded
+            log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
+            sr = data = None
+        if sr is not None and self.config.results is not None:
+            atomic_write_bytes(self.config.results / f"{sr.SOPInstanceUID}.dcm", data)
+        who = InputIdentity(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
+        result_uid = str(sr.SOPInstanceUID) if sr is not None else None
+        new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=result_uid)
+        if sr is not None and self.config.forward is not None and (new or not self.record.has_event(uid, "forwarded")):
+            self._forward(uid, sr, data)
+        self.spool.done(path)
+        self.answered += 1
+        log.info("answered %s: %s %s%s", uid, pred.status, pred.label or pred.reason or "",
+                 "" if new else " (already recorded: not recorded again)")
+
+    def _forward(self, uid: str, sr: Any, data: bytes) -> None:
+        dest = self.config.forward
+        error = send_c_store(sr, dest, self.config.ae_title)
+        if error is None:
+            self.record.event(uid, "forwarded", f"{sr.SOPInstanceUID} to {dest.ae_title}@{dest.host}:{dest.port}")
+            return
+        kept = self.spool.keep_unsent(str(sr.SOPInstanceUID), data)
+        self.record.event(uid, "forward_failed", f"{dest.ae_title}@{dest.host}:{dest.port}: {error}")
+        log.warning("result for %s not forwarded to %s (%s); kept in %s", uid, dest.ae_title, error, kept)
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+
+
+def _refuse(status: str, message: str) -> int:
+    log.warning("refused %s", message)
+    return STATUS[status]
+
+
+def _peer(event: Any) -> str:
+    r = event.assoc.requestor
+    return f"{r.ae_title.strip()}@{r.address}"
+
+
+def _class_name(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name
+    return f"{name} ({uid})" if name != uid else uid
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0][:200] if lines else ""
+
+
+def _header(path: Path) -> Any:
+    import pydicom
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(path, stop_before_pixels=True)
+
+
+def check_dataset(data: bytes, sop_class: str, uid: str) -> tuple[str, str] | None:
+    """(status name, reason) when a received dataset is unreadable, truncated or not what the
+    command said it is; None when it is a whole radiograph instance."""
+    import pydicom
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data))
+            pixels = ds.get("PixelData")
+        except Exception as exc:  # pydicom raises many types for damaged data
+            return "cannot_understand", f"unreadable dataset ({type(exc).__name__}: {_first_line(exc)})"
+    worry = [str(w.message) for w in caught if "end of file" in str(w.message).lower() or "truncat" in str(w.message).lower()]
+    if worry:
+        return "cannot_understand", f"truncated dataset ({worry[0][:120]})"
+    if pixels is None or "Rows" not in ds or "Columns" not in ds:
+        return "cannot_understand", "no pixel data (or no Rows/Columns)"
+    if str(ds.get("SOPInstanceUID", "")) != uid or str(ds.get("SOPClassUID", "")) != sop_class:
+        return "dataset_does_not_match", "SOP Class/Instance UID in the dataset differ from the C-STORE request"
+    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
+        need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 8)) // 8
+        if len(pixels) < need:
+            return "cannot_understand", f"truncated pixel data ({len(pixels)} of {need} bytes)"
+    return None
+
+
+def send_c_store(ds: Any, dest: Destination, calling_ae: str, timeout: float = 30.0) -> str | None:
+    """C-STORE one dataset to ``dest``; None on success, else a one-line reason."""
+    from pynetdicom import AE
+
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
+    ae.connection_timeout = min(timeout, 10.0)
+    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
+    if not assoc.is_established:
+        return "association refused or peer unreachable"
+    try:
+        status = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    code = getattr(status, "Status", None)
+    if code is None:
+        return "no response (connection lost)"
+    return None if code == 0 else f"status 0x{int(code):04X}"
