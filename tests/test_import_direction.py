@@ -7,8 +7,9 @@ relative or absolute. Layers (top-level units of ``osteo_edge``)::
     data                                                                 -> base
     edge_runtime                                                         -> errors, preprocess, formats, artifact, core
     modeling                                                             -> base, data
-    stages   train, compress, export, benchmarks, tabular, demo          -> base, data, modeling, edge_runtime
-                                                                            (never another stage; demo never modeling)
+    stages   train, compress, export, benchmarks, tabular, demo, dicom   -> base, data, modeling, edge_runtime
+                                                                            (never another stage; demo and dicom never
+                                                                            modeling or torch)
     cli                                                                  -> anything
 
 Third-party bans: ``edge_runtime`` never imports torch, timm, tensorflow, gradio or sklearn (not even
@@ -30,14 +31,15 @@ PKG = "osteo_edge"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
 BASE = frozenset({"errors", "preprocess", "formats", "artifact", "_torchcompat", "core"})
-STAGES = frozenset({"train", "compress", "export", "benchmarks", "tabular", "demo"})
+STAGES = frozenset({"train", "compress", "export", "benchmarks", "tabular", "demo", "dicom"})
+TORCH_FREE_STAGES = frozenset({"demo", "dicom"})  # clinic-side: edge_runtime, never torch or modeling
 ALLOWED: dict[str, frozenset[str]] = {
     **{b: BASE for b in BASE},
     "data": BASE | {"data"},
     "edge_runtime": frozenset({"errors", "preprocess", "formats", "artifact", "core", "edge_runtime"}),
     "modeling": BASE | {"data", "modeling"},
-    **{s: BASE | {"data", "modeling", "edge_runtime", s} for s in STAGES - {"demo"}},
-    "demo": BASE | {"data", "edge_runtime", "demo"},
+    **{s: BASE | {"data", "modeling", "edge_runtime", s} for s in STAGES - TORCH_FREE_STAGES},
+    **{s: BASE | {"data", "edge_runtime", s} for s in TORCH_FREE_STAGES},
 }
 HEAVY_RUNTIME = frozenset({"torch", "timm", "tensorflow", "gradio", "sklearn", "torchvision", "tf_keras", "nncf"})
 CORE_LAZY_OK = frozenset({"sklearn", "matplotlib", "rich"})
@@ -122,8 +124,8 @@ def check_source(source: str, module: str, file: str, is_package: bool = False) 
             continue
         if me == "edge_runtime" and top in HEAVY_RUNTIME:
             bad.append(Violation(file, imp.line, f"edge_runtime must never import {top} (torch-free runtime)"))
-        if me == "demo" and top in {"torch", "timm", "torchvision"}:
-            bad.append(Violation(file, imp.line, f"demo must never import {top}"))
+        if me in TORCH_FREE_STAGES and top in {"torch", "timm", "torchvision"}:
+            bad.append(Violation(file, imp.line, f"{me} must never import {top}"))
         if me == "core" and top not in sys.stdlib_module_names and top != "numpy" and top != "__future__":
             if not (imp.lazy and top in CORE_LAZY_OK):
                 how = "inside a function" if imp.lazy else "at module level"
