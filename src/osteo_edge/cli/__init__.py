@@ -8,12 +8,13 @@ A library :class:`~osteo_edge.errors.OsteoEdgeError` becomes one line on stderr 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import typer
 
 from ..errors import OsteoEdgeError
+from ._common import setup_logging, tidy_help
+from ._output import error
 
 # One module per command (group), registered in this order in --help.
 COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular")
@@ -33,13 +34,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and the logs of TensorFlow, LiteRT, gradio and pydicom (hidden otherwise)."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(verbose)
 
 
 for _name in COMMAND_MODULES:
@@ -50,6 +47,7 @@ for _name in COMMAND_MODULES:
             raise
         continue
     _mod.register(app)
+tidy_help(app)
 
 
 def main() -> None:
@@ -58,5 +56,5 @@ def main() -> None:
     try:
         app()
     except OsteoEdgeError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        error(str(exc))
         sys.exit(1)

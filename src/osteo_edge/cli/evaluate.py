@@ -20,9 +20,9 @@ class Subset(str, Enum):
 @handle_errors
 def evaluate_cmd(
     model: Annotated[Path, typer.Option("--model", help="Run directory from 'osteo-edge train' (or a --folds directory).")],
-    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv [default: the run's own split].", show_default=False)] = None,
+    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv.", show_default="the run's own split")] = None,
     subset: Annotated[Subset, typer.Option(help="Which split to evaluate.")] = Subset.test,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory [default: RUN/eval/SUBSET].", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory.", show_default="RUN/eval/SUBSET")] = None,
     metadata: Annotated[Optional[Path], typer.Option(help="Metadata CSV for subgroup metrics (joined on the image file stem).")] = None,
     key: Annotated[Optional[str], typer.Option(help="Metadata column holding the image file stem, e.g. 'Patient Id'.")] = None,
     subgroups: Annotated[Optional[str], typer.Option(help="Comma-separated metadata columns, e.g. age,sex (age is banded).")] = None,
