@@ -131,6 +131,14 @@ class _Tidy:
             _tidy_param(p, ctx)
         return params
 
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
+        except typer.BadParameter as exc:  # the validation library's "Value error, " prefix is not for users
+            if isinstance(exc.message, str):
+                exc.message = exc.message.replace("Value error, ", "")
+            raise
+
 
 class TidyCommand(_Tidy, TyperCommand):
     """A Typer command whose help shows no ``<bool>`` and plain ``<path>`` for repeatable options."""

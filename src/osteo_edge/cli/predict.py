@@ -9,6 +9,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import _output as out
+from ._steps import after_predict
 from ._common import TRUSTED_KEY_HELP, handle_errors, trust_store
 
 
@@ -82,7 +83,7 @@ def _render(preds, clf, csv_out, disclaimer: str, model=None) -> None:
     if csv_out is not None:
         out.wrote([csv_out])
     out.line(disclaimer, style="bold")
-    out.next_step("osteo-edge bench --target host" + (f" --model {model}" if model is not None else ""))
+    out.next_step(after_predict(model))
 
 
 def register(app: typer.Typer) -> None:

@@ -12,7 +12,9 @@ import typer
 from ..core.progress import TerminalProgress
 from ..modeling.models import ARCHS
 from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES
-from ._common import choices, console, err_console, handle_errors, next_step
+from . import _output as o
+from ._common import choices, err_console, handle_errors
+from ._steps import after_train
 
 
 Arch = choices("Arch", ARCHS)
@@ -120,19 +122,13 @@ def train_cmd(
             from ..train.engine import train
 
             results = [train(cfg, out, resume=resume, progress=render, command=command)]
-    from rich.table import Table
-
-    t = Table(title=f"Training: {out}")
-    for col in ("run", "best epoch", "epochs", "val macro-F1", "val accuracy", "val low-BMD AUROC", "T", "time (min)"):
-        t.add_column(col, justify="right" if col != "run" else "left")
-    for r in results:
-        v = r.val_metrics
-        t.add_row(str(r.run_dir), str(r.best_epoch), str(r.epochs_run) + (" (early stop)" if r.stopped_early else ""),
-                  f"{v.get('macro_f1', float('nan')):.3f}", f"{v.get('accuracy', float('nan')):.3f}",
-                  f"{v.get('low_bmd_auroc', float('nan')):.3f}", f"{r.temperature:.2f}", f"{r.train_seconds / 60:.1f}")
-    console.print(t)
-    console.print("validation metrics only (used for early stopping and calibration); the test split is untouched.", highlight=False)
-    next_step(f"osteo-edge evaluate --model {out}" + (f" --folds {folds}" if folds else ""))
+    rows = [[str(r.run_dir), str(r.best_epoch), str(r.epochs_run) + (" (early stop)" if r.stopped_early else ""),
+             *(f"{r.val_metrics.get(k, float('nan')):.3f}" for k in ("macro_f1", "accuracy", "low_bmd_auroc")),
+             f"{r.temperature:.2f}", f"{r.train_seconds / 60:.1f}"] for r in results]
+    cols = [o.Col("run"), *(o.Col(c, right=True) for c in ("best epoch", "epochs", "val macro-F1", "val accuracy", "val low-BMD AUROC", "T", "time (min)"))]
+    o.table(f"Training: {out}", cols, rows)
+    o.line("validation metrics only (used for early stopping and calibration); the test split is untouched.")
+    o.next_step(after_train(out, split if split is not None else cfg.split, folds))
 
 
 def register(app: typer.Typer) -> None:
