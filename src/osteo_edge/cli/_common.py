@@ -42,6 +42,18 @@ console: Any = _LazyConsole(stderr=False)
 err_console: Any = _LazyConsole(stderr=True)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is now (CliRunner and :func:`quiet_native` swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def setup_logging(verbose: bool) -> None:
     """Our warnings on stderr; third-party logs (TensorFlow, LiteRT, gradio, pydicom...) only with --verbose.
 
@@ -49,7 +61,7 @@ def setup_logging(verbose: bool) -> None:
     and, around the conversion and interpreter start, file descriptor 2 (see :func:`quiet_native`).
     """
     logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr, force=True)
+                        handlers=[_CurrentStderr()], force=True)
     logging.captureWarnings(not verbose)
     for name in THIRD_PARTY_LOGGERS:
         logging.getLogger(name).setLevel(logging.DEBUG if verbose else logging.ERROR)
@@ -69,20 +81,36 @@ def quiet_native() -> Iterator[None]:
     the block unless --verbose. Our own progress bar keeps the real terminal (it gets a copy of it)."""
     from ..edge_runtime.backends import native_stderr_quiet
 
+    keep = _stderr_copy()  # our own warnings (Python's sys.stderr) stay on the real stderr
+    old = sys.stderr
     with native_stderr_quiet():
-        yield
+        if keep is not None:
+            sys.stderr = keep
+        try:
+            yield
+        finally:
+            sys.stderr = old
+            if keep is not None:
+                keep.close()
+
+
+def _stderr_copy() -> Any:
+    """A text stream on a copy of file descriptor 2 when ``sys.stderr`` is fd 2 (else None)."""
+    try:
+        if sys.stderr.fileno() == 2:
+            sys.stderr.flush()
+            return os.fdopen(os.dup(2), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both; CliRunner's stderr has no fd
+        pass
+    return None
 
 
 def progress_console() -> Any:
     """A console on a copy of the real stderr, for a progress bar drawn inside :func:`quiet_native`."""
     from rich.console import Console
 
-    try:
-        if sys.stderr.fileno() == 2:
-            return Console(file=os.fdopen(os.dup(2), "w", closefd=True), highlight=False)
-    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both; CliRunner's stderr has no fd
-        pass
-    return Console(stderr=True, highlight=False)
+    copy = _stderr_copy()
+    return Console(file=copy, highlight=False) if copy is not None else Console(stderr=True, highlight=False)
 
 
 def handle_errors(fn: F) -> F:

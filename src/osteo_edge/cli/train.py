@@ -45,7 +45,7 @@ class _Renderer(TerminalProgress):
     terminal bar; one line per epoch otherwise."""
 
     def __init__(self) -> None:
-        super().__init__(console=err_console)
+        super().__init__(console=o.console(stderr=True))
         self.prefix = ""
 
     def __call__(self, event: str, done: int = 0, total: int | None = None, **d: Any) -> None:
