@@ -197,3 +197,17 @@ def test_group_source_follows_the_wani_rule_with_one_member(full_audit, tmp_path
     back = read_split(tmp_path / "s" / "split.csv")
     assert [r.group_source for r in back.rows] == [r.group_source for r in one.rows]
     assert Counter(r.label for r in back.rows if r.domain == "wani-mendeley").keys() == {"Normal", "Osteopenia", "Osteoporosis"}
+
+
+def test_members_per_source_keeps_one_copy_per_source_folder(full_audit):
+    ps = make_split(full_audit.files, SplitOptions(members="per-source", seed=0, folds=5))
+    one = make_split(full_audit.files, SplitOptions(members="one", seed=0, folds=5))
+    by_group = defaultdict(list)
+    for r in ps.rows:
+        by_group[r.group].append(r.source)
+    assert all(len(s) == len(set(s)) for s in by_group.values())  # at most one file per source folder
+    assert any(len(s) > 1 for s in by_group.values())
+    # the same groups in the same splits and folds as --members one
+    assert {r.group: (r.split, r.fold) for r in ps.rows} == {r.group: (r.split, r.fold) for r in one.rows}
+    wani_films = Counter(r.label for r in ps.rows if r.source == "wani-mendeley" and r.split != "test")
+    assert wani_films["Normal"] > 0 and wani_films["Osteoporosis"] > 0  # Wani-framed films of every class

@@ -117,7 +117,12 @@ def test_cli_evaluate_writes_every_file_and_reseals(run, tmp_path):
     # predictions.csv: contract columns and calibrated probabilities of the bundle's own model
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "source", "group", "split", "label", "pred", "p_Normal", "p_Osteopenia", "p_Osteoporosis", "low_bmd_probability"]
+    assert list(rows[0]) == ["path", "source", "group", "split", "label", "pred", "p_Normal", "p_Osteopenia", "p_Osteoporosis",
+                             "low_bmd_probability", "group_source"]
+    # the per-source report beside the shortcut baselines (counted on the run's own training rows)
+    src = m["sources"]
+    assert src["baselines"]["basis"] == "training rows" and {v["source"] for v in src["verdicts"]} == set(m["per_source"])
+    assert "shortcut" in report and "beats shortcut" in src["markdown"]
     assert len(rows) == 6 and {r["split"] for r in rows} == {"test"}
     model, bundle = load_run(run)
     x = torch.from_numpy(np.stack([preprocess(r["path"], bundle.spec) for r in rows]))

@@ -285,3 +285,18 @@ def test_gate_manifest_errors():
     m["components"] = m["components"][:2]
     with pytest.raises(BundleError, match="inconsistent"):
         Gate.from_record({"version": 1, "ood": {**m, "threshold": 1.0}})
+
+
+def test_threshold_keeps_min_acceptance_within_every_source():
+    """Pooled 99% acceptance can hide a small source whose knees are refused (the Wani films in issue 17)."""
+    from osteo_edge.edge_runtime.gate import choose_threshold
+
+    big = np.linspace(0.0, 1.0, 200)  # source A: scores 0..1
+    small = np.array([0.5, 0.6, 1.4, 1.6])  # source B: half of it above A's range
+    ood = np.linspace(1.2, 3.0, 50)
+    knees = np.concatenate([big, small])
+    names = ["A"] * big.size + ["B"] * small.size
+    pooled = choose_threshold(knees, ood, 0.98)
+    assert np.mean(small <= pooled) < 0.98  # pooled: source B loses knees
+    per_source = choose_threshold(knees, ood, 0.98, names)
+    assert np.mean(big <= per_source) >= 0.98 and np.mean(small <= per_source) >= 0.98

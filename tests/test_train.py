@@ -323,3 +323,44 @@ def test_sigkill_mid_run_then_cli_resume(tiny_split, tmp_path):
     a, b = _state(tmp_path / "ref"), _state(run)
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------------
+# issue 17 levers: (source, class) cell balancing, acquisition augmentation
+
+
+def test_cell_weights_balance_cells_and_groups():
+    from osteo_edge.modeling.dataset import EpochSampler, cell_weights
+
+    cells = ["wani|Normal"] * 3 + ["kaggle|Normal"] * 6 + ["wani|Osteopenia"]
+    groups = [1, 1, 2] + [10, 11, 12, 13, 14, 15] + [20]
+    w = cell_weights(cells, groups)
+    by_cell = {c: w[[i for i, x in enumerate(cells) if x == c]].sum() for c in set(cells)}
+    assert all(abs(v - 1 / 3) < 1e-12 for v in by_cell.values())  # every cell the same share
+    assert w[0] + w[1] == pytest.approx(w[2])  # a group of two copies weighs as much as a single one
+    idx = EpochSampler(np.zeros(len(cells), dtype=int), seed=0, weights=w).epoch_indices()
+    assert len(idx) == len(cells)
+    many = np.concatenate([EpochSampler(np.zeros(10, dtype=int), seed=s, weights=w).epoch_indices() for s in range(300)])
+    assert abs(np.mean(many == 9) - 1 / 3) < 0.03  # the lone Wani Osteopenia row: a third of all draws
+
+
+def test_acquisition_augmentation_is_seeded_and_in_range():
+    aug = build_augmentation("acquisition")
+    img = np.linspace(0, 1, 48 * 48, dtype=np.float32).reshape(48, 48)
+    a, b = aug(img, 7), aug(img, 7)
+    np.testing.assert_array_equal(a, b)
+    outs = [aug(img, s) for s in range(30)]
+    assert all(o.shape == img.shape and o.dtype == np.float32 and o.min() >= 0 and o.max() <= 1 for o in outs)
+    assert sum(not np.array_equal(o, img) for o in outs) >= 25
+
+
+def test_train_with_cells_balance_and_acquisition_augmentation(tiny_split, tmp_path):
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "run"), "--arch", "cnn",
+                                 "--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "4", "--threads", "1",
+                                 "--balance", "cells", "--augment", "acquisition"])
+    assert r.exit_code == 0, r.output
+    import yaml
+
+    assert load_bundle(tmp_path / "run").training["train_images"] == 12
+    cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert cfg["balance"] == "cells" and cfg["augment"] == "acquisition"

@@ -4,7 +4,9 @@
 
 Knee radiographs: the split's train rows fit the out-of-distribution model, its val rows choose the
 threshold together with half of each non-knee set, its test rows and the other half of each non-knee
-set report the rates. Non-knee sets: ../shared/data/spine/sriher (grey spine images), photographs that
+set report the rates. Knee acceptance >= --min-accept holds within EVERY source folder of the
+validation knees (a ``--members per-source`` split holds each radiograph as every source filmed it,
+so Wani's own films of all three classes are there), and the rates are reported per source. Non-knee sets: ../shared/data/spine/sriher (grey spine images), photographs that
 ship inside installed packages (matplotlib / gradio sample images, converted to grey so the colour
 rule does not decide), an MRI slice shipped with matplotlib, and synthetic grey "photos" drawn here
 (smooth random fields, shapes, gradients, stripes, text-like blocks, noise; seeded).
@@ -117,8 +119,8 @@ def main() -> int:
     t0 = time.perf_counter()
     table = read_split(args.split)
     fit = [r.path for r in table.subset("train")]
-    cal = [r.path for r in table.subset("val")]
-    test = [r.path for r in table.subset("test")]
+    cal_rows, test_rows = table.subset("val"), table.subset("test")
+    cal, test = [r.path for r in cal_rows], [r.path for r in test_rows]
     spine = sorted(str(p) for p in (SHARED / "spine" / "sriher").rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
     photos = package_photos()
     synth = synthetic_photos(args.synthetic)
@@ -127,13 +129,15 @@ def main() -> int:
     sy_a, sy_b = halves(synth)
     protocol = (
         f"OOD model fitted on the train rows of {args.split.name} ({table.info.get('protocol', 'split protocol not recorded')}); "
-        f"threshold chosen on its val rows plus a seeded half of each non-knee set (max Youden J with knee acceptance >= {args.min_accept}); "
+        f"threshold chosen on its val rows plus a seeded half of each non-knee set (max Youden J with knee acceptance >= {args.min_accept} "
+        "within every source folder); "
         "rates on its test rows and the other halves"
     )
     gate = calibrate_gate(
         fit, cal, {"spine_sriher": sp_a, "package_photos_grey": ph_a, "synthetic_grey": sy_a},
         test, {"spine_sriher": sp_b, "package_photos_grey": ph_b, "synthetic_grey": sy_b},
         min_accept=args.min_accept, protocol=protocol,
+        calib_in_sources=[r.source for r in cal_rows], test_in_sources=[r.source for r in test_rows],
     )
     cal_d = gate.ood.calibration
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
@@ -159,6 +163,8 @@ def main() -> int:
             continue
         i = sets["in_distribution"]
         print(f"[{name}] knee accepted {i['accepted']}/{i['n']} ({i['accept_rate']:.3f}) rules refused {i['refused_by_rules']}")
+        for src, r in sets.get("in_distribution_by_source", {}).items():
+            print(f"[{name}]   {src}: accepted {r['accepted']}/{r['n']} ({r['accept_rate']:.3f})")
         for k, v in sets["out_of_distribution"].items():
             print(f"[{name}] {k}: rejected {v['rejected']}/{v['n']} ({v['reject_rate']:.3f}) + refused by rules {v['refused_by_rules']}")
     return 0

@@ -17,12 +17,12 @@ from .manifest import (
     write_bundle_dir,
 )
 from .records import (
-    NORMAL_LABEL, ArchRecord, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord, SplitMetrics,
+    NORMAL_LABEL, ArchRef, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord, SplitMetrics,
     VsParent,
 )
 
 __all__ = [
-    "ArchRecord", "BUNDLE_KIND", "Bundle", "Calibration", "DISCLAIMER", "MANIFEST", "MANIFEST_VERSION", "Metrics",
+    "ArchRef", "BUNDLE_KIND", "Bundle", "Calibration", "DISCLAIMER", "MANIFEST", "MANIFEST_VERSION", "Metrics",
     "NORMAL_LABEL", "ParentRef", "Provenance", "Revision", "SignatureRecord", "SplitMetrics", "VsParent",
     "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "build_manifest",
     "canonical_json", "check_seal", "child_provenance", "hash_files", "list_files", "load_bundle", "read_manifest", "reseal",

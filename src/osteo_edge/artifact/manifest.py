@@ -28,7 +28,7 @@ from ..errors import BundleError, ConfigError
 from ..preprocess import PreprocessSpec
 from .atomic import _json_default, atomic_write_json, runtime_versions, sha256_file, write_dir_atomically
 from .records import (
-    NORMAL_LABEL, ArchRecord, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord,
+    NORMAL_LABEL, ArchRef, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord,
 )
 
 log = logging.getLogger(__name__)
@@ -253,22 +253,30 @@ def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:
 # reading
 
 
-def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
-    """The manifest as stored (versions 1 and 2), structurally checked but not yet verified."""
-    root = Path(root)
+def read_json_manifest(root: Path, name: str, noun: str, hint: str = "") -> dict[str, Any]:
+    """``root/name`` as a JSON object; one-line BundleError when the folder, the file or the JSON is not right.
+    Shared by model bundles and tabular runs."""
     if not root.exists():
-        raise BundleError(f"{root}: no such model bundle")
+        raise BundleError(f"{root}: no such {noun}")
     if not root.is_dir():
-        raise BundleError(f"{root}: a model bundle is a directory with a {MANIFEST}")
-    mpath = root / MANIFEST
+        raise BundleError(f"{root}: a {noun} is a directory with a {name}")
+    mpath = root / name
     if not mpath.is_file():
-        raise BundleError(f"{root}: not a model bundle (no {MANIFEST})")
+        raise BundleError(f"{root}: not a {noun} (no {name}){hint}")
     try:
         manifest = json.loads(mpath.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{mpath}: manifest is not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath}: manifest must be a JSON object")
+    return manifest
+
+
+def read_manifest(root: str | os.PathLike) -> dict[str, Any]:
+    """The manifest as stored (versions 1 and 2), structurally checked but not yet verified."""
+    root = Path(root)
+    mpath = root / MANIFEST
+    manifest = read_json_manifest(root, MANIFEST, "model bundle")
     missing = [k for k in REQUIRED_FIELDS if k not in manifest]
     if missing:
         raise BundleError(f"{mpath}: incomplete manifest, missing {missing}")
@@ -394,8 +402,8 @@ class Bundle:
         return Provenance.from_dict(self.manifest.get("provenance"))
 
     @property
-    def arch(self) -> ArchRecord | None:
-        return ArchRecord.from_dict(self.manifest.get("arch"))
+    def arch(self) -> ArchRef | None:
+        return ArchRef.from_dict(self.manifest.get("arch"))
 
     @property
     def gate(self) -> Mapping[str, Any] | None:

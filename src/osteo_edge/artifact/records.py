@@ -31,7 +31,7 @@ def _obj(d: Any, what: str) -> Mapping[str, Any]:
 
 
 @dataclass(frozen=True)
-class ArchRecord:
+class ArchRef:
     """What rebuilds the torch network: timm architecture name, class count and builder options."""
 
     name: str
@@ -40,7 +40,7 @@ class ArchRecord:
     options: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, d: Any) -> "ArchRecord | None":
+    def from_dict(cls, d: Any) -> "ArchRef | None":
         if d is None:
             return None
         d = _obj(d, "arch")

@@ -7,21 +7,22 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
+
 from ..core.progress import TerminalProgress
+from ..data.sources import MEMBERS
 from . import _output as o
-from ._common import handle_errors
+from ._common import choices, handle_errors
 from ._steps import after_audit, after_split
 
 data_app = typer.Typer(help="Audit datasets for duplicates and label conflicts; make leakage-safe splits.", no_args_is_help=True)
+
 
 class Conflicts(str, Enum):
     drop = "drop"
     majority = "majority"
 
 
-class Members(str, Enum):
-    all = "all"
-    one = "one"
+Members = choices("Members", MEMBERS)
 
 
 Sources = Annotated[List[Path], typer.Argument(help="ImageFolder directories (one subfolder per class).", show_default=False)]
@@ -60,7 +61,7 @@ def split(
     test: Annotated[float, typer.Option(help="Fraction of groups for test.")] = 0.15,
     folds: Annotated[int, typer.Option(help="Also assign K cross-validation folds over train+val (0: none).")] = 0,
     conflicts: Annotated[Conflicts, typer.Option(help="Groups whose copies carry different labels: drop them, or take the majority label.")] = Conflicts.drop,
-    members: Annotated[Members, typer.Option(help="Files kept per duplicate group: all, or one (the largest).")] = Members.all,
+    members: Annotated[Members, typer.Option(help="Files kept per duplicate group: all; one (the largest); per-source (the largest of each source folder).")] = Members("all"),
     labels: Annotated[Optional[str], typer.Option(help="Comma-separated labels to keep (after --binary mapping).")] = None,
     binary: Annotated[bool, typer.Option(help="Map to Normal vs LowBMD (Osteopenia + Osteoporosis).")] = False,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same file.")] = 0,

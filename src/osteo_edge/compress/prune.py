@@ -79,12 +79,11 @@ def prune_run(
     torch = require("torch", "compress")
     tp = require("torch_pruning", "compress")
     from ..modeling.calibration import fit_temperature
-    from ..modeling.models import classifier_module
 
     t0 = time.perf_counter()
     cfg = FinetuneConfig(epochs=finetune_epochs, lr=lr, batch_size=batch_size, max_steps=max_steps)
     model, parent = load_run(run_dir)
-    if "compression" in parent.manifest:
+    if parent.compression is not None:
         log.warning("%s is already quantization-tuned; prune the float run first, then quantize", run_dir)
     spec = parent.spec.with_layout("NCHW")
     data = load_split_data(split, parent.labels, spec)

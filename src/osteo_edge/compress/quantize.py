@@ -187,7 +187,7 @@ def _frozen_copy(model: Any) -> Any:
 
 def _quantize_and_tune(
     nncf: Any, model: Any, data: Any, cfg: FinetuneConfig, calib_size: int, val: dict[str, dict[str, float]], teacher: Any,
-    progress: Callable[[str, int, int], None] | None,
+    progress: Progress | None,
 ) -> tuple[Any, int, list[dict[str, Any]]]:
     """``nncf.quantize`` on training images, then (QAT: ``cfg.epochs`` > 0) fine-tuning; the simulated int8
     validation metrics before and after go into ``val``. Returns ``(quantized model, calibration images, history)``."""

@@ -18,6 +18,9 @@ SKIP_NAMES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 # The only three-class source, labelled from T-scores; the Kaggle folders hold byte-identical copies
 # of its images, so a duplicate group with any Wani member is a Wani radiograph.
 WANI = "wani-mendeley"
+# Files a split keeps per duplicate group: every copy; the largest; the largest of each source folder
+# (the same radiograph as each source framed and encoded it: source-invariance data, one copy per source).
+MEMBERS = ("all", "one", "per-source")
 
 
 @dataclass(frozen=True)

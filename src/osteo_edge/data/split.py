@@ -29,12 +29,13 @@ from typing import Any, Sequence
 
 from ..artifact import atomic_write_json, atomic_write_text, sha256_file
 from ..core.progress import Progress
-from ..errors import ConfigError, DataError
+from ..errors import ConfigError, DataError, choice_error
 from .audit import DEFAULT_PHASH_THRESHOLD, FileInfo, audit_sources
-from .sources import BINARY_MAP, group_source, order_labels
+from .sources import BINARY_MAP, MEMBERS, group_source, order_labels
 
 SPLIT_COLUMNS = ("path", "label", "orig_label", "source", "group", "split", "fold", "sha256", "group_source")
 SPLITS = ("train", "val", "test")
+
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,7 @@ class SplitOptions:
     test: float = 0.15
     folds: int = 0
     conflicts: str = "drop"  # drop | majority
-    members: str = "all"  # all | one
+    members: str = "all"  # all | one | per-source
     labels: tuple[str, ...] = ()  # keep only these (after mapping); empty = all
     binary: bool = False
     seed: int = 0
@@ -54,8 +55,8 @@ class SplitOptions:
             raise ConfigError(f"--val and --test must be fractions in [0, 1) summing below 1, got {self.val} and {self.test}")
         if self.conflicts not in ("drop", "majority"):
             raise ConfigError(f"unknown --conflicts {self.conflicts!r}; valid: drop, majority")
-        if self.members not in ("all", "one"):
-            raise ConfigError(f"unknown --members {self.members!r}; valid: all, one")
+        if self.members not in MEMBERS:
+            raise choice_error("--members", self.members, MEMBERS)
         if self.folds < 0 or self.folds == 1:
             raise ConfigError(f"--folds must be 0 (none) or at least 2, got {self.folds}")
 
@@ -192,6 +193,17 @@ def _choose_representative(mem: list[FileInfo]) -> FileInfo:
     return sorted(mem, key=lambda f: (-(f.width * f.height), f.path))[0]
 
 
+def _kept_members(mem: list[FileInfo], policy: str) -> list[FileInfo]:
+    if policy == "all":
+        return mem
+    if policy == "one":
+        return [_choose_representative(mem)]
+    by_source: dict[str, list[FileInfo]] = defaultdict(list)
+    for f in mem:
+        by_source[f.source].append(f)
+    return [_choose_representative(fs) for _, fs in sorted(by_source.items())]
+
+
 def make_split(infos: list[FileInfo], opts: SplitOptions) -> SplitTable:
     group_labels, dropped = _resolve_groups(infos, opts)
     if not group_labels:
@@ -206,7 +218,7 @@ def make_split(infos: list[FileInfo], opts: SplitOptions) -> SplitTable:
     domain = group_source([f for m in members.values() for f in m])
     rows: list[SplitRow] = []
     for g in sorted(members):
-        mem = members[g] if opts.members == "all" else [_choose_representative(members[g])]
+        mem = _kept_members(members[g], opts.members)
         for f in sorted(mem, key=lambda f: f.path):
             rows.append(
                 SplitRow(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from ..artifact import DISCLAIMER, Bundle
+from ..artifact import Bundle
 from ..core.stats import Estimate, fmt_ci
 
 NOT_RECORDED = "_not recorded in this bundle_"
@@ -102,12 +102,11 @@ def _gate_text(gate: Any) -> str:
 
 def model_card_markdown(bundle: Bundle) -> str:
     """Markdown model card of a bundle, from its manifest only."""
-    m = bundle.manifest
-    prov = m.get("provenance") or {}
+    prov = bundle.provenance
     labels = ", ".join(bundle.labels)
     thr = bundle.thresholds
     parts = [
-        f"> **{m.get('intended_use') or DISCLAIMER}**",
+        f"> **{bundle.intended_use}**",
         "",
         "### Model",
         f"- format: `{_md(bundle.format)}`; classes (output order): {_md(labels)}",
@@ -124,19 +123,18 @@ def model_card_markdown(bundle: Bundle) -> str:
             or NOT_RECORDED
         ),
     ]
-    arch = m.get("arch")
-    if isinstance(arch, Mapping) and arch.get("name"):
-        parts.append(f"- architecture: `{_md(arch['name'])}`")
-    parent = prov.get("parent") or prov.get("parent_run")
-    if isinstance(parent, Mapping):
-        parent = " ".join(str(parent[k]) for k in ("path", "format") if parent.get(k)) or None
-    if parent:
-        parts.append(f"- exported from: `{_md(parent)}`")
-    parts += ["", "### Training data", _bullets(prov.get("data"))]
-    parts += ["", "### Split protocol", _md(prov.get("protocol")) if prov.get("protocol") else NOT_RECORDED]
-    if prov.get("split_sha256"):
-        parts.append(f"(split file sha256 `{_md(str(prov['split_sha256'])[:16])}...`)")
-    rows = list(_metric_rows(m.get("metrics") or {}))
+    if bundle.arch is not None:
+        parts.append(f"- architecture: `{_md(bundle.arch.name)}`")
+    if prov.parent is not None:
+        parts.append(f"- exported from: `{_md(' '.join(x for x in (prov.parent.path, prov.parent.format) if x))}`")
+    sig = bundle.signature
+    parts.append(f"- signed by key `{sig.key_id}`; seal `{_md(str(bundle.seal)[:16])}...`" if sig else
+                 f"- unsigned; seal `{_md(str(bundle.seal)[:16])}...`" if bundle.seal else "- unsigned, unsealed (version-1 manifest)")
+    parts += ["", "### Training data", _bullets(prov.raw.get("data"))]
+    parts += ["", "### Split protocol", _md(prov.protocol) if prov.protocol else NOT_RECORDED]
+    if prov.split_sha256:
+        parts.append(f"(split file sha256 `{_md(str(prov.split_sha256)[:16])}...`)")
+    rows = list(_metric_rows(bundle.metrics.raw))
     parts += ["", "### Metrics"]
     with_ci = [(k, v) for k, v in rows if "95% CI" in v]
     if with_ci:
@@ -147,9 +145,9 @@ def model_card_markdown(bundle: Bundle) -> str:
         parts += ["| metric | value |", "|---|---|", *[f"| {_md(k)} | {v} |" for k, v in rows]]
     else:
         parts.append(NOT_RECORDED)
-    parts += ["", "### Input gate", _gate_text(m.get("gate"))]
-    if prov.get("command"):
-        parts += ["", "### How it was made", f"`{_md(prov['command'])}`"]
+    parts += ["", "### Input gate", _gate_text(bundle.gate)]
+    if prov.command:
+        parts += ["", "### How it was made", f"`{_md(prov.command)}`"]
     parts += [
         "",
         "### Intended use",

@@ -209,8 +209,10 @@ def _rates(scores: np.ndarray, threshold: float) -> dict[str, Any]:
     return {"n": n, "accepted": acc, "rejected": n - acc, "accept_rate": acc / n if n else None, "reject_rate": (n - acc) / n if n else None}
 
 
-def choose_threshold(in_scores: np.ndarray, ood_scores: np.ndarray, min_accept: float) -> float:
-    """Maximise accepted-knee + rejected-non-knee rate (Youden's J) subject to knee acceptance >= min_accept.
+def choose_threshold(in_scores: np.ndarray, ood_scores: np.ndarray, min_accept: float,
+                     in_sources: Sequence[str] | None = None) -> float:
+    """Maximise accepted-knee + rejected-non-knee rate (Youden's J) subject to knee acceptance >= min_accept
+    (within EVERY source when ``in_sources`` names the source of each knee score).
 
     The threshold is placed halfway between the chosen knee score and the next larger score.
     """
@@ -218,18 +220,80 @@ def choose_threshold(in_scores: np.ndarray, ood_scores: np.ndarray, min_accept: 
         raise ConfigError("threshold calibration needs held-out in-distribution images")
     if not 0.5 <= min_accept <= 1.0:
         raise ConfigError(f"min_accept must be in [0.5, 1], got {min_accept}")
+    src = np.asarray(in_sources if in_sources is not None else ["all"] * in_scores.size)
+    parts = [in_scores[src == s] for s in np.unique(src)]
     cands = np.unique(np.concatenate([in_scores, ood_scores]))
     best, best_j = float(np.max(in_scores)), -np.inf
     for t in cands:
-        acc = float(np.mean(in_scores <= t))
-        if acc < min_accept:
+        if min(float(np.mean(p <= t)) for p in parts) < min_accept:
             continue
+        acc = float(np.mean(in_scores <= t))
         rej = float(np.mean(ood_scores > t)) if ood_scores.size else 0.0
         j = acc + rej - 1
         if j > best_j + 1e-12:
             best, best_j = float(t), j
     above = cands[cands > best]
     return (best + float(above[0])) / 2 if above.size else best * 1.05
+
+
+@dataclass
+class _Scored:
+    """Gate features of the images the rule checks let through, their sources, and what the rules refused."""
+
+    feats: np.ndarray
+    sources: np.ndarray
+    rules: dict[str, int]
+
+
+def _score_set(sources: Sequence[Any], names: Sequence[str] | None, bit_depth: str) -> _Scored:
+    base = Gate()
+    names = list(names) if names is not None else ["all"] * len(sources)
+    feats, kept, rules = [], [], {"undecodable": 0}
+    for s, name in zip(sources, names):
+        try:
+            dec = s if isinstance(s, DecodedImage) else decode_image(s, bit_depth)
+        except InvalidImageError:
+            rules["undecodable"] += 1
+            continue
+        r = base.check(dec)
+        if not r.ok:  # images the rule checks already refuse never reach the score
+            rules[r.code or "?"] = rules.get(r.code or "?", 0) + 1
+            continue
+        feats.append(image_features(dec))
+        kept.append(name)
+    return _Scored(np.stack(feats) if feats else np.zeros((0, 102)), np.asarray(kept), rules)
+
+
+def _fit_best(fit: _Scored, cin: _Scored, cood: Mapping[str, _Scored], min_accept: float,
+              components: Sequence[int]) -> tuple[OODModel, float, dict[int, float]]:
+    """The OOD model (number of components by best Youden J on the calibration sets) and its threshold."""
+    tried: dict[int, float] = {}
+    best = None
+    for k in sorted(set(int(c) for c in components)):
+        m = OODModel.fit(fit.feats, k)
+        ci = np.array([m.score(f) for f in cin.feats])
+        all_o = np.concatenate([np.array([m.score(f) for f in o.feats]) for o in cood.values()]) if cood else np.zeros(0)
+        t = choose_threshold(ci, all_o, min_accept, cin.sources)
+        j = float(np.mean(ci <= t)) + (float(np.mean(all_o > t)) if all_o.size else 0.0) - 1
+        tried[int(m.components.shape[0])] = round(j, 4)
+        if best is None or j > best[0] + 1e-12:
+            best = (j, m, t)
+    assert best is not None
+    return best[1], best[2], tried
+
+
+def _gate_report(model: OODModel, thr: float, knees: _Scored, others: Mapping[str, _Scored]) -> dict[str, Any]:
+    """Acceptance of knees (pooled and per source) and rejection of each non-knee set at ``thr``."""
+    ki = np.array([model.score(f) for f in knees.feats])
+    by_source = {str(s): _rates(ki[knees.sources == s], thr) for s in np.unique(knees.sources)} if ki.size else {}
+    return {
+        "in_distribution": {**_rates(ki, thr), "refused_by_rules": knees.rules},
+        "in_distribution_by_source": by_source,
+        "out_of_distribution": {
+            name: {**_rates(np.array([model.score(f) for f in o.feats]), thr), "refused_by_rules": o.rules}
+            for name, o in others.items()
+        },
+    }
 
 
 def calibrate_gate(
@@ -243,70 +307,32 @@ def calibrate_gate(
     components: Sequence[int] = (8, 16, 32, 48),
     protocol: str = "",
     bit_depth: str = "scale",
+    calib_in_sources: Sequence[str] | None = None,
+    test_in_sources: Sequence[str] | None = None,
 ) -> Gate:
     """Fit the out-of-distribution model on ``fit_in`` knee radiographs, choose its threshold on
-    ``calib_in`` (held-out knees) and ``calib_ood`` (held-out non-knee images, by source name), and
-    report rates on the untouched ``test_in``/``test_ood`` sets. Returns a :class:`Gate` whose
-    ``to_dict()`` goes into the manifest (see :func:`write_gate`)."""
+    ``calib_in`` (held-out knees; with ``calib_in_sources``, ``min_accept`` holds within every source)
+    and ``calib_ood`` (held-out non-knee images, by set name), and report rates, per source too, on the
+    untouched ``test_in``/``test_ood`` sets. Returns a :class:`Gate` whose ``to_dict()`` goes into the
+    manifest (see :func:`write_gate`)."""
     base = Gate()
-
-    def scored(sources: Sequence[Any]) -> tuple[np.ndarray, dict[str, int]]:
-        # Images the rule checks already refuse never reach the score: calibrate on the rest.
-        feats, rules = [], {"undecodable": 0}
-        for s in sources:
-            try:
-                dec = s if isinstance(s, DecodedImage) else decode_image(s, bit_depth)
-            except InvalidImageError:
-                rules["undecodable"] += 1
-                continue
-            r = base.check(dec)
-            if not r.ok:
-                rules[r.code or "?"] = rules.get(r.code or "?", 0) + 1
-                continue
-            feats.append(image_features(dec))
-        return (np.stack(feats) if feats else np.zeros((0, 102))), rules
-
-    fit_f, fit_rules = scored(fit_in)
-    cin_f, cin_rules = scored(calib_in)
-    cood_parts = {name: scored(src) for name, src in calib_ood.items()}
-    # The number of principal components is chosen on the calibration sets too (best Youden J).
-    tried: dict[int, float] = {}
-    best = None
-    for k in sorted(set(int(c) for c in components)):
-        m = OODModel.fit(fit_f, k)
-        ci = np.array([m.score(f) for f in cin_f])
-        co = {name: np.array([m.score(f) for f in f_]) for name, (f_, _) in cood_parts.items()}
-        all_o = np.concatenate(list(co.values())) if co else np.zeros(0)
-        t = choose_threshold(ci, all_o, min_accept)
-        j = float(np.mean(ci <= t)) + (float(np.mean(all_o > t)) if all_o.size else 0.0) - 1
-        tried[int(m.components.shape[0])] = round(j, 4)
-        if best is None or j > best[0] + 1e-12:
-            best = (j, m, ci, co, t)
-    assert best is not None
-    _, model, cin, cood, thr = best
-
-    def report(in_scores: np.ndarray, in_rules: dict, ood_scores: dict, ood_rules: dict) -> dict[str, Any]:
-        return {
-            "in_distribution": {**_rates(in_scores, thr), "refused_by_rules": in_rules},
-            "out_of_distribution": {
-                name: {**_rates(sc, thr), "refused_by_rules": ood_rules[name]} for name, sc in ood_scores.items()
-            },
-        }
-
+    fit = _score_set(fit_in, None, bit_depth)
+    cin = _score_set(calib_in, calib_in_sources, bit_depth)
+    cood = {name: _score_set(src, None, bit_depth) for name, src in calib_ood.items()}
+    model, thr, tried = _fit_best(fit, cin, cood, min_accept, components)
     calibration: dict[str, Any] = {
         "protocol": protocol,
         "min_accept": min_accept,
+        "min_accept_applies_to": "every source" if calib_in_sources is not None else "all knees pooled",
         "components": int(model.components.shape[0]),
         "components_tried_youden_j": tried,
-        "fit": {"n": int(fit_f.shape[0]), "refused_by_rules": fit_rules},
-        "calibration_sets": report(cin, cin_rules, cood, {k: v[1] for k, v in cood_parts.items()}),
+        "fit": {"n": int(fit.feats.shape[0]), "refused_by_rules": fit.rules},
+        "calibration_sets": _gate_report(model, thr, cin, cood),
     }
     if len(test_in) or test_ood:
-        tin_f, tin_rules = scored(test_in)
-        tin = np.array([model.score(f) for f in tin_f])
-        tparts = {name: scored(src) for name, src in (test_ood or {}).items()}
-        tood = {name: np.array([model.score(f) for f in f_]) for name, (f_, _) in tparts.items()}
-        calibration["test_sets"] = report(tin, tin_rules, tood, {k: v[1] for k, v in tparts.items()})
+        tin = _score_set(test_in, test_in_sources, bit_depth)
+        tood = {name: _score_set(src, None, bit_depth) for name, src in (test_ood or {}).items()}
+        calibration["test_sets"] = _gate_report(model, thr, tin, tood)
     ood = OODModel(model.mean, model.components, model.variances, model.noise, thr, calibration)
     return Gate(base.min_side, base.blank_std, base.colour_chroma, ood)
 

@@ -33,7 +33,9 @@ def build_augmentation(level: str) -> Augment | None:
     if level == "none":
         return None
     A = require("albumentations", "train")
-    if level == "light":
+    if level == "acquisition":
+        ops = _acquisition_ops(A)
+    elif level == "light":
         ops = [
             A.Affine(scale=(0.95, 1.05), translate_percent=(-0.03, 0.03), rotate=(-5, 5), border_mode=0, fill=0, p=0.7),
             A.HorizontalFlip(p=0.5),
@@ -54,6 +56,22 @@ def build_augmentation(level: str) -> Augment | None:
         return np.clip(out, 0.0, 1.0).astype(np.float32)
 
     return augment
+
+
+def _acquisition_ops(A: Any) -> list[Any]:
+    """The default geometry plus what differs between scanners and sources: exposure and contrast
+    curves, local contrast (CLAHE), noise, blur, JPEG re-encoding and down/up-sampling, so that
+    acquisition stops telling the source (issue 17, lever 2)."""
+    return [
+        A.Affine(scale=(0.9, 1.1), translate_percent=(-0.06, 0.06), rotate=(-10, 10), border_mode=0, fill=0, p=0.9),
+        A.HorizontalFlip(p=0.5),
+        A.RandomBrightnessContrast(brightness_limit=0.2, contrast_limit=0.2, p=0.8),
+        A.RandomGamma(gamma_limit=(70, 140), p=0.6),
+        A.CLAHE(clip_limit=(1, 3), tile_grid_size=(8, 8), p=0.3),
+        A.OneOf([A.GaussNoise(std_range=(0.01, 0.04)), A.GaussianBlur(blur_limit=(3, 5))], p=0.4),
+        A.Downscale(scale_range=(0.4, 0.8), p=0.3),
+        A.ImageCompression(quality_range=(40, 95), p=0.4),
+    ]
 
 
 class RadiographDataset:
@@ -119,14 +137,29 @@ class RadiographDataset:
         return torch.from_numpy(self.array(i)), int(self.targets[i])
 
 
-class EpochSampler:
-    """Indices for one epoch: a seeded permutation, or (``balanced``) a class-balanced draw with
-    replacement; sharded over ``world`` processes (padded so every rank takes the same steps)."""
+def cell_weights(cells: Sequence[str], groups: Sequence[Any]) -> np.ndarray:
+    """Sampling weights that give every cell (e.g. a (source, class) pair) the same share of an
+    epoch and, inside a cell, every duplicate group the same share however many copies it has."""
+    cells_a, groups_a = np.asarray([str(c) for c in cells]), np.asarray([str(g) for g in groups])
+    group_size = {g: n for g, n in zip(*np.unique(groups_a, return_counts=True))}
+    groups_in_cell: dict[str, set[str]] = {}
+    for c, g in zip(cells_a, groups_a):
+        groups_in_cell.setdefault(c, set()).add(g)
+    w = np.array([1.0 / (len(groups_in_cell[c]) * group_size[g]) for c, g in zip(cells_a, groups_a)])
+    return w / w.sum()
 
-    def __init__(self, targets: np.ndarray, seed: int, balanced: bool = False, rank: int = 0, world: int = 1) -> None:
+
+class EpochSampler:
+    """Indices for one epoch: a seeded permutation, or a weighted draw with replacement (``balanced``:
+    class-balanced; ``weights``: given per-row probabilities, e.g. :func:`cell_weights`); sharded over
+    ``world`` processes (padded so every rank takes the same steps)."""
+
+    def __init__(self, targets: np.ndarray, seed: int, balanced: bool = False, rank: int = 0, world: int = 1,
+                 weights: np.ndarray | None = None) -> None:
         self.targets = np.asarray(targets)
         self.seed = int(seed)
         self.balanced = balanced
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64)
         self.rank, self.world = rank, world
         self.epoch = 0
         n = len(self.targets)
@@ -138,7 +171,9 @@ class EpochSampler:
     def epoch_indices(self) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
         n = len(self.targets)
-        if self.balanced:
+        if self.weights is not None:
+            idx = rng.choice(n, size=n, replace=True, p=self.weights / self.weights.sum())
+        elif self.balanced:
             counts = np.bincount(self.targets)
             w = 1.0 / counts[self.targets]
             idx = rng.choice(n, size=n, replace=True, p=w / w.sum())

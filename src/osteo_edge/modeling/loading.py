@@ -22,13 +22,15 @@ log = logging.getLogger(__name__)
 
 def arch_from_manifest(run_dir: str | os.PathLike, bundle: Bundle) -> tuple[str, int, dict[str, Any]]:
     """``(name, num_classes, constructor kwargs)`` from the manifest's ``arch`` record, checked against the labels."""
-    arch = bundle.manifest.get("arch")
-    if not isinstance(arch, dict) or "name" not in arch or "num_classes" not in arch:
+    try:
+        arch = bundle.arch
+    except BundleError as exc:
+        raise BundleError(f"{run_dir}: {exc}") from exc
+    if arch is None:
         raise BundleError(f"{run_dir}: manifest has no 'arch' record (name, num_classes) to rebuild the model")
-    if int(arch["num_classes"]) != len(bundle.labels):
-        raise BundleError(f"{run_dir}: arch has {arch['num_classes']} classes but the manifest lists {len(bundle.labels)} labels")
-    kw = {k: v for k, v in arch.items() if k not in ("name", "num_classes", "timm_name")}
-    return str(arch["name"]), int(arch["num_classes"]), kw
+    if arch.num_classes != len(bundle.labels):
+        raise BundleError(f"{run_dir}: arch has {arch.num_classes} classes but the manifest lists {len(bundle.labels)} labels")
+    return arch.name, arch.num_classes, dict(arch.options)
 
 
 def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any, Bundle]:
@@ -44,7 +46,7 @@ def load_run(run_dir: str | os.PathLike, device: str = "cpu") -> tuple[Any, Bund
     name, num_classes, kw = arch_from_manifest(run_dir, bundle)
     model = build_model(name, num_classes, weights="none", **kw)
     state = torch.load(bundle.model_path, map_location="cpu", weights_only=True)
-    pruned = "pruning" in bundle.manifest
+    pruned = bundle.pruning is not None
     if pruned:
         reshape_to_state_dict(model, state)
     try:

@@ -19,7 +19,6 @@ one file, not a deliberate replacement of the whole directory, so load runs from
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -83,18 +82,9 @@ def load_model(path: Path) -> Any:
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:
-    if not root.exists():
-        raise BundleError(f"{root}: no such tabular run")
-    mpath = root / RUN_MANIFEST
-    if not mpath.is_file():
-        raise BundleError(f"{root}: not a tabular run (no {RUN_MANIFEST}); train one with 'osteo-edge tabular train'")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{mpath}: not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict):
-        raise BundleError(f"{mpath}: must be a JSON object")
-    return manifest
+    from ..artifact.manifest import read_json_manifest
+
+    return read_json_manifest(root, RUN_MANIFEST, "tabular run", "; train one with 'osteo-edge tabular train'")
 
 
 def _verify(root: Path, files: Any) -> None:

@@ -79,12 +79,11 @@ def measure_latency(model: Any, input_shape: Sequence[int], runs: int = 30, warm
 
 def describe_run(run: str | os.PathLike, latency_runs: int = 30, threads: int = 2) -> dict[str, Any]:
     model, bundle = load_run(run)
-    m = bundle.manifest
     spec = bundle.spec
-    tr = m.get("training", {})
+    tr = bundle.training
     shape = spec.input_shape
     lat = measure_latency(model, shape, runs=latency_runs, threads=threads) if latency_runs > 0 else {"p50": float("nan"), "p90": float("nan")}
-    metrics = m.get("metrics", {})
+    metrics = bundle.metrics.raw
 
     def ci_dict(block: Mapping[str, Any] | None) -> dict[str, Any]:
         out = {}
@@ -102,13 +101,13 @@ def describe_run(run: str | os.PathLike, latency_runs: int = 30, threads: int = 
 
         cfg = read_config_yaml(cfg_path)
     return {
-        "run": Path(run).name, "path": str(Path(run).resolve()), "arch": m.get("arch", {}).get("name"), "weights": cfg.get("weights"),
+        "run": Path(run).name, "path": str(Path(run).resolve()), "arch": bundle.arch.name if bundle.arch else None, "weights": cfg.get("weights"),
         "img_size": spec.input_size, "params": count_parameters(model), "macs": count_macs(model, shape),
         "latency_ms_p50": lat["p50"], "latency_ms_p90": lat["p90"], "train_seconds": float(tr.get("train_seconds", float("nan"))),
         "epochs_run": tr.get("epochs_run"), "best_epoch": tr.get("best_epoch"), "temperature": bundle.temperature,
         "val": ci_dict(metrics.get("val")), "test": ci_dict(metrics.get("test")),
-        "test_n": (metrics.get("test") or {}).get("n"), "protocol": m.get("provenance", {}).get("protocol"),
-        "split_sha256": m.get("provenance", {}).get("split_sha256"), "training_device": tr.get("device"),
+        "test_n": (metrics.get("test") or {}).get("n"), "protocol": bundle.provenance.protocol,
+        "split_sha256": bundle.provenance.split_sha256, "training_device": tr.get("device"),
     }
 
 

@@ -16,8 +16,8 @@ from ..errors import ConfigError, choice_error, require
 from ..preprocess import RESIZE_POLICIES
 
 SCHEDULES = ("cosine", "onecycle")
-BALANCE = ("weighted", "sampler", "none")
-AUGMENT = ("default", "light", "none")
+BALANCE = ("weighted", "sampler", "cells", "none")
+AUGMENT = ("default", "light", "acquisition", "none")
 DEVICES = ("auto", "cpu", "cuda")
 
 

@@ -28,12 +28,12 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..artifact import atomic_path, atomic_write_json, atomic_write_text, runtime_versions, seal
-from ..core.classification import choose_low_bmd_threshold, classification_metrics, headline, low_bmd_probability
+from ..core.classification import NORMAL, choose_low_bmd_threshold, classification_metrics, headline, low_bmd_probability
 from ..core.progress import Progress
 from ..core.stats import softmax
 from ..errors import ConfigError, DataError, OsteoEdgeError, require
 from ..modeling.calibration import fit_temperature
-from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, class_weights
+from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, cell_weights, class_weights
 from ..modeling.models import arch_record_for_manifest, build_model, classifier_module, get_arch
 from .config import TrainConfig, config_yaml_text, read_config_yaml
 
@@ -262,7 +262,7 @@ def _result_from_bundle(out: Path) -> TrainResult:
     from ..artifact import load_bundle
 
     b = load_bundle(out)
-    tr = b.manifest.get("training", {})
+    tr = b.training
     return TrainResult(
         run_dir=out, best_epoch=int(tr.get("best_epoch", -1)), best_val_macro_f1=float(tr.get("best_val_macro_f1", float("nan"))),
         epochs_run=int(tr.get("epochs_run", 0)), stopped_early=bool(tr.get("stopped_early", False)),
@@ -443,7 +443,12 @@ def _setup_data(run: _Run) -> None:
     from torch.utils.data import DataLoader
 
     config = run.config
-    run.sampler = EpochSampler(run.train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=run.rank, world=run.world)
+    weights = None
+    if config.balance == "cells":  # every (source of the group, class) cell equally often, groups equal within
+        rows = run.train_ds.rows
+        weights = cell_weights([f"{r.domain}|{r.label}" for r in rows], [r.group for r in rows])
+    run.sampler = EpochSampler(run.train_ds.targets, config.seed, balanced=config.balance == "sampler", rank=run.rank,
+                               world=run.world, weights=weights)
     n = len(run.sampler)
     steps = -(-n // config.batch_size)
     drop_last = n % config.batch_size == 1 and n > 1
@@ -680,7 +685,7 @@ def calibrate_on_val(val_logits: np.ndarray, y_val: np.ndarray, labels: Sequence
     record: dict[str, Any] = {"temperature_fitted_on": "val", "val_n": int(len(y_val))}
     p_low = low_bmd_probability(probs, labels)
     if p_low is not None:
-        y_low = (np.asarray(y_val) != list(labels).index("Normal")).astype(int)
+        y_low = (np.asarray(y_val) != list(labels).index(NORMAL)).astype(int)
         choice = choose_low_bmd_threshold(y_low, p_low, target_sensitivity)
         thresholds["low_bmd"] = choice["threshold"]
         record["low_bmd"] = {**choice, "method": f"highest threshold with validation sensitivity >= {target_sensitivity:g}"}

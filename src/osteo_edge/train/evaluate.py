@@ -22,7 +22,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, read_manifest, reseal
+from ..artifact import DISCLAIMER, Provenance, atomic_write_json, atomic_write_text, load_bundle, reseal
 from ..errors import ConfigError, DataError
 from ..core.classification import HEADLINE, NORMAL, bootstrap_ci, classification_metrics, ece_score, low_bmd_probability
 from ..core.stats import fmt_ci, softmax
@@ -165,7 +165,7 @@ class _EvalRows:
 
     table: Any
     split_path: Path
-    prov: Mapping[str, Any]
+    prov: Provenance
     same_split: bool
     own: Any
     fold: int
@@ -231,6 +231,7 @@ def score_run(
     y = ds.targets
     p_raw, p_cal = softmax(logits, 1.0), softmax(logits, temperature)
     metrics = compute_metrics(y, p_raw, p_cal, sel.rows, labels, thresholds.get("low_bmd"), n_boot, seed)
+    metrics["sources"] = source_report(y, p_cal, sel, labels, bundle.negative_label, n_boot, seed)
     result = _result_record(run_dir, subset, sel, labels, len(y), temperature, thresholds, calib, metrics, n_boot, seed, command)
     if metadata is not None and key is not None:
         result["subgroups"] = subgroup_metrics(sel.rows, y, p_cal, labels, metadata, key, list(subgroups), thresholds.get("low_bmd"), n_boot, seed)
@@ -253,16 +254,16 @@ def _select_rows(run_dir: Path, bundle: Any, split: str | os.PathLike | None, su
     """Read the split to score; calibration rows come from the run's own validation split when it is there."""
     from ..data.split import read_split
 
-    prov = bundle.manifest.get("provenance", {})
-    split_path = Path(split or prov.get("split_csv") or "")
+    prov = bundle.provenance
+    split_path = Path(split or prov.split_csv or "")
     if not str(split_path) or not split_path.is_file():
-        raise DataError(f"{run_dir}: pass --split (the run's split file {prov.get('split_csv')!r} is not available)")
+        raise DataError(f"{run_dir}: pass --split (the run's split file {prov.split_csv!r} is not available)")
     table = read_split(split_path)
     if table.labels != bundle.labels:
         raise DataError(f"{split_path}: labels {table.labels} differ from the model's {bundle.labels}")
-    same_split = prov.get("split_sha256") == table.sha256
+    same_split = prov.split_sha256 == table.sha256
     own = table if same_split else _own_split(prov)
-    fold = int(prov.get("fold", -1))
+    fold = prov.fold
     overlap = 0
     if own is not None:  # calibrate on the run's own validation rows, whatever split is scored
         _, val_rows = split_rows(own, fold)
@@ -284,10 +285,9 @@ def _select_rows(run_dir: Path, bundle: Any, split: str | os.PathLike | None, su
 
 def _calibrate(bundle: Any, val_logits: np.ndarray, y_val: np.ndarray) -> tuple[float, dict[str, float], dict[str, Any]]:
     """Refit temperature and thresholds on validation, with the run's own sensitivity target and confidence floor."""
-    calib_old = (bundle.manifest.get("training") or {}).get("calibration", {})
-    target = float((calib_old.get("low_bmd") or {}).get("target_sensitivity", 0.9))
-    min_conf = float(bundle.thresholds.get("min_confidence", 0.6))
-    return calibrate_on_val(val_logits, y_val, bundle.labels, min_conf, target)
+    cal = bundle.calibration
+    min_conf = cal.min_confidence if cal.min_confidence is not None else 0.6
+    return calibrate_on_val(val_logits, y_val, bundle.labels, min_conf, cal.target_sensitivity)
 
 
 def compute_metrics(
@@ -316,12 +316,35 @@ def compute_metrics(
     }
 
 
+def source_report(y: np.ndarray, p_cal: np.ndarray, sel: _EvalRows, labels: Sequence[str], negative: str | None,
+                  n_boot: int, seed: int) -> dict[str, Any] | None:
+    """Per source of each duplicate group (Wani rule) beside the shortcut baselines counted on the
+    run's training rows (one per group): the numbers a source-reading model cannot fake."""
+    from .sources import per_source_report
+
+    if negative is None:
+        return None
+    train = sel.own.subset("train", sel.fold if sel.fold >= 0 else None) if sel.own is not None else []
+    one = {r.group: r for r in train}.values()
+    rep = per_source_report(y, p_cal.argmax(axis=1), p_cal, [r.domain for r in sel.rows], labels, [r.group for r in sel.rows],
+                            negative, train_y=[r.label for r in one] or None, train_sources=[r.domain for r in one] or None,
+                            n_boot=n_boot, seed=seed)
+    return {"source_of_group": "wani-mendeley if any copy of the radiograph is a Wani file, else its folder(s)",
+            **rep.to_dict(), "markdown": _format_sources(rep)}
+
+
+def _format_sources(rep: Any) -> str:
+    from .sources import format_report
+
+    return format_report(rep)
+
+
 def _result_record(
     run_dir: Path, subset: str, sel: _EvalRows, labels: list[str], n: int, temperature: float, thresholds: Mapping[str, float],
     calib: Mapping[str, Any], metrics: Mapping[str, Any], n_boot: int, seed: int, command: str,
 ) -> dict[str, Any]:
     """The metrics.json record: the metrics with the protocol, the split and the calibration they rest on."""
-    provenance = split_provenance(sel.table, sel.fold, sel.prov.get("command", ""))
+    provenance = split_provenance(sel.table, sel.fold, sel.prov.command)
     return {
         "run": str(run_dir), "subset": subset, "n": int(n), "groups": metrics["groups"],
         "protocol": provenance["protocol"], "split_csv": str(sel.split_path), "split_sha256": sel.table.sha256,
@@ -330,6 +353,7 @@ def _result_record(
         "calibration": calib, "headline": metrics["headline"], "point": metrics["point"],
         "ece_uncalibrated": metrics["ece_uncalibrated"],
         "majority_baseline_accuracy": metrics["majority_baseline_accuracy"], "per_source": metrics["per_source"],
+        "sources": metrics["sources"],
         "bootstrap": {"replicates": n_boot, "unit": "duplicate group", "seed": seed},
         "command": command, "disclaimer": DISCLAIMER,
     }
@@ -371,15 +395,14 @@ def _label_counts(y: np.ndarray, labels: Sequence[str]) -> dict[str, int]:
     return {lab: c[i] for i, lab in enumerate(labels) if c[i]}
 
 
-def _own_split(prov: Mapping[str, Any]) -> Any:
+def _own_split(prov: Provenance) -> Any:
     """The run's training split, when its file is still there and unchanged."""
     from ..data.split import read_split
 
-    path = Path(prov.get("split_csv") or "")
-    if not str(prov.get("split_csv") or "") or not path.is_file():
+    if not prov.split_csv or not Path(prov.split_csv).is_file():
         return None
-    table = read_split(path)
-    return table if table.sha256 == prov.get("split_sha256") else None
+    table = read_split(prov.split_csv)
+    return table if table.sha256 == prov.split_sha256 else None
 
 
 def metrics_key(result: Mapping[str, Any]) -> str:
@@ -392,26 +415,26 @@ def metrics_key(result: Mapping[str, Any]) -> str:
 def _write_predictions(path: Path, rows: Sequence[Any], labels: Sequence[str], logits: np.ndarray, probs: np.ndarray) -> Path:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["path", "source", "group", "split", "label", "pred", *[f"p_{lab}" for lab in labels], "low_bmd_probability"])
+    w.writerow(["path", "source", "group", "split", "label", "pred", *[f"p_{lab}" for lab in labels], "low_bmd_probability", "group_source"])
     p_low = low_bmd_probability(probs, labels)
     for i, r in enumerate(rows):
         w.writerow([r.path, r.source, r.group, r.split, r.label, labels[int(probs[i].argmax())],
-                    *[f"{p:.6f}" for p in probs[i]], f"{p_low[i]:.6f}" if p_low is not None else ""])
+                    *[f"{p:.6f}" for p in probs[i]], f"{p_low[i]:.6f}" if p_low is not None else "", r.domain])
     return atomic_write_text(path, buf.getvalue())
 
 
 def _reseal_run(run_dir: Path, out: Path, subset: str, result: Mapping[str, Any], temperature: float,
                 thresholds: Mapping[str, float], calib: Mapping[str, Any]) -> None:
     """Store temperature, thresholds and the subset's headline metrics in the run's manifest."""
-    manifest = read_manifest(run_dir)
+    bundle = load_bundle(run_dir, verify=False)  # reseal verifies before it writes
     try:
         rel = out.resolve().relative_to(run_dir.resolve())
         changed = [f"{rel.as_posix()}/{name}" for name in EVAL_FILES]
     except ValueError:
         changed = []
-    metrics = dict(manifest.get("metrics", {}))
+    metrics = dict(bundle.metrics.raw)
     metrics[metrics_key(result)] = {**result["headline"], "n": result["n"], "split_sha256": result["split_sha256"]}
-    training = dict(manifest.get("training", {}))
+    training = dict(bundle.training)
     training["calibration"] = dict(calib)
     reseal(run_dir, step="evaluate", changed=changed, temperature=temperature, thresholds=dict(thresholds), metrics=metrics, training=training)
 
@@ -471,6 +494,11 @@ def render_report(r: Mapping[str, Any]) -> str:
     for src, m in r["per_source"].items():
         labs = ", ".join(f"{k} {v}" for k, v in m["labels"].items())
         lines.append(f"| {src} | {m['n']} | {labs} | {fmt_ci(m.get('accuracy'))} | {fmt_ci(m.get('macro_f1'))} | {fmt_ci(m.get('low_bmd_auroc'))} |")
+    if r.get("sources"):
+        lines += ["", "## Per source of the radiograph, beside the shortcut", "",
+                  "Source of a duplicate group: wani-mendeley when any copy is a Wani file (the Kaggle folders hold copies "
+                  "of Wani knees). A model is better than the shortcut on a source only when it beats the per-source "
+                  "majority class there.", "", r["sources"]["markdown"]]
     sg = r.get("subgroups")
     if sg:
         lines += ["", "## Subgroups", "", f"Metadata {Path(sg['metadata']).name} joined on the image file stem = `{sg['key']}`: "

@@ -20,9 +20,9 @@ numpy only at import time; scikit-learn is imported inside the functions that ne
 from __future__ import annotations
 
 import math
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -240,7 +240,7 @@ def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
 def _proportion_ci(correct: np.ndarray, groups: np.ndarray | None, k_classes: int, n_boot: int, seed: int) -> Interval:
     """95% interval of the mean of a 0/1 vector: Wilson over rows, or a bootstrap over groups.
 
-    The group bootstrap reuses :func:`osteo_edge.train.metrics.bootstrap_ci` (percentile interval
+    The group bootstrap reuses :func:`osteo_edge.core.classification.bootstrap_ci` (percentile interval
     of "accuracy" with groups resampled). Where every row is right (or every row wrong) the
     percentile bootstrap collapses to a point, so there a Wilson interval over the number of
     distinct groups is given instead (conservative: a group counts once).

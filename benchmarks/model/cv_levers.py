@@ -1,0 +1,204 @@
+"""Score a 5-fold CV run out of fold, per source, beside the shortcut baselines (issue 17).
+
+    python benchmarks/model/cv_levers.py --lever NAME --runs runs/model/NAME --eval-split SPLIT.csv [--note CMD]
+    python benchmarks/model/cv_levers.py --table        # the table of every scored lever
+
+Evaluation protocol (the same rows for every lever): the validation fold k of the eval split (a
+``--members per-source`` split of the same seed, so the group -> fold assignment is that of every
+training split) is scored by the fold-k model. Each distinct radiograph is scored ONCE, as the file
+of its own source: a Wani radiograph as the Wani film (not its Kaggle copy), a Kaggle radiograph as
+its Kaggle file. The source of a group is the Wani rule (any Wani copy -> wani-mendeley). Pooled over
+the 5 folds this is an out-of-fold prediction for every non-test radiograph. Probabilities are the
+uncalibrated softmax (accuracy and AUROC do not depend on the temperature).
+
+Source probe: for each fold model, the penultimate features of all those radiographs predict the
+source by group-aware 5-fold logistic regression; the AUROC is averaged over the fold models (lower
+is better; 0.5 = the source is not in the features).
+
+Saves ``benchmarks/model/results/<lever>.json`` and (``--table``) ``benchmarks/model/LEVERS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.lower().startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def own_source_rows(rows):
+    """One row per group: the file from the group's own source (Wani film for a Wani radiograph)."""
+    by_group: dict[int, list] = {}
+    for r in rows:
+        by_group.setdefault(r.group, []).append(r)
+    out = []
+    for g in sorted(by_group):
+        mem = by_group[g]
+        parts = set(mem[0].domain.split("+"))
+        mem.sort(key=lambda r: (r.source not in parts, r.source, r.path))
+        out.append(mem[0])
+    return out
+
+
+def forward(model, ds, batch: int = 32):
+    """(logits, penultimate features) for every item of ``ds``."""
+    import torch
+
+    logits, feats = [], []
+    model.eval()
+    with torch.inference_mode():
+        for s in range(0, len(ds), batch):
+            x = torch.stack([ds[i][0] for i in range(s, min(len(ds), s + batch))])
+            if hasattr(model, "forward_head"):
+                f = model.forward_head(model.forward_features(x), pre_logits=True)
+                z = model.get_classifier()(f)
+            else:  # not a timm model: no features, logits only
+                z, f = model(x), torch.zeros((x.shape[0], 1))
+            logits.append(z.float().numpy())
+            feats.append(f.float().reshape(f.shape[0], -1).numpy())
+    return np.concatenate(logits), np.concatenate(feats)
+
+
+def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
+    import torch
+
+    from osteo_edge.core.stats import softmax
+    from osteo_edge.data.split import read_split
+    from osteo_edge.modeling.dataset import RadiographDataset
+    from osteo_edge.modeling.loading import load_run
+    from osteo_edge.train.sources import format_report, per_source_report, source_probe
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    table = read_split(eval_split)
+    pool = own_source_rows([r for r in table.rows if r.split != "test"])
+    oof_rows, oof_logits, probes = [], [], []
+    for k in range(table.folds):
+        model, bundle = load_run(runs / f"fold{k}")
+        ds = RadiographDataset(pool, bundle.labels, bundle.spec)
+        logits, feats = forward(model, ds)
+        mine = np.array([r.fold == k for r in pool])
+        oof_rows += [r for r, m in zip(pool, mine) if m]
+        oof_logits.append(logits[mine])
+        if feats.shape[1] > 1:
+            probes.append(source_probe(feats, [r.domain for r in pool], [r.group for r in pool], folds=5, seed=0))
+    labels = bundle.labels
+    logits = np.concatenate(oof_logits)
+    probs = softmax(logits)
+    report = per_source_report([r.label for r in oof_rows], [labels[i] for i in probs.argmax(1)], probs,
+                               [r.domain for r in oof_rows], labels, groups=[r.group for r in oof_rows],
+                               normal_label=bundle.negative_label or "Normal")
+    cv = json.loads((runs / "cv.json").read_text()) if (runs / "cv.json").is_file() else {}
+    train_s = sum(float(f.get("train_seconds") or 0) for f in cv.get("per_fold", []))
+    out = {
+        "lever": lever, "command": note, "scored_by": "python " + " ".join(sys.argv),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu(), "cores": __import__("os").cpu_count(), "arch": platform.machine(), "torch": torch.__version__},
+        "protocol": (f"5-fold group CV, out-of-fold; eval rows: the validation fold's radiographs, one file each from the "
+                     f"group's own source; source of a group: Wani rule; split: {table.info.get('protocol', '')}"),
+        "eval_split_sha256": table.sha256, "n": len(oof_rows), "train_seconds_total": train_s,
+        "score_seconds": time.perf_counter() - t0,
+        "report": report.to_dict(),
+        "source_probe": {"auroc_mean_over_fold_models": float(np.mean([p.auroc for p in probes])) if probes else None,
+                         "per_fold_model": [p.auroc for p in probes]},
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{lever}.json").write_text(json.dumps(out, indent=2) + "\n")
+    (RESULTS / f"{lever}.md").write_text(f"# {lever}\n\n`{note}`\n\n{out['protocol']}\n\n" + format_report(report) + "\n")
+    print(json.dumps(summary_row(out), indent=2))
+    return out
+
+
+def _cell(rep: dict, source: str, label: str) -> str:
+    for c in rep["cells"]:
+        if c["source"] == source and c["label"] == label:
+            return f"{c['k']}/{c['n']}"
+    return "-"
+
+
+def _f(v, d: int = 3) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
+
+
+def summary_row(res: dict) -> dict:
+    rep = res["report"]
+    by = {s["source"]: s for s in rep["per_source"]}
+    verdict = {v["source"]: v for v in rep["verdicts"]}
+    wani = "wani-mendeley"
+    kag = next((s for s in by if s != wani), None)
+    w = by.get(wani, {})
+    return {
+        "lever": res["lever"], "n": res["n"], "pooled_acc": rep["pooled_accuracy"], "pooled_macro_f1": rep["pooled_macro_f1"],
+        "kaggle_acc": by.get(kag, {}).get("accuracy"), "wani_acc": w.get("accuracy"),
+        "wani_ci": (w.get("accuracy_ci95") or {}).get("lo"), "wani_ci_hi": (w.get("accuracy_ci95") or {}).get("hi"),
+        "wani_bar": verdict.get(wani, {}).get("shortcut_accuracy"), "wani_margin": verdict.get(wani, {}).get("margin_points"),
+        "kaggle_margin": verdict.get(kag, {}).get("margin_points"),
+        "worst": f"{rep['worst_source']} {rep['worst_source_accuracy']:.3f}",
+        "wani_normal": _cell(rep, wani, "Normal"), "wani_penia": _cell(rep, wani, "Osteopenia"),
+        "wani_porosis": _cell(rep, wani, "Osteoporosis"),
+        "lowbmd_auc_kaggle": rep["within_source_low_bmd_auroc"].get(kag), "lowbmd_auc_wani": rep["within_source_low_bmd_auroc"].get(wani),
+        "penia_vs_porosis_auc": rep["wani_osteopenia_vs_osteoporosis_auroc"],
+        "source_probe": res["source_probe"]["auroc_mean_over_fold_models"],
+        "train_min": res["train_seconds_total"] / 60,
+    }
+
+
+def table() -> str:
+    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"))]
+    if not rows:
+        return "no scored levers yet"
+    any_res = json.loads(next(iter(sorted(RESULTS.glob("*.json")))).read_text())
+    head = ("| lever | n | pooled acc | macro-F1 | Kaggle acc (margin vs shortcut) | Wani acc [95% CI] | Wani shortcut bar | "
+            "Wani margin (pts) | worst source | Wani Normal | Wani Osteopenia | Wani Osteoporosis | low-BMD AUROC in Kaggle | "
+            "low-BMD AUROC in Wani | Wani penia vs porosis AUROC | source probe AUROC | train min |")
+    lines = [head, "|" + "---|" * 17]
+    for r in rows:
+        lines.append(
+            f"| {r['lever']} | {r['n']} | {_f(r['pooled_acc'])} | {_f(r['pooled_macro_f1'])} | {_f(r['kaggle_acc'])} "
+            f"({r['kaggle_margin']:+.1f}) | {_f(r['wani_acc'])} [{_f(r['wani_ci'])}, {_f(r['wani_ci_hi'])}] | {_f(r['wani_bar'])} | "
+            f"{r['wani_margin']:+.1f} | {r['worst']} | {r['wani_normal']} | {r['wani_penia']} | {r['wani_porosis']} | "
+            f"{_f(r['lowbmd_auc_kaggle'])} | {_f(r['lowbmd_auc_wani'])} | {_f(r['penia_vs_porosis_auc'])} | {_f(r['source_probe'])} | "
+            f"{r['train_min']:.0f} |")
+    text = ("# Issue 17 levers: 5-fold group CV, out of fold, per source\n\n"
+            f"Machine: {any_res['machine']['cpu']}, {any_res['machine']['cores']} cores ({any_res['machine']['arch']}), "
+            f"torch {any_res['machine']['torch']}; shared with other jobs (train minutes are indicative).\n\n"
+            f"Protocol: {any_res['protocol']}.\n\n" + "\n".join(lines) + "\n\n"
+            "Commands: `bash benchmarks/model/run_levers.sh [lever ...]` trains and scores; each lever's training command "
+            "is in results/<lever>.json (`command`), its full per-source report in results/<lever>.md.\n")
+    (HERE / "LEVERS.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--lever")
+    ap.add_argument("--runs", type=Path)
+    ap.add_argument("--eval-split", type=Path)
+    ap.add_argument("--note", default="")
+    ap.add_argument("--table", action="store_true")
+    a = ap.parse_args()
+    if a.table:
+        print(table())
+        return
+    if not (a.lever and a.runs and a.eval_split):
+        ap.error("--lever, --runs and --eval-split are required (or --table)")
+    score(a.lever, a.runs, a.eval_split, a.note)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 17: every lever measured by the same 5-fold group CV over all of ../shared/data/knee (the
+# non-test groups of one seed-0 split; every split variant below assigns the same groups to the same
+# folds), scored out-of-fold per source by benchmarks/model/cv_levers.py.
+#
+#   bash benchmarks/model/run_levers.sh [lever ...]      (default: every lever below)
+#
+# Runs go to runs/model/ (git-ignored); a finished fold is skipped, a killed one resumed.
+# Written for a 2-core CPU: Lite0 at 224 px, 10 epochs max, 2 frozen warm-up epochs.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+OE=".venv/bin/osteo-edge"
+PY=".venv/bin/python"
+DATA=../shared/data
+KNEE="$DATA/knee/multiclass-kaggle $DATA/knee/wani-mendeley $DATA/knee/2class-kaggle"
+W=runs/model
+COMMON=(--arch efficientnet_lite0 --weights imagenet --img-size 224 --epochs 10 --freeze-epochs 2 --lr 5e-4
+        --batch-size 16 --patience 4 --seed 0 --threads 2)
+
+splits() {
+  [ -f $W/audit/groups.csv ] || $OE data audit $KNEE --out $W/audit
+  for m in one per-source all; do
+    [ -f $W/split-$m/split.csv ] || $OE data split $KNEE --groups $W/audit/groups.csv --members $m --folds 5 --out $W/split-$m
+  done
+}
+
+# lever NAME MEMBERS ARGS...: train 5 folds (resumable), then score them out of fold
+lever() {
+  local name=$1 members=$2; shift 2
+  local t0=$SECONDS
+  if [ ! -f $W/$name/cv.json ]; then
+    if [ -d $W/$name ]; then R=--resume; else R=; fi
+    $OE train --split $W/split-$members/split.csv --out $W/$name --folds 5 $R "${COMMON[@]}" "$@"
+  fi
+  echo "$name trained in $((SECONDS - t0)) s (0 if it was already done)"
+  $PY benchmarks/model/cv_levers.py --lever "$name" --runs $W/$name --eval-split $W/split-per-source/split.csv \
+      --note "osteo-edge train --split $W/split-$members/split.csv --folds 5 ${COMMON[*]} $*"
+}
+
+splits
+LEVERS=("$@")
+[ ${#LEVERS[@]} -eq 0 ] && LEVERS=(E0-baseline E1-per-source E2-per-source-cells E3-per-source-cells-acq)
+for l in "${LEVERS[@]}"; do
+  case $l in
+    E0-baseline) lever E0-baseline one --balance weighted ;;                      # today's recipe
+    E1-per-source) lever E1-per-source per-source --balance weighted ;;           # lever 4: every source's copy
+    E2-per-source-cells) lever E2-per-source-cells per-source --balance cells ;;  # + lever 1: (source, class) cells
+    E3-per-source-cells-acq) lever E3-per-source-cells-acq per-source --balance cells --augment acquisition ;;  # + lever 2
+    E4-one-cells) lever E4-one-cells one --balance cells ;;                       # lever 1 alone
+    *) echo "unknown lever $l" >&2; exit 2 ;;
+  esac
+done
+.venv/bin/python benchmarks/model/cv_levers.py --table
