@@ -16,9 +16,7 @@ when the command runs.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from rich.console import Console
@@ -30,12 +28,6 @@ STATUS_STYLES = {"ok": "green", "refer": "yellow", "rejected": "red", "failed": 
 def console(stderr: bool = False) -> Console:
     """A console on the current stdout (or stderr), reading the environment now."""
     return Console(stderr=stderr, highlight=False)
-
-
-def layout(con: Console | None = None) -> str:
-    """``plain`` when not a terminal, else ``terminal`` (the table decides wide or narrow)."""
-    con = con or console()
-    return "terminal" if con.is_terminal else "plain"
 
 
 @dataclass(frozen=True)
@@ -160,11 +152,6 @@ def error(message: str) -> None:
     """``error: ...`` on stderr, one line."""
     con = console(stderr=True)
     con.print("error: " + message, style="red", markup=False, soft_wrap=True)
-
-
-def as_typed(path: str | os.PathLike) -> str:
-    """A path as the user typed it (relative stays relative)."""
-    return str(Path(path))
 
 
 def mapping_text(d: Mapping[str, Any], fmt: str = "{}") -> str:
