@@ -42,7 +42,7 @@ def test_runtime_and_cli_work_with_heavy_packages_blocked(tmp_path):
             sys.modules[name] = None  # 'import torch' now raises ImportError, as in a runtime-only venv
         from osteo_edge.edge_runtime import EdgeClassifier
         p = EdgeClassifier.load({str(bundle)!r}, threads=1).predict({str(img)!r})
-        assert p.status == "ok", p
+        assert p.status in ("ok", "refer"), p
         from typer.testing import CliRunner
         from osteo_edge.cli import app
         res = CliRunner().invoke(app, ["predict", {str(img)!r}, "--model", {str(bundle)!r}, "--json", "--csv", {str(out)!r}])
@@ -50,7 +50,7 @@ def test_runtime_and_cli_work_with_heavy_packages_blocked(tmp_path):
         print("OK", json.loads(res.stdout.strip().splitlines()[0])["status"])
     """)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip().splitlines()[-1] == "OK ok"
+    assert r.stdout.strip().splitlines()[-1] in ("OK ok", "OK refer")
     assert out.read_text().startswith("path,status,label")
 
 

@@ -76,11 +76,13 @@ def test_table_and_csv(bundle, mixed, tmp_path):
     assert len(rows) == 9 and rows[0].keys() >= {"path", "status", "label", "p_Normal", "low_bmd_probability", "message"}
 
 
-def test_missing_file_is_answered(bundle, tmp_path):
+def test_missing_path_exits_2_with_one_line(bundle, tmp_path):
     res = runner.invoke(app, ["predict", str(tmp_path / "nope.png"), "--model", str(bundle), "--json"])
-    assert res.exit_code == 0
-    row = json.loads(res.stdout)
-    assert row["status"] == "rejected" and "no such file" in row["message"]
+    assert res.exit_code == 2 and res.stdout == ""
+    assert res.stderr.strip() == f"error: no such file or folder: {tmp_path / 'nope.png'}"
+    (tmp_path / "empty.png").write_bytes(b"")  # a file that exists but is unusable: answered, exit 0
+    res = runner.invoke(app, ["predict", str(tmp_path / "empty.png"), "--model", str(bundle), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["status"] == "rejected"
 
 
 @pytest.mark.parametrize(

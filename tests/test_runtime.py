@@ -94,7 +94,7 @@ def test_predict_real_image_matches_reference_preprocess(bundle):
     clf = EdgeClassifier.load(bundle)
     img = knee_images(1)[0]
     pred = clf.predict(img)
-    assert isinstance(pred, Prediction) and pred.status == "ok" and pred.path == str(img)
+    assert isinstance(pred, Prediction) and pred.status in ("ok", "refer") and pred.path == str(img)
     assert set(pred.probabilities) == set(LABELS) and abs(sum(pred.probabilities.values()) - 1) < 1e-5
     ref = clf.probabilities(preprocess(img, load_bundle(bundle).spec)[None])[0]
     assert pred.probabilities == pytest.approx(dict(zip(LABELS, ref.tolist())), abs=1e-6)

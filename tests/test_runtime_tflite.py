@@ -57,7 +57,7 @@ def test_int8_io_is_quantized_by_the_runtime(int8_bundle):
     scale = float(np.abs(ref).max()) + 1e-6
     assert np.abs(logits - ref).max() / scale < 0.25  # int8 drift, relative to the output scale
     pred = clf.predict(imgs[0])
-    assert pred.status == "ok" and set(pred.probabilities) == set(LABELS)
+    assert pred.status in ("ok", "refer") and set(pred.probabilities) == set(LABELS)
 
 
 def test_bench_measures_tflite_int8(int8_bundle):

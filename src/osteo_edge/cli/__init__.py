@@ -8,18 +8,16 @@ A library :class:`~osteo_edge.errors.OsteoEdgeError` becomes one line on stderr 
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 
 import typer
 
 from ..errors import OsteoEdgeError
+from ._common import setup_logging, tidy_help
+from ._output import error
 
 # One module per command (group), registered in this order in --help.
 COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "predict", "bench", "demo", "bundle", "tabular", "serve", "record")
-
-# Libraries whose log lines are not for the user's screen unless --verbose.
-THIRD_PARTY_LOGGERS = ("pydicom", "pynetdicom", "highdicom")
 
 app = typer.Typer(
     name="osteo-edge",
@@ -36,18 +34,9 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and the logs of TensorFlow, LiteRT, gradio and pydicom (hidden otherwise)."),
 ) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    for name in THIRD_PARTY_LOGGERS:  # their warnings (and tracebacks) only behind --verbose
-        lib = logging.getLogger(name)
-        lib.propagate = verbose  # (not the level: pydicom resets its level on import)
-        if not lib.handlers:
-            lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
+    setup_logging(verbose)
 
 
 for _name in COMMAND_MODULES:
@@ -58,6 +47,7 @@ for _name in COMMAND_MODULES:
             raise
         continue
     _mod.register(app)
+tidy_help(app)
 
 
 def main() -> None:
@@ -66,5 +56,5 @@ def main() -> None:
     try:
         app()
     except OsteoEdgeError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        error(str(exc))
         sys.exit(1)

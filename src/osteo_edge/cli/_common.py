@@ -1,21 +1,121 @@
-"""Shared helpers for the thin CLI modules: error handling, console, small renderers."""
+"""Shared helpers for the thin CLI modules: error handling, consoles, help tidying, quiet native logs.
+
+Rendering (tables, summaries, next steps) lives in :mod:`._output`.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
+import os
+import sys
 from enum import Enum
-from typing import Any, Callable, Iterable, TypeVar
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import typer
-from rich.console import Console
+from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from ..core.progress import progress_enabled  # noqa: F401 (re-exported for the command modules)
 from ..errors import OsteoEdgeError
+from . import _output
+from ._output import next_step  # noqa: F401 (re-exported for the command modules)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-console = Console()
-err_console = Console(stderr=True)
+# Loggers of the libraries this CLI drives; their chatter is for --verbose only.
+THIRD_PARTY_LOGGERS = ("tensorflow", "absl", "onnx2tf", "onnxruntime", "onnx", "nncf", "torch", "timm", "gradio",
+                       "httpx", "httpcore", "uvicorn", "pydicom", "pynetdicom", "highdicom", "PIL", "matplotlib", "h5py",
+                       "py.warnings", "urllib3")
+
+
+class _LazyConsole:
+    """A rich console made when used, so COLUMNS / NO_COLOR / the current stdout are read per command."""
+
+    def __init__(self, stderr: bool) -> None:
+        self._stderr = stderr
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_output.console(self._stderr), name)
+
+
+console: Any = _LazyConsole(stderr=False)
+err_console: Any = _LazyConsole(stderr=True)
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A log handler that writes to whatever ``sys.stderr`` is now (CliRunner and :func:`quiet_native` swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(verbose: bool) -> None:
+    """Our warnings on stderr; third-party logs (TensorFlow, LiteRT, gradio, pydicom...) only with --verbose.
+
+    Called by the CLI entry, never at import of the library. Native (C++) logs: TF_CPP_MIN_LOG_LEVEL
+    and, around the conversion and interpreter start, file descriptor 2 (see :func:`quiet_native`).
+    """
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        handlers=[_CurrentStderr()], force=True)
+    logging.captureWarnings(not verbose)
+    for name in THIRD_PARTY_LOGGERS:
+        lib = logging.getLogger(name)
+        lib.setLevel(logging.DEBUG if verbose else logging.ERROR)
+        lib.propagate = verbose  # not the level alone: pydicom resets its level when it is imported
+        if not lib.handlers:
+            lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
+    if verbose:
+        os.environ["OSTEO_EDGE_NATIVE_LOGS"] = "1"
+    else:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def verbose() -> bool:
+    return os.environ.get("OSTEO_EDGE_NATIVE_LOGS") == "1"
+
+
+@contextlib.contextmanager
+def quiet_native() -> Iterator[None]:
+    """Native stderr (TensorFlow's absl lines, the CUDA probe, the TFLite converter) to /dev/null for
+    the block unless --verbose. Our own progress bar keeps the real terminal (it gets a copy of it)."""
+    from ..edge_runtime.backends import native_stderr_quiet
+
+    keep = _stderr_copy()  # our own warnings (Python's sys.stderr) stay on the real stderr
+    old = sys.stderr
+    with native_stderr_quiet():
+        if keep is not None:
+            sys.stderr = keep
+        try:
+            yield
+        finally:
+            sys.stderr = old
+            if keep is not None:
+                keep.close()
+
+
+def _stderr_copy() -> Any:
+    """A text stream on a copy of file descriptor 2 when ``sys.stderr`` is fd 2 (else None)."""
+    try:
+        if sys.stderr.fileno() == 2:
+            sys.stderr.flush()
+            return os.fdopen(os.dup(2), "w", buffering=1)
+    except (OSError, ValueError, AttributeError):  # io.UnsupportedOperation is both; CliRunner's stderr has no fd
+        pass
+    return None
+
+
+def progress_console() -> Any:
+    """A console on a copy of the real stderr, for a progress bar drawn inside :func:`quiet_native`."""
+    from rich.console import Console
+
+    copy = _stderr_copy()
+    return Console(file=copy, highlight=False) if copy is not None else Console(stderr=True, highlight=False)
 
 
 def handle_errors(fn: F) -> F:
@@ -26,7 +126,7 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OsteoEdgeError as exc:
-            err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            _output.error(str(exc))
             raise typer.Exit(code=1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -38,8 +138,59 @@ def choices(name: str, names: Iterable[str]) -> Any:
     return Enum(name, {n: n for n in names}, type=str)
 
 
-def next_step(text: str) -> None:
-    console.print(f"[bold]next:[/bold] {text}", highlight=False, soft_wrap=True)
+# -- help: a type word only where it helps ---------------------------------------------------------
+
+
+def _tidy_param(p: Any, ctx: Any) -> None:
+    show = getattr(p, "display_type", None)
+    if show is None or getattr(p, "_tidied", False):
+        return
+    if isinstance(p, TyperOption) and p.is_flag:
+        label = ""  # a flag takes no value: no <bool>
+    else:
+        label = show(ctx)
+        if label.startswith("<list[") and label.endswith("]>"):  # repeatable: "<path>", the help says repeatable
+            label = "<" + label[len("<list["):-2].lower() + ">"
+        if isinstance(p, TyperArgument) and p.nargs != 1:
+            label += "..."
+    p.display_type_rich = lambda ctx, _l=label: _l  # type: ignore[method-assign]
+    p._tidied = True  # type: ignore[attr-defined]
+
+
+class _Tidy:
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)  # type: ignore[misc]
+        for p in params:
+            _tidy_param(p, ctx)
+        return params
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)  # type: ignore[misc]
+        except typer.BadParameter as exc:  # the validation library's "Value error, " prefix is not for users
+            if isinstance(exc.message, str):
+                exc.message = exc.message.replace("Value error, ", "")
+            raise
+
+
+class TidyCommand(_Tidy, TyperCommand):
+    """A Typer command whose help shows no ``<bool>`` and plain ``<path>`` for repeatable options."""
+
+
+class TidyGroup(_Tidy, TyperGroup):
+    """The same for command groups (``osteo-edge``, ``data``, ``tabular``)."""
+
+
+def tidy_help(app: typer.Typer) -> None:
+    """Use :class:`TidyCommand` / :class:`TidyGroup` for every command of ``app`` (recursively)."""
+    app.info.cls = TidyGroup
+    for cmd in app.registered_commands:
+        if cmd.cls in (None, TyperCommand):
+            cmd.cls = TidyCommand
+    for grp in app.registered_groups:
+        if grp.typer_instance is not None:
+            tidy_help(grp.typer_instance)
+        grp.cls = TidyGroup
 
 
 TRUSTED_KEY_HELP = (

@@ -8,9 +8,9 @@ from typing import Annotated, List, Optional
 import typer
 
 from ..benchmarks.bench import TARGETS
-from ._common import TRUSTED_KEY_HELP, choices, console, handle_errors, trust_store
-
-STATUS_STYLE = {"ok": "green", "failed": "red", "skipped": "yellow"}
+from . import _output as out
+from ._steps import after_bench
+from ._common import TRUSTED_KEY_HELP, choices, handle_errors, trust_store
 
 
 TargetName = choices("TargetName", TARGETS)
@@ -61,62 +61,68 @@ def bench(
         written = [write_json(report, json_out)]
         if any(r.get("status") == "ok" for r in report["results"]):
             written.append(plot_report(report, json_out.with_suffix(".png")))
-        console.print("wrote " + ", ".join(str(p) for p in written), highlight=False, soft_wrap=True)
+        out.wrote(written)
+    if any(r.get("status") == "failed" for r in report["results"]):
+        out.next_step("osteo-edge verify BUNDLE", "a model failed to load or run: check the bundle, or rerun with --verbose")
+    else:
+        out.next_step(after_bench((model or [None])[0]))
+
+
+METRIC_NAMES = {"macro_f1": "macro-F1", "accuracy": "accuracy", "balanced_accuracy": "balanced accuracy"}
+
+
+def metric_name(path: str) -> str:
+    """``test.macro_f1`` -> ``test macro-F1``: a column header that says what it holds."""
+    split, _, key = path.rpartition(".")
+    return " ".join(x for x in (split.replace(".", " "), METRIC_NAMES.get(key, key.replace("_", " "))) if x)
+
+
+def _f(v, fmt="{:.2f}"):
+    return "-" if v is None else fmt.format(v)
+
+
+def _row(r: dict, emulated: bool, metrics: list[str]) -> list[str]:
+    st = r.get("status", "failed")
+    acc = r.get("accuracy") or {}
+    name = r.get("name", "?") + (" (reference)" if r.get("role") == "reference" else "")
+    pre = [f"{r['board_model']} emulated ({r['emulated_cpu']})" if r.get("emulated_cpu") else "this host"] if emulated else []
+    post = [_f(r.get("max_abs_diff_vs_host"), "{:.1e}")] if emulated else []
+    accs = [f"{acc['value']:.3f}" if acc.get("metric") == m else "-" for m in metrics]
+    if st != "ok":
+        return [*pre, name, str(r.get("format") or "-"), st, *["-"] * 6, _f(r.get("file_mb")), *accs, "-", *post, r.get("error", "")]
+    speed = f"x{r['speedup_vs_torch_fp32']:.2f}" if r.get("speedup_vs_torch_fp32") else "-"
+    return [*pre, name, str(r.get("format")), st, _f(r.get("load_ms"), "{:.0f}"), _f(r.get("p50_ms")), _f(r.get("p90_ms")),
+            _f(r.get("p99_ms")), _f(r.get("throughput_ips"), "{:.1f}"), _f(r.get("peak_rss_mb"), "{:.0f}"), _f(r.get("file_mb")),
+            *accs, speed, *post, ""]
 
 
 def render(report: dict) -> None:
-    from rich.table import Table
-
     m = report["machine"]
     s = report["settings"]
-    kind = report.get("kind", "measured")
+    emulated = report.get("kind", "measured") == "emulated"
     title = f"bench --target {report['target']}" + (f" ({report['host']})" if report.get("host") else "")
-    if kind == "emulated":
-        title += ": EMULATED, not a Pi latency"
+    title += ": EMULATED, not a Pi latency" if emulated else ""
     load = m.get("load_average")
     caption = f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
     if load:
         caption += f" | load average {load[0]:.1f} before" + (f", {m['load_average_after'][0]:.1f} after" if m.get("load_average_after") else "")
-    table = Table(title=title, caption=caption)
-    emulated = kind == "emulated"
-    if emulated:
-        table.add_column("ran on", overflow="fold")
-    for col, just in (("model", "left"), ("format", "left"), ("status", "left"), ("load ms", "right"), ("p50 ms", "right"),
-                      ("p90 ms", "right"), ("p99 ms", "right"), ("img/s", "right"), ("peak RSS MB", "right"), ("file MB", "right"),
-                      ("accuracy", "right"), ("vs torch fp32", "right")):
-        table.add_column(col, justify=just, overflow="fold")
-    if emulated:
-        table.add_column("max |Δ| vs x86", justify="right")
-
-    def f(v, fmt="{:.2f}"):
-        return "-" if v is None else fmt.format(v)
-
-    for r in report["results"]:
-        st = r.get("status", "failed")
-        style = STATUS_STYLE.get(st, "")
-        acc = r.get("accuracy")
-        name = r.get("name", "?") + (" (reference)" if r.get("role") == "reference" else "")
-        pre = [f"{r['board_model']} emulated ({r['emulated_cpu']})" if r.get("emulated_cpu") else "this host"] if emulated else []
-        post = [f(r.get("max_abs_diff_vs_host"), "{:.1e}")] if emulated else []
-        if st != "ok":
-            table.add_row(*pre, name, str(r.get("format") or "-"), f"[{style}]{st}[/{style}]",
-                          *["-"] * 6, f(r.get("file_mb")), "-", r.get("error", ""), *post)
-            continue
-        table.add_row(
-            *pre, name, str(r.get("format")), f"[{style}]{st}[/{style}]", f(r.get("load_ms"), "{:.0f}"),
-            f(r.get("p50_ms")), f(r.get("p90_ms")), f(r.get("p99_ms")), f(r.get("throughput_ips"), "{:.1f}"), f(r.get("peak_rss_mb"), "{:.0f}"),
-            f(r.get("file_mb")), f"{acc['value']:.3f}" if acc else "-",
-            f"x{r['speedup_vs_torch_fp32']:.2f}" if r.get("speedup_vs_torch_fp32") else "-", *post,
-        )
-    console.print(table)
-    console.print("status: " + "; ".join(f"{k} = {v}" for k, v in report.get("status_legend", {}).items()), highlight=False, soft_wrap=True)
-    accs = sorted({r["accuracy"]["metric"] for r in report["results"] if r.get("accuracy")})
-    if accs:
-        console.print(f"accuracy: {', '.join(accs)} as recorded in each bundle's manifest", highlight=False, soft_wrap=True)
+    metrics = sorted({r["accuracy"]["metric"] for r in report["results"] if r.get("accuracy")})
+    cols = [*([out.Col("ran on")] if emulated else []), out.Col("model"), out.Col("format"), out.Col("status"),
+            *(out.Col(c, right=True) for c in ("load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB", "file MB")),
+            *(out.Col(metric_name(x), right=True) for x in metrics), out.Col("vs torch fp32", right=True),
+            *([out.Col("max |Δ| vs x86", right=True)] if emulated else []), out.Col("error", wrap=True)]
+    rows = [_row(r, emulated, metrics) for r in report["results"]]
+    if not any(r[-1] for r in rows):  # no error column when nothing failed
+        cols, rows = cols[:-1], [r[:-1] for r in rows]
+    out.table(title, cols, rows)
+    out.line(caption, dim=True)
+    out.line("status: " + "; ".join(f"{k} = {v}" for k, v in report.get("status_legend", {}).items()))
+    if metrics:
+        out.line(f"{', '.join(metric_name(x) for x in metrics)}: as recorded in each bundle's manifest")
     for est in report.get("estimates", []):
-        console.print(f"[yellow]ESTIMATE[/yellow] {est['text']}", highlight=False, soft_wrap=True)
+        out.line(f"ESTIMATE {est['text']}", style="yellow")
     for note in report.get("notes", []):
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        out.line(f"note: {note}")
 
 
 def register(app: typer.Typer) -> None:

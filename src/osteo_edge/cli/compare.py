@@ -7,7 +7,9 @@ from typing import Annotated, List
 
 import typer
 
-from ._common import console, handle_errors
+from . import _output as o
+from ._common import handle_errors
+from ._steps import after_evaluate
 
 
 @handle_errors
@@ -22,18 +24,14 @@ def compare_cmd(
     from ..core.stats import fmt_ci
 
     res = compare_runs(runs, out, latency_runs=latency_runs, threads=threads)
-    from rich.table import Table
-
-    t = Table(title=f"Runs ({res['machine'].get('cpu')}, {threads} threads)")
-    for col in ("run", "arch", "params (M)", "MMACs", "p50 ms", "test macro-F1", "test low-BMD AUROC", "train min"):
-        t.add_column(col)
-    for r in res["runs"]:
-        t.add_row(r["run"], str(r["arch"]), f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.0f}", f"{r['latency_ms_p50']:.1f}",
-                  fmt_ci(r["test"].get("macro_f1")), fmt_ci(r["test"].get("low_bmd_auroc")), f"{r['train_seconds'] / 60:.1f}")
-    console.print(t)
+    rows = [[r["run"], str(r["arch"]), f"{r['params'] / 1e6:.2f}", f"{r['macs'] / 1e6:.0f}", f"{r['latency_ms_p50']:.1f}",
+             fmt_ci(r["test"].get("macro_f1")), fmt_ci(r["test"].get("low_bmd_auroc")), f"{r['train_seconds'] / 60:.1f}"] for r in res["runs"]]
+    cols = [o.Col("run"), o.Col("arch"), *(o.Col(c, right=True) for c in ("params (M)", "MMACs", "p50 ms", "test macro-F1", "test low-BMD AUROC", "train min"))]
+    o.table(f"Runs ({res['machine'].get('cpu')}, {threads} threads)", cols, rows)
     if not res["same_split"]:
-        console.print("[yellow]warning:[/yellow] the runs were trained on different splits; metrics are not comparable.")
-    console.print(f"wrote {', '.join(res['files'].values())}", highlight=False, soft_wrap=True)
+        o.line("warning: the runs were trained on different splits; metrics are not comparable.", style="yellow")
+    o.wrote(res["files"].values())
+    o.next_step(after_evaluate(runs[0], None), "export the run you choose (first one shown)")
 
 
 def register(app: typer.Typer) -> None:

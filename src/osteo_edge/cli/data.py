@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.table import Table
 
 from ..core.progress import TerminalProgress
 from ..data.sources import MEMBERS
-from ._common import choices, console, handle_errors, next_step
+from . import _output as o
+from ._common import choices, handle_errors
+from ._steps import after_audit, after_split
 
 data_app = typer.Typer(help="Audit datasets for duplicates and label conflicts; make leakage-safe splits.", no_args_is_help=True)
 
@@ -42,16 +43,13 @@ def audit(
         result = audit_sources(sources, phash_threshold, progress=progress)
     written = write_audit(result, out, plots=plots)
     s = result.summary
-    table = Table(title="Data audit")
-    table.add_column("what")
-    table.add_column("count", justify="right")
-    for key in ("files", "unreadable", "distinct_groups", "duplicate_files", "exact_duplicate_files", "conflicting_groups", "groups_spanning_sources", "tiny_images", "blank_images"):
-        table.add_row(key.replace("_", " "), str(s[key]))
-    for lab in s["labels"]:
-        table.add_row(f"{lab}: files / groups", f"{s['per_class_files'][lab]} / {s['per_class_groups'][lab]}")
-    console.print(table)
-    console.print(f"wrote {', '.join(str(p) for p in written.values())}", highlight=False, soft_wrap=True)
-    next_step(f"osteo-edge data split {' '.join(str(s) for s in sources)} --groups {out / 'groups.csv'} --out SPLITDIR")
+    keys = ("files", "unreadable", "distinct_groups", "duplicate_files", "exact_duplicate_files", "conflicting_groups",
+            "groups_spanning_sources", "tiny_images", "blank_images")
+    rows = [(k.replace("_", " "), s[k]) for k in keys]
+    rows += [(f"{lab}: files / groups", f"{s['per_class_files'][lab]} / {s['per_class_groups'][lab]}") for lab in s["labels"]]
+    o.summary("Data audit", rows)
+    o.wrote(written.values())
+    o.next_step(after_audit(sources, out))
 
 
 @data_app.command("split")
@@ -82,20 +80,15 @@ def split(
         table = split_sources(sources, opts, groups_csv=groups, progress=progress)
     written = write_split(table, out)
     counts = table.info["counts"]
-    t = Table(title="Split (groups per label; files in brackets)")
-    t.add_column("split")
-    for lab in table.labels:
-        t.add_column(lab, justify="right")
-    t.add_column("total", justify="right")
-    for sp in ("train", "val", "test"):
-        c = counts[sp]
-        t.add_row(sp, *[f"{c['groups_per_label'][lab]} ({c['files_per_label'][lab]})" for lab in table.labels], f"{c['groups']} ({c['files']})")
-    console.print(t)
+    rows = [[sp, *[f"{counts[sp]['groups_per_label'][lab]} ({counts[sp]['files_per_label'][lab]})" for lab in table.labels],
+             f"{counts[sp]['groups']} ({counts[sp]['files']})"] for sp in ("train", "val", "test")]
+    o.table("Split (groups per label; files in brackets)", [o.Col("split"), *(o.Col(lab, right=True) for lab in table.labels),
+            o.Col("total", right=True)], rows)
     if table.info["dropped"]:
-        console.print(f"dropped: {table.info['dropped']}", highlight=False)
-    console.print(f"protocol: {table.info['protocol']}", highlight=False, soft_wrap=True)
-    console.print(f"wrote {written['split.csv']} and {written['split.json']}", highlight=False, soft_wrap=True)
-    next_step(f"osteo-edge train --split {written['split.csv']} --out RUN")
+        o.line(f"dropped: {o.mapping_text(table.info['dropped'])}")
+    o.line(f"protocol: {table.info['protocol']}")
+    o.wrote([written["split.csv"], written["split.json"]])
+    o.next_step(after_split(written["split.csv"]))
 
 
 def register(app: typer.Typer) -> None:

@@ -48,7 +48,7 @@ def demo(
     try:
         launch_app(app, host, port, block=True, quiet=True)
     except OSError as exc:  # port taken, address not available
-        raise ConfigError(f"cannot listen on {host}:{port} ({exc}); pick another --port or --host") from exc
+        raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this computer); pick another --port or --host") from exc
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from ._common import console, handle_errors, next_step
+from . import _output as out
+from ._common import handle_errors
+from ._steps import after_evaluate, after_split
 from .train import command_line
 
 
@@ -20,9 +22,9 @@ class Subset(str, Enum):
 @handle_errors
 def evaluate_cmd(
     model: Annotated[Path, typer.Option("--model", help="Run directory from 'osteo-edge train' (or a --folds directory).")],
-    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv [default: the run's own split].", show_default=False)] = None,
+    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv.", show_default="the run's own split")] = None,
     subset: Annotated[Subset, typer.Option(help="Which split to evaluate.")] = Subset.test,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory [default: RUN/eval/SUBSET].", show_default=False)] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output directory.", show_default="RUN/eval/SUBSET")] = None,
     metadata: Annotated[Optional[Path], typer.Option(help="Metadata CSV for subgroup metrics (joined on the image file stem).")] = None,
     key: Annotated[Optional[str], typer.Option(help="Metadata column holding the image file stem, e.g. 'Patient Id'.")] = None,
     subgroups: Annotated[Optional[str], typer.Option(help="Comma-separated metadata columns, e.g. age,sex (age is banded).")] = None,
@@ -34,11 +36,10 @@ def evaluate_cmd(
 ) -> None:
     """Evaluate a trained run; writes metrics.json, report.md, predictions.csv and PNGs, and stores the
     validation-fitted temperature and low-BMD threshold in the bundle."""
-    from ..core.stats import fmt_ci
     from ..train.cv import evaluate_folds, fold_dirs, is_cv_dir
     from ..train.evaluate import evaluate_run, fmt_mean_sd
 
-    command = command_line("evaluate", dict(model=model, split=split, subset=subset, out=out, metadata=metadata, key=key,
+    command = command_line("evaluate", dict(model=model, split=split, subset=subset, out=out_dir, metadata=metadata, key=key,
                                             subgroups=subgroups, folds=folds or None, bootstrap=bootstrap, seed=seed))
     kw = dict(split=split, metadata=metadata, key=key, subgroups=[s.strip() for s in (subgroups or "").split(",") if s.strip()],
               n_boot=bootstrap, seed=seed, device=device, threads=threads, command=command)
@@ -48,30 +49,33 @@ def evaluate_cmd(
             from ..errors import ConfigError
 
             raise ConfigError(f"{model}: {found} trained fold runs found, --folds {folds} given")
-        s = evaluate_folds(model, subset=subset.value, out=out, **kw)
-        console.print(f"{s['folds']}-fold CV on the {s['subset']} split (mean ± sd over folds):", highlight=False)
-        for k, v in s["summary"].items():
-            console.print(f"  {k}: {fmt_mean_sd(v)}", highlight=False)
-        console.print(f"protocol: {s['protocol']}", highlight=False, soft_wrap=True)
-        console.print(f"wrote {(Path(out) if out else Path(model) / 'eval' / subset.value) / 'cv_report.md'}", highlight=False)
+        s = evaluate_folds(model, subset=subset.value, out=out_dir, **kw)
+        out.summary(f"{s['folds']}-fold CV on the {s['subset']} split (mean ± sd over folds)",
+                    [(k, fmt_mean_sd(v)) for k, v in s["summary"].items()])
+        out.line(f"protocol: {s['protocol']}")
+        out.wrote([(Path(out_dir) if out_dir else Path(model) / "eval" / subset.value) / "cv_report.md"])
+        out.next_step(after_split(split or s.get("split_csv") or "SPLIT.csv"), "cross-validation measures the recipe; train the model to ship on the whole split")
         return
-    r = evaluate_run(model, subset=subset.value, out=out, **kw)
-    from rich.table import Table
+    r = evaluate_run(model, subset=subset.value, out=out_dir, **kw)
+    _render(model, subset.value, r)
+    out.next_step(after_evaluate(model, split or r.metrics.get("split_csv")))
+
+
+METRICS = ("accuracy", "macro_f1", "auroc_macro", "low_bmd_auroc", "low_bmd_sensitivity", "low_bmd_specificity", "ece")
+
+
+def _render(model: Path, subset: str, r) -> None:
+    from ..core.stats import fmt_ci
 
     m = r.metrics
-    t = Table(title=f"{Path(model).name}: {subset.value} split, n = {m['n']} (95% bootstrap CI)")
-    t.add_column("metric")
-    t.add_column("pooled", justify="right")
-    for src in m["per_source"]:
-        t.add_column(src, justify="right")
-    for k in ("accuracy", "macro_f1", "auroc_macro", "low_bmd_auroc", "low_bmd_sensitivity", "low_bmd_specificity", "ece"):
-        if k in m["headline"]:
-            t.add_row(k, fmt_ci(m["headline"][k]), *[fmt_ci(m["per_source"][s].get(k)) for s in m["per_source"]])
-    console.print(t)
-    console.print(f"protocol: {m['protocol']}", highlight=False, soft_wrap=True)
-    console.print(f"temperature {m['temperature']:.3f}, thresholds {m['thresholds']} (fitted on validation, stored in {model})", highlight=False)
-    console.print(f"wrote {', '.join(str(p) for p in r.files.values())}", highlight=False, soft_wrap=True)
-    next_step(f"osteo-edge compare {model} OTHER_RUN --out COMPARE_DIR")
+    sources = list(m["per_source"])
+    rows = [[k, fmt_ci(m["headline"][k]), *[fmt_ci(m["per_source"][s].get(k)) for s in sources]] for k in METRICS if k in m["headline"]]
+    out.table(f"{Path(model).name}: {subset} split, n = {m['n']} (95% bootstrap CI)",
+              [out.Col("metric"), out.Col("pooled", right=True), *(out.Col(s, right=True) for s in sources)], rows)
+    out.line(f"protocol: {m['protocol']}")
+    out.line(f"temperature {m['temperature']:.3f}; thresholds {out.mapping_text(m['thresholds'], '{:.3f}')} "
+             f"(fitted on validation, stored in {model})")
+    out.wrote(r.files.values())
 
 
 def register(app: typer.Typer) -> None:

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
 from ..formats import FORMATS
-from ._common import choices, console, handle_errors, next_step
+from . import _output as o
+from ._common import choices, handle_errors, progress_console, quiet_native
+from ._steps import after_export
 
 
 # export targets: the formats the edge runtime loads (``torch`` is the input, not a target)
@@ -21,11 +20,6 @@ ExportFormat = choices("ExportFormat", (f.name for f in FORMATS.values() if f.ru
 
 def command_line() -> str:
     return "osteo-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-
-
-def quiet_tensorflow() -> None:
-    """Less C++ log noise from TensorFlow (set before it is imported; the user's setting wins)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
 def register(app: typer.Typer) -> None:
@@ -42,33 +36,34 @@ def register(app: typer.Typer) -> None:
         evaluate: Annotated[bool, typer.Option(help="Score the exported model on the test split (needs --split).")] = True,
         threads: Annotated[Optional[int], typer.Option("--threads", help="Runtime threads for the checks (default: backend default).")] = None,
     ) -> None:
-        """Export to ONNX or TFLite (fp32 or int8), check it numerically against torch, write a bundle."""
-        quiet_tensorflow()
-        from ..core.stats import fmt_ci
+        """Export to ONNX or TFLite (fp32 or int8), check it numerically against torch, write a bundle.
+
+        TensorFlow's and the converter's own logs are hidden unless --verbose is given."""
+        from ..core.progress import TerminalProgress
         from ..export import export_model, resolve_format
 
         fmt = resolve_format(format.value, int8)
-        result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
-                              evaluate=evaluate, threads=threads, command=command_line())
-        g = result.golden
-        t = Table(title=f"Export {fmt.name}")
-        t.add_column("what")
-        t.add_column("value", justify="right")
-        t.add_row("bundle", str(out))
-        t.add_row("model file", f"{result.bundle.model_path.name} ({result.size_bytes / 1e6:.2f} MB)")
-        t.add_row("golden inputs", f"{g['inputs']['n']} ({g['inputs']['source']})")
-        t.add_row("golden max |delta p| vs torch", f"{g['max_abs_dp']:.2e} (tolerance {g['tolerance']['max_abs_dp']})")
-        t.add_row("golden top-1 agreement", f"{g['agreement']:.3f}")
-        if result.test:
-            h = result.test["headline"]
-            t.add_row(f"test accuracy ({result.test['n_images']} images)", fmt_ci(h.get("accuracy")))
-            t.add_row("test macro-F1", fmt_ci(h.get("macro_f1")))
-            vp = result.test.get("vs_parent", {})
-            if vp:
-                t.add_row("parent (torch) test accuracy", f"{vp['parent_accuracy']:.3f}")
-                t.add_row("test agreement with parent", f"{vp['agreement']:.3f}")
-        t.add_row("time", f"{result.seconds:.1f} s")
-        console.print(t)
-        console.print("Screening aid only, not a diagnosis.", style="dim")
-        split_arg = f" --split {split}" if split else " --split SPLIT.csv"
-        next_step(f"osteo-edge parity --reference {model} --candidate {out}{split_arg}")
+        with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native():
+            result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
+                                  evaluate=evaluate, threads=threads, command=command_line(), progress=progress)
+        _render(result, fmt.name, out)
+        o.line("Screening aid only, not a diagnosis.", dim=True)
+        o.next_step(after_export(model, out, split))
+
+
+def _render(result, fmt_name: str, out: Path) -> None:
+    from ..core.stats import fmt_ci
+
+    g = result.golden
+    rows = [("bundle", str(out)), ("model file", f"{result.bundle.model_path.name} ({result.size_bytes / 1e6:.2f} MB)"),
+            ("golden inputs", f"{g['inputs']['n']} ({g['inputs']['source']})"),
+            ("golden max |delta p| vs torch", f"{g['max_abs_dp']:.2e} (tolerance {g['tolerance']['max_abs_dp']})"),
+            ("golden top-1 agreement", f"{g['agreement']:.3f}")]
+    if result.test:
+        h = result.test["headline"]
+        rows += [(f"test accuracy ({result.test['n_images']} images)", fmt_ci(h.get("accuracy"))), ("test macro-F1", fmt_ci(h.get("macro_f1")))]
+        vp = result.test.get("vs_parent", {})
+        if vp:
+            rows += [("parent (torch) test accuracy", f"{vp['parent_accuracy']:.3f}"), ("test agreement with parent", f"{vp['agreement']:.3f}")]
+    rows.append(("time", f"{result.seconds:.1f} s"))
+    o.summary(f"Export {fmt_name}", rows)

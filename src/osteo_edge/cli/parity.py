@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.table import Table
 
-from ._common import console, err_console, handle_errors, next_step
+from . import _output as out
+from ._common import handle_errors, quiet_native
+from ._steps import after_parity, after_parity_failed
 
 
 def register(app: typer.Typer) -> None:
@@ -26,32 +27,28 @@ def register(app: typer.Typer) -> None:
         threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for torch and the runtimes.")] = None,
     ) -> None:
         """Accuracy, macro-F1, agreement and |delta p| per candidate; exit code 1 when a gate fails."""
-        from .export import quiet_tensorflow
-
-        quiet_tensorflow()
         from ..export.parity import run_parity, write_parity
 
-        report = run_parity(reference, candidate, split, subset=subset, max_drop=max_drop, min_agreement=min_agreement, threads=threads)
+        with quiet_native():
+            report = run_parity(reference, candidate, split, subset=subset, max_drop=max_drop, min_agreement=min_agreement, threads=threads)
         if png is None and json_out is not None:
             png = json_out.with_suffix(".png")
         written = write_parity(report, json_out, png)
-        t = Table(title=f"Parity on {report.subset} ({report.n_images} images)")
-        for col in ("model", "backend", "size MB", "accuracy", "macro-F1", "agreement", "max |dp|", "mean |dp|", "gate"):
-            t.add_column(col, justify="left" if col in ("model", "backend") else "right")
         r = report.reference
-        t.add_row(f"{reference.name} (reference)", "torch", f"{r['size_bytes'] / 1e6:.2f}", f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}", "1.0000", "0", "0", "-")
+        rows = [[f"{reference.name} (reference)", "torch", f"{r['size_bytes'] / 1e6:.2f}", f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
+                 "1.0000", "0", "0", "-"]]
         for c in report.candidates:
-            t.add_row(c.name, c.backend, f"{c.size_bytes / 1e6:.2f}", f"{c.metrics['accuracy']:.4f}", f"{c.metrics['macro_f1']:.4f}",
-                      f"{c.agreement:.4f}", f"{c.max_abs_dp:.4f}", f"{c.mean_abs_dp:.4f}",
-                      "[green]PASS[/green]" if c.passed else "[red]FAIL[/red]")
-        console.print(t)
-        console.print(f"protocol: {report.protocol or 'unknown (no split.json beside the split)'}", highlight=False, soft_wrap=True)
-        console.print(f"gates: accuracy drop <= {max_drop}, top-1 agreement >= {min_agreement}. Screening aid only, not a diagnosis.", style="dim")
-        for p in written.values():
-            console.print(f"wrote {p}", highlight=False)
+            rows.append([c.name, c.backend, f"{c.size_bytes / 1e6:.2f}", f"{c.metrics['accuracy']:.4f}", f"{c.metrics['macro_f1']:.4f}",
+                         f"{c.agreement:.4f}", f"{c.max_abs_dp:.4f}", f"{c.mean_abs_dp:.4f}", "PASS" if c.passed else "FAIL"])
+        cols = [out.Col("model"), out.Col("backend"), *(out.Col(x, right=True) for x in
+                ("size MB", "accuracy", "macro-F1", "agreement", "max |dp|", "mean |dp|", "gate"))]
+        out.table(f"Parity on {report.subset} ({report.n_images} images)", cols, rows)
+        out.line(f"protocol: {report.protocol or 'unknown (no split.json beside the split)'}")
+        out.line(f"gates: accuracy drop <= {max_drop}, top-1 agreement >= {min_agreement}. Screening aid only, not a diagnosis.", dim=True)
+        out.wrote(written.values())
         if not report.passed:
             for f in report.failures:
-                err_console.print(f"[red]gate failed:[/red] {f}", highlight=False, soft_wrap=True)
+                out.line(f"gate failed: {f}", stderr=True, style="red")
+            out.next_step(*after_parity_failed(reference, split))
             raise typer.Exit(code=1)
-        best = report.candidates[0]
-        next_step(f"osteo-edge bench --model {best.path}")
+        out.next_step(after_parity(report.candidates[0].path))

@@ -8,9 +8,9 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import TRUSTED_KEY_HELP, console, err_console, handle_errors, trust_store
-
-STATUS_STYLE = {"ok": "green", "refer": "yellow", "rejected": "red"}
+from . import _output as out
+from ._steps import after_predict
+from ._common import TRUSTED_KEY_HELP, handle_errors, trust_store
 
 
 @handle_errors
@@ -25,8 +25,10 @@ def predict(
 ) -> None:
     """Classify knee radiographs: Normal / Osteopenia / Osteoporosis with calibrated probabilities.
 
-    Every input gets an answer: ok, refer (uncertain: refer for DEXA) or rejected (with the reason).
-    Exit 0 when every input was answered, rejections included. A screening aid, not a diagnosis.
+    Every input gets an answer: ok (a result, nothing to act on), refer (uncertain, or low BMD
+    suspected: refer for DEXA) or rejected (not a usable knee radiograph, with the reason). Exit 0
+    when every input was answered, rejections included; exit 2 when a path does not exist.
+    A screening aid, not a diagnosis.
     """
     from ..artifact import DISCLAIMER
     from ..edge_runtime import EdgeClassifier, expand_inputs
@@ -39,6 +41,10 @@ def predict(
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
     clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:  # a typo in a clinic's script must not pass silently: exit 2 (rejected files that exist: 0)
+        out.error(f"no such file or folder: {', '.join(missing)}")
+        raise typer.Exit(code=2)
     inputs = expand_inputs(paths)
     if not inputs:
         raise ConfigError(f"no files found in {', '.join(str(p) for p in paths)}")
@@ -57,41 +63,32 @@ def predict(
         err_console.print(f"recorded {record_predictions(record, preds, clf)} answers in {record}", highlight=False, soft_wrap=True)
     if as_json:
         if csv_out is not None:
-            err_console.print(f"wrote {csv_out}", highlight=False, soft_wrap=True)
+            out.wrote([csv_out], stderr=True)
         return
-    _render(preds, clf, csv_out, DISCLAIMER)
+    _render(preds, clf, csv_out, DISCLAIMER, model)
 
 
-def _render(preds, clf, csv_out, disclaimer: str) -> None:
-    from rich.table import Table
-
+def _render(preds, clf, csv_out, disclaimer: str, model=None) -> None:
     from ..edge_runtime.classifier import SHORT_DISCLAIMER
 
-    table = Table(title=f"osteo-edge predict ({clf.bundle.format}, {clf.runner.backend} {clf.runner.version})")
-    table.add_column("file", overflow="fold", ratio=3)
-    table.add_column("status", no_wrap=True)
-    table.add_column("label", no_wrap=True)
-    table.add_column("probabilities", no_wrap=True)
-    table.add_column("P(low BMD)", justify="right", no_wrap=True)
-    table.add_column("message", overflow="fold", ratio=4)
+    cols = [out.Col("file"), out.Col("status"), out.Col("label"), *(out.Col(f"P({lab})", right=True) for lab in clf.labels),
+            out.Col("P(low BMD)", right=True), out.Col("message", wrap=True)]
+    rows = []
     for p in preds:
-        style = STATUS_STYLE.get(p.status, "")
-        probs = "\n".join(f"{lab} {p.probabilities[lab]:.2f}" for lab in clf.labels if lab in p.probabilities) or "-"
+        probs = [f"{p.probabilities[lab]:.2f}" if lab in p.probabilities else "-" for lab in clf.labels]
         low = f"{p.low_bmd_probability:.2f}" if p.low_bmd_probability is not None else "-"
-        msg = p.message.replace(SHORT_DISCLAIMER, "").strip()
-        table.add_row(p.path, f"[{style}]{p.status}[/{style}]", p.label or "-", probs, low, msg)
-    console.print(table)
+        rows.append([p.path, p.status, p.label or "-", *probs, low, p.message.replace(SHORT_DISCLAIMER, "").strip()])
+    out.table(f"osteo-edge predict ({clf.bundle.format}, {clf.runner.backend} {clf.runner.version})", cols, rows)
     counts = {s: sum(1 for p in preds if p.status == s) for s in ("ok", "refer", "rejected")}
-    console.print(
-        f"{len(preds)} inputs: {counts['ok']} ok, {counts['refer']} refer, {counts['rejected']} rejected. "
-        "Status: ok = a result; refer = uncertain, refer for DEXA; rejected = not a usable knee radiograph (reason given).",
-        highlight=False, soft_wrap=True,
-    )
+    out.line(f"{len(preds)} inputs: {counts['ok']} ok, {counts['refer']} refer, {counts['rejected']} rejected.")
+    out.line("status: ok = a result, nothing to act on; refer = uncertain or low BMD suspected, refer for DEXA; "
+             "rejected = not a usable knee radiograph (reason given).", dim=True)
     if clf.gate.ood is None:
-        console.print("note: this bundle has no calibrated out-of-distribution gate; only the rule checks ran.", highlight=False)
+        out.line("note: this bundle has no calibrated out-of-distribution gate; only the rule checks ran.")
     if csv_out is not None:
-        console.print(f"wrote {csv_out}", highlight=False, soft_wrap=True)
-    console.print(f"[bold]{disclaimer}[/bold]", highlight=False, soft_wrap=True)
+        out.wrote([csv_out])
+    out.line(disclaimer, style="bold")
+    out.next_step(after_predict(model))
 
 
 def register(app: typer.Typer) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from ._common import console, handle_errors, next_step
+from . import _output as o
+from ._common import handle_errors, progress_console, quiet_native
+from ._steps import after_evaluate
 
 
 def register(app: typer.Typer) -> None:
@@ -34,23 +34,21 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        with TerminalProgress() as progress:
+        with TerminalProgress(f"pruning {ratio:.0%}", console=progress_console()) as progress, quiet_native():
             res = prune_run(model, split, out, ratio=ratio, finetune_epochs=finetune_epochs, lr=lr, batch_size=batch_size,
                             round_to=round_to if round_to > 1 else None, command=command_line(), progress=progress)
         b, a = res.before, res.after
-        t = Table(title=f"Pruning {ratio:.0%} of channels")
-        for col in ("", "before", "after", "change"):
-            t.add_column(col, justify="left" if not col else "right")
-        t.add_row("parameters", f"{b['params'] / 1e6:.3f} M", f"{a['params'] / 1e6:.3f} M", f"{a['params'] / b['params'] - 1:+.1%}")
-        t.add_row("MACs", f"{b['macs'] / 1e6:.1f} M", f"{a['macs'] / 1e6:.1f} M", f"{a['macs'] / b['macs'] - 1:+.1%}")
-        t.add_row("weights", f"{b['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / b['weights_bytes'] - 1:+.1%}")
+        rows = []
+        rows.append(("parameters", f"{b['params'] / 1e6:.3f} M", f"{a['params'] / 1e6:.3f} M", f"{a['params'] / b['params'] - 1:+.1%}"))
+        rows.append(("MACs", f"{b['macs'] / 1e6:.1f} M", f"{a['macs'] / 1e6:.1f} M", f"{a['macs'] / b['macs'] - 1:+.1%}"))
+        rows.append(("weights", f"{b['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / 1e6:.2f} MB", f"{a['weights_bytes'] / b['weights_bytes'] - 1:+.1%}"))
         lb, la = b["torch_latency_ms"]["p50"], a["torch_latency_ms"]["p50"]
-        t.add_row(f"torch latency p50 ({a['torch_latency_ms']['threads']} threads)", f"{lb:.1f} ms", f"{la:.1f} ms", f"{la / lb - 1:+.1%}")
-        t.add_row("val accuracy", f"{b['val']['accuracy']:.4f}", f"{a['val']['accuracy']:.4f}", f"{a['val']['accuracy'] - b['val']['accuracy']:+.4f}")
-        t.add_row("val macro-F1", f"{b['val']['macro_f1']:.4f}", f"{a['val']['macro_f1']:.4f}", f"{a['val']['macro_f1'] - b['val']['macro_f1']:+.4f}")
-        t.add_row("val accuracy right after pruning", "", f"{a['val_before_finetune']['accuracy']:.4f}", "")
+        rows.append((f"torch latency p50 ({a['torch_latency_ms']['threads']} threads)", f"{lb:.1f} ms", f"{la:.1f} ms", f"{la / lb - 1:+.1%}"))
+        rows.append(("val accuracy", f"{b['val']['accuracy']:.4f}", f"{a['val']['accuracy']:.4f}", f"{a['val']['accuracy'] - b['val']['accuracy']:+.4f}"))
+        rows.append(("val macro-F1", f"{b['val']['macro_f1']:.4f}", f"{a['val']['macro_f1']:.4f}", f"{a['val']['macro_f1'] - b['val']['macro_f1']:+.4f}"))
+        rows.append(("val accuracy right after pruning", "", f"{a['val_before_finetune']['accuracy']:.4f}", ""))
         if a.get("val_after_bn_recalibration"):
-            t.add_row("val accuracy after BatchNorm re-estimation", "", f"{a['val_after_bn_recalibration']['accuracy']:.4f}", "")
-        console.print(t)
-        console.print(f"wrote {out} in {res.seconds:.0f} s", highlight=False)
-        next_step(f"osteo-edge quantize --int8 --model {out} --split {split} --out QRUN   (or: osteo-edge export --model {out} --format tflite --int8 --split {split} --out BUNDLE)")
+            rows.append(("val accuracy after BatchNorm re-estimation", "", f"{a['val_after_bn_recalibration']['accuracy']:.4f}", ""))
+        o.table(f"Pruning {ratio:.0%} of channels", [o.Col("what"), *(o.Col(c, right=True) for c in ("before", "after", "change"))], rows)
+        o.line(f"wrote {out} in {res.seconds:.0f} s")
+        o.next_step(after_evaluate(out, split), "or quantize first: osteo-edge quantize --int8 --model " + f"{out} --split {split} --out runs/qat")

@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.table import Table
-
-from ._common import console, handle_errors, next_step
+from . import _output as o
+from ._common import handle_errors, progress_console, quiet_native
+from ._steps import after_evaluate
 
 
 class Method(str, Enum):
@@ -48,18 +48,12 @@ def register(app: typer.Typer) -> None:
             import torch
 
             torch.set_num_threads(threads)
-        with TerminalProgress() as progress:
+        with TerminalProgress(f"NNCF {method.value}", console=progress_console()) as progress, quiet_native():
             res = quantize_run(model, split, out, method=method.value, epochs=epochs, calib_size=calib_size, lr=lr,
                                batch_size=batch_size, fold_bn=fold_bn, distill=distill, command=command_line(), progress=progress)
-        t = Table(title=f"NNCF {res.method.upper()} (validation split)")
-        t.add_column("model")
-        t.add_column("accuracy", justify="right")
-        t.add_column("macro-F1", justify="right")
         names = {"float": "float parent", "int8_simulated_before_qat": "int8 simulated, after calibration",
                  "int8_simulated": "int8 simulated, final", "baked_float": "tuned float weights (exported)"}
-        for key, label in names.items():
-            if key in res.val:
-                t.add_row(label, f"{res.val[key]['accuracy']:.4f}", f"{res.val[key]['macro_f1']:.4f}")
-        console.print(t)
-        console.print(f"wrote {out} in {res.seconds:.0f} s", highlight=False)
-        next_step(f"osteo-edge export --model {out} --format tflite --int8 --split {split} --out BUNDLE")
+        rows = [[label, f"{res.val[k]['accuracy']:.4f}", f"{res.val[k]['macro_f1']:.4f}"] for k, label in names.items() if k in res.val]
+        o.table(f"NNCF {res.method.upper()} (validation split)", [o.Col("model"), o.Col("accuracy", right=True), o.Col("macro-F1", right=True)], rows)
+        o.line(f"wrote {out} in {res.seconds:.0f} s")
+        o.next_step(after_evaluate(out, split))

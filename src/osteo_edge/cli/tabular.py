@@ -8,9 +8,9 @@ from pathlib import Path
 from typing import Annotated, List, Optional
 
 import typer
-from rich.table import Table
 
-from ._common import console, handle_errors, next_step
+from . import _output as o
+from ._common import handle_errors
 
 tabular_app = typer.Typer(
     help=(
@@ -44,7 +44,7 @@ def _splits(text: str) -> tuple[str, ...]:
 def _disclaimer() -> None:
     from ..artifact import DISCLAIMER
 
-    console.print(f"[dim]{DISCLAIMER}[/dim]", highlight=False, soft_wrap=True)
+    o.line(DISCLAIMER, dim=True)
 
 
 @tabular_app.command("train")
@@ -79,21 +79,17 @@ def train(
     )
     with TerminalProgress("cross-validation") as progress:
         res = train_tabular(csv, out, opts, command=shlex.join(["osteo-edge", *sys.argv[1:]]), progress=progress)
-    t = Table(title=f"{csv.name} -> {res.schema.target}: out-of-fold metrics [95% bootstrap CI]")
-    t.add_column("model")
-    for m in ("ROC-AUC", "accuracy", "bal. accuracy", "F1 macro"):
-        t.add_column(m)
-    for name, ms in res.metrics.items():
-        mark = " *" if name == res.selected else ""
-        t.add_row(name + mark, *(ms[k].fmt() for k in ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro")))
-    console.print(t)
-    console.print(f"rows {res.n_rows}; classes {res.class_counts}; * = default model for predict", highlight=False)
-    console.print(f"protocol: {res.protocol}", highlight=False, soft_wrap=True)
+    rows = [[name + (" *" if name == res.selected else ""), *(ms[k].fmt() for k in ("roc_auc", "accuracy", "balanced_accuracy", "f1_macro"))]
+            for name, ms in res.metrics.items()]
+    o.table(f"{csv.name} -> {res.schema.target}: out-of-fold metrics [95% bootstrap CI]",
+            [o.Col("model"), *(o.Col(m, right=True) for m in ("ROC-AUC", "accuracy", "bal. accuracy", "F1 macro"))], rows)
+    o.line(f"rows {res.n_rows}; classes {o.mapping_text({str(k): v for k, v in res.class_counts.items()})}; * = default model for predict")
+    o.line(f"protocol: {res.protocol}")
     for c in res.leakage.allowed:
-        console.print(f"[bold red]WARNING: leaky feature {c!r} kept on purpose ({res.leakage.flagged[c]})[/bold red]", soft_wrap=True)
-    console.print(f"wrote {out} ({', '.join(res.written)})", highlight=False, soft_wrap=True)
+        o.line(f"WARNING: leaky feature {c} kept on purpose ({res.leakage.flagged[c]})", style="bold red")
+    o.line(f"wrote {out} ({', '.join(res.written)})")
     _disclaimer()
-    next_step(f"osteo-edge tabular predict --model {out} --csv NEW.csv --out risk.csv")
+    o.next_step(f"osteo-edge tabular predict --model {out} --csv NEW.csv --out risk.csv")
 
 
 @tabular_app.command("predict")
@@ -114,16 +110,15 @@ def predict(
     res = predict_frame(run, read_table(csv), estimator, source=str(csv))
     if out:
         atomic_write_text(out, res.to_csv(index=False, float_format="%.5f"))
-    t = Table(title=f"risk estimates ({res['model'].iloc[0]}), first {min(show, len(res))} of {len(res)} rows")
     pcols = [c for c in res.columns if c.startswith("p_")]
-    for c in (["id"] if "id" in res else []) + ["row", "pred", *pcols]:
-        t.add_column(c)
-    for _, r in res.head(show).iterrows():
-        t.add_row(*([str(r["id"])] if "id" in res else []), str(r["row"]), str(r["pred"]), *(f"{r[c]:.3f}" for c in pcols))
-    console.print(t)
+    rows = [[*([str(r["id"])] if "id" in res else []), str(r["row"]), str(r["pred"]), *(f"{r[c]:.3f}" for c in pcols)]
+            for _, r in res.head(show).iterrows()]
+    o.table(f"risk estimates ({res['model'].iloc[0]}), first {min(show, len(res))} of {len(res)} rows",
+            [*(o.Col(c) for c in (["id"] if "id" in res else []) + ["row", "pred"]), *(o.Col(c, right=True) for c in pcols)], rows)
     if out:
-        console.print(f"wrote {out}", highlight=False)
+        o.wrote([out])
     _disclaimer()
+    o.next_step(f"osteo-edge tabular bias --run {model} --csv {csv} --out BIAS_DIR")
 
 
 @tabular_app.command("bias")
@@ -161,14 +156,13 @@ def bias(
         cohorts.append(image_cohort(image_predictions, clinical, id_col, age_col, sex_col, _splits(splits), source or None, duplicates))
     res = bias_report(out, cohorts, edges, bootstrap, seed, min_n)
     for c in res.cohorts:
-        t = Table(title=c.title)
-        for col in ("predictor", "axis", "group", "n", "ROC-AUC [95% CI]", "accuracy", "note"):
-            t.add_column(col)
+        rows = []
         for r in [r for r in res.rows if r["cohort"] == c.title]:
             note = (f"cannot conclude ({r['reason']})" if r["reason"].startswith("no ") else "too small to conclude") if r["too_small"] else r["vs_overall"]
-            t.add_row(r["predictor"], r["axis"], str(r["group"]), str(r["n"]), r["roc_auc"].fmt(), r["accuracy"].fmt(), note)
-        console.print(t)
-    console.print(f"wrote {out / 'report.md'}, {out / 'bias.csv'} and {sum(1 for p in res.written if p.suffix == '.png')} PNGs", highlight=False)
+            rows.append([r["predictor"], r["axis"], str(r["group"]), str(r["n"]), r["roc_auc"].fmt(), r["accuracy"].fmt(), note])
+        o.table(c.title, [*(o.Col(x) for x in ("predictor", "axis", "group")), o.Col("n", right=True), o.Col("ROC-AUC [95% CI]", right=True),
+                          o.Col("accuracy", right=True), o.Col("note", wrap=True)], rows)
+    o.line(f"wrote {out / 'report.md'}, {out / 'bias.csv'} and {sum(1 for p in res.written if p.suffix == '.png')} PNGs")
     _disclaimer()
 
 
@@ -191,17 +185,12 @@ def fuse(
 
     res = _fuse(run, predictions, out, estimator, _splits(splits), source or None, bootstrap, seed, duplicates=duplicates)
     metrics = list(next(iter(res.single.values())))
-    t = Table(title=f"late fusion, n={res.n_patients} patients ({', '.join(f'{k} {v}' for k, v in res.class_counts.items())})")
-    t.add_column("predictor")
-    for m in metrics:
-        t.add_column(m)
-    for name, ms in res.single.items():
-        t.add_row(name, *(ms[m].fmt() for m in metrics))
-    console.print(t)
+    o.table(f"late fusion, n={res.n_patients} patients ({', '.join(f'{k} {v}' for k, v in res.class_counts.items())})",
+            [o.Col("predictor"), *(o.Col(m, right=True) for m in metrics)], [[name, *(ms[m].fmt() for m in metrics)] for name, ms in res.single.items()])
     for (a, b), ms in res.diffs.items():
         e = ms["roc_auc"]
-        console.print(f"{a} - {b}: ROC-AUC {e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}] -> {verdict(e)}", highlight=False)
-    console.print(f"wrote {out / 'report.md'}", highlight=False)
+        o.line(f"{a} - {b}: ROC-AUC {e.value:+.3f} [{e.low:+.3f}, {e.high:+.3f}] -> {verdict(e)}")
+    o.wrote([out / "report.md"])
     _disclaimer()
 
 

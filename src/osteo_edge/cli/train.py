@@ -12,7 +12,9 @@ import typer
 from ..core.progress import TerminalProgress
 from ..modeling.models import ARCHS
 from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES
-from ._common import choices, console, err_console, handle_errors, next_step
+from . import _output as o
+from ._common import choices, err_console, handle_errors
+from ._steps import after_train
 
 
 Arch = choices("Arch", ARCHS)
@@ -43,7 +45,7 @@ class _Renderer(TerminalProgress):
     terminal bar; one line per epoch otherwise."""
 
     def __init__(self) -> None:
-        super().__init__(console=err_console)
+        super().__init__(console=o.console(stderr=True))
         self.prefix = ""
 
     def __call__(self, event: str, done: int = 0, total: int | None = None, **d: Any) -> None:
@@ -73,25 +75,25 @@ class _Renderer(TerminalProgress):
 def train_cmd(
     split: Annotated[Optional[Path], typer.Option("--split", help="split.csv from 'osteo-edge data split'.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a sealed model bundle).")] = Path("runs/run"),
-    arch: Annotated[Optional[Arch], typer.Option(help="Architecture [default: efficientnet_b0].", show_default=False)] = None,
-    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels [default: 224].", show_default=False)] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs [default: 30].", show_default=False)] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per process [default: 16].", show_default=False)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW) [default: 1e-3].", show_default=False)] = None,
-    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only) [default: auto = min(2, epochs // 3)].", show_default=False)] = None,
-    weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict [default: imagenet].", show_default=False)] = None,
-    device: Annotated[Optional[Device], typer.Option(help="Where to train [default: auto].", show_default=False)] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU) [default: 1].", show_default=False)] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture.", show_default="efficientnet_b0")] = None,
+    img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels.", show_default="224")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.", show_default="30")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per process.", show_default="16")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW).", show_default="1e-3")] = None,
+    freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only).", show_default="auto = min(2, epochs // 3)")] = None,
+    weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict.", show_default="imagenet")] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to train.", show_default="auto")] = None,
+    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU).", show_default="1")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint (uses the run's saved config).")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed [default: 0].", show_default=False)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.", show_default="0")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (CLI options override it).")] = None,
     folds: Annotated[int, typer.Option(help="k-fold cross-validation: train K runs OUT/fold<k> (the split needs --folds K).")] = 0,
-    schedule: Annotated[Optional[Schedule], typer.Option(help="LR schedule [default: cosine].", show_default=False)] = None,
-    balance: Annotated[Optional[Balance], typer.Option(help="Imbalance: weighted loss | class-balanced sampler | cells: sampler balanced over (source of the duplicate group, class) cells | none [default: weighted].", show_default=False)] = None,
-    augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation: default | light | acquisition (default plus exposure, CLAHE, noise, blur, JPEG re-encoding, down/up-sampling) | none [default: default].", show_default=False)] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1 [default: 8].", show_default=False)] = None,
-    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process [default: 2].", show_default=False)] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch [default: center_crop].", show_default=False)] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="LR schedule.", show_default="cosine")] = None,
+    balance: Annotated[Optional[Balance], typer.Option(help="Imbalance: weighted loss | class-balanced sampler | cells: sampler balanced over (source of the duplicate group, class) cells | none.", show_default="weighted")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation: default | light | acquisition (default plus exposure, CLAHE, noise, blur, JPEG re-encoding, down/up-sampling) | none.", show_default="default")] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1.", show_default="8")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.", show_default="2")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch.", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
     from ..train.config import resolve_config
@@ -120,19 +122,13 @@ def train_cmd(
             from ..train.engine import train
 
             results = [train(cfg, out, resume=resume, progress=render, command=command)]
-    from rich.table import Table
-
-    t = Table(title=f"Training: {out}")
-    for col in ("run", "best epoch", "epochs", "val macro-F1", "val accuracy", "val low-BMD AUROC", "T", "time (min)"):
-        t.add_column(col, justify="right" if col != "run" else "left")
-    for r in results:
-        v = r.val_metrics
-        t.add_row(str(r.run_dir), str(r.best_epoch), str(r.epochs_run) + (" (early stop)" if r.stopped_early else ""),
-                  f"{v.get('macro_f1', float('nan')):.3f}", f"{v.get('accuracy', float('nan')):.3f}",
-                  f"{v.get('low_bmd_auroc', float('nan')):.3f}", f"{r.temperature:.2f}", f"{r.train_seconds / 60:.1f}")
-    console.print(t)
-    console.print("validation metrics only (used for early stopping and calibration); the test split is untouched.", highlight=False)
-    next_step(f"osteo-edge evaluate --model {out}" + (f" --folds {folds}" if folds else ""))
+    rows = [[str(r.run_dir), str(r.best_epoch), str(r.epochs_run) + (" (early stop)" if r.stopped_early else ""),
+             *(f"{r.val_metrics.get(k, float('nan')):.3f}" for k in ("macro_f1", "accuracy", "low_bmd_auroc")),
+             f"{r.temperature:.2f}", f"{r.train_seconds / 60:.1f}"] for r in results]
+    cols = [o.Col("run"), *(o.Col(c, right=True) for c in ("best epoch", "epochs", "val macro-F1", "val accuracy", "val low-BMD AUROC", "T", "time (min)"))]
+    o.table(f"Training: {out}", cols, rows)
+    o.line("validation metrics only (used for early stopping and calibration); the test split is untouched.")
+    o.next_step(after_train(out, split if split is not None else cfg.split, folds))
 
 
 def register(app: typer.Typer) -> None:

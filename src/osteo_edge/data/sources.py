@@ -58,14 +58,14 @@ def scan_sources(sources: Sequence[str | os.PathLike]) -> list[ImageRecord]:
     if len(set(paths)) != len(paths):
         raise DataError("the same source directory was given twice")
     records: list[ImageRecord] = []
-    for path, name in zip(paths, source_names(paths)):
+    for path, name, typed in zip(paths, source_names(paths), sources):  # messages name the path as the user typed it
         if not path.exists():
-            raise DataError(f"source {path} does not exist")
+            raise DataError(f"source {typed} does not exist")
         if not path.is_dir():
-            raise DataError(f"source {path} is not a directory (expected one subfolder per class)")
+            raise DataError(f"source {typed} is not a directory (expected one subfolder per class)")
         classes = sorted(d for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
         if not classes:
-            raise DataError(f"source {path} has no class folders (expected e.g. {path}/Normal/*.png)")
+            raise DataError(f"source {typed} has no class folders (expected e.g. {Path(typed) / 'Normal' / '*.png'})")
         found = 0
         for cdir in classes:
             for f in sorted(cdir.rglob("*")):
@@ -73,7 +73,7 @@ def scan_sources(sources: Sequence[str | os.PathLike]) -> list[ImageRecord]:
                     records.append(ImageRecord(path=f, source=name, label=cdir.name))
                     found += 1
         if found == 0:
-            raise DataError(f"source {path} is empty: its class folders hold no files")
+            raise DataError(f"source {typed} is empty: its class folders hold no files")
     return records
 
 

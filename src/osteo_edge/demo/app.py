@@ -81,14 +81,15 @@ def status_markdown(result: SingleResult, thresholds: dict[str, float] | None = 
             f"**Status: rejected.** `{p.path}`: {reason}\n\n"
             "Please upload a knee radiograph (JPEG, PNG, TIFF or DICOM)."
         )
-    title = p.label if p.status == "ok" else f"{p.label} (uncertain)"
+    uncertain = "uncertain" in (p.reason or "")
+    title = f"{p.label} (uncertain)" if uncertain else p.label
     lines = [f"### {title}", f"**Status: {STATUS_TEXT.get(p.status, p.status)}.** `{p.path}`: {p.message}"]
     low_thr = thresholds.get("low_bmd")
     if p.low_bmd_probability is not None:
         lines.append(f"\nP(low BMD) = 1 - P(Normal) = **{p.low_bmd_probability:.1%}**")
         if low_thr is not None and p.low_bmd_probability >= low_thr:
             lines.append(f"(at or above the operating threshold {low_thr:.0%}): **low BMD suspected, refer for DEXA.**")
-    if p.status == "refer":
+    if uncertain:
         lines.append("\n**Uncertain: refer for DEXA.**")
     return "\n".join(lines)
 

@@ -13,11 +13,13 @@ tensor's, so callers always see float32.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
@@ -149,6 +151,33 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
 
 
+@contextlib.contextmanager
+def native_stderr_quiet() -> Iterator[None]:
+    """Send what native (C++) code writes to file descriptor 2 to /dev/null for the block.
+
+    LiteRT prints an INFO line to stderr from C++ when it applies its default XNNPACK delegate;
+    Python's logging cannot reach it. Python-level writes to ``sys.stderr`` are flushed first and
+    are unaffected when ``sys.stderr`` is not fd 2. Set ``OSTEO_EDGE_NATIVE_LOGS=1`` to keep them.
+    """
+    if os.environ.get("OSTEO_EDGE_NATIVE_LOGS") == "1":
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreters)
+        yield
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 class LiteRTRunner:
     backend = "litert"
 
@@ -165,8 +194,9 @@ class LiteRTRunner:
         self.threads = threads
         self._path = model_path
         try:
-            self._interp = litert.Interpreter(model_path=str(model_path), num_threads=threads)
-            self._interp.allocate_tensors()
+            with native_stderr_quiet():  # LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate" here
+                self._interp = litert.Interpreter(model_path=str(model_path), num_threads=threads)
+                self._interp.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError for bad flatbuffers
             raise BundleError(f"{model_path}: LiteRT cannot load the model ({type(exc).__name__}: {_first_line(exc)})") from exc
         self._in = self._interp.get_input_details()[0]

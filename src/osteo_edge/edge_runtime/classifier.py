@@ -3,7 +3,8 @@
 Everything that shapes a prediction comes from the bundle manifest: labels (order = output index),
 the preprocessing spec, the temperature (probabilities = softmax(logits / T)), the thresholds
 (``min_confidence``: below it the status is ``refer``; ``low_bmd``: P(low BMD) = 1 - P(Normal) at or
-above it says "low BMD suspected: refer for DEXA") and the input gate (``gate``).
+above it is ``refer`` too, "low BMD suspected: refer for DEXA"; see :func:`decide`) and the input gate
+(``gate``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Prediction:
     message: str
     latency_ms: float | None = None
     low_bmd_probability: float | None = None
-    reason: str | None = None  # gate code when rejected: invalid_image, too_small, blank, colour, out_of_distribution
+    reason: str | None = None  # rejected: invalid_image, too_small, blank, colour, out_of_distribution; refer: uncertain, low_bmd
     ood_score: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -137,18 +138,9 @@ class EdgeClassifier:
         top = int(np.argmax(p))
         label = self.labels[top]
         low = self.low_bmd_probability(probs)
-        min_conf = self.thresholds.get("min_confidence")
-        low_thr = self.thresholds.get("low_bmd")
-        parts = [f"{label} ({p[top]:.0%})"]
-        status = "ok"
-        if min_conf is not None and float(p[top]) < min_conf:
-            status = "refer"
-            parts.append(f"uncertain (top probability below {min_conf:.0%}): refer for DEXA")
-        if low is not None and low_thr is not None and low >= low_thr:
-            parts.append(f"low BMD suspected (P={low:.0%} >= {low_thr:.0%}): refer for DEXA")
-        parts.append(SHORT_DISCLAIMER)
+        status, message, reason = decide(label, float(p[top]), low, self.thresholds)
         return Prediction(
-            path=path, status=status, label=label, probabilities=probs, message="; ".join(parts[:-1]) + ". " + parts[-1],
+            path=path, status=status, label=label, probabilities=probs, message=message, reason=reason,
             latency_ms=(time.perf_counter() - t0) * 1000, low_bmd_probability=low, ood_score=verdict.ood_score,
         )
 
@@ -174,6 +166,29 @@ class EdgeClassifier:
             "provenance": b.provenance.to_dict(), "intended_use": b.intended_use,
             "seal": b.seal, "signed_by": sig.key_id if sig is not None else None,
         }
+
+
+def decide(label: str, top_probability: float, low_bmd: float | None, thresholds: dict[str, float]) -> tuple[str, str, str | None]:
+    """The one mapping from a (gated, classified) prediction to ``(status, sentence, reason)``.
+
+    ``refer`` when the top probability is below ``thresholds.min_confidence`` (reason ``uncertain``)
+    or P(low BMD) is at or above ``thresholds.low_bmd`` (reason ``low_bmd``; both: ``uncertain,low_bmd``);
+    otherwise ``ok`` (a result, nothing to act on). ``rejected`` is decided earlier, by the gate.
+    The status a script reads and the sentence a person reads always say the same thing.
+    """
+    why, reasons = [], []
+    min_conf = thresholds.get("min_confidence")
+    low_thr = thresholds.get("low_bmd")
+    if min_conf is not None and top_probability < min_conf:
+        reasons.append("uncertain")
+        why.append(f"uncertain (top probability below {min_conf:.0%})")
+    if low_bmd is not None and low_thr is not None and low_bmd >= low_thr:
+        reasons.append("low_bmd")
+        why.append(f"low BMD suspected (P={low_bmd:.0%} >= {low_thr:.0%})")
+    head = f"{label} ({top_probability:.0%})"
+    if not reasons:
+        return "ok", f"{head}. {SHORT_DISCLAIMER}", None
+    return "refer", f"{head}; {' and '.join(why)}: refer for DEXA. {SHORT_DISCLAIMER}", ",".join(reasons)
 
 
 def open_bundle(bundle_dir: str | os.PathLike | None = None, trust: TrustStore | None = None) -> Bundle:

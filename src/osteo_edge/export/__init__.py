@@ -26,7 +26,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..artifact import Bundle, load_bundle, runtime_versions, seal, write_bundle_dir
-from ..core.progress import Progress
+from ..core.progress import Progress, no_progress
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
 from ..preprocess import PreprocessSpec
@@ -175,6 +175,7 @@ def export_model(
     split = str(split) if split is not None else None
     model, parent = load_run(run_dir)
     spec_out = parent.spec.with_layout(fmt.layout)
+    (progress or no_progress)(f"exporting {fmt.name}")
     golden = golden_inputs(parent.spec.with_layout("NCHW"), split, n=golden_size, labels=parent.labels)
     ref = torch_logits(model, golden.x)
     result: dict[str, Any] = {}
@@ -185,6 +186,7 @@ def export_model(
             ctx = ExportContext(model=model, parent=parent, fmt=fmt, spec=spec_out, out_file=tmp / model_file,
                                 workdir=Path(work), calib_size=calib_size, split=split, progress=progress)
             EXPORTERS[fmt.name](ctx)
+            (progress or no_progress)(f"checking {fmt.name} against torch")
         runner = open_backend(ctx.out_file, fmt.name, threads=threads)
         cand = runner.run(golden.as_layout(spec_out))
         check = golden_check(ref, cand, parent.temperature, fmt.precision)

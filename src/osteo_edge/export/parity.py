@@ -237,9 +237,9 @@ def write_parity(report: ParityReport, json_path: str | os.PathLike | None = Non
         ax.axhline(report.reference["accuracy"] - report.gates["max_drop"], color="C0", ls="--", lw=1, label="accuracy gate")
         ax.axhline(report.gates["min_agreement"], color="C1", ls="--", lw=1, label="agreement gate")
         for i, c in enumerate(report.candidates, start=1):
-            ax.text(i, 0.02, "PASS" if c.passed else "FAIL", ha="center", color="green" if c.passed else "red", fontweight="bold")
+            ax.text(i, max(accs[i], agrees[i]) + 0.02, "PASS" if c.passed else "FAIL", ha="center", va="bottom", color="green" if c.passed else "red", fontweight="bold")
         ax.set_xticks(x, names, rotation=15, fontsize=8)
-        ax.set_ylim(0, 1.05)
+        ax.set_ylim(0, 1.15)
         ax.set_title(f"Parity on the {report.subset} split ({report.n_images} images)", fontsize=10)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
         written["png"] = save_figure(fig, Path(png_path))

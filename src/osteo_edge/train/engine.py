@@ -624,7 +624,7 @@ def save_checkpoints(run: _Run, state: _LoopState, epoch: int, improved: bool) -
         run.out / LAST,
     )
     _write_history(run.out, state.history)
-    _plot_curves(run.out, state.history, run.config)
+    _plot_curves(run.out, state.history, run.config, state.stopping.best_epoch)
 
 
 def _pool_stats(run: _Run, stats: _EpochStats) -> tuple[_EpochStats, float]:
@@ -667,11 +667,12 @@ def _agree_on_stop(run: _Run, stop: bool) -> bool:
     return bool(flag.item())
 
 
-def _plot_curves(out: Path, history: Sequence[Mapping[str, Any]], config: TrainConfig) -> None:
+def _plot_curves(out: Path, history: Sequence[Mapping[str, Any]], config: TrainConfig, kept_epoch: int = -1) -> None:
     try:
         from .plots import training_curves
 
-        training_curves(history, out / "curves.png", title=f"{config.arch} @ {config.img_size}px (shaded: frozen warm-up)")
+        training_curves(history, out / "curves.png", title=f"{config.arch} @ {config.img_size}px (shaded: frozen warm-up)",
+                        kept_epoch=kept_epoch if kept_epoch > 0 else None)
     except OsteoEdgeError as exc:  # matplotlib missing: curves are optional, the CSV is not
         log.warning("no training-curve PNG: %s", exc)
 

@@ -12,7 +12,8 @@ from ..core.stats import Estimate, auroc
 from ..core.plots import new_figure, save_figure
 
 
-def training_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "") -> Path:
+def training_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str = "", kept_epoch: int | None = None) -> Path:
+    """Loss and accuracy per epoch; the kept epoch (best validation macro-F1 unless given) is marked."""
     fig = new_figure(10, 4)
     ax1, ax2 = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     ep = [int(h["epoch"]) for h in history]
@@ -20,7 +21,6 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str
     ax1.plot(ep, [float(h["val_loss"]) for h in history], marker="o", label="val loss")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("cross-entropy")
-    ax1.legend()
     ax2.plot(ep, [float(h["train_acc"]) for h in history], marker="o", label="train accuracy")
     ax2.plot(ep, [float(h["val_acc"]) for h in history], marker="o", label="val accuracy")
     ax2.plot(ep, [float(h["val_macro_f1"]) for h in history], marker="o", label="val macro-F1")
@@ -28,9 +28,15 @@ def training_curves(history: Sequence[Mapping[str, Any]], path: Path, title: str
     for ax in (ax1, ax2):
         if frozen:
             ax.axvspan(min(frozen) - 0.5, max(frozen) + 0.5, color="0.9", label=None)
+    if kept_epoch is None and history:
+        kept_epoch = ep[int(np.argmax([float(h["val_macro_f1"]) for h in history]))]
+    if kept_epoch is not None:
+        for ax in (ax1, ax2):
+            ax.axvline(kept_epoch, color="k", ls=":", lw=1, label=f"kept: epoch {kept_epoch}")
     ax2.set_ylim(0, 1)
     ax2.set_xlabel("epoch")
-    ax2.legend()
+    ax1.legend(fontsize=8)
+    ax2.legend(fontsize=8)
     fig.suptitle(title or "Training curves (shaded: frozen-backbone warm-up)")
     return save_figure(fig, path)
 
@@ -108,7 +114,7 @@ def reliability_png(y: np.ndarray, probs_before: np.ndarray, probs_after: np.nda
         ax.set_xlabel("top-1 confidence")
         ax.set_ylabel("accuracy")
         ax.set_title(f"{name}: ECE {ece:.3f}", fontsize=10)
-        ax.legend(fontsize=8, loc="upper left")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)  # below: never over the bars
     fig.suptitle(title, fontsize=10)
     return save_figure(fig, path)
 
