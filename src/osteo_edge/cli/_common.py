@@ -29,6 +29,9 @@ THIRD_PARTY_LOGGERS = ("tensorflow", "absl", "onnx2tf", "onnxruntime", "onnx", "
                        "py.warnings", "urllib3")
 
 
+_RESETS_ITS_LEVEL = ("pydicom", "pynetdicom", "highdicom")
+
+
 class _LazyConsole:
     """A rich console made when used, so COLUMNS / NO_COLOR / the current stdout are read per command."""
 
@@ -67,9 +70,10 @@ def setup_logging(verbose: bool) -> None:
     for name in THIRD_PARTY_LOGGERS:
         lib = logging.getLogger(name)
         lib.setLevel(logging.DEBUG if verbose else logging.ERROR)
-        lib.propagate = verbose  # not the level alone: pydicom resets its level when it is imported
-        if not lib.handlers:
-            lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
+        if name in _RESETS_ITS_LEVEL:  # pydicom sets its own level when imported: cut the path to stderr instead
+            lib.propagate = verbose
+            if not lib.handlers:
+                lib.addHandler(logging.NullHandler())  # else logging's last-resort handler prints to stderr
     if verbose:
         os.environ["OSTEO_EDGE_NATIVE_LOGS"] = "1"
     else:
