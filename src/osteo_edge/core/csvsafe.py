@@ -34,13 +34,16 @@ def safe_row(row: Iterable[Any]) -> list[Any]:
 
 
 def csv_text(header: Sequence[Any], rows: Iterable[Iterable[Any]]) -> str:
-    """A whole CSV document (``\\n`` line ends) with every cell passed through :func:`safe_cell`."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(safe_row(header))
-    for row in rows:
-        w.writerow(safe_row(row))
-    return buf.getvalue()
+    """A whole CSV document (``\\n`` line ends) with every cell passed through :func:`safe_cell`.
+
+    A cell holding a carriage return or a line feed is quoted (the csv module quotes only the
+    characters of its line terminator, so rows are written with ``\\r\\n`` and end in ``\\n``)."""
+    out = []
+    for row in [header, *rows]:
+        buf = io.StringIO()
+        csv.writer(buf, lineterminator="\r\n").writerow(safe_row(row))
+        out.append(buf.getvalue()[:-2] + "\n")
+    return "".join(out)
 
 
 def safe_frame(frame: Any) -> Any:
