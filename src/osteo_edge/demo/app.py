@@ -315,54 +315,68 @@ def launch_app(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, 
     if warning:
         log.warning(warning)
     guard = Middleware(LocalOnlyGuard, host=host, port=port, extra_hosts=tuple(allowed_hosts))
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        prevent_thread_lock=True,
-        quiet=quiet,
-        show_error=False,
-        theme=gr.themes.Default(),
-        css=CSS,
-        allowed_paths=[str(examples_dir())],
-        max_file_size=MAX_FILE_BYTES,
-        footer_links=["api", "settings"],
-        run_history=False,
-        ssr_mode=False,
-        pwa=False,
-        mcp_server=False,
-        enable_monitoring=False,
-        app_kwargs={"middleware": [guard]},
-    )
-    url = str(app.local_url)
-    if block:
-        serve_until_stopped(app)
+    stopper = _Stopper() if block else None  # signals caught before the server can answer
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            quiet=quiet,
+            show_error=False,
+            theme=gr.themes.Default(),
+            css=CSS,
+            allowed_paths=[str(examples_dir())],
+            max_file_size=MAX_FILE_BYTES,
+            footer_links=["api", "settings"],
+            run_history=False,
+            ssr_mode=False,
+            pwa=False,
+            mcp_server=False,
+            enable_monitoring=False,
+            app_kwargs={"middleware": [guard]},
+        )
+        url = str(app.local_url)
+        from .workspace import active_workspace
+
+        active_workspace().tighten()  # example files gradio copied into its cache at build time
+        if stopper is not None:
+            stopper.wait(app)
+    finally:
+        if stopper is not None:
+            stopper.finish(app)
     return url
 
 
-def serve_until_stopped(app: Any) -> None:
-    """Wait until Ctrl+C (SIGINT) or SIGTERM, then stop the server and delete the process's
+class _Stopper:
+    """Serve until Ctrl+C (SIGINT) or SIGTERM, then stop the server and delete the process's
     workspace (uploads, heat maps, CSVs). New files of this process are owner-only (umask 077)."""
-    from .workspace import close_active
 
-    stop = threading.Event()
-    old_mask = os.umask(0o077)
-    handlers = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, lambda signum, frame: stop.set())
-    try:
-        while not stop.wait(0.25) and getattr(app, "is_running", True):
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.old_mask = os.umask(0o077)
+        self.handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.handlers[sig] = signal.signal(sig, lambda signum, frame: self.stop.set())
+
+    def wait(self, app: Any) -> None:
+        while not self.stop.wait(0.25) and getattr(app, "is_running", True):
             pass
-    finally:
-        for sig, old in handlers.items():
-            signal.signal(sig, old)
+
+    def finish(self, app: Any) -> None:
+        from .workspace import close_active
+
         try:
             app.close(verbose=False)
+        except Exception:  # a launch that failed (port taken) has nothing to close; keep its error
+            log.debug("closing the app failed", exc_info=True)
         finally:
             close_active()
-            os.umask(old_mask)
+            for sig, old in self.handlers.items():
+                signal.signal(sig, old)
+            os.umask(self.old_mask)
 
 
 def serve(model: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, threads: int | None = None, *, block: bool = True) -> tuple[Any, str]:

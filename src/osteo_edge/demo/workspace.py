@@ -85,6 +85,15 @@ def _try_lock(fh: Any) -> bool:
         return False
 
 
+def _chmod(path: Path, mode: int) -> None:
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISLNK(st.st_mode) and stat.S_IMODE(st.st_mode) != mode:
+            os.chmod(path, mode)
+    except OSError:
+        pass
+
+
 def _remove(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
@@ -146,6 +155,7 @@ class Workspace:
         self.path = self.base / f"run-{os.getpid()}-{secrets.token_hex(4)}"
         self.path.mkdir(mode=0o700)
         self._lock = open(self.path / ".lock", "wb")  # noqa: SIM115 - held for the life of the process
+        os.chmod(self._lock.name, 0o600)
         _try_lock(self._lock)
         sweep_dead(self.base, keep=self.path)
         for sub in ("gradio", "views", "results"):
@@ -171,8 +181,18 @@ class Workspace:
             self._thread.start()
         return self
 
+    def tighten(self) -> None:
+        """Owner-only modes on everything inside (gradio copies bundled example files with the
+        package's 0644; new files of a serving demo are 0600 already, umask 077)."""
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            for name in dirnames:
+                _chmod(Path(dirpath) / name, 0o700)
+            for name in filenames:
+                _chmod(Path(dirpath) / name, 0o600)
+
     def _sweep_loop(self) -> None:
         while not self._stop.wait(self.sweep_seconds):
+            self.tighten()
             n = sweep_old(self.path, self.keep_seconds)
             if n:
                 log.debug("deleted %d file(s) older than %.0f s from %s", n, self.keep_seconds, self.path)
