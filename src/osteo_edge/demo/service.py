@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as _dt
-import io
 import logging
 import os
 import threading
@@ -150,13 +149,19 @@ class DemoService:
         """
         from PIL import Image
 
-        from ..artifact import atomic_write_bytes
-
         folder = self.workdir("views")
-        buf = io.BytesIO()
-        Image.fromarray(view).save(buf, format="PNG")
-        path = atomic_write_bytes(folder / f"view-{uuid.uuid4().hex}.png", buf.getvalue())
-        os.chmod(path, 0o600)
+        path = folder / f"view-{uuid.uuid4().hex}.png"
+        tmp = folder / f".{path.name}.tmp"
+        # A throw-away display image: fast zlib level, no fsync; written to a temporary name and
+        # renamed, so a reader never sees half a file. Owner-only like everything in the workspace.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                Image.fromarray(view).save(fh, format="PNG", compress_level=1)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         with self._prune_lock:
             files = sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
             for old in files[:-KEEP_VIEWS]:
