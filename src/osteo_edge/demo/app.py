@@ -246,6 +246,11 @@ def _single_tab(gr: Any, labels: Sequence[str], predict: Callable[..., Any], no_
                     elem_id="single-file",
                 )
                 explain = gr.Checkbox(value=True, label="Explain (occlusion heat map, computed by the same runtime)")
+                gr.Markdown(
+                    f"When several people use the demo, {CONCURRENCY} images are analysed at a time; the others are "
+                    "queued (busy: the result area shows your place in the queue).",
+                    elem_classes=["oe-disclaimer"], latex_delimiters=no_latex,
+                )
                 examples = [[str(examples_dir() / e.file)] for e in EXAMPLES if (examples_dir() / e.file).is_file()]
                 if examples:
                     gr.Examples(

@@ -34,6 +34,26 @@ KEEP_VIEWS = 256  # result images kept in the work folder
 SIDE_FILE_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".xml", ".html", ".pdf"}
 
 
+def release_memory() -> None:
+    """Hand memory freed by a large image back to the operating system (glibc's ``malloc_trim``;
+    a no-op elsewhere). Without it a long-running demo keeps its high-water mark."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            _TRIM = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+        except OSError:
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+
+
 def folder_images(files: Iterable[str | os.PathLike]) -> list[str]:
     """Files of an uploaded folder minus hidden files and obvious side files (notes, tables, reports),
     as ``osteo-edge predict`` skips them when it walks a folder. Everything else is an input
@@ -136,7 +156,10 @@ class DemoService:
                 with self._lock:
                     expl = occlusion_map(self.classifier.probabilities, x, spec, target=target, grid=self.grid)
             view = overlay(gray, expl.heat if expl is not None else None)
+        large = decoded is not None and decoded.reduced > 1
         del decoded
+        if large:
+            release_memory()
         return SingleResult(pred, view, expl, (time.perf_counter() - t0) * 1000)
 
     def view_file(self, view: np.ndarray) -> Path:
@@ -190,6 +213,7 @@ class DemoService:
             preds.append(self._predict_safely(f))
         if progress is not None:
             progress("done", len(files), len(files))
+        release_memory()
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out = self.workdir("results") / f"osteo-edge-predictions-{stamp}-{len(preds)}.csv"
         predictions_csv(preds, self.labels, out)
