@@ -8,6 +8,7 @@ back as a ``rejected`` prediction whose message says why.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime as _dt
@@ -105,6 +106,7 @@ class DemoService:
         backend = getattr(getattr(classifier, "runner", None), "backend", None)
         self._lock: Any = contextlib.nullcontext() if backend == "onnxruntime" else threading.Lock()
         self._prune_lock = threading.Lock()
+        self._views: collections.deque[Path] = collections.deque()
 
     # -- facts from the bundle --------------------------------------------------------------
     @property
@@ -186,9 +188,12 @@ class DemoService:
             tmp.unlink(missing_ok=True)
             raise
         with self._prune_lock:
-            files = sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
-            for old in files[:-KEEP_VIEWS]:
-                old.unlink(missing_ok=True)
+            if not self._views:  # first write of this service: adopt what the folder holds, oldest first
+                self._views.extend(sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0))
+            else:
+                self._views.append(path)
+            while len(self._views) > KEEP_VIEWS:
+                self._views.popleft().unlink(missing_ok=True)
         return path
 
     # -- many images -------------------------------------------------------------------------
