@@ -166,9 +166,8 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
     # Uploads (gradio's cache) and results live in this process's private workspace: gradio and the
     # workspace's sweeper delete them KEEP_SECONDS after they were made, and the folder goes when
     # the demo stops, so patient images do not pile up on disk.
-    from .workspace import KEEP_SECONDS, SWEEP_SECONDS, active_workspace
+    from .workspace import KEEP_SECONDS, SWEEP_SECONDS
 
-    active_workspace()
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(SWEEP_SECONDS, KEEP_SECONDS)) as app:
         gr.Markdown(
             "# osteo-edge: knee X-ray osteoporosis screening aid\n"
