@@ -94,8 +94,6 @@ def gradio_person(url: str, downloads: Path) -> object:
 
 def run(url: str, images: list[Path], clients: int, downloads: Path, kind: str = "http") -> dict:
     people = [HttpPerson(url) if kind == "http" else gradio_person(url, downloads / str(i)) for i in range(clients)]
-    for image in images[:WARMUP]:  # first requests import and compile lazily: not what a clinic waits for
-        people[0].predict(image, False)
     start = threading.Barrier(clients)
     errors: list[str] = []
 
@@ -117,6 +115,7 @@ def run(url: str, images: list[Path], clients: int, downloads: Path, kind: str =
     lat = [t for t, s in outs if s != "failed"]
     statuses = {k: sum(1 for _, s in outs if k in s) for k in ("Status: ok", "Status: refer for DEXA", "Status: rejected", "failed")}
     return {"clients": clients, "answered": len(lat), "failed": clients - len(lat), "errors": errors, "statuses": statuses,
+            "latencies_s": [round(t, 4) for t in lat],
             "wall_s": round(wall, 2), "p50_s": round(statistics.median(lat), 3) if lat else None,
             "p95_s": round(percentile(lat, 95), 3) if lat else None, "max_s": round(max(lat), 3) if lat else None}
 
@@ -134,12 +133,14 @@ def markdown(r: dict) -> str:
         f"Client: {'plain HTTP, gradio REST API (upload, /gradio_api/call/predict, event stream)' if r['client'] == 'http' else 'gradio_client'}, "
         "one per simulated person, all released at once.",
         f"Images: {len(r['images'])} real knee radiographs from ../shared/data, round robin.", "",
-        "| clients at once | answered | failed | p50 | p95 | max | all done after | demo peak RSS |", "|---|---|---|---|---|---|---|---|",
-        f"| {x['clients']} | {x['answered']} | {x['failed']} | {x['p50_s']} s | **{x['p95_s']} s** | {x['max_s']} s | {x['wall_s']} s | "
-        f"{r['demo_peak_rss_mb']:.0f} MB |", "",
+        "| burst | clients at once | answered | failed | p50 | p95 | max | all done after |", "|---|---|---|---|---|---|---|---|",
+        *[f"| {i + 1} | {b['clients']} | {b['answered']} | {b['failed']} | {b['p50_s']} s | {b['p95_s']} s | {b['max_s']} s | {b['wall_s']} s |"
+          for i, b in enumerate(r["rounds"])],
+        f"| **all {x['rounds']} pooled** | {x['clients']} | {x['answered']} | {x['failed']} | {x['p50_s']} s | **{x['p95_s']} s** | {x['max_s']} s | |",
+        "", f"Demo peak RSS during the run: {r['demo_peak_rss_mb']:.0f} MB.", "",
         f"CPU time spent during the run: demo server {r['cpu_s']['demo_server']} s, the {x['clients']} clients (this process) "
         f"{r['cpu_s']['clients']} s, on {m['cores']} cores shared with other jobs.", "",
-        f"Target: every request answered and p95 under 3 s: **{'pass' if ok else 'FAIL'}**. Statuses: {x['statuses']}.",
+        f"Target: every request answered and p95 (pooled) under 3 s: **{'pass' if ok else 'FAIL'}**. Statuses: {x['statuses']}.",
         ("Errors (retried once): " + "; ".join(x["errors"][:5])) if x["errors"] else "No request failed or needed a retry.", "",
         "Latency is measured by each client from the release of the barrier to its answer (upload, queue wait, prediction, "
         f"answer); the clients run on the same 2 cores as the server. {WARMUP} sequential requests warm the server up first "
@@ -150,6 +151,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--rounds", type=int, default=3, help="bursts of --clients requests, one after the other")
     ap.add_argument("--threads", type=int, default=1, help="inference threads of the demo (2 workers x 1 thread = 2 cores)")
     ap.add_argument("--client", choices=("http", "gradio_client"), default="http",
                     help="http: gradio's REST API over plain HTTP (default); gradio_client: the Python client (heavier)")
@@ -170,7 +172,19 @@ def main() -> None:
 
             cpu0, me0 = cpu_seconds(demo.proc.pid), resource.getrusage(resource.RUSAGE_SELF)
             result["client"] = args.client
-            result["result"] = run(demo.url, images, args.clients, work / "dl", "http" if args.client == "http" else "gradio")
+            kind = "http" if args.client == "http" else "gradio"
+            for image in images[:WARMUP]:  # first requests import and compile lazily: not what a clinic waits for
+                HttpPerson(demo.url).predict(image, False)
+            rounds = [run(demo.url, images, args.clients, work / "dl", kind) for _ in range(args.rounds)]
+            result["rounds"] = [{k: v for k, v in r.items() if k != "latencies_s"} for r in rounds]
+            pooled = [t for r in rounds for t in r["latencies_s"]]
+            result["result"] = {
+                "clients": args.clients, "rounds": args.rounds, "answered": sum(r["answered"] for r in rounds),
+                "failed": sum(r["failed"] for r in rounds), "errors": [e for r in rounds for e in r["errors"]],
+                "statuses": {k: sum(r["statuses"][k] for r in rounds) for k in rounds[0]["statuses"]},
+                "wall_s": max(r["wall_s"] for r in rounds), "p50_s": round(statistics.median(pooled), 3) if pooled else None,
+                "p95_s": round(percentile(pooled, 95), 3) if pooled else None, "max_s": round(max(pooled), 3) if pooled else None,
+            }
             me1 = resource.getrusage(resource.RUSAGE_SELF)
             result["cpu_s"] = {"demo_server": round(cpu_seconds(demo.proc.pid) - cpu0, 2),
                                "clients": round(me1.ru_utime + me1.ru_stime - me0.ru_utime - me0.ru_stime, 2)}
