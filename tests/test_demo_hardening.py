@@ -119,8 +119,11 @@ class DemoProcess:
         client = Client(self.url, verbose=False, analytics_enabled=False, download_files=str(tmp / "client"))
         status, *_ = client.predict(handle_file(str(images[0])), True, api_name="/predict")
         assert "Status:" in status, status
-        summary, _table, csv_path = client.predict([handle_file(str(p)) for p in images], None, api_name="/batch")
-        assert f"{len(images)} images" in summary and csv_path
+        from osteo_edge.demo.examples import examples_dir
+
+        batch = [*images, examples_dir() / "synthetic_knee_b.dcm"]  # a DICOM upload too
+        summary, _table, csv_path = client.predict([handle_file(str(p)) for p in batch], None, api_name="/batch")
+        assert f"{len(batch)} images" in summary and csv_path
 
 
 def _run_folders(base: Path) -> list[Path]:
@@ -136,7 +139,7 @@ def test_stopping_the_demo_leaves_no_patient_file(bundle_dir, tmp_path, sig):
         (run,) = _run_folders(base)
         kept = _patient_files(run)
         # the uploads, the heat-map image and the CSV are all inside the one private folder
-        assert {p.suffix.lower() for p in kept} >= {".csv", ".png"}, kept
+        assert {p.suffix.lower() for p in kept} >= {".csv", ".png", ".dcm"}, kept
         assert any(p.is_relative_to(run / "gradio") for p in kept) and any(p.is_relative_to(run / "views") for p in kept)
         assert stat.S_IMODE(base.stat().st_mode) == 0o700 and stat.S_IMODE(run.stat().st_mode) == 0o700
         modes = {str(p.relative_to(run)): oct(stat.S_IMODE(p.stat().st_mode)) for p in kept}
