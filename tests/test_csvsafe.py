@@ -84,6 +84,11 @@ def test_tabular_outputs_are_neutralised(tmp_path):
                     float(cell)  # only numbers may start with a minus
     oof = (out / "oof_predictions.csv").read_text()
     assert "'@P0" in oof and "'=HYPERLINK" in oof
+    from osteo_edge.tabular.store import load_run, predict_frame, write_predictions_csv
+
+    pred = write_predictions_csv(predict_frame(load_run(out), df), tmp_path / "risk.csv")
+    cells = [c for row in csv.reader(pred.read_text().splitlines()) for c in row]
+    assert "'@P0" in cells and not any(c.startswith(("=", "@", "+")) for c in cells)
 
 
 def _calls(path: Path) -> list[str]:
