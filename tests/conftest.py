@@ -59,3 +59,16 @@ def mini_sources(shared_data: Path, tmp_path: Path) -> list[Path]:
     _copy(wani / "Osteopenia" / "OP13.JPEG", b / "Osteopenia" / "OP13.JPEG")
     _copy(two / "Normal" / "normal_0001.png", b / "Normal" / "two_normal_0001.png")
     return [a, b]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _demo_workspace_in_tmp(tmp_path_factory):
+    """The demo's private folder (uploads, heat maps, CSVs) of in-process tests lives under tmp."""
+    base = tmp_path_factory.mktemp("demo-workspace")
+    old = os.environ.get("OSTEO_EDGE_DEMO_TMP")
+    os.environ["OSTEO_EDGE_DEMO_TMP"] = str(base)
+    yield base
+    if old is None:
+        os.environ.pop("OSTEO_EDGE_DEMO_TMP", None)
+    else:
+        os.environ["OSTEO_EDGE_DEMO_TMP"] = old

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def _model_for_test(tmp_path: Path) -> Path:
 @pytest.fixture()
 def demo_server(tmp_path):
     port = _free_port()
-    env = {**os.environ, "GRADIO_TEMP_DIR": str(tmp_path / "gradio")}
+    env = {**os.environ, "OSTEO_EDGE_DEMO_TMP": str(tmp_path / "demo-tmp")}
     model = _model_for_test(tmp_path)
     cmd = [sys.executable, "-c", "from osteo_edge.cli import main; main()", "demo", "--model", str(model), "--port", str(port)]
     log = (tmp_path / "server.log").open("w")
@@ -101,7 +102,7 @@ def demo_server(tmp_path):
             if time.monotonic() > deadline:
                 pytest.fail("demo did not answer within 120 s")
             time.sleep(0.2)
-        yield url, model
+        yield url, model, proc
     finally:
         proc.terminate()
         try:
@@ -133,7 +134,7 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
     playwright = pytest.importorskip("playwright.sync_api")
     from osteo_edge.artifact import load_bundle
 
-    url, model = demo_server
+    url, model, proc = demo_server
     labels = load_bundle(model).labels
     chromium = _chromium()
     knees = knee_images(3)
@@ -152,8 +153,14 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
         context.on("request", lambda r: requests.append(r.url))
         page = context.new_page()
         page.on("websocket", lambda ws: requests.append(ws.url))
+        console: list[str] = []
+        page.on("console", lambda m: console.append(f"{m.type}: {m.text}"))
+        refused: list[str] = []
+        page.on("response", lambda r: refused.append(f"{r.status} {r.url}") if r.status == 403 else None)
         page.goto(url, wait_until="networkidle")
         assert "osteo-edge" in page.title()
+        headers = page.request.get(url).headers
+        assert "frame-ancestors 'none'" in headers["content-security-policy"] and headers["x-frame-options"] == "DENY"
 
         # 1. a real radiograph: verdict, label and probabilities appear
         _upload(page, knees[0])
@@ -223,7 +230,18 @@ def test_demo_in_headless_chromium(demo_server, tmp_path):
         page.get_by_role("tab", name="Model card").click()
         card = page.locator("#model-card").inner_text()
         assert "Split protocol" in card and "not a diagnosis" in card
+
+        # 7. the page works under its Content-Security-Policy and the Host/Origin guard
+        violations = [c for c in console if "Content Security Policy" in c or "Refused to" in c]
+        assert violations == [] and refused == [], (violations, refused)
         browser.close()
+
+    # 8. stopped with SIGTERM, the demo leaves no upload, heat map or CSV behind
+    demo_tmp = tmp_path / "demo-tmp"
+    assert any(p.suffix == ".csv" for p in demo_tmp.rglob("*")), "the batch CSV should be in the private folder"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    assert [p for p in demo_tmp.rglob("*") if p.is_file()] == []
 
     assert (tmp_path / "demo_result.png").stat().st_size > 10_000
     outside = [u for u in requests if not u.startswith(("data:", "blob:")) and urllib.parse.urlsplit(u).netloc != host]

@@ -173,3 +173,58 @@ def test_decompression_bomb_refused_before_decoding():
     assert len(bomb) < 1_000_000
     with pytest.raises(InvalidImageError, match="pixel limit"):
         decode_image(bomb)
+
+
+# ------------------------------------------------------------------------------------------------
+# memory-bounded decoding of very large images
+
+
+def test_normal_size_images_are_never_reduced():
+    """Up to REDUCE_ABOVE x the working side the decoder returns every pixel: the model input is
+    exactly the one of the full-size path."""
+    from osteo_edge.preprocess import REDUCE_ABOVE, decode_for, working_side
+
+    spec = PreprocessSpec(input_size=32)
+    side = REDUCE_ABOVE * working_side(spec)
+    data = _png(Image.fromarray(np.resize(_gradient(), (side, side + 7)), mode="L"))
+    d = decode_for(data, spec)
+    assert d.reduced == 1 and d.pixels.shape == (side, side + 7)
+    assert np.array_equal(preprocess(data, spec), finalize(resize(to_gray(decode_image(data)), spec), spec))
+
+
+@pytest.mark.parametrize("mode, fmt", [("L", "PNG"), ("RGB", "PNG"), ("RGB", "JPEG"), ("I;16", "PNG"), ("I;16", "TIFF")])
+def test_large_images_are_reduced_in_the_decoder(mode, fmt):
+    from osteo_edge.preprocess import REDUCE_KEEP, decode_for, working_side
+
+    spec = PreprocessSpec(input_size=16, interpolation="bicubic")
+    y, x = np.mgrid[0:600, 0:520]
+    base = (x * 0.3 + y * 0.2 + 40 * np.sin(x / 37.0)).astype(np.float64)
+    base = (base - base.min()) / (base.max() - base.min())
+    if mode == "I;16":
+        img = Image.fromarray((base * 4095).astype(np.uint16))  # 12-bit data in a 16-bit file
+    elif mode == "RGB":
+        img = Image.fromarray(np.repeat((base * 255).astype(np.uint8)[..., None], 3, axis=2), mode="RGB")
+    else:
+        img = Image.fromarray((base * 255).astype(np.uint8), mode="L")
+    data = _png(img, format=fmt)
+    small, full = decode_for(data, spec), decode_image(data)
+    assert small.reduced > 1 and full.reduced == 1
+    assert small.size == full.size == (520, 600) and small.bits == full.bits and small.mode == full.mode
+    assert min(small.pixels.shape[:2]) >= REDUCE_KEEP * working_side(spec)
+    a, b = preprocess(small, spec), preprocess(full, spec)
+    assert np.abs(a - b).mean() < 0.03 and np.abs(a - b).max() < 0.1  # same picture, resampled in two steps (16 px!)
+    assert small.pixels.mean() == pytest.approx(full.pixels.mean(), abs=0.01)  # same scale (12-bit range kept)
+
+
+def test_reduced_decoding_applies_exif_orientation():
+    from osteo_edge.preprocess import decode_for
+
+    arr = np.zeros((400, 640), np.uint8)
+    arr[:100, :160] = 255  # a bright block top-left before the rotation
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = _png(Image.fromarray(arr, mode="L"), format="JPEG", quality=95, exif=exif)
+    spec = PreprocessSpec(input_size=16, resize="stretch")
+    small, full = decode_for(data, spec), decode_image(data)
+    assert small.reduced > 1 and small.size == full.size == (400, 640)
+    assert np.abs(preprocess(small, spec) - preprocess(full, spec)).mean() < 0.02

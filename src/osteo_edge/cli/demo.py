@@ -21,10 +21,10 @@ def demo(
 ) -> None:
     """Start the offline web demo: upload a knee radiograph, see the class, calibrated probabilities, status (ok / refer for DEXA / rejected), an occlusion heat map, latency and the model card.
 
-    Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told otherwise. Stop it with Ctrl+C. A screening aid, not a diagnosis.
+    Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told otherwise. Uploads and results live in a private folder under $OSTEO_EDGE_DEMO_TMP (default: the system temp folder) and are deleted when it stops. Stop it with Ctrl+C. A screening aid, not a diagnosis.
     """
     from ..artifact import DISCLAIMER
-    from ..demo.app import build_app, host_warning, launch_app
+    from ..demo.app import browse_url, build_app, host_warning, launch_app, network_note
     from ..edge_runtime import EdgeClassifier
     from ..errors import ConfigError
 
@@ -38,15 +38,15 @@ def demo(
     clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
     app = build_app(clf)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # gradio's own start-up probes of its local URL
-    shown_host = f"[{host}]" if ":" in host else host
+    note = network_note(host, port)
     console.print(
-        f"osteo-edge demo: model {clf.bundle.path} ({clf.bundle.format}); open http://{shown_host}:{port}/ in a browser. "
-        f"Ctrl+C stops it.\n{DISCLAIMER}",
+        f"osteo-edge demo: model {clf.bundle.path} ({clf.bundle.format}); open {browse_url(host, port)} in a browser"
+        f"{'; ' + note if note else ''}. Ctrl+C stops it.\n{DISCLAIMER}",
         highlight=False,
         soft_wrap=True,
     )
     try:
-        launch_app(app, host, port, block=True, quiet=True)
+        launch_app(app, host, port, block=True, quiet=True, warn=False)
     except OSError as exc:  # port taken, address not available
         raise ConfigError(f"cannot listen on {host}:{port} (in use, or not an address of this computer); pick another --port or --host") from exc
 

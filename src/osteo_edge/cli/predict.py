@@ -60,7 +60,7 @@ def predict(
     if record is not None:
         from ..dicom.record import record_predictions
 
-        err_console.print(f"recorded {record_predictions(record, preds, clf)} answers in {record}", highlight=False, soft_wrap=True)
+        out.line(f"recorded {record_predictions(record, preds, clf)} answers in {record}", stderr=True)
     if as_json:
         if csv_out is not None:
             out.wrote([csv_out], stderr=True)

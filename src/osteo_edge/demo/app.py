@@ -6,7 +6,12 @@ Offline by construction:
   called from :func:`build_app`, never at ``import osteo_edge``) and ``Blocks(analytics_enabled=False)``;
 - no share link, no server-side rendering (no Node), no MCP server, no run history kept in the browser;
 - a built-in theme whose fonts are served by the app itself (no CDN), no Markdown LaTeX (no KaTeX);
-- binds 127.0.0.1 unless told otherwise, and :func:`host_warning` says so when it is told otherwise.
+- binds 127.0.0.1 unless told otherwise, and :func:`host_warning` says so when it is told otherwise;
+- answers only its own page (:mod:`.guard`: Host and Origin checks, security headers);
+- keeps uploads and results in one private, swept folder per process (:mod:`.workspace`), deleted
+  when the demo stops;
+- bounded work: every analysis shares :data:`CONCURRENCY` workers; other requests wait in gradio's
+  queue (the page shows their place), at most :data:`QUEUE_SIZE` of them.
 
 UI only: every number, label and threshold comes from the classifier's bundle.
 """
@@ -16,6 +21,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -30,8 +37,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 7860
-CONCURRENCY = 2  # simultaneous jobs per event; the machine this is meant for has 2-4 cores
+CONCURRENCY = 2  # analyses at once, all actions together; the machine this is meant for has 2-4 cores
 QUEUE_SIZE = 64  # waiting jobs beyond this are refused with "queue full" instead of piling up
+WORK = "analysis"  # gradio concurrency group shared by every action that decodes or runs the model
 TITLE = "osteo-edge: knee X-ray screening aid (offline)"
 CSS = """
 #status h3 { margin-top: 0; }
@@ -45,6 +53,27 @@ def import_gradio() -> Any:
     from ..errors import require
 
     return require("gradio", "demo")
+
+
+def browse_url(host: str, port: int) -> str:
+    """The URL a person on this computer can open: loopback when listening on every interface."""
+    h = host.strip().strip("[]")
+    try:
+        ip = ipaddress.ip_address(h)
+    except ValueError:
+        return f"http://{h}:{port}/"
+    if ip.is_unspecified:
+        return f"http://{'[::1]' if ip.version == 6 else '127.0.0.1'}:{port}/"
+    return f"http://[{h}]:{port}/" if ip.version == 6 else f"http://{h}:{port}/"
+
+
+def network_note(host: str, port: int) -> str | None:
+    """How other computers reach a demo listening on every interface (None otherwise)."""
+    from .guard import is_unspecified
+
+    if not is_unspecified(host):
+        return None
+    return f"other computers on the network open http://<this computer's address>:{port}/ (its IP address or name)"
 
 
 def host_warning(host: str) -> str | None:
@@ -125,6 +154,9 @@ def _message(text: str) -> str:
 
 def build_app(classifier: Any, *, grid: int | None = None, service: DemoService | None = None) -> Any:
     """The demo as a ``gr.Blocks`` (queued, not launched). ``classifier``: an ``EdgeClassifier``."""
+    from .workspace import active_workspace
+
+    active_workspace()  # before gradio is imported: its upload cache goes into the private folder
     gr = import_gradio()
     svc = service or (DemoService(classifier) if grid is None else DemoService(classifier, grid=grid))
     labels = svc.labels
@@ -132,9 +164,12 @@ def build_app(classifier: Any, *, grid: int | None = None, service: DemoService 
     thresholds = dict(getattr(classifier, "thresholds", None) or bundle.thresholds)
     no_latex: list[dict[str, Any]] = []
 
-    # Uploads and results live in gradio's temp folder: delete them an hour after they were made
-    # (checked every 10 minutes) and when the app stops, so patient images do not pile up on disk.
-    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(600, 3600)) as app:
+    # Uploads (gradio's cache) and results live in this process's private workspace: gradio and the
+    # workspace's sweeper delete them KEEP_SECONDS after they were made, and the folder goes when
+    # the demo stops, so patient images do not pile up on disk.
+    from .workspace import KEEP_SECONDS, SWEEP_SECONDS
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=(SWEEP_SECONDS, KEEP_SECONDS)) as app:
         gr.Markdown(
             "# osteo-edge: knee X-ray osteoporosis screening aid\n"
             f"**{DISCLAIMER}** Runs entirely on this computer; no image leaves it. "
@@ -211,6 +246,11 @@ def _single_tab(gr: Any, labels: Sequence[str], predict: Callable[..., Any], no_
                     elem_id="single-file",
                 )
                 explain = gr.Checkbox(value=True, label="Explain (occlusion heat map, computed by the same runtime)")
+                gr.Markdown(
+                    f"When several people use the demo, {CONCURRENCY} images are analysed at a time; the others are "
+                    "queued (busy: the result area shows your place in the queue).",
+                    elem_classes=["oe-disclaimer"], latex_delimiters=no_latex,
+                )
                 examples = [[str(examples_dir() / e.file)] for e in EXAMPLES if (examples_dir() / e.file).is_file()]
                 if examples:
                     gr.Examples(
@@ -233,8 +273,9 @@ def _single_tab(gr: Any, labels: Sequence[str], predict: Callable[..., Any], no_
                 )
                 timing = gr.Markdown("", elem_id="timing", latex_delimiters=no_latex)
         outputs = [status, probs, view, timing]
-        file.change(predict, inputs=[file, explain], outputs=outputs, api_name="predict")
-        explain.change(predict, inputs=[file, explain], outputs=outputs, api_visibility="private")
+        work = {"concurrency_limit": CONCURRENCY, "concurrency_id": WORK}
+        file.change(predict, inputs=[file, explain], outputs=outputs, api_name="predict", **work)
+        explain.change(predict, inputs=[file, explain], outputs=outputs, api_visibility="private", **work)
 
 
 def _batch_tab(gr: Any, labels: Sequence[str], run_batch: Callable[..., Any], no_latex: list[dict[str, Any]]) -> None:
@@ -256,38 +297,91 @@ def _batch_tab(gr: Any, labels: Sequence[str], run_batch: Callable[..., Any], no
             latex_delimiters=no_latex,
         )
         csv_out = gr.File(label="Results (CSV)", interactive=False, elem_id="batch-csv")
-        run.click(run_batch, inputs=[files, folder], outputs=[summary, table, csv_out], api_name="batch")
+        run.click(run_batch, inputs=[files, folder], outputs=[summary, table, csv_out], api_name="batch",
+                  concurrency_limit=CONCURRENCY, concurrency_id=WORK)
 
 
-def launch_app(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False) -> str:
+def launch_app(app: Any, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, block: bool = True, quiet: bool = False,
+               warn: bool = True, allowed_hosts: Sequence[str] = ()) -> str:
     """Serve a built app on ``host:port`` (offline settings); returns the local URL.
 
-    ``block=False`` returns once the server answers (tests, benchmarks); close it with ``app.close()``.
+    It answers only requests addressed to ``host:port`` (or loopback names, ``allowed_hosts``) from
+    its own page (:class:`.guard.LocalOnlyGuard`). ``block=True`` serves until Ctrl+C or SIGTERM,
+    then stops and deletes the process's workspace; ``block=False`` returns once the server answers
+    (tests, benchmarks); close it with ``app.close()``. ``warn=False``: the caller has already
+    shown :func:`host_warning`.
     """
+    from starlette.middleware import Middleware
+
+    from .guard import LocalOnlyGuard
+
     gr = import_gradio()
-    warning = host_warning(host)
+    warning = host_warning(host) if warn else None
     if warning:
         log.warning(warning)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        prevent_thread_lock=not block,
-        quiet=quiet,
-        show_error=False,
-        theme=gr.themes.Default(),
-        css=CSS,
-        allowed_paths=[str(examples_dir())],
-        max_file_size=MAX_FILE_BYTES,
-        footer_links=["api", "settings"],
-        run_history=False,
-        ssr_mode=False,
-        pwa=False,
-        mcp_server=False,
-        enable_monitoring=False,
-    )
-    return str(app.local_url)
+    guard = Middleware(LocalOnlyGuard, host=host, port=port, extra_hosts=tuple(allowed_hosts))
+    stopper = _Stopper() if block else None  # signals caught before the server can answer
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            quiet=quiet,
+            show_error=False,
+            theme=gr.themes.Default(),
+            css=CSS,
+            allowed_paths=[str(examples_dir())],
+            max_file_size=MAX_FILE_BYTES,
+            footer_links=["api", "settings"],
+            run_history=False,
+            ssr_mode=False,
+            pwa=False,
+            mcp_server=False,
+            enable_monitoring=False,
+            app_kwargs={"middleware": [guard]},
+        )
+        url = str(app.local_url)
+        from .workspace import active_workspace
+
+        active_workspace().tighten()  # example files gradio copied into its cache at build time
+        if stopper is not None:
+            stopper.wait(app)
+    finally:
+        if stopper is not None:
+            stopper.finish(app)
+    return url
+
+
+class _Stopper:
+    """Serve until Ctrl+C (SIGINT) or SIGTERM, then stop the server and delete the process's
+    workspace (uploads, heat maps, CSVs). New files of this process are owner-only (umask 077)."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.old_mask = os.umask(0o077)
+        self.handlers: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.handlers[sig] = signal.signal(sig, lambda signum, frame: self.stop.set())
+
+    def wait(self, app: Any) -> None:
+        while not self.stop.wait(0.25) and getattr(app, "is_running", True):
+            pass
+
+    def finish(self, app: Any) -> None:
+        from .workspace import close_active
+
+        try:
+            app.close(verbose=False)
+        except Exception:  # a launch that failed (port taken) has nothing to close; keep its error
+            log.debug("closing the app failed", exc_info=True)
+        finally:
+            close_active()
+            for sig, old in self.handlers.items():
+                signal.signal(sig, old)
+            os.umask(self.old_mask)
 
 
 def serve(model: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, threads: int | None = None, *, block: bool = True) -> tuple[Any, str]:

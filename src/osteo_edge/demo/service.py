@@ -8,13 +8,12 @@ back as a ``rejected`` prediction whose message says why.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime as _dt
-import io
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -25,8 +24,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ..core.progress import Progress
-from ..errors import ConfigError, InvalidImageError, OsteoEdgeError
-from ..preprocess import decode_image, resize, to_gray
+from ..errors import ConfigError, OsteoEdgeError
+from ..preprocess import decode_for, resize, to_gray
 from .explain import DEFAULT_GRID, Explanation, occlusion_map, overlay
 
 log = logging.getLogger(__name__)
@@ -34,6 +33,26 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000  # files per batch request
 KEEP_VIEWS = 256  # result images kept in the work folder
 SIDE_FILE_SUFFIXES = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py", ".xml", ".html", ".pdf"}
+
+
+def release_memory() -> None:
+    """Hand memory freed by a large image back to the operating system (glibc's ``malloc_trim``;
+    a no-op elsewhere). Without it a long-running demo keeps its high-water mark."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+            import ctypes.util
+
+            name = ctypes.util.find_library("c")
+            _TRIM = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+        except OSError:
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
 
 
 def folder_images(files: Iterable[str | os.PathLike]) -> list[str]:
@@ -87,6 +106,7 @@ class DemoService:
         backend = getattr(getattr(classifier, "runner", None), "backend", None)
         self._lock: Any = contextlib.nullcontext() if backend == "onnxruntime" else threading.Lock()
         self._prune_lock = threading.Lock()
+        self._views: collections.deque[Path] = collections.deque()
 
     # -- facts from the bundle --------------------------------------------------------------
     @property
@@ -97,34 +117,51 @@ class DemoService:
     def bundle(self) -> Any:
         return self.classifier.bundle
 
-    def workdir(self) -> Path:
+    def workdir(self, sub: str | None = None) -> Path:
+        """Where result files go: the ``workdir`` given, else this process's private workspace
+        (:mod:`osteo_edge.demo.workspace`: owner-only, swept, deleted when the demo stops)."""
         if self._workdir is None:
-            self._workdir = Path(tempfile.mkdtemp(prefix="osteo-edge-demo-"))
-        self._workdir.mkdir(parents=True, exist_ok=True)
-        return self._workdir
+            from .workspace import active_workspace
+
+            return active_workspace().folder(sub or "results")
+        folder = self._workdir / sub if sub and sub != "results" else self._workdir
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        return folder
 
     # -- one image ---------------------------------------------------------------------------
     def analyse(self, source: str | os.PathLike, explain: bool = True) -> SingleResult:
-        """Predict one file and, unless it was rejected, compute the occlusion heat map."""
+        """Predict one file and, unless it was rejected, compute the occlusion heat map.
+
+        The file is decoded once (a very large image reduced in the decoder, see
+        :func:`osteo_edge.preprocess.decode_for`); the heat map works on the model-size input.
+        """
         t0 = time.perf_counter()
         name = _display_name(source)
+        spec = self.classifier.spec
+        try:
+            decoded = decode_for(source, spec)
+        except (OsteoEdgeError, OSError, ValueError, MemoryError):
+            decoded = None  # the classifier decodes again and answers with the reason
+        decode_ms = (time.perf_counter() - t0) * 1000
         with self._lock:
-            pred = _named(self.classifier.predict(source), source, name)
-        view, expl = None, None
-        if pred.status != "rejected":
-            spec = self.classifier.spec
-            try:
-                decoded = decode_image(source, spec.bit_depth)
-            except InvalidImageError as exc:  # decoded a moment ago; only a file changed underfoot gets here
-                log.warning("%s: cannot decode again for the heat map: %s", name, exc)
+            if decoded is None:
+                pred = _named(self.classifier.predict(source), source, name)
             else:
-                gray = resize(to_gray(decoded), spec)
-                if explain:
-                    x = self.classifier.input_for(decoded)
-                    target = self.labels.index(pred.label) if pred.label in self.labels else None
-                    with self._lock:
-                        expl = occlusion_map(self.classifier.probabilities, x, spec, target=target, grid=self.grid)
-                view = overlay(gray, expl.heat if expl is not None else None)
+                pred = self.classifier.predict(decoded, name=name)
+                pred = dataclasses.replace(pred, latency_ms=(pred.latency_ms or 0.0) + decode_ms)
+        view, expl = None, None
+        if pred.status != "rejected" and decoded is not None:
+            gray = resize(to_gray(decoded), spec)
+            if explain:
+                x = self.classifier.input_for(decoded)
+                target = self.labels.index(pred.label) if pred.label in self.labels else None
+                with self._lock:
+                    expl = occlusion_map(self.classifier.probabilities, x, spec, target=target, grid=self.grid)
+            view = overlay(gray, expl.heat if expl is not None else None)
+        large = decoded is not None and decoded.reduced > 1
+        del decoded
+        if large:
+            release_memory()
         return SingleResult(pred, view, expl, (time.perf_counter() - t0) * 1000)
 
     def view_file(self, view: np.ndarray) -> Path:
@@ -137,16 +174,26 @@ class DemoService:
         """
         from PIL import Image
 
-        from ..artifact import atomic_write_bytes
-
-        folder = self.workdir() / "views"
-        buf = io.BytesIO()
-        Image.fromarray(view).save(buf, format="PNG")
-        path = atomic_write_bytes(folder / f"view-{uuid.uuid4().hex}.png", buf.getvalue())
+        folder = self.workdir("views")
+        path = folder / f"view-{uuid.uuid4().hex}.png"
+        tmp = folder / f".{path.name}.tmp"
+        # A throw-away display image: fast zlib level, no fsync; written to a temporary name and
+        # renamed, so a reader never sees half a file. Owner-only like everything in the workspace.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                Image.fromarray(view).save(fh, format="PNG", compress_level=1)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         with self._prune_lock:
-            files = sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
-            for old in files[:-KEEP_VIEWS]:
-                old.unlink(missing_ok=True)
+            if not self._views:  # first write of this service: adopt what the folder holds, oldest first
+                self._views.extend(sorted(folder.glob("view-*.png"), key=lambda p: p.stat().st_mtime if p.exists() else 0.0))
+            else:
+                self._views.append(path)
+            while len(self._views) > KEEP_VIEWS:
+                self._views.popleft().unlink(missing_ok=True)
         return path
 
     # -- many images -------------------------------------------------------------------------
@@ -171,9 +218,11 @@ class DemoService:
             preds.append(self._predict_safely(f))
         if progress is not None:
             progress("done", len(files), len(files))
+        release_memory()
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out = self.workdir() / f"osteo-edge-predictions-{stamp}-{len(preds)}.csv"
+        out = self.workdir("results") / f"osteo-edge-predictions-{stamp}-{len(preds)}.csv"
         predictions_csv(preds, self.labels, out)
+        os.chmod(out, 0o600)
         return preds, out
 
     def _predict_safely(self, f: Path) -> Any:

@@ -24,7 +24,7 @@ from typing import Any, Iterator
 
 from ..artifact import atomic_write_text
 from ..edge_runtime.classifier import Prediction
-from ..edge_runtime.report import safe_cell
+from ..core.csvsafe import safe_cell
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)

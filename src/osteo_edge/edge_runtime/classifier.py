@@ -23,7 +23,7 @@ from ..artifact.signing import TrustStore
 from ..core.stats import softmax
 from ..errors import BundleError, InvalidImageError
 from ..formats import get_format
-from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_image, finalize, resize, to_gray
+from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, resize, to_gray
 from .backends import Runner, backend_for, open_backend
 from .gate import Gate
 
@@ -121,7 +121,7 @@ class EdgeClassifier:
         t0 = time.perf_counter()
         path = name if name is not None else (str(source) if isinstance(source, (str, os.PathLike)) else "<image>")
         try:
-            decoded = source if isinstance(source, DecodedImage) else decode_image(source, self.spec.bit_depth)
+            decoded = source if isinstance(source, DecodedImage) else decode_for(source, self.spec)
         except InvalidImageError as exc:
             return self._rejected(path, "invalid_image", _strip_name(str(exc), path), t0)
         except (OSError, ValueError, TypeError, EOFError, SyntaxError, MemoryError) as exc:

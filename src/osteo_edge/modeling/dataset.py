@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DataError, InvalidImageError, require
-from ..preprocess import PreprocessSpec, decode_image, finalize, resize, to_gray
+from ..preprocess import PreprocessSpec, decode_for, finalize, resize, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ class RadiographDataset:
             return hit
         path = self.rows[i].path
         try:
-            out = resize(to_gray(decode_image(path, self.spec.bit_depth)), self.spec)
+            out = resize(to_gray(decode_for(path, self.spec)), self.spec)
         except InvalidImageError as exc:
             raise DataError(f"split row {path}: {exc}") from exc
         if self.cache:

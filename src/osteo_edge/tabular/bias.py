@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text, sha256_file
+from ..core.csvsafe import safe_frame
 from ..core.stats import Estimate
 from ..errors import ConfigError, DataError, require
 from .fusion import DEFAULT_SOURCE, DEFAULT_SPLITS, read_image_predictions
@@ -262,7 +263,7 @@ def bias_report(
         for m in METRIC_NAMES:
             d[m], d[f"{m}_ci_low"], d[f"{m}_ci_high"] = r[m].value, r[m].low, r[m].high
         flat.append(d)
-    res.written.append(atomic_write_text(out / "bias.csv", pd.DataFrame(flat).to_csv(index=False, float_format="%.4f")))
+    res.written.append(atomic_write_text(out / "bias.csv", safe_frame(pd.DataFrame(flat)).to_csv(index=False, float_format="%.4f")))
     pngs: list[tuple[str, str]] = []
     if plots:
         from .plots import group_metric_figure

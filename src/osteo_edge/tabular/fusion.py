@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text
+from ..core.csvsafe import safe_frame
 from ..core.stats import Estimate, auroc
 from ..errors import ConfigError, DataError, require
 from .metrics import DEFAULT_BOOTSTRAP, paired_bootstrap
@@ -276,7 +277,7 @@ def fuse(
     for name, p in probas.items():
         for c, lab in enumerate(labels):
             per[f"{name}_p_{lab}"] = p[:, c]
-    result.written.append(atomic_write_text(out / "fusion_predictions.csv", per.to_csv(index=False, float_format="%.5f")))
+    result.written.append(atomic_write_text(out / "fusion_predictions.csv", safe_frame(per).to_csv(index=False, float_format="%.5f")))
     rows = []
     for name, ms in single.items():
         for m, e in ms.items():
@@ -284,7 +285,7 @@ def fuse(
     for (a, b), ms in diffs.items():
         for m, e in ms.items():
             rows.append({"predictor": f"{a} - {b}", "metric": m, **e.to_row()})
-    result.written.append(atomic_write_text(out / "fusion_metrics.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.4f")))
+    result.written.append(atomic_write_text(out / "fusion_metrics.csv", safe_frame(pd.DataFrame(rows)).to_csv(index=False, float_format="%.4f")))
     pngs = []
     if plots:
         from .plots import fusion_figure, roc_figure

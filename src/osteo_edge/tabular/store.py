@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..artifact import DISCLAIMER, atomic_write_json, hash_files, verify_files, write_dir_atomically
+from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, hash_files, verify_files, write_dir_atomically
+from ..core.csvsafe import safe_frame
 from ..errors import BundleError, ConfigError, require
 from .table import TableSchema
 
@@ -193,3 +194,9 @@ def predict_frame(run: TabularRun, df: "pd.DataFrame", model: str | None = None,
         out[f"p_{lab}"] = proba[:, k]
     out["note"] = SHORT_NOTE
     return out.reset_index(drop=True)
+
+
+def write_predictions_csv(frame: "pd.DataFrame", path: str | os.PathLike) -> Path:
+    """Write :func:`predict_frame`'s risk estimates to a CSV (atomically), text cells that a
+    spreadsheet would run as formulas neutralised (:mod:`osteo_edge.core.csvsafe`)."""
+    return atomic_write_text(path, safe_frame(frame).to_csv(index=False, float_format="%.5f"))

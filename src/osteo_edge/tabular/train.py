@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text, runtime_versions, sha256_file
+from ..core.csvsafe import safe_frame
 from ..core.progress import Progress
 from ..core.stats import Estimate
 from ..errors import ConfigError, DataError, require
@@ -304,7 +305,7 @@ def _write_tables(tmp: Path, cv: _CrossValidated, metrics: dict[str, dict[str, E
         for c, lab in enumerate(labels):
             fr[f"p_{lab}"] = p[:, c]
         frames.append(fr)
-    atomic_write_text(tmp / "oof_predictions.csv", pd.concat(frames).to_csv(index=False))
+    atomic_write_text(tmp / "oof_predictions.csv", safe_frame(pd.concat(frames)).to_csv(index=False))
     rows = []
     for name in opts.models:
         for m in METRIC_NAMES:
@@ -312,14 +313,14 @@ def _write_tables(tmp: Path, cv: _CrossValidated, metrics: dict[str, dict[str, E
             fold_vals = np.array([fm[m] for fm in cv.per_fold[name]], dtype="float64")
             rows.append({"model": name, "metric": m, "value": e.value, "ci_low": e.low, "ci_high": e.high,
                          "fold_mean": np.nanmean(fold_vals), "fold_sd": np.nanstd(fold_vals, ddof=1), "n": e.n})
-    atomic_write_text(tmp / "metrics.csv", pd.DataFrame(rows).to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(tmp / "metrics.csv", safe_frame(pd.DataFrame(rows)).to_csv(index=False, float_format="%.4f"))
     if cv.importance:
         imp_rows = [{"model": n, "feature": f, "mean_auc_drop": m, "sd": s} for n, v in cv.importance.items() for f, m, s in v]
-        atomic_write_text(tmp / "importance.csv", pd.DataFrame(imp_rows).to_csv(index=False, float_format="%.5f"))
+        atomic_write_text(tmp / "importance.csv", safe_frame(pd.DataFrame(imp_rows)).to_csv(index=False, float_format="%.5f"))
     lk = data.leakage
     leak_rows = [{"column": c, "single_feature_auc": a, "flagged": lk.flagged.get(c, ""), "allowed_on_purpose": c in lk.allowed}
                  for c, a in sorted(lk.scores.items(), key=lambda kv: -kv[1])]
-    atomic_write_text(tmp / "leakage.csv", pd.DataFrame(leak_rows).to_csv(index=False, float_format="%.4f"))
+    atomic_write_text(tmp / "leakage.csv", safe_frame(pd.DataFrame(leak_rows)).to_csv(index=False, float_format="%.4f"))
 
 
 def _write_pngs(tmp: Path, cv: _CrossValidated, metrics: dict[str, dict[str, Estimate]], roc_title: str) -> list[str]:
