@@ -31,6 +31,18 @@ app = typer.Typer(
 )
 
 
+class _OwnRecordsOnly(logging.Filter):
+    """Without --verbose only osteo_edge's own log records reach stderr. A third-party library's stay
+    behind --verbose: pydicom, for one, logs a traceback at ERROR for every decoder that fails on a
+    frame, beside the one-line answer that the runtime already gives for that file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "osteo_edge" or record.name.startswith("osteo_edge.")
+
+
+_OWN_RECORDS_ONLY = _OwnRecordsOnly()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging."),
@@ -40,6 +52,8 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    for handler in logging.getLogger().handlers:  # configured here, when the CLI runs; never at import
+        (handler.removeFilter if verbose else handler.addFilter)(_OWN_RECORDS_ONLY)
 
 
 for _name in COMMAND_MODULES:
