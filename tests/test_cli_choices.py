@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from osteo_edge import formats
 from osteo_edge.benchmarks import bench
-from osteo_edge.train import config, models
+from osteo_edge.modeling import models
+from osteo_edge.train import config
 
 
 def _help(module: str, command: str) -> str:

@@ -39,6 +39,8 @@ from ..errors import BundleError, ConfigError, choice_error
 
 log = logging.getLogger(__name__)
 
+ARCH_REFERENCE = "same architecture, latency only"  # the label of a torch reference with random weights
+
 STATUS_LEGEND = {
     "ok": "measured",
     "failed": "could not be loaded or run (error shown)",
@@ -175,8 +177,9 @@ def parent_test_accuracy(child: Bundle) -> float | None:
 
 def choose_headline(results: list[dict[str, Any]]) -> None:
     """One accuracy column for every row: the first test metric that all rows carry (macro-F1, then
-    accuracy); otherwise each row's own recorded metric, with its path named."""
-    rows = [r for r in results if r.get("status") in ("ok", "skipped")]
+    accuracy); otherwise each row's own recorded metric, with its path named. A latency-only
+    reference (random weights) has no accuracy and is not counted."""
+    rows = [r for r in results if r.get("status") in ("ok", "skipped") and r.get("reference_kind") != ARCH_REFERENCE]
     for key in ("macro_f1", "accuracy"):
         if rows and all(key in (r.get("test_metrics") or {}) for r in rows):
             for r in results:
@@ -245,8 +248,6 @@ def add_speedups(results: list[dict[str, Any]]) -> None:
                 r["speedup_reference"] = ref["reference_kind"]
 
 
-ARCH_REFERENCE = "same architecture, latency only"
-
 
 @dataclass(frozen=True)
 class Reference:
@@ -301,7 +302,6 @@ def _plan(req: BenchRequest, use_torch: bool) -> tuple[list[tuple[Path, Bundle |
 
 
 def _reference_row(ref: Reference, req: BenchRequest) -> dict[str, Any]:
-    pb = load_bundle(ref.path)
     if not torch_available():
         measured = {"status": "skipped", "error": "torch is not installed here: pip install 'osteo-edge[train]'"}
     else:
@@ -311,7 +311,7 @@ def _reference_row(ref: Reference, req: BenchRequest) -> dict[str, Any]:
         row.update(name=ref.key.split(" (")[0], format="torch", reference_kind=ARCH_REFERENCE, weights="random",
                    accuracy=None, test_metrics={}, arch_from=str(ref.path))
     else:
-        row = _row(ref.path, pb, measured, "reference")
+        row = _row(ref.path, load_bundle(ref.path), measured, "reference")
         if ref.parent_accuracy is not None and "accuracy" not in row["test_metrics"]:
             row["test_metrics"]["accuracy"] = ref.parent_accuracy  # same test split, from the export's evaluation
     row["path"] = ref.key
@@ -451,14 +451,19 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     has_acc = any(r.get("accuracy") for r in rows)
     metric_names = sorted({r["accuracy"]["metric"] for r in rows if r.get("accuracy")})
     placed = 0
+    several = isinstance(report.get("settings", {}).get("threads"), list)
     for r in sorted(rows, key=lambda r: (r.get("accuracy") or {}).get("value", 0) if has_acc else r["p50_ms"]):
         mb = r.get("file_mb") or 0.0
         y = r["accuracy"]["value"] if has_acc and r.get("accuracy") else (None if has_acc else mb)
+        if y is None and r.get("reference_kind") == ARCH_REFERENCE:  # latency only: a line, no accuracy
+            ax.axvline(r["p50_ms"], color="tab:gray", ls="--", lw=1)
+            ax.annotate(f"{r.get('name')} ({r.get('threads')} thr)\n{ARCH_REFERENCE}", (r["p50_ms"], 0.02), xycoords=("data", "axes fraction"),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:gray")
         if y is None:
             continue
         colour = "tab:gray" if r.get("role") == "reference" else "tab:blue"
         ax.scatter([r["p50_ms"]], [y], s=40 + 25 * mb, alpha=0.6, color=colour, edgecolors="black")
-        label = f"{r.get('name')} ({r.get('format')})\n{mb:.1f} MB"
+        label = f"{r.get('name')} ({r.get('format')})" + (f" {r.get('threads')} thr" if several else "") + f"\n{mb:.1f} MB"
         if r.get("speedup_vs_torch_fp32"):
             label += f", x{r['speedup_vs_torch_fp32']:.1f} vs torch"
         # neighbours alternate above / below their marker so that labels do not overlap
