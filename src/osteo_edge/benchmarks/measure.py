@@ -99,13 +99,11 @@ def measure_bundle(bundle_dir: str | os.PathLike, threads: int, runs: int, warmu
 
 def _time_torch(model: Any, spec: Any, threads: int, runs: int, warmup: int) -> dict[str, Any]:
     """Latency of a torch model (fp32 eager, CPU, inference mode) on the sample image through ``spec``."""
-    import dataclasses
-
     import torch
 
     from ..preprocess import decode_image, finalize, resize, to_gray
 
-    spec = dataclasses.replace(spec, layout="NCHW")  # torch takes NCHW whatever layout the export used
+    spec = spec.with_layout("NCHW")  # torch takes NCHW whatever layout the export used
     x = torch.from_numpy(finalize(resize(to_gray(decode_image(sample_image())), spec), spec)[None])
 
     def run() -> Any:
