@@ -125,6 +125,66 @@ def test_bench_host_with_torch_parent(parent_and_export, tmp_path):
     assert "torch" in res.stdout and "status: ok = measured" in res.stdout
 
 
+def _orphan(exp: Path, dest: Path, arch: dict | None) -> Path:
+    """A copy of the exported model whose parent run is not at hand (no parent in its provenance)."""
+    dest.mkdir()
+    shutil.copy(exp / "model.onnx", dest / "model.onnx")
+    b = load_bundle(exp)
+    seal(dest, format="onnx", model_file="model.onnx", labels=b.labels, spec=b.spec, metrics={"test": {"macro_f1": 0.6}},
+         provenance={"command": "tests: orphan"}, extra={"arch": arch} if arch else None)
+    return dest
+
+
+def test_bench_same_architecture_reference_when_the_parent_run_is_absent(parent_and_export, tmp_path):
+    """No parent run here: a torch fp32 model of the bundle's arch record (random weights) is timed in the
+    same run, at every thread count, and labelled as a latency-only reference."""
+    run, exp = parent_and_export
+    orphan = _orphan(exp, tmp_path / "orphan", {"name": "cnn", "num_classes": 3, "width": 4})
+    out = tmp_path / "host.json"
+    res = runner.invoke(app, ["bench", "--model", str(orphan), "--threads", "1,2", "--runs", "8", "--warmup", "1", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.read_text())
+    assert report["settings"]["threads"] == [1, 2]
+    refs = [r for r in report["results"] if r["role"] == "reference"]
+    models = [r for r in report["results"] if r["role"] == "model"]
+    assert sorted(r["threads"] for r in refs) == sorted(r["threads"] for r in models) == [1, 2]
+    for ref in refs:
+        assert ref["status"] == "ok" and ref["reference_kind"] == "same architecture, latency only" and ref["weights"] == "random"
+        assert ref["format"] == "torch" and ref["accuracy"] is None and ref["arch_record"]["name"] == "cnn"
+    for m in models:
+        ref = next(r for r in refs if r["threads"] == m["threads"])
+        assert m["parent"] == ref["path"] and m["speedup_reference"] == "same architecture, latency only"
+        assert m["speedup_vs_torch_fp32"] == pytest.approx(ref["p50_ms"] / m["p50_ms"], rel=1e-2)
+    assert "same architecture, latency only" in res.stdout and "random weights" in res.stdout
+
+
+def test_bench_says_why_there_is_no_torch_reference(parent_and_export, tmp_path, monkeypatch):
+    run, exp = parent_and_export
+    no_arch = _orphan(exp, tmp_path / "no-arch", None)
+    report = run_bench("host", BenchRequest(bundles=[no_arch], runs=5, warmup=0, threads=1))
+    assert not [r for r in report["results"] if r["role"] == "reference"]
+    assert any("no architecture record" in n for n in report["notes"]), report["notes"]
+    import osteo_edge.benchmarks.bench as bench_mod
+
+    monkeypatch.setattr(bench_mod, "torch_available", lambda: False)
+    orphan = _orphan(exp, tmp_path / "orphan", {"name": "cnn", "num_classes": 3, "width": 4})
+    report = run_bench("host", BenchRequest(bundles=[orphan], runs=5, warmup=0, threads=1))
+    (ref,) = [r for r in report["results"] if r["role"] == "reference"]
+    assert ref["status"] == "skipped" and "osteo-edge[train]" in ref["error"]
+    assert any(n.startswith("no torch fp32 speed-up: torch is not installed") for n in report["notes"])
+
+
+def test_threads_option_is_validated(tmp_path):
+    from osteo_edge.benchmarks.bench import parse_threads
+
+    assert parse_threads("1,2") == (1, 2) and parse_threads("2") == (2,)
+    for bad in ("0", "a", "", "1,-2"):
+        with pytest.raises(ConfigError, match="positive integers"):
+            parse_threads(bad)
+    with pytest.raises(ConfigError, match="for --target host"):
+        run_bench("raspberrypi", BenchRequest(bundles=[tmp_path], threads_list=(1, 2)))
+
+
 def test_bench_failed_bundle_is_a_row(tmp_path):
     b = make_onnx_bundle(tmp_path / "b")
     (b / "model.onnx").write_bytes(b"broken")

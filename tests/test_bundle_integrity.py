@@ -20,8 +20,9 @@ from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
 from osteo_edge.edge_runtime.classifier import open_bundle
 from osteo_edge.errors import BundleError
 from osteo_edge.preprocess import PreprocessSpec
-
 from conftest import KNEE
+
+REPO = Path(__file__).resolve().parents[1]
 
 runner = CliRunner()
 
@@ -70,6 +71,31 @@ def test_shipped_bundle_is_sealed_signed_and_trusted():
     assert b.signature.key_id in TrustStore.package().keys
     assert list(package_keys_dir().glob("*.pub"))
     assert b.negative_label == "Normal"
+
+
+def test_no_shipped_manifest_holds_a_build_machine_path():
+    from osteo_edge.artifact import build_machine_paths, load_bundle
+
+    shipped = sorted((REPO / "src" / "osteo_edge" / "models").glob("*/manifest.json"))
+    assert shipped
+    for manifest in shipped:
+        b = load_bundle(manifest.parent)
+        assert build_machine_paths(b.manifest) == [], manifest
+        prov = b.provenance
+        assert prov.split_csv == {"name": "split.csv", "sha256": prov.split_sha256} or prov.split_csv is None
+        assert prov.parent is None or not Path(prov.parent.path).is_absolute()
+
+
+def test_build_machine_paths_are_found_in_values_and_commands():
+    from osteo_edge.artifact import build_machine_paths, split_reference
+
+    m = {"provenance": {"split_csv": "/tmp/x/split.csv", "command": "osteo-edge export --split /tmp/x/split.csv --out b",
+                        "parent": {"path": "../../runs/r"}, "win": "C:\\data\\split.csv"},
+         "metrics": {"protocol": "test 15% / val 15%"}, "export": {"io": "quantizes/dequantizes"},
+         "signature": {"value": "ab/cd+/ef=="}}
+    assert sorted(build_machine_paths(m)) == [("provenance.command", "/tmp/x/split.csv"),
+                                              ("provenance.split_csv", "/tmp/x/split.csv"), ("provenance.win", "C:\\data\\split.csv")]
+    assert split_reference("/nowhere/split.csv", "abc") == {"name": "split.csv", "sha256": "abc"}
 
 
 @pytest.mark.parametrize("field", sorted(EDITS))

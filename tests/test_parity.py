@@ -89,3 +89,59 @@ def test_parity_options_are_validated(setup: dict[str, Path]) -> None:
     assert res.exit_code == 1 and "valid: train, val, test" in res.output
     res = _invoke("--reference", str(setup["run"]), "--candidate", str(setup["good"]), "--split", str(setup["split"]), "--max-drop", "2")
     assert res.exit_code == 1 and "--max-drop" in res.output
+
+
+def test_parity_measures_agreement_on_a_pool_with_a_wilson_interval(setup: dict[str, Path], tmp_path: Path) -> None:
+    """A folder pool: byte copies of train/val rows are left out, an undecodable file is counted, every
+    other image counts for agreement (no labels needed); the gate uses the pool."""
+    import shutil
+
+    from osteo_edge.core.stats import wilson_interval
+    from test_export_fixtures import KNEE, ROWS
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    unlabelled = sorted((KNEE / "wani-mendeley" / "Normal").glob("N2*"))[:4]
+    for f in unlabelled:
+        shutil.copy(f, pool / f.name)
+    shutil.copy(KNEE / ROWS[0][1], pool / "copy_of_a_train_row.png")  # used to train: left out
+    (pool / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "pool.json"
+    res = _invoke("--reference", str(setup["run"]), "--candidate", str(setup["good"]), "--candidate", str(setup["bad"]),
+                  "--split", str(setup["split"]), "--pool", str(pool), "--json", str(out))
+    assert res.exit_code == 1, res.output  # the flipped export fails the gate on the pool
+    report = json.loads(out.read_text())
+    assert report["pool"]["excluded_as_used"] == 1 and report["pool"]["undecodable"] == 1
+    assert report["pool"]["n_images"] == len(unlabelled) == 4
+    by_name = {c["name"]: c for c in report["candidates"]}
+    good, bad = by_name["good-onnx"]["pool"], by_name["bad-onnx"]["pool"]
+    assert good["n"] == 4 and good["agree"] == 4 and good["agreement"] == 1.0 and good["ci_method"] == "wilson"
+    assert good["ci95"] == pytest.approx(list(wilson_interval(4, 4))) and good["ci95"][0] < 0.6
+    assert bad["agree"] == 0 and any("pool images" in f and "agreement" in f for f in by_name["bad-onnx"]["failures"])
+    assert "pool: files under" in res.output and "Wilson 95%" in res.output
+
+
+def test_pool_from_an_audit_groups_csv_keeps_one_file_per_unused_group(setup: dict[str, Path], tmp_path: Path) -> None:
+    import csv
+
+    from osteo_edge.data.split import read_split
+    from osteo_edge.export.pool import pool_from_groups, resolve_pool
+
+    table = read_split(setup["split"])
+    train = next(r for r in table.rows if r.split == "train")
+    test = next(r for r in table.rows if r.split == "test")
+    groups = tmp_path / "groups.csv"
+    with open(groups, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "source", "label", "group", "sha256", "phash", "readable"])
+        w.writerow([train.path, "s", "Normal", 0, "sha-train", "", True])  # a train image ...
+        w.writerow(["/data/near-copy-of-train.png", "s", "Normal", 0, "sha-near", "", True])  # ... and its near copy
+        w.writerow([test.path, "s", "Normal", 1, "sha-test", "", True])
+        w.writerow(["/data/conflict-b.png", "s", "Osteopenia", 2, "sha-b", "", True])  # a dropped (conflicting) group
+        w.writerow(["/data/conflict-a.png", "s", "Normal", 2, "sha-a", "", True])
+        w.writerow(["/data/unreadable.png", "s", "Normal", 3, "sha-u", "", False])
+    pool = pool_from_groups(groups, table)
+    assert pool.paths == tuple(sorted([test.path, "/data/conflict-a.png"])) and pool.excluded == 2
+    assert resolve_pool(None, table).paths == tuple(r.path for r in table.subset("test"))
+    with pytest.raises(Exception, match="folder of images or an audit groups.csv"):
+        resolve_pool(tmp_path / "missing", table)

@@ -25,8 +25,27 @@ def bundle(tmp_path_factory):
 def test_backend_table_matches_formats():
     runtime_backends = {f.backend for f in FORMATS.values() if f.runtime}
     assert runtime_backends <= set(BACKENDS)
+    import tomllib
+    from pathlib import Path
+
+    extras = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     for name, rec in BACKENDS.items():
-        assert rec.name == name and rec.extra == "runtime"
+        assert rec.name == name and any(req.startswith(rec.package) for req in extras[rec.extra]), (name, rec.extra)
+    # the runtime extra is the shipped bundle's backend (LiteRT) and DICOM decoding; ONNX Runtime is its own extra
+    assert BACKENDS["litert"].extra == "runtime" and BACKENDS["onnxruntime"].extra == "onnx"
+    assert not [r for r in extras["runtime"] if r.startswith(("onnxruntime", "torch"))]
+    assert "osteo-edge[train,runtime,onnx]" in extras["export"]
+
+
+def test_missing_backend_names_its_extra_in_one_line(tmp_path, monkeypatch):
+    from osteo_edge.edge_runtime import backends
+    from osteo_edge.errors import DependencyError
+
+    path = export_onnx(tiny_torch_model(3), tmp_path / "m.onnx")
+    monkeypatch.setattr(backends.BackendRecord, "available", lambda self: False)
+    with pytest.raises(DependencyError) as err:
+        open_backend(path, "onnx", threads=1)
+    assert "pip install 'osteo-edge[onnx]'" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_onnx_backend_matches_torch(tmp_path):

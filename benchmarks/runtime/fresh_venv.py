@@ -31,6 +31,15 @@ def du(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
 
 
+PIP_ITSELF = ("pip", "setuptools", "_distutils_hack", "pkg_resources", "distutils-precedence.pth")
+
+
+def du_without_pip(site: Path, pattern: str = "*") -> int:
+    """Bytes of ``pattern`` files in site-packages, pip and setuptools (and their dist-info) not counted."""
+    keep = [p for p in site.iterdir() if p.name.split("-")[0] not in PIP_ITSELF]
+    return sum(q.stat().st_size for p in keep for q in ([p] if p.is_file() else p.rglob(pattern)) if q.is_file() and q.match(pattern) and not q.is_symlink())
+
+
 def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
 
@@ -55,7 +64,10 @@ def main() -> int:
     py = venv / "bin" / "python"
     # build from a copy without the dev venv or caches
     src = tmp / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "__pycache__", "*.egg-info", "benchmarks", "tests", "docs"))
+    # (benchmarks/, tests/ and docs/ of the repository root only: src/osteo_edge/benchmarks is a package)
+    top = shutil.ignore_patterns(".venv", ".git", "benchmarks", "tests", "docs", "build")
+    anywhere = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    shutil.copytree(ROOT, src, ignore=lambda d, names: set(anywhere(d, names)) | (set(top(d, names)) if Path(d) == ROOT else set()))
     r = run([str(py), "-m", "pip", "install", "-q", f"{src}[runtime]"])
     install_s = time.perf_counter() - t0
     if r.returncode != 0:
@@ -74,7 +86,7 @@ def main() -> int:
         out = run([str(py), "-c", probe], cwd=tmp).stdout.split(" ", 1)
         imports.append(float(out[0]))
         leaked = out[1].strip()
-    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom")}
+    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom", "cryptography")}
     # The shipped bundle is package data: in the fresh install it loads with no path at all.
     shipped = a.model.resolve() == (ROOT / "src" / "osteo_edge" / "models" / "default").resolve()
     load_arg = "" if shipped else repr(str(a.model))
@@ -90,11 +102,13 @@ def main() -> int:
     cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--json", *([] if shipped else ["--model", str(a.model)])], cwd=tmp)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     result = {
-        "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]')",
+        "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]'): LiteRT + pydicom, no ONNX Runtime",
         "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
         "install_seconds": round(install_s, 1),
         "venv_mb": round(du(venv) / 1e6, 1),
         "site_packages_mb": round(du(site) / 1e6, 1),
+        "site_packages_mb_without_pip_setuptools": round(du_without_pip(site) / 1e6, 1),
+        "of_which_bytecode_mb": round(du_without_pip(site, "*.pyc") / 1e6, 1),  # compiled by pip at install
         "largest_packages_mb": {n: round(s / 1e6, 1) for s, n in pkgs[:8]},
         "packages": freeze,
         "import_edge_runtime_s_median_of_5": round(statistics.median(imports), 3),

@@ -11,21 +11,21 @@ from .atomic import (
     write_dir_atomically,
 )
 from .manifest import (
-    BUNDLE_KIND, DISCLAIMER, MANIFEST, MANIFEST_VERSION, Bundle, build_manifest, canonical_json, check_seal,
+    BUNDLE_KIND, DISCLAIMER, MANIFEST, MANIFEST_VERSION, Bundle, build_machine_paths, build_manifest, canonical_json, check_seal,
     child_provenance, hash_files, list_files, load_bundle, read_manifest, reseal, seal, seal_digest, sign_bundle,
     verify_files,
     write_bundle_dir,
 )
 from .records import (
     NORMAL_LABEL, ArchRef, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord, SplitMetrics,
-    VsParent,
+    VsParent, split_reference,
 )
 
 __all__ = [
     "ArchRef", "BUNDLE_KIND", "Bundle", "Calibration", "DISCLAIMER", "MANIFEST", "MANIFEST_VERSION", "Metrics",
     "NORMAL_LABEL", "ParentRef", "Provenance", "Revision", "SignatureRecord", "SplitMetrics", "VsParent",
-    "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "build_manifest",
+    "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "build_machine_paths", "build_manifest",
     "canonical_json", "check_seal", "child_provenance", "hash_files", "list_files", "load_bundle", "read_manifest", "reseal",
-    "runtime_versions", "seal", "seal_digest", "sign_bundle", "sha256_file", "verify_files", "write_bundle_dir",
+    "runtime_versions", "seal", "seal_digest", "sign_bundle", "sha256_file", "split_reference", "verify_files", "write_bundle_dir",
     "write_dir_atomically",
 ]

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -239,6 +240,32 @@ def sign_bundle(root: str | os.PathLike, private_key: str | os.PathLike) -> "Bun
     signature = sign_seal(manifest["seal"]["digest"], private_key)
     _write_sealed(root, manifest, signature)
     return load_bundle(root)
+
+
+_ABSOLUTE = re.compile(r"""(?:^|[\s=:'"(])((?:/|[A-Za-z]:\\)[\w.~-]+(?:[/\\][\w.~-]+)+)""")
+
+
+def build_machine_paths(manifest: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(field, path) of every absolute path a manifest holds, in values and inside commands.
+
+    A bundle that travels must not carry the paths of the machine that built it: provenance records
+    paths relative to the bundle, or files by name and content hash (:func:`split_reference`).
+    """
+    found: list[tuple[str, str]] = []
+
+    def walk(v: Any, where: str) -> None:
+        if isinstance(v, Mapping):
+            for k, x in v.items():
+                if where or k not in ("seal", "signature", "files"):
+                    walk(x, f"{where}.{k}" if where else str(k))
+        elif isinstance(v, (list, tuple)):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]")
+        elif isinstance(v, str):
+            found.extend((where, m) for m in _ABSOLUTE.findall(v))
+
+    walk(manifest, "")
+    return found
 
 
 def write_bundle_dir(dest: str | os.PathLike, build: Any) -> Path:

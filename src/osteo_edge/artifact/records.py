@@ -7,6 +7,7 @@ Each record is read in one place (``from_manifest``/``from_dict``) and written i
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -89,6 +90,19 @@ class ParentRef:
         return p if p.is_absolute() else (Path(child_dir) / p)
 
 
+def split_reference(split_csv: str | os.PathLike | Mapping[str, Any], sha256: str | None = None) -> dict[str, Any]:
+    """A split file as a bundle that travels records it: its name and content hash, never the path of
+    the machine that built the bundle (``{"name": "split.csv", "sha256": ...}``)."""
+    if isinstance(split_csv, Mapping):
+        return {"name": str(split_csv.get("name") or "split.csv"), "sha256": split_csv.get("sha256") or sha256}
+    path = Path(split_csv)
+    if sha256 is None and path.is_file():
+        from .atomic import sha256_file
+
+        sha256 = sha256_file(path)
+    return {"name": path.name, "sha256": sha256}
+
+
 @dataclass(frozen=True)
 class Provenance:
     """How a bundle was made: the command, the split, the parent and the chain of commands before it."""
@@ -97,7 +111,7 @@ class Provenance:
     parent: ParentRef | None = None
     parent_command: str = ""
     lineage: tuple[str, ...] = ()
-    split_csv: str | None = None
+    split_csv: str | Mapping[str, Any] | None = None  # a path (torch runs) or {"name", "sha256"} (runtime bundles)
     split_sha256: str | None = None
     fold: int = -1
     protocol: str | None = None

@@ -2,9 +2,13 @@
 
 Every model is measured in its own fresh subprocess (:mod:`osteo_edge.benchmarks.measure`), one
 after the other in the same invocation, so load time and peak RSS belong to that model and
-speed-ups are ratios of latencies taken in one run. When torch is installed and a bundle's
-provenance names its parent training run, that torch fp32 model is measured in the same run and
-is the reference of ``speedup_vs_torch_fp32`` (p50 of the parent / p50 of the model).
+speed-ups are ratios of latencies taken in one run. When torch is installed, a torch fp32 model is
+measured in the same run and is the reference of ``speedup_vs_torch_fp32`` (p50 of the reference /
+p50 of the model, at the same thread count): the bundle's parent training run when its provenance
+names one that is present, else a model of the same architecture rebuilt from the bundle's ``arch``
+record with random weights (labelled "same architecture, latency only": weights do not change
+latency, but that row has no accuracy). Several thread counts (``threads_list``) are measured in one
+run, every model at every count.
 
 Targets (:data:`TARGETS`, looked up by name):
 
@@ -26,7 +30,7 @@ import os
 import platform
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -34,6 +38,8 @@ from ..artifact import Bundle, atomic_write_json, load_bundle
 from ..errors import BundleError, ConfigError, choice_error
 
 log = logging.getLogger(__name__)
+
+ARCH_REFERENCE = "same architecture, latency only"  # the label of a torch reference with random weights
 
 STATUS_LEGEND = {
     "ok": "measured",
@@ -46,6 +52,7 @@ STATUS_LEGEND = {
 class BenchRequest:
     bundles: Sequence[Path]
     threads: int = 2
+    threads_list: Sequence[int] = ()  # several thread counts in one run (host only); empty: ``threads``
     runs: int = 100
     warmup: int = 10
     host: str | None = None  # user@addr for a real device over SSH
@@ -59,12 +66,17 @@ class BenchRequest:
     def validate(self) -> None:
         if not self.bundles:
             raise ConfigError("no model bundle to benchmark; pass --model BUNDLE (repeatable) or ship a default bundle")
-        if self.threads < 1:
-            raise ConfigError(f"threads must be at least 1, got {self.threads}")
+        if any(t < 1 for t in self.thread_counts):
+            raise ConfigError(f"threads must be at least 1, got {', '.join(map(str, self.thread_counts))}")
         if self.runs < 5:
             raise ConfigError(f"runs must be at least 5 for percentiles, got {self.runs}")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}")
+
+    @property
+    def thread_counts(self) -> tuple[int, ...]:
+        """The thread counts to measure, in order, without repeats."""
+        return tuple(dict.fromkeys(self.threads_list or (self.threads,)))
 
 
 @dataclass(frozen=True)
@@ -165,8 +177,9 @@ def parent_test_accuracy(child: Bundle) -> float | None:
 
 def choose_headline(results: list[dict[str, Any]]) -> None:
     """One accuracy column for every row: the first test metric that all rows carry (macro-F1, then
-    accuracy); otherwise each row's own recorded metric, with its path named."""
-    rows = [r for r in results if r.get("status") in ("ok", "skipped")]
+    accuracy); otherwise each row's own recorded metric, with its path named. A latency-only
+    reference (random weights) has no accuracy and is not counted."""
+    rows = [r for r in results if r.get("status") in ("ok", "skipped") and r.get("reference_kind") != ARCH_REFERENCE]
     for key in ("macro_f1", "accuracy"):
         if rows and all(key in (r.get("test_metrics") or {}) for r in rows):
             for r in results:
@@ -186,10 +199,12 @@ def torch_available() -> bool:
 # running the measurements
 
 
-def _measure_subprocess(path: Path, req: BenchRequest, torch_run: bool = False, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = ()) -> dict[str, Any]:
+def _measure_subprocess(path: Path, req: BenchRequest, torch_run: str | None = None, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = ()) -> dict[str, Any]:
+    """One model measured in a fresh process; ``torch_run``: None (a runtime bundle), "run" (a torch
+    training run) or "arch" (a torch fp32 model rebuilt, random weights, from the bundle's arch record)."""
     cmd = [*prefix, python or sys.executable, "-m", "osteo_edge.benchmarks.measure", str(path), "--threads", str(req.threads), "--runs", str(req.runs), "--warmup", str(req.warmup)]
     if torch_run:
-        cmd.append("--torch")
+        cmd.append({"run": "--torch", "arch": "--torch-arch"}[torch_run])
     run_env = dict(os.environ if env is None else env)
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         run_env[var] = str(req.threads)
@@ -222,74 +237,141 @@ def _row(path: Path, bundle: Bundle | None, measured: dict[str, Any], role: str)
 
 
 def add_speedups(results: list[dict[str, Any]]) -> None:
-    """speedup_vs_torch_fp32 = p50 of the model's torch parent / p50 of the model, same run."""
-    refs = {r["path"]: r for r in results if r.get("role") == "reference" and r.get("status") == "ok"}
+    """speedup_vs_torch_fp32 = p50 of the model's torch reference / p50 of the model, same run, same threads."""
+    refs = {(r["path"], r.get("threads")): r for r in results if r.get("role") == "reference" and r.get("status") == "ok"}
     for r in results:
-        ref = refs.get(r.get("parent") or "")
+        ref = refs.get((r.get("parent") or "", r.get("threads")))
         if r.get("role") == "model" and r.get("status") == "ok" and ref is not None:
             r["speedup_vs_torch_fp32"] = round(ref["p50_ms"] / r["p50_ms"], 3)
             r["size_ratio_vs_torch_fp32"] = round(ref["file_bytes"] / r["file_bytes"], 3) if r.get("file_bytes") else None
+            if ref.get("reference_kind"):
+                r["speedup_reference"] = ref["reference_kind"]
 
 
-def measure_local(req: BenchRequest, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = (), torch_reference: bool | None = None) -> list[dict[str, Any]]:
-    """Measure the torch parents (when asked and possible) and then every bundle, each in its own subprocess.
 
-    References first, then the models in the order given: one run, one machine state as far as a
-    shared machine allows (the load average before and after is in the report).
+@dataclass(frozen=True)
+class Reference:
+    """The torch fp32 model a bundle's speed-up is measured against.
+
+    ``kind="run"``: the bundle's parent training run (``path``), its real weights. ``kind="arch"``: no
+    parent run at hand; a torch model of the same architecture rebuilt from the bundle's own ``arch``
+    record with random weights (weights do not change latency; its accuracy is not the bundle's).
     """
-    use_torch = req.torch_reference if torch_reference is None else torch_reference
-    planned: list[tuple[Path, Bundle | None, Path | None, str | None]] = []
-    parents: dict[str, Path] = {}
-    parent_acc: dict[str, float] = {}
-    for b in req.bundles:
-        b = Path(b)
+
+    key: str  # the reference row's "path"; model rows name it in "parent"
+    kind: str  # run | arch
+    path: Path  # the run directory, or the bundle whose arch record is rebuilt
+    parent_accuracy: float | None = None
+
+
+def reference_for(bundle: Bundle) -> tuple[Reference | None, str | None]:
+    """The torch fp32 reference of a bundle, or None and the reason there is none."""
+    parent = find_parent(bundle)
+    if parent is not None:
+        # vs_parent describes the DIRECT parent: only use it when that is the reference itself
+        # (not when a QAT parent was walked past to its fp32 run)
+        pa = parent_test_accuracy(bundle) if bundle.parent_dir() == parent else None
+        return Reference(str(parent), "run", parent, pa), None
+    arch = bundle.arch
+    if arch is None:
+        return None, f"{bundle.path.name}: no parent training run here and no architecture record to rebuild one from"
+    ref = bundle.provenance.parent
+    if bundle.pruning is not None or (ref is not None and ref.pruning is not None):
+        return None, f"{bundle.path.name}: pruned, and its parent run is not here (its arch record is of the unpruned network)"
+    key = f"{arch.name} torch fp32 ({ARCH_REFERENCE})" + (f" {json.dumps(dict(arch.options), sort_keys=True)}" if arch.options else "")
+    return Reference(key, "arch", bundle.path), None
+
+
+def _plan(req: BenchRequest, use_torch: bool) -> tuple[list[tuple[Path, Bundle | None, Reference | None, str | None]], dict[str, Reference]]:
+    """(bundle path, bundle or None, its reference, load error or why there is no reference) per bundle."""
+    planned: list[tuple[Path, Bundle | None, Reference | None, str | None]] = []
+    refs: dict[str, Reference] = {}
+    for b in map(Path, req.bundles):
         try:
             bundle = load_bundle(b)
         except BundleError as exc:
             planned.append((b, None, None, str(exc)))
             continue
-        parent = find_parent(bundle) if use_torch else None
-        if parent is not None:
-            parents[str(parent)] = parent
-            pa = parent_test_accuracy(bundle)
-            # vs_parent describes the DIRECT parent: only use it when that is the reference itself
-            # (not when a QAT parent was walked past to its fp32 run)
-            if pa is not None and bundle.parent_dir() == parent:
-                parent_acc[str(parent)] = pa
-        planned.append((b, bundle, parent, None))
+        ref, why = reference_for(bundle) if use_torch else (None, None)
+        if ref is not None:
+            known = refs.setdefault(ref.key, ref)
+            if known.parent_accuracy is None and ref.parent_accuracy is not None:
+                refs[ref.key] = ref
+        planned.append((b, bundle, ref, why))
+    return planned, refs
+
+
+def _reference_row(ref: Reference, req: BenchRequest) -> dict[str, Any]:
+    if not torch_available():
+        measured = {"status": "skipped", "error": "torch is not installed here: pip install 'osteo-edge[train]'"}
+    else:
+        measured = _measure_subprocess(ref.path, req, torch_run=ref.kind)
+    if ref.kind == "arch":
+        row = _row(ref.path, None, measured, "reference")
+        row.update(name=ref.key.split(" (")[0], format="torch", reference_kind=ARCH_REFERENCE, weights="random",
+                   accuracy=None, test_metrics={}, arch_from=str(ref.path))
+    else:
+        row = _row(ref.path, load_bundle(ref.path), measured, "reference")
+        if ref.parent_accuracy is not None and "accuracy" not in row["test_metrics"]:
+            row["test_metrics"]["accuracy"] = ref.parent_accuracy  # same test split, from the export's evaluation
+    row["path"] = ref.key
+    row["threads"] = req.threads
+    return row
+
+
+def measure_local(req: BenchRequest, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = (), torch_reference: bool | None = None) -> list[dict[str, Any]]:
+    """Measure the torch references (when asked and possible) and then every bundle, each in its own
+    subprocess, once per thread count.
+
+    References first, then the models in the order given: one run, one machine state as far as a
+    shared machine allows (the load average before and after is in the report).
+    """
+    use_torch = req.torch_reference if torch_reference is None else torch_reference
+    planned, refs = _plan(req, use_torch)
     results: list[dict[str, Any]] = []
-    for key, parent in parents.items():
-        pb = load_bundle(parent)
-        if not torch_available():
-            row = _row(parent, pb, {"status": "skipped", "error": "torch is not installed here"}, "reference")
-        else:
-            row = _row(parent, pb, _measure_subprocess(parent, req, torch_run=True), "reference")
-        row["path"] = key
-        if key in parent_acc and "accuracy" not in row["test_metrics"]:
-            row["test_metrics"]["accuracy"] = parent_acc[key]  # same test split, from the export's evaluation
-        results.append(row)
-    for b, bundle, parent, error in planned:
-        if bundle is None:
-            results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": error})
-            continue
-        row = _row(b, bundle, _measure_subprocess(b, req, python=python, env=env, prefix=prefix), "model")
-        if use_torch:
-            row["parent"] = str(parent) if parent is not None else None
-        results.append(row)
+    for threads in req.thread_counts:
+        r = replace(req, threads=threads, threads_list=())
+        results.extend(_reference_row(ref, r) for ref in refs.values())
+        for b, bundle, ref, note in planned:
+            if bundle is None:
+                results.append({"name": b.name, "path": str(b), "role": "model", "status": "failed", "error": note, "threads": threads})
+                continue
+            row = _row(b, bundle, _measure_subprocess(b, r, python=python, env=env, prefix=prefix), "model")
+            row["threads"] = threads
+            if use_torch:
+                row["parent"] = ref.key if ref is not None else None
+                if note:
+                    row["no_reference"] = note
+            results.append(row)
     add_speedups(results)
     choose_headline(results)
     return results
 
 
+def reference_notes(req: BenchRequest, results: list[dict[str, Any]]) -> list[str]:
+    """Plain sentences on the torch references: why there is none, and what an arch reference is."""
+    notes = []
+    if any(r.get("reference_kind") == ARCH_REFERENCE for r in results):
+        notes.append(f"torch fp32 reference '{ARCH_REFERENCE}': the bundle's parent training run is not here, so a torch model of "
+                     "the bundle's architecture (its arch record) with random weights was timed; weights do not change latency, "
+                     "so the speed-up holds, but that row has no accuracy")
+    skipped = next((r for r in results if r.get("role") == "reference" and r.get("status") == "skipped"), None)
+    if skipped is not None:
+        notes.append(f"no torch fp32 speed-up: {skipped.get('error')}")
+    elif req.torch_reference and not any(r.get("role") == "reference" for r in results):
+        whys = sorted({r["no_reference"] for r in results if r.get("no_reference")})
+        notes.append("no torch fp32 reference: " + ("; ".join(whys) or "no bundle names a parent run or an architecture"))
+    return notes
+
+
 def _report(target: str, kind: str, req: BenchRequest, results: list[dict[str, Any]], machine: dict[str, Any], notes: list[str]) -> dict[str, Any]:
-    refs = [r for r in results if r.get("role") == "reference"]
-    if req.torch_reference and not refs and kind == "measured" and target == "host":
-        notes.append("no torch fp32 reference: no bundle's provenance names an existing parent training run")
+    if kind == "measured" and target == "host":
+        notes = [*reference_notes(req, results), *notes]
     return {
         "target": target,
         "kind": kind,  # measured | emulated
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "settings": {"threads": req.threads, "runs": req.runs, "warmup": req.warmup, "batch": 1, "timer": "time.perf_counter"},
+        "settings": {"threads": req.threads if len(req.thread_counts) == 1 else list(req.thread_counts), "runs": req.runs, "warmup": req.warmup, "batch": 1, "timer": "time.perf_counter"},
         "machine": machine,
         "results": results,
         "status_legend": STATUS_LEGEND,
@@ -306,6 +388,8 @@ def run_host(req: BenchRequest) -> dict[str, Any]:
 
 
 def run_raspberrypi(req: BenchRequest) -> dict[str, Any]:
+    if len(req.thread_counts) > 1:
+        raise ConfigError("several --threads values are for --target host; give one thread count for raspberrypi")
     if req.host:
         from .remote import run_over_ssh
 
@@ -324,6 +408,17 @@ TARGETS: dict[str, Target] = {
         Target("raspberrypi", "Raspberry Pi 4/5 (aarch64): over SSH with --host user@addr, else aarch64 emulation (not a latency)", run_raspberrypi),
     )
 }
+
+
+def parse_threads(text: str) -> tuple[int, ...]:
+    """``"2"`` or ``"1,2"``: the thread counts of ``--threads``, each a positive integer."""
+    try:
+        counts = tuple(int(t) for t in str(text).split(",") if t.strip())
+    except ValueError:
+        counts = ()
+    if not counts or any(c < 1 for c in counts):
+        raise ConfigError(f"--threads takes positive integers separated by commas (e.g. 2 or 1,2), got {text!r}")
+    return counts
 
 
 def get_target(name: str) -> Target:
@@ -356,14 +451,19 @@ def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
     has_acc = any(r.get("accuracy") for r in rows)
     metric_names = sorted({r["accuracy"]["metric"] for r in rows if r.get("accuracy")})
     placed = 0
+    several = isinstance(report.get("settings", {}).get("threads"), list)
     for r in sorted(rows, key=lambda r: (r.get("accuracy") or {}).get("value", 0) if has_acc else r["p50_ms"]):
         mb = r.get("file_mb") or 0.0
         y = r["accuracy"]["value"] if has_acc and r.get("accuracy") else (None if has_acc else mb)
+        if y is None and r.get("reference_kind") == ARCH_REFERENCE:  # latency only: a line, no accuracy
+            ax.axvline(r["p50_ms"], color="tab:gray", ls="--", lw=1)
+            ax.annotate(f"{r.get('name')} ({r.get('threads')} thr)\n{ARCH_REFERENCE}", (r["p50_ms"], 0.02), xycoords=("data", "axes fraction"),
+                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:gray")
         if y is None:
             continue
         colour = "tab:gray" if r.get("role") == "reference" else "tab:blue"
         ax.scatter([r["p50_ms"]], [y], s=40 + 25 * mb, alpha=0.6, color=colour, edgecolors="black")
-        label = f"{r.get('name')} ({r.get('format')})\n{mb:.1f} MB"
+        label = f"{r.get('name')} ({r.get('format')})" + (f" {r.get('threads')} thr" if several else "") + f"\n{mb:.1f} MB"
         if r.get("speedup_vs_torch_fp32"):
             label += f", x{r['speedup_vs_torch_fp32']:.1f} vs torch"
         # neighbours alternate above / below their marker so that labels do not overlap

@@ -2,7 +2,8 @@
 
 Run once per model in a fresh subprocess (``python -m osteo_edge.benchmarks.measure``), so that peak
 RSS and load time belong to that model alone. Runtime bundles are measured torch-free (this module
-imports torch only for a torch training run, the fp32 reference).
+imports torch only for the fp32 reference: a torch training run, or a model rebuilt from a bundle's
+``arch`` record with random weights when the run is not at hand).
 
 Latency: ``time.perf_counter`` around the backend call for one image (batch 1), after ``warmup``
 untimed runs; p50/p90/p99 over ``runs`` timed runs; threads set explicitly. ``e2e`` latency adds
@@ -96,6 +97,26 @@ def measure_bundle(bundle_dir: str | os.PathLike, threads: int, runs: int, warmu
     return out
 
 
+def _time_torch(model: Any, spec: Any, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    """Latency of a torch model (fp32 eager, CPU, inference mode) on the sample image through ``spec``."""
+    import torch
+
+    from ..preprocess import decode_image, finalize, resize, to_gray
+
+    spec = spec.with_layout("NCHW")  # torch takes NCHW whatever layout the export used
+    x = torch.from_numpy(finalize(resize(to_gray(decode_image(sample_image())), spec), spec)[None])
+
+    def run() -> Any:
+        with torch.inference_mode():
+            return model(x)
+
+    out = {"format": "torch", "precision": "fp32", "backend": "torch", "backend_version": torch.__version__,
+           "input_dtype": "float32", "threads": threads, **timings(run, runs, warmup)}
+    out["logits_sample"] = [float(v) for v in run()[0].tolist()]
+    out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
 def measure_torch(run_dir: str | os.PathLike, threads: int, runs: int, warmup: int) -> dict[str, Any]:
     """Measure a torch training run (fp32 eager, CPU), the reference of the speed-ups."""
     t0 = time.perf_counter()
@@ -106,29 +127,38 @@ def measure_torch(run_dir: str | os.PathLike, threads: int, runs: int, warmup: i
     torch.set_num_threads(threads)
     model, bundle = load_run(run_dir)
     load_ms = (time.perf_counter() - t0) * 1000
-    spec = bundle.spec
-    from ..preprocess import decode_image, finalize, resize, to_gray
+    size = bundle.model_path.stat().st_size
+    return {"load_ms": round(load_ms, 2), "file_bytes": size, "bundle_bytes": size, **_time_torch(model, bundle.spec, threads, runs, warmup)}
 
-    x = torch.from_numpy(finalize(resize(to_gray(decode_image(sample_image())), spec), spec)[None])
 
-    def run() -> Any:
-        with torch.inference_mode():
-            return model(x)
+def measure_arch(bundle_dir: str | os.PathLike, threads: int, runs: int, warmup: int) -> dict[str, Any]:
+    """Measure a torch fp32 model of a bundle's architecture (its ``arch`` record), random weights.
 
-    out = {
-        "format": "torch",
-        "precision": "fp32",
-        "backend": "torch",
-        "backend_version": torch.__version__,
-        "input_dtype": "float32",
-        "threads": threads,
-        "load_ms": round(load_ms, 2),
-        "file_bytes": bundle.model_path.stat().st_size,
-        "bundle_bytes": bundle.model_path.stat().st_size,
-        **timings(run, runs, warmup),
-    }
-    out["logits_sample"] = [float(v) for v in run()[0].tolist()]
-    out["peak_rss_mb"] = peak_rss_mb()
+    The latency reference when the bundle's parent training run is not at hand: the same network,
+    so the same work per image; its outputs mean nothing. ``file_bytes`` is the size of its fp32
+    state dict, which does not depend on the weights' values either.
+    """
+    import io
+
+    t0 = time.perf_counter()
+    import torch
+
+    from ..artifact import load_bundle
+    from ..errors import BundleError
+    from ..modeling.models import build_model
+
+    torch.set_num_threads(threads)
+    bundle = load_bundle(bundle_dir)
+    arch = bundle.arch
+    if arch is None:
+        raise BundleError(f"{bundle_dir}: the manifest has no arch record to rebuild the network from")
+    torch.manual_seed(0)
+    model = build_model(arch.name, arch.num_classes, weights="none", **arch.options).eval()
+    load_ms = (time.perf_counter() - t0) * 1000
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    out = {"load_ms": round(load_ms, 2), "file_bytes": buf.tell(), "bundle_bytes": buf.tell(), "weights": "random",
+           "arch_record": arch.to_dict(), **_time_torch(model, bundle.spec, threads, runs, warmup)}
     return out
 
 
@@ -137,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m osteo_edge.benchmarks.measure")
     ap.add_argument("path")
     ap.add_argument("--torch", action="store_true", help="the path is a torch training run")
+    ap.add_argument("--torch-arch", action="store_true", help="time a torch fp32 model of the bundle's arch record (random weights)")
     ap.add_argument("--threads", type=int, required=True)
     ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--warmup", type=int, default=10)
@@ -144,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..errors import OsteoEdgeError
 
     try:
-        res = (measure_torch if a.torch else measure_bundle)(a.path, a.threads, a.runs, a.warmup)
+        measure = measure_torch if a.torch else measure_arch if a.torch_arch else measure_bundle
+        res = measure(a.path, a.threads, a.runs, a.warmup)
         res["status"] = "ok"
     except OsteoEdgeError as exc:
         res = {"status": "failed", "error": str(exc)}

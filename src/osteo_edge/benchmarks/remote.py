@@ -35,8 +35,11 @@ class RemoteError(OsteoEdgeError):
 _HOST = re.compile(r"^[A-Za-z0-9._-]+@[A-Za-z0-9._:\[\]-]+$|^[A-Za-z0-9._:\[\]-]+$")
 
 
-def runtime_requirements() -> list[str]:
-    """Base + ``runtime`` extra requirements of the installed osteo-edge, markers kept, the extra clause removed."""
+def runtime_requirements(extras: Sequence[str] = ("runtime", "onnx")) -> list[str]:
+    """Base + ``extras`` requirements of the installed osteo-edge, markers kept, the extra clause removed.
+
+    Both runtime backends by default (``runtime``: LiteRT; ``onnx``: ONNX Runtime), so that a device
+    benchmark can compare bundles of either format."""
     from importlib import metadata
 
     try:
@@ -48,13 +51,14 @@ def runtime_requirements() -> list[str]:
         req, _, marker = r.partition(";")
         marker = marker.strip()
         if "extra" in marker:
-            if not re.search(r"extra\s*==\s*['\"]runtime['\"]", marker):
+            names = "|".join(map(re.escape, extras))
+            if not re.search(rf"extra\s*==\s*['\"]({names})['\"]", marker):
                 continue
-            marker = re.sub(r"\s*(and\s+)?extra\s*==\s*['\"]runtime['\"]\s*(and\s+)?", " ", marker).strip()
+            marker = re.sub(rf"\s*(and\s+)?extra\s*==\s*['\"]({names})['\"]\s*(and\s+)?", " ", marker).strip()
             marker = re.sub(r"^\((.*)\)$", r"\1", marker).strip()
         out.append(f"{req.strip()}; {marker}" if marker else req.strip())
     if not out:  # not installed from metadata (e.g. run from a source tree): the documented set
-        out = ["numpy>=1.24", "pillow>=10.0", "typer>=0.12", "rich>=13.0", "onnxruntime>=1.18", "pydicom>=2.4",
+        out = ["numpy>=1.24", "pillow>=10.0", "typer>=0.12", "rich>=13.0", "cryptography>=42", "onnxruntime>=1.18", "pydicom>=2.4",
                "ai-edge-litert>=2.0; platform_machine == 'x86_64' or platform_machine == 'aarch64'"]
     return out
 

@@ -8,6 +8,7 @@ A library :class:`~osteo_edge.errors.OsteoEdgeError` becomes one line on stderr 
 from __future__ import annotations
 
 import importlib
+import logging
 import sys
 
 import typer
@@ -32,11 +33,25 @@ app = typer.Typer(
 )
 
 
+class _OwnRecordsOnly(logging.Filter):
+    """Without --verbose only osteo_edge's own log records reach stderr. A third-party library's stay
+    behind --verbose: pydicom, for one, logs a traceback at ERROR for every decoder that fails on a
+    frame, beside the one-line answer that the runtime already gives for that file."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name == "osteo_edge" or record.name.startswith("osteo_edge.")
+
+
+_OWN_RECORDS_ONLY = _OwnRecordsOnly()
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and the logs of TensorFlow, LiteRT, gradio and pydicom (hidden otherwise)."),
 ) -> None:
     setup_logging(verbose)
+    for handler in logging.getLogger().handlers:  # configured here, when the CLI runs; never at import
+        (handler.removeFilter if verbose else handler.addFilter)(_OWN_RECORDS_ONLY)
 
 
 for _name in COMMAND_MODULES:

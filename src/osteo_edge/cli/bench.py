@@ -21,7 +21,7 @@ def bench(
     target: Annotated[TargetName, typer.Option("--target", help="Where to measure: host (this machine) or raspberrypi (over SSH with --host, else aarch64 emulation).")] = TargetName.host,
     model: Annotated[Optional[List[Path]], typer.Option("--model", help="Model bundle directory (repeatable; default: the shipped bundle).")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="user@address of the Raspberry Pi (SSH keys, no password prompt).")] = None,
-    threads: Annotated[int, typer.Option("--threads", help="Inference threads, set explicitly for every backend.")] = 2,
+    threads: Annotated[str, typer.Option("--threads", help="Inference threads, set explicitly for every backend; several in one run: 1,2 (host).")] = "2",
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per model (batch 1) after warm-up.")] = 100,
     warmup: Annotated[int, typer.Option("--warmup", help="Untimed warm-up runs per model.")] = 10,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the JSON report here (a PNG chart is written beside it).")] = None,
@@ -37,7 +37,7 @@ def bench(
     Each model runs in its own process, all in this one run, so speed-ups against the torch fp32
     parent are ratios from the same run. Writes a table, and with --json a JSON report and a PNG.
     """
-    from ..benchmarks.bench import BenchRequest, plot_report, run_bench, write_json
+    from ..benchmarks.bench import BenchRequest, parse_threads, plot_report, run_bench, write_json
     from ..edge_runtime import default_bundle_path
     from ..edge_runtime.classifier import open_bundle
 
@@ -51,8 +51,9 @@ def bench(
         from ..errors import ConfigError
 
         raise ConfigError("--host is for --target raspberrypi")
+    counts = parse_threads(threads)
     req = BenchRequest(
-        bundles=bundles, threads=threads, runs=runs, warmup=warmup, host=host, ssh_options=tuple(ssh_option or ()),
+        bundles=bundles, threads=counts[0], threads_list=counts, runs=runs, warmup=warmup, host=host, ssh_options=tuple(ssh_option or ()),
         remote_python=remote_python, remote_dir=remote_dir, torch_reference=torch_reference, emulator_dir=emulator_dir,
     )
     report = run_bench(target.value, req)
@@ -81,10 +82,11 @@ def _f(v, fmt="{:.2f}"):
     return "-" if v is None else fmt.format(v)
 
 
-def _row(r: dict, emulated: bool, metrics: list[str]) -> list[str]:
+def _row(r: dict, emulated: bool, metrics: list[str], several: bool = False) -> list[str]:
     st = r.get("status", "failed")
     acc = r.get("accuracy") or {}
-    name = r.get("name", "?") + (" (reference)" if r.get("role") == "reference" else "")
+    name = r.get("name", "?") + (f" (reference: {r.get('reference_kind') or 'parent run'})" if r.get("role") == "reference" else "")
+    name += f" [{r.get('threads')} thr]" if several else ""
     pre = [f"{r['board_model']} emulated ({r['emulated_cpu']})" if r.get("emulated_cpu") else "this host"] if emulated else []
     post = [_f(r.get("max_abs_diff_vs_host"), "{:.1e}")] if emulated else []
     accs = [f"{acc['value']:.3f}" if acc.get("metric") == m else "-" for m in metrics]
@@ -103,7 +105,9 @@ def render(report: dict) -> None:
     title = f"bench --target {report['target']}" + (f" ({report['host']})" if report.get("host") else "")
     title += ": EMULATED, not a Pi latency" if emulated else ""
     load = m.get("load_average")
-    caption = f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {s['threads']} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
+    several = isinstance(s["threads"], list)
+    threads_text = ",".join(map(str, s["threads"])) if several else s["threads"]
+    caption = f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {threads_text} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
     if load:
         caption += f" | load average {load[0]:.1f} before" + (f", {m['load_average_after'][0]:.1f} after" if m.get("load_average_after") else "")
     metrics = sorted({r["accuracy"]["metric"] for r in report["results"] if r.get("accuracy")})
@@ -111,7 +115,7 @@ def render(report: dict) -> None:
             *(out.Col(c, right=True) for c in ("load ms", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak RSS MB", "file MB")),
             *(out.Col(metric_name(x), right=True) for x in metrics), out.Col("vs torch fp32", right=True),
             *([out.Col("max |Δ| vs x86", right=True)] if emulated else []), out.Col("error", wrap=True)]
-    rows = [_row(r, emulated, metrics) for r in report["results"]]
+    rows = [_row(r, emulated, metrics, several) for r in report["results"]]
     if not any(r[-1] for r in rows):  # no error column when nothing failed
         cols, rows = cols[:-1], [r[:-1] for r in rows]
     out.table(title, cols, rows)

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError, require
+from ..errors import BundleError, ConfigError, DependencyError, require
 from ..formats import FORMATS, get_format
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ class OnnxRuntimeRunner:
     backend = "onnxruntime"
 
     def __init__(self, model_path: Path, threads: int | None):
-        ort = require("onnxruntime", "runtime")
+        ort = require("onnxruntime", BACKENDS["onnxruntime"].extra)
         self.version = str(ort.__version__)
         self.threads = threads
         opts = ort.SessionOptions()
@@ -182,7 +182,7 @@ class LiteRTRunner:
     backend = "litert"
 
     def __init__(self, model_path: Path, threads: int | None):
-        require("ai_edge_litert", "runtime")
+        require("ai_edge_litert", BACKENDS["litert"].extra)
         from ai_edge_litert import interpreter as litert  # noqa: PLC0415
 
         try:
@@ -263,7 +263,7 @@ class BackendRecord:
 BACKENDS: dict[str, BackendRecord] = {
     b.name: b
     for b in (
-        BackendRecord("onnxruntime", "onnxruntime", "onnxruntime", "runtime", OnnxRuntimeRunner, "ONNX Runtime, CPU execution provider"),
+        BackendRecord("onnxruntime", "onnxruntime", "onnxruntime", "onnx", OnnxRuntimeRunner, "ONNX Runtime, CPU execution provider"),
         BackendRecord("litert", "ai_edge_litert", "ai-edge-litert", "runtime", LiteRTRunner, "LiteRT (ai-edge-litert) interpreter, XNNPACK"),
     )
 }
@@ -290,6 +290,9 @@ def open_backend(model_path: str | os.PathLike, format_name: str, threads: int |
     suffix = get_format(format_name).suffix
     if path.suffix != suffix:
         raise BundleError(f"{path}: format {format_name!r} expects a {suffix} file")
+    if not record.available():
+        raise DependencyError(f"format {format_name!r} runs on {record.description}, which is not installed here; "
+                              f"install it with: pip install 'osteo-edge[{record.extra}]'")
     runner = record.opener(path, threads)
     log.debug("opened %s with %s %s (threads=%s)", path, record.name, runner.version, threads)
     return runner

@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..artifact import Bundle, load_bundle, runtime_versions, seal, write_bundle_dir
+from ..artifact import Bundle, load_bundle, runtime_versions, seal, split_reference, write_bundle_dir
 from ..core.progress import Progress, no_progress
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
@@ -206,6 +206,8 @@ def export_model(
         provenance = parent.child_provenance(tmp, command).to_dict()
         if split is not None:
             provenance.setdefault("split_csv", split)
+        if provenance.get("split_csv") is not None:  # a bundle that travels names its split by content, not by path
+            provenance["split_csv"] = split_reference(provenance["split_csv"], provenance.get("split_sha256"))
         seal(
             tmp,
             format=fmt.name,

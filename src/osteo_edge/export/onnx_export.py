@@ -86,7 +86,7 @@ class _Reader:
 
 def quantize_onnx(fp32: Path, out: Path, calib: np.ndarray, workdir: Path) -> dict[str, Any]:
     """Static QDQ int8 quantization of an fp32 ONNX file (per-channel s8 weights, u8 activations)."""
-    require("onnxruntime", "runtime")
+    require("onnxruntime", "onnx")
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 

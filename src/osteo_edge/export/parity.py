@@ -3,8 +3,10 @@
 The reference goes through torch; every exported candidate goes through the edge runtime
 (:func:`osteo_edge.edge_runtime.backends.open_backend`), each with its own manifest's spec and
 temperature, on the same split subset. Per candidate: accuracy, macro-F1 (group-bootstrap CIs),
-top-1 agreement with the reference, max and mean |delta calibrated probability|, and the gates:
-accuracy drop <= ``max_drop`` and agreement >= ``min_agreement``.
+top-1 agreement with the reference, max and mean |delta calibrated probability|; then, on a pool of
+unlabelled images far larger than the test split (:mod:`osteo_edge.export.pool`), top-1 agreement
+with its 95% Wilson interval and |delta p|. The gates: accuracy drop on the labelled rows <=
+``max_drop``, agreement on the pool >= ``min_agreement`` (on the labelled rows when the pool is empty).
 """
 
 from __future__ import annotations
@@ -103,6 +105,7 @@ class CandidateResult:
     mean_abs_dp: float
     accuracy_drop: float
     failures: list[str] = field(default_factory=list)
+    pool: dict[str, Any] = field(default_factory=dict)  # agreement on the unlabelled pool (export.pool)
 
     @property
     def passed(self) -> bool:
@@ -119,6 +122,7 @@ class ParityReport:
     protocol: str
     n_images: int
     seconds: float
+    pool: dict[str, Any] = field(default_factory=dict)  # what the pool is, how many files, how many left out
 
     @property
     def passed(self) -> bool:
@@ -152,6 +156,76 @@ def _candidate_runner(bundle: Bundle, threads: int | None) -> tuple[Callable[[np
     return runner.run, f"{runner.backend} {runner.version}"
 
 
+@dataclass
+class _Reference:
+    """The reference's answers that every candidate is compared with: labelled rows and the pool."""
+
+    labels: list[str]
+    inputs: Any  # InputSet of the labelled rows
+    probs: np.ndarray
+    scores: dict[str, Any]
+    pool_paths: list[str]
+    pool_probs: np.ndarray
+
+
+def _gate(m: dict[str, Any], ref: _Reference, ag: dict[str, float], pool: dict[str, Any], max_drop: float, min_agreement: float) -> list[str]:
+    """The gates: accuracy drop on the labelled rows, top-1 agreement on the pool (its point estimate)."""
+    fails = []
+    drop = ref.scores["accuracy"] - m["accuracy"]
+    if drop > max_drop + 1e-12:
+        fails.append(f"accuracy drop {drop:.4f} > --max-drop {max_drop}")
+    if not pool["n"] and ag["agreement"] < min_agreement - 1e-12:
+        fails.append(f"top-1 agreement {ag['agreement']:.4f} on the labelled rows (the pool is empty) < --min-agreement {min_agreement}")
+    if pool["n"] and pool["agreement"] < min_agreement - 1e-12:
+        lo, hi = pool["ci95"]
+        fails.append(f"top-1 agreement {pool['agreement']:.4f} ({pool['agree']}/{pool['n']} pool images, 95% CI "
+                     f"{lo:.3f}-{hi:.3f}) < --min-agreement {min_agreement}")
+    return fails
+
+
+def _score_candidate(cand: str | os.PathLike, ref: _Reference, split: str | os.PathLike, subset: str, gates: tuple[float, float],
+                     threads: int | None, n_boot: int) -> CandidateResult:
+    from .pool import pool_agreement, pool_probabilities
+
+    bundle = load_bundle(cand)  # verifies every checksum: a corrupted bundle is refused here
+    if bundle.labels != ref.labels:
+        raise BundleError(f"{cand}: labels {bundle.labels} differ from the reference's {ref.labels}")
+    run, backend = _candidate_runner(bundle, threads)
+    inp = split_inputs(split, bundle.spec, subset=subset, labels=ref.labels)
+    if inp.paths != ref.inputs.paths:  # same rows in the same order, by construction
+        raise BundleError(f"{cand}: candidate inputs do not line up with the reference's")
+    probs = softmax(run(inp.x), bundle.temperature)
+    m = score(np.asarray(ref.inputs.labels), probs, ref.labels, inp.groups, bundle.thresholds, n_boot=n_boot)
+    ag = agreement_stats(ref.probs, probs)
+    pool_probs, _, _ = pool_probabilities(run, ref.pool_paths, bundle.spec, bundle.temperature, strict=True)
+    pool = pool_agreement(ref.pool_probs, pool_probs)
+    log.info("%s: accuracy %.4f, agreement %.4f (labelled), %.4f on %d pool images", cand, m["accuracy"], ag["agreement"],
+             pool["agreement"], pool["n"])
+    return CandidateResult(
+        name=Path(cand).name, path=str(cand), format=bundle.format, backend=backend, size_bytes=_model_size(bundle),
+        metrics=m, agreement=ag["agreement"], max_abs_dp=ag["max_abs_dp"], mean_abs_dp=ag["mean_abs_dp"],
+        accuracy_drop=float(ref.scores["accuracy"] - m["accuracy"]), failures=_gate(m, ref, ag, pool, *gates), pool=pool,
+    )
+
+
+def _reference(reference: str | os.PathLike, split: str | os.PathLike, subset: str, pool: Any, n_boot: int,
+               progress: Progress | None) -> tuple[_Reference, dict[str, Any]]:
+    from ..modeling.loading import load_run
+    from . import torch_logits
+    from .pool import pool_probabilities
+
+    ref_model, ref_bundle = load_run(reference)
+    labels = ref_bundle.labels
+    ref_in = split_inputs(split, ref_bundle.spec, subset=subset, labels=labels, progress=progress)
+    ref_probs = softmax(torch_logits(ref_model, ref_in.x), ref_bundle.temperature)
+    ref_scores = score(np.asarray(ref_in.labels), ref_probs, labels, ref_in.groups, ref_bundle.thresholds, n_boot=n_boot)
+    ref_scores.update({"path": str(reference), "format": ref_bundle.format, "backend": "torch", "size_bytes": _model_size(ref_bundle)})
+    pool_probs, ok, bad = pool_probabilities(lambda x: torch_logits(ref_model, x), pool.paths, ref_bundle.spec,
+                                             ref_bundle.temperature, progress=progress)
+    described = {**pool.describe(), "n_images": len(ok), "undecodable": bad}
+    return _Reference(labels, ref_in, ref_probs, ref_scores, ok, pool_probs), described
+
+
 def run_parity(
     reference: str | os.PathLike,
     candidates: Sequence[str | os.PathLike],
@@ -162,11 +236,13 @@ def run_parity(
     threads: int | None = None,
     n_boot: int = 1000,
     progress: Progress | None = None,
+    pool: str | os.PathLike | None = None,
 ) -> ParityReport:
-    """Score the reference (torch) and every candidate (edge runtime) on ``subset``; apply the gates."""
-    from ..modeling.loading import load_run
+    """Score the reference (torch) and every candidate (edge runtime) on the labelled ``subset`` and
+    measure their agreement on the unlabelled pool (:mod:`osteo_edge.export.pool`); apply the gates
+    (accuracy drop on the labelled rows, agreement on the pool)."""
     from ..data.split import SPLITS, read_split
-    from . import torch_logits
+    from .pool import resolve_pool
 
     if subset not in SPLITS:
         raise ConfigError(f"unknown --subset {subset!r}; valid: {', '.join(SPLITS)}")
@@ -179,42 +255,13 @@ def run_parity(
         import torch
 
         torch.set_num_threads(threads)
-    ref_model, ref_bundle = load_run(reference)
-    labels = ref_bundle.labels
     table = read_split(split)
-    ref_in = split_inputs(split, ref_bundle.spec, subset=subset, labels=labels, progress=progress)
-    y = np.asarray(ref_in.labels)
-    ref_probs = softmax(torch_logits(ref_model, ref_in.x), ref_bundle.temperature)
-    ref_scores = score(y, ref_probs, labels, ref_in.groups, ref_bundle.thresholds, n_boot=n_boot)
-    ref_scores.update({"path": str(reference), "format": ref_bundle.format, "backend": "torch", "size_bytes": _model_size(ref_bundle)})
-    results = []
-    for cand in candidates:
-        bundle = load_bundle(cand)  # verifies every checksum: a corrupted bundle is refused here
-        if bundle.labels != labels:
-            raise BundleError(f"{cand}: labels {bundle.labels} differ from the reference's {labels}")
-        run, backend = _candidate_runner(bundle, threads)
-        inp = split_inputs(split, bundle.spec, subset=subset, labels=labels)
-        if inp.paths != ref_in.paths:  # same rows in the same order, by construction
-            raise BundleError(f"{cand}: candidate inputs do not line up with the reference's")
-        probs = softmax(run(inp.x), bundle.temperature)
-        m = score(y, probs, labels, inp.groups, bundle.thresholds, n_boot=n_boot)
-        ag = agreement_stats(ref_probs, probs)
-        drop = ref_scores["accuracy"] - m["accuracy"]
-        fails = []
-        if drop > max_drop + 1e-12:
-            fails.append(f"accuracy drop {drop:.4f} > --max-drop {max_drop}")
-        if ag["agreement"] < min_agreement - 1e-12:
-            fails.append(f"top-1 agreement {ag['agreement']:.4f} < --min-agreement {min_agreement}")
-        results.append(CandidateResult(
-            name=Path(cand).name, path=str(cand), format=bundle.format, backend=backend, size_bytes=_model_size(bundle),
-            metrics=m, agreement=ag["agreement"], max_abs_dp=ag["max_abs_dp"], mean_abs_dp=ag["mean_abs_dp"],
-            accuracy_drop=float(drop), failures=fails,
-        ))
-        log.info("%s: accuracy %.4f, agreement %.4f, max |dp| %.4f", cand, m["accuracy"], ag["agreement"], ag["max_abs_dp"])
+    ref, pool_info = _reference(reference, split, subset, resolve_pool(pool, table), n_boot, progress)
+    results = [_score_candidate(c, ref, split, subset, (max_drop, min_agreement), threads, n_boot) for c in candidates]
     return ParityReport(
-        reference=ref_scores, candidates=results, gates={"max_drop": max_drop, "min_agreement": min_agreement},
-        subset=subset, split=str(split), protocol=table.info.get("protocol", ""), n_images=int(len(y)),
-        seconds=float(time.perf_counter() - t0),
+        reference=ref.scores, candidates=results, gates={"max_drop": max_drop, "min_agreement": min_agreement},
+        subset=subset, split=str(split), protocol=table.info.get("protocol", ""), n_images=int(len(ref.inputs.labels)),
+        seconds=float(time.perf_counter() - t0), pool=pool_info,
     )
 
 
@@ -228,12 +275,12 @@ def write_parity(report: ParityReport, json_path: str | os.PathLike | None = Non
 
         names = ["reference"] + [c.name for c in report.candidates]
         accs = [report.reference["accuracy"]] + [c.metrics["accuracy"] for c in report.candidates]
-        agrees = [1.0] + [c.agreement for c in report.candidates]
+        agrees = [1.0] + [c.pool["agreement"] if c.pool.get("n") else c.agreement for c in report.candidates]
         fig = new_figure(max(6.0, 1.4 * len(names) + 2), 4.2)
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(names))
         ax.bar(x - 0.2, accs, 0.4, label="accuracy")
-        ax.bar(x + 0.2, agrees, 0.4, label="top-1 agreement with reference")
+        ax.bar(x + 0.2, agrees, 0.4, label=f"top-1 agreement with reference ({report.pool.get('n_images', report.n_images)} pool images)")
         ax.axhline(report.reference["accuracy"] - report.gates["max_drop"], color="C0", ls="--", lw=1, label="accuracy gate")
         ax.axhline(report.gates["min_agreement"], color="C1", ls="--", lw=1, label="agreement gate")
         for i, c in enumerate(report.candidates, start=1):
@@ -252,4 +299,5 @@ def read_parity_json(path: str | os.PathLike) -> ParityReport:
     fields = {f for f in CandidateResult.__dataclass_fields__}
     cands = [CandidateResult(**{k: v for k, v in c.items() if k in fields}) for c in d["candidates"]]
     keep = {k: d[k] for k in ("reference", "gates", "subset", "split", "protocol", "n_images", "seconds")}
+    keep["pool"] = d.get("pool") or {}
     return ParityReport(candidates=cands, **keep)

@@ -30,6 +30,7 @@ from ..data.sources import WANI, group_source  # noqa: F401  (re-exported: part 
 from ..errors import ConfigError
 from ..core.classification import bootstrap_ci
 from ..core.stats import auroc as _auc
+from ..core.stats import wilson_interval
 
 NORMAL = "Normal"
 OSTEOPENIA = "Osteopenia"
@@ -193,17 +194,6 @@ def _jsonable(x: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------
 # helpers
-
-
-def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval of a proportion k/n (nan, nan when n == 0)."""
-    if n <= 0:
-        return float("nan"), float("nan")
-    p = k / n
-    den = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _as_index(values: Sequence[Any], labels: Sequence[str], what: str) -> np.ndarray:

@@ -1,0 +1,158 @@
+"""Parity at scale: agreement of a candidate with its reference on a large pool of unlabelled images.
+
+Top-1 agreement and |delta p| need no labels, so they can be measured on far more images than the
+labelled test split (48 images, where 98% agreement means 48/48). The pool is every distinct
+radiograph that was not used to train or calibrate (the ``train`` and ``val`` rows of the split,
+and every copy or near-copy of them):
+
+- ``--pool GROUPS_CSV`` (the ``groups.csv`` written by ``osteo-edge data audit``): one file per
+  duplicate group that has no member among the split's train/val rows. This includes the test rows
+  and the groups the split dropped (conflicting labels), which still count for agreement.
+- ``--pool DIR``: every image file under DIR, less byte copies (sha256) of train/val rows. Near-copies
+  are only caught through a groups.csv.
+- no pool: the split's rows outside train/val (the test rows), which is what the split knows.
+
+Agreement comes with a 95% Wilson interval (:func:`osteo_edge.core.stats.wilson_interval`). Files
+that cannot be decoded are left out and counted.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from ..artifact import sha256_file
+from ..core.progress import Progress
+from ..core.stats import wilson_interval
+from ..errors import ConfigError, OsteoEdgeError
+from ..preprocess import PreprocessSpec, preprocess
+
+log = logging.getLogger(__name__)
+
+USED = ("train", "val")  # subsets that trained or calibrated the models (temperature, thresholds, QAT epoch)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """The unlabelled images of a parity run, and how they were chosen."""
+
+    paths: tuple[str, ...]
+    source: str  # what the pool is, in words
+    excluded: int = 0  # files left out: (copies of) training or calibration images
+
+    def describe(self) -> dict[str, Any]:
+        return {"source": self.source, "n_files": len(self.paths), "excluded_as_used": self.excluded}
+
+
+def _used_sha256(table: Any) -> set[str]:
+    """Content hashes of the train/val rows (hashed here when the split file did not record them)."""
+    shas = {r.sha256 or (sha256_file(r.path) if Path(r.path).is_file() else "") for r in table.rows if r.split in USED}
+    return shas - {""}
+
+
+def pool_from_split(table: Any) -> Pool:
+    rows = [r for r in table.rows if r.split not in USED]
+    return Pool(tuple(r.path for r in rows), f"the split's rows outside {'/'.join(USED)} ({len(rows)})")
+
+
+def pool_from_groups(groups_csv: Path, table: Any) -> Pool:
+    """One readable file per duplicate group of an audit's groups.csv that no train/val row belongs to."""
+    used = _used_sha256(table)
+    used_paths = {os.path.realpath(r.path) for r in table.rows if r.split in USED}
+    groups: dict[str, list[dict[str, str]]] = {}
+    with open(groups_csv, newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if not {"path", "group", "sha256"} <= set(reader.fieldnames or ()):
+            raise ConfigError(f"{groups_csv}: not an audit groups.csv (needs columns path, group, sha256)")
+        for row in reader:
+            groups.setdefault(row["group"], []).append(row)
+    keep, excluded = [], 0
+    for members in groups.values():
+        if any(m["sha256"] in used or os.path.realpath(m["path"]) in used_paths for m in members):
+            excluded += len(members)
+            continue
+        readable = [m for m in members if str(m.get("readable", "True")).lower() != "false"]
+        if readable:
+            keep.append(sorted(readable, key=lambda m: m["path"])[0]["path"])
+    return Pool(tuple(sorted(keep)), f"one file per duplicate group of {Path(groups_csv).name} with no member in "
+                f"{'/'.join(USED)} ({len(keep)} of {len(groups)} groups)", excluded)
+
+
+def pool_from_dir(folder: Path, table: Any) -> Pool:
+    """Every file under ``folder`` (as ``predict`` finds them) that is not a byte copy of a train/val row."""
+    from ..edge_runtime import expand_inputs
+
+    used = _used_sha256(table)
+    keep, excluded = [], 0
+    for f in expand_inputs([folder]):
+        if sha256_file(f) in used:
+            excluded += 1
+        else:
+            keep.append(str(f))
+    return Pool(tuple(keep), f"files under {folder} less byte copies of {'/'.join(USED)} rows ({len(keep)})", excluded)
+
+
+def resolve_pool(pool: str | os.PathLike | None, table: Any) -> Pool:
+    """The pool named by ``--pool`` (a folder or an audit groups.csv), else the split's test rows."""
+    if pool is None:
+        return pool_from_split(table)
+    path = Path(pool)
+    if path.is_dir():
+        return pool_from_dir(path, table)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return pool_from_groups(path, table)
+    raise ConfigError(f"--pool {pool}: give a folder of images or an audit groups.csv")
+
+
+def pool_inputs(paths: Sequence[str], spec: PreprocessSpec) -> tuple[np.ndarray, list[str], int]:
+    """(batch, the paths that decoded, how many did not): every pool file through the shared preprocessing."""
+    xs, ok, bad = [], [], 0
+    for p in paths:
+        try:
+            xs.append(preprocess(p, spec))
+            ok.append(p)
+        except (OsteoEdgeError, OSError, ValueError) as exc:
+            bad += 1
+            log.debug("pool: %s left out (%s)", p, exc)
+    x = np.stack(xs).astype(np.float32) if xs else np.zeros((0,), np.float32)
+    return x, ok, bad
+
+
+def pool_probabilities(run: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], spec: PreprocessSpec, temperature: float,
+                       strict: bool = False, chunk: int = 64, progress: Progress | None = None) -> tuple[np.ndarray, list[str], int]:
+    """(calibrated probabilities, the paths that decoded, how many did not) of a model on the pool,
+    ``chunk`` images at a time so that memory stays bounded. ``strict``: every file must decode (a
+    candidate runs on the files that decoded for the reference)."""
+    from ..core.stats import softmax
+
+    probs, ok_paths, bad = [], [], 0
+    for i in range(0, len(paths), chunk):
+        x, ok, n_bad = pool_inputs(paths[i : i + chunk], spec)
+        if n_bad and strict:
+            raise OsteoEdgeError(f"{n_bad} pool file(s) decoded for the reference but not with this model's spec")
+        bad += n_bad
+        ok_paths.extend(ok)
+        if ok:
+            probs.append(softmax(run(x), temperature))
+        if progress:
+            progress("running the pool", min(i + chunk, len(paths)), len(paths))
+    return (np.concatenate(probs, axis=0) if probs else np.zeros((0, 0))), ok_paths, bad
+
+
+def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, Any]:
+    """Top-1 agreement with its 95% Wilson interval, and |delta p|, on the pool."""
+    n = int(len(ref_probs))
+    agree = int(np.sum(ref_probs.argmax(1) == cand_probs.argmax(1))) if n else 0
+    delta = np.abs(np.asarray(ref_probs, np.float64) - np.asarray(cand_probs, np.float64))
+    lo, hi = wilson_interval(agree, n)
+    return {
+        "n": n, "agree": agree, "agreement": agree / n if n else float("nan"), "ci95": [lo, hi], "ci_method": "wilson",
+        "max_abs_dp": float(delta.max()) if delta.size else 0.0, "mean_abs_dp": float(delta.mean()) if delta.size else 0.0,
+        "p95_abs_dp": float(np.percentile(delta.max(axis=1), 95)) if delta.size else 0.0,
+    }
