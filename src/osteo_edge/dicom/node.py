@@ -125,8 +125,8 @@ class Node:
         from ..edge_runtime import EdgeClassifier
         from .record import ClinicRecord
 
-        require("pynetdicom", "runtime")
-        require("highdicom", "runtime")
+        require("pynetdicom", "dicom")
+        require("highdicom", "dicom")
         cfg = self.config
         if not is_loopback(cfg.bind):
             log.warning("binding %s: reachable from other machines; restrict it with a firewall and --allow-ae", cfg.bind)

@@ -20,7 +20,7 @@ MANUFACTURER = "osteo-edge"
 
 
 def _code(value: str, meaning: str, scheme: str = SCHEME) -> Any:
-    hd = require("highdicom", "runtime")
+    hd = require("highdicom", "dicom")
     return hd.sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
@@ -34,7 +34,7 @@ def result_uids(source_uid: str, seal: str | None) -> tuple[str, str]:
 
 
 def _items(pred: Prediction, source: Any, seal: str | None) -> list[Any]:
-    hd = require("highdicom", "runtime")
+    hd = require("highdicom", "dicom")
     sr = hd.sr
     contains = sr.RelationshipTypeValues.CONTAINS
     unit = _code("1", "no units", "UCUM")
@@ -62,7 +62,7 @@ def _items(pred: Prediction, source: Any, seal: str | None) -> list[Any]:
 
 def build_sr(pred: Prediction, source: Any, seal: str | None) -> Any:
     """A highdicom ComprehensiveSR answering ``source`` (a pydicom header of the received image)."""
-    hd = require("highdicom", "runtime")
+    hd = require("highdicom", "dicom")
     root = hd.sr.ContainerContentItem(_code("OE000", "osteo-edge knee osteoporosis screening result"))
     for item in _items(pred, source, seal):
         root.ContentSequence = [*getattr(root, "ContentSequence", []), item]
