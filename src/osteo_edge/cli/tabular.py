@@ -102,14 +102,13 @@ def predict(
     show: Annotated[int, typer.Option("--show", help="Rows to print.")] = 10,
 ) -> None:
     """Screening-aid risk estimates for every row of a CSV (schema-checked against the training table)."""
-    from ..artifact import atomic_write_text
-    from ..tabular.store import load_run, predict_frame
+    from ..tabular.store import load_run, predict_frame, write_predictions_csv
     from ..tabular.table import read_table
 
     run = load_run(model)
     res = predict_frame(run, read_table(csv), estimator, source=str(csv))
     if out:
-        atomic_write_text(out, res.to_csv(index=False, float_format="%.5f"))
+        write_predictions_csv(res, out)
     pcols = [c for c in res.columns if c.startswith("p_")]
     rows = [[*([str(r["id"])] if "id" in res else []), str(r["row"]), str(r["pred"]), *(f"{r[c]:.3f}" for c in pcols)]
             for _, r in res.head(show).iterrows()]

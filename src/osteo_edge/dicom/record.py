@@ -9,9 +9,7 @@ holds no patient name; its file (and the WAL beside it) is 0600 in a folder we c
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
-import io
 import json
 import logging
 import os
@@ -24,7 +22,7 @@ from typing import Any, Iterator
 
 from ..artifact import atomic_write_text
 from ..edge_runtime.classifier import Prediction
-from ..core.csvsafe import safe_cell
+from ..core.csvsafe import csv_text
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -210,14 +208,8 @@ class ClinicRecord:
 def export_csv(record: ClinicRecord, out: str | os.PathLike, since: str | None = None) -> tuple[Path, int]:
     """Every row (since ``since``, an ISO date or time, UTC) as CSV; formula-like cells neutralised."""
     since = _check_since(since)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(COLUMNS)
-    n = 0
-    for row in record.rows(since):
-        w.writerow([safe_cell(row[c]) for c in COLUMNS])
-        n += 1
-    return atomic_write_text(out, buf.getvalue()), n
+    rows = [[row[c] for c in COLUMNS] for row in record.rows(since)]
+    return atomic_write_text(out, csv_text(COLUMNS, rows)), len(rows)
 
 
 def _check_since(since: str | None) -> str | None:
