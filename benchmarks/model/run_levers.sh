@@ -47,6 +47,8 @@ for l in "${LEVERS[@]}"; do
     E2-per-source-cells) lever E2-per-source-cells per-source --balance cells ;;  # + lever 1: (source, class) cells
     E3-per-source-cells-acq) lever E3-per-source-cells-acq per-source --balance cells --augment acquisition ;;  # + lever 2
     E4-one-cells) lever E4-one-cells one --balance cells ;;                       # lever 1 alone
+    E5-per-source-cells-320) lever E5-per-source-cells-320 per-source --balance cells --img-size 320 ;;  # + lever 3: resolution
+    E6-per-source-cells-letterbox) lever E6-per-source-cells-letterbox per-source --balance cells --resize letterbox ;;  # + lever 2: framing
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done
