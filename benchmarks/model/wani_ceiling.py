@@ -89,7 +89,7 @@ def main() -> None:
            "machine": {"cpu": cpu, "arch": platform.machine()}, "n": len(rows), "groups": len({r.group for r in rows}),
            "split_protocol": table.info.get("protocol"), "by_input_size": res, "seconds": round(time.perf_counter() - t0, 1)}
     (HERE / "wani_ceiling.json").write_text(json.dumps(out, indent=2) + "\n")
-    lines = ["# Wani-only frozen-feature probe (issue 17)", "", __doc__.split("\n\n", 2)[1].strip(), "",
+    lines = ["# Wani-only frozen-feature probe (issue 17)", "", __doc__.split("\n\n")[2].strip(), "",
              f"`{out['command']}` on {cpu} ({platform.machine()}), {out['n']} Wani films ({out['groups']} radiographs), "
              f"{out['seconds']} s.", "",
              "| input px | 3-class accuracy | always Osteopenia | Normal | Osteopenia | Osteoporosis | low-BMD AUROC | Osteopenia vs Osteoporosis AUROC |",
