@@ -37,15 +37,9 @@ DATA = REPO.parent / "shared" / "data" / "knee"
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     from importlib import metadata
+
+    from osteo_edge.benchmarks.bench import cpu_model
 
     versions = {}
     for pkg in ("osteo-edge", "gradio", "gradio_client", "onnxruntime", "ai-edge-litert", "numpy", "pillow"):
@@ -54,7 +48,7 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             pass
     return {
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "arch": platform.machine(),
         "platform": platform.platform(),

@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
 import sys
 import time
@@ -32,13 +33,6 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-
-
-def cpu() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.lower().startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def own_source_rows(rows):
@@ -77,6 +71,7 @@ def forward(model, ds, batch: int = 32):
 def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
     import torch
 
+    from osteo_edge.benchmarks.bench import cpu_model
     from osteo_edge.core.stats import softmax
     from osteo_edge.data.split import read_split
     from osteo_edge.modeling.dataset import RadiographDataset
@@ -108,7 +103,7 @@ def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
     out = {
         "lever": lever, "command": note, "scored_by": "python " + " ".join(sys.argv),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu": cpu(), "cores": __import__("os").cpu_count(), "arch": platform.machine(), "torch": torch.__version__},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(), "torch": torch.__version__},
         "protocol": (f"5-fold group CV, out-of-fold; eval rows: the validation fold's radiographs, one file each from the "
                      f"group's own source; source of a group: Wani rule; split: {table.info.get('protocol', '')}"),
         "eval_split_sha256": table.sha256, "n": len(oof_rows), "train_seconds_total": train_s,

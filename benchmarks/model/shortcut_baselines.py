@@ -38,7 +38,7 @@ import numpy as np
 from osteo_edge.data.audit import audit_sources
 from osteo_edge.artifact import sha256_file
 from osteo_edge.data.split import SplitOptions, SplitRow, SplitTable, make_split, write_split
-from osteo_edge.train.sources import WANI, format_report, group_source, per_source_report, source_probe
+from osteo_edge.train.sources import format_report, group_source, per_source_report, source_probe
 
 KNEE = ("multiclass-kaggle", "wani-mendeley", "2class-kaggle")  # the README's order (the split depends on it)
 CV_SPLIT_SHA256 = "f6fd92a4d915666a7e65484263a380ed6f49ff3691fb4df1c325424d9796796d"  # runs/splits/knee-one (cv5 runs)
@@ -46,15 +46,9 @@ LABELS = ("Normal", "Osteopenia", "Osteoporosis")
 
 
 def machine() -> dict[str, str]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": str(os.cpu_count()), "arch": platform.machine(), "python": platform.python_version(),
+    from osteo_edge.benchmarks.bench import cpu_model
+
+    return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "arch": platform.machine(), "python": platform.python_version(),
             "numpy": np.__version__}
 
 

@@ -84,7 +84,9 @@ def main() -> None:
     for size in [int(s) for s in a.sizes.split(",")]:
         res[str(size)] = probe(features(rows, size), y, folds)
         print(size, json.dumps(res[str(size)]))
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    from osteo_edge.benchmarks.bench import cpu_model
+
+    cpu = cpu_model()
     out = {"command": "python " + " ".join(sys.argv), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
            "machine": {"cpu": cpu, "arch": platform.machine()}, "n": len(rows), "groups": len({r.group for r in rows}),
            "split_protocol": table.info.get("protocol"), "by_input_size": res, "seconds": round(time.perf_counter() - t0, 1)}
