@@ -12,7 +12,7 @@ from .atomic import (
 )
 from .manifest import (
     BUNDLE_KIND, DISCLAIMER, MANIFEST, MANIFEST_VERSION, Bundle, build_machine_paths, build_manifest, canonical_json, check_seal,
-    child_provenance, hash_files, list_files, load_bundle, read_manifest, reseal, seal, seal_digest, sign_bundle,
+    hash_files, list_files, load_bundle, read_manifest, reseal, seal, seal_digest, sign_bundle,
     verify_files,
     write_bundle_dir,
 )
@@ -25,7 +25,7 @@ __all__ = [
     "ArchRef", "BUNDLE_KIND", "Bundle", "Calibration", "DISCLAIMER", "MANIFEST", "MANIFEST_VERSION", "Metrics",
     "NORMAL_LABEL", "ParentRef", "Provenance", "Revision", "SignatureRecord", "SplitMetrics", "VsParent",
     "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "build_machine_paths", "build_manifest",
-    "canonical_json", "check_seal", "child_provenance", "hash_files", "list_files", "load_bundle", "read_manifest", "reseal",
+    "canonical_json", "check_seal", "hash_files", "list_files", "load_bundle", "read_manifest", "reseal",
     "runtime_versions", "seal", "seal_digest", "sign_bundle", "sha256_file", "split_reference", "verify_files", "write_bundle_dir",
     "write_dir_atomically",
 ]

@@ -516,10 +516,3 @@ class Bundle:
     def child_provenance(self, child_dir: str | os.PathLike, command: str | None) -> Provenance:
         """Provenance for a bundle made from this one and written at ``child_dir``."""
         return self.provenance.child(command, self.as_parent(child_dir))
-
-
-def child_provenance(parent: Bundle, command: str | None, parent_record: Mapping[str, Any]) -> dict[str, Any]:
-    """Provenance (as a dict) for a bundle made from ``parent``; prefer :meth:`Bundle.child_provenance`."""
-    ref = ParentRef.from_dict({**parent_record, "seal": parent.seal})
-    assert ref is not None
-    return parent.provenance.child(command, ref).to_dict()

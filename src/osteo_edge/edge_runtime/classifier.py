@@ -200,10 +200,10 @@ def open_bundle(bundle_dir: str | os.PathLike | None = None, trust: TrustStore |
         package = TrustStore.package()
         if not package.configured:
             raise BundleError(f"{root}: this install ships no public key to verify its default bundle")
-        load_bundle(root, trust=package)  # the shipped bundle is always checked against the shipped keys
-    else:
-        root = Path(bundle_dir)
-    return load_bundle(root, trust=trust if trust is not None else TrustStore.from_env())
+        bundle = load_bundle(root, trust=package)  # the shipped bundle is always checked against the shipped keys
+        (trust if trust is not None else TrustStore.from_env()).check(root, bundle.signature)  # and any policy on top
+        return bundle
+    return load_bundle(Path(bundle_dir), trust=trust if trust is not None else TrustStore.from_env())
 
 
 def _first_line(exc: BaseException) -> str:

@@ -320,7 +320,7 @@ def source_report(y: np.ndarray, p_cal: np.ndarray, sel: _EvalRows, labels: Sequ
                   n_boot: int, seed: int) -> dict[str, Any] | None:
     """Per source of each duplicate group (Wani rule) beside the shortcut baselines counted on the
     run's training rows (one per group): the numbers a source-reading model cannot fake."""
-    from .sources import per_source_report
+    from .sources import format_report, per_source_report
 
     if negative is None:
         return None
@@ -330,13 +330,7 @@ def source_report(y: np.ndarray, p_cal: np.ndarray, sel: _EvalRows, labels: Sequ
                             negative, train_y=[r.label for r in one] or None, train_sources=[r.domain for r in one] or None,
                             n_boot=n_boot, seed=seed)
     return {"source_of_group": "wani-mendeley if any copy of the radiograph is a Wani file, else its folder(s)",
-            **rep.to_dict(), "markdown": _format_sources(rep)}
-
-
-def _format_sources(rep: Any) -> str:
-    from .sources import format_report
-
-    return format_report(rep)
+            **rep.to_dict(), "markdown": format_report(rep)}
 
 
 def _result_record(
