@@ -60,10 +60,11 @@ def export_onnx(model, path: Path, size: int = SIZE, dynamic: bool = True) -> Pa
 
 
 def make_onnx_bundle(root: Path, *, seed: int = 0, temperature: float = 1.0, thresholds=None, gate=None,
-                     labels=LABELS, provenance=None, fmt: str = "onnx", dynamic: bool = True) -> Path:
+                     labels=LABELS, provenance=None, fmt: str = "onnx", dynamic: bool = True,
+                     resize: str = "center_crop") -> Path:
     root.mkdir(parents=True, exist_ok=True)
     export_onnx(tiny_torch_model(seed, len(labels)), root / "model.onnx", dynamic=dynamic)
-    spec = PreprocessSpec(input_size=SIZE, resize="center_crop", interpolation="bilinear")
+    spec = PreprocessSpec(input_size=SIZE, resize=resize, interpolation="bilinear")
     extra = {"gate": gate} if gate is not None else None
     seal(root, format=fmt, model_file="model.onnx", labels=labels, spec=spec, temperature=temperature,
          thresholds=thresholds if thresholds is not None else {"min_confidence": 0.0, "low_bmd": 0.5},

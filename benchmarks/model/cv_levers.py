@@ -50,14 +50,22 @@ def own_source_rows(rows):
 
 
 def forward(model, ds, batch: int = 32):
-    """(logits, penultimate features) for every item of ``ds``."""
+    """(logits, penultimate features) for every item of ``ds``; an item with several views (one per
+    knee) gets the mean of its views' logits and features."""
     import torch
 
+    from osteo_edge.train.engine import mean_by_owner
+
+    owner, xs = [], []
+    for i in range(len(ds)):
+        views = ds.view_arrays(i)
+        owner += [i] * len(views)
+        xs += views
     logits, feats = [], []
     model.eval()
     with torch.inference_mode():
-        for s in range(0, len(ds), batch):
-            x = torch.stack([ds[i][0] for i in range(s, min(len(ds), s + batch))])
+        for s in range(0, len(xs), batch):
+            x = torch.from_numpy(np.stack(xs[s : s + batch]))
             if hasattr(model, "forward_head"):
                 f = model.forward_head(model.forward_features(x), pre_logits=True)
                 z = model.get_classifier()(f)
@@ -65,7 +73,8 @@ def forward(model, ds, batch: int = 32):
                 z, f = model(x), torch.zeros((x.shape[0], 1))
             logits.append(z.float().numpy())
             feats.append(f.float().reshape(f.shape[0], -1).numpy())
-    return np.concatenate(logits), np.concatenate(feats)
+    owner = np.asarray(owner)
+    return mean_by_owner(np.concatenate(logits), owner, len(ds)), mean_by_owner(np.concatenate(feats), owner, len(ds))
 
 
 def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:

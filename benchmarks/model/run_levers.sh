@@ -49,6 +49,9 @@ for l in "${LEVERS[@]}"; do
     E4-one-cells) lever E4-one-cells one --balance cells ;;                       # lever 1 alone
     E5-per-source-cells-320) lever E5-per-source-cells-320 per-source --balance cells --img-size 320 ;;  # + lever 3: resolution
     E6-per-source-cells-letterbox) lever E6-per-source-cells-letterbox per-source --balance cells --resize letterbox ;;  # + lever 2: framing
+    E7-per-source-cells-knee) lever E7-per-source-cells-knee per-source --balance cells --resize knee ;;  # + lever 2/3: one knee per input
+    E8-per-source-cells-knee-acq) lever E8-per-source-cells-knee-acq per-source --balance cells --resize knee --augment acquisition ;;
+    E9-one-knee) lever E9-one-knee one --balance weighted --resize knee ;;          # today's recipe, knee framing only
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done

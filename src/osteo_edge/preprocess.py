@@ -48,7 +48,7 @@ MAX_PIXELS = 40_000_000  # e.g. 6324 x 6324; real radiographs are at most ~4k x 
 REDUCE_ABOVE = 4
 REDUCE_KEEP = 2
 
-RESIZE_POLICIES = ("center_crop", "letterbox", "stretch")
+RESIZE_POLICIES = ("center_crop", "letterbox", "stretch", "knee")
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -69,7 +69,9 @@ class PreprocessSpec:
 
     - ``input_size``: the model sees ``input_size x input_size`` pixels.
     - ``resize``: ``center_crop`` (shorter side to ``input_size / crop_pct``, then a centred square
-      crop), ``letterbox`` (whole image, aspect kept, padded with ``pad_value``) or ``stretch``.
+      crop), ``letterbox`` (whole image, aspect kept, padded with ``pad_value``), ``stretch``, or
+      ``knee``: one square per knee centred on its joint line (:mod:`osteo_edge.framing`; a
+      bilateral film gives two views, whose logits the model's users average, see :func:`frames`).
     - ``interpolation``: Pillow filter used for resizing (on float data, no 8-bit rounding).
     - ``grayscale``: radiographs are single-channel; ``replicate`` copies the channel to
       ``channels`` planes (for ImageNet-style backbones), ``single`` keeps one.
@@ -226,6 +228,8 @@ def is_dicom(data: bytes) -> bool:
 def working_side(spec: PreprocessSpec) -> int:
     """Pixels the final resize needs on an image's shorter side: ``input_size / crop_pct`` for a
     centre crop, at most ``input_size`` for letterbox and stretch."""
+    if spec.resize == "knee":  # a knee crop can be a third of the shorter side
+        return 3 * spec.input_size
     if spec.resize == "center_crop":
         return math.ceil(spec.input_size / spec.crop_pct)
     return spec.input_size
@@ -388,6 +392,19 @@ def _decode_dicom(data: bytes, name: str, policy: str) -> DecodedImage:
                 _log.debug("%s: %s: %s", name, w.category.__name__, w.message)
 
 
+def _missing_decoder_hint(uid: str) -> str:
+    """What to install when pydicom has no working plugin for ``uid`` ("" when that is not why)."""
+    try:
+        from pydicom.pixels import get_decoder
+
+        missing = " ".join(get_decoder(uid).missing_dependencies)
+    except Exception:  # not a compressed syntax pydicom knows: not a missing-decoder case
+        return ""
+    if "pylibjpeg-libjpeg" in missing:  # JPEG lossless, 12-bit JPEG extended, JPEG-LS
+        return "its decoder comes with the dicom extra: pip install 'osteo-edge[dicom]'"
+    return ""
+
+
 def _decode_dicom_quiet(data: bytes, name: str) -> DecodedImage:
     from .errors import require
 
@@ -414,6 +431,9 @@ def _decode_dicom_quiet(data: bytes, name: str) -> DecodedImage:
     except Exception as exc:  # decoder plugins raise many types (RuntimeError, ValueError, ...)
         ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         what = f" ({ts.name})" if ts is not None else ""
+        hint = _missing_decoder_hint(str(ts)) if ts is not None else ""
+        if hint:
+            raise InvalidImageError(f"{name}: DICOM pixel data{what} cannot be decoded here: {hint}") from exc
         raise InvalidImageError(f"{name}: DICOM pixel data{what} cannot be decoded ({type(exc).__name__}: {_one_line(exc)})") from exc
     if arr.ndim != 2:
         raise InvalidImageError(f"{name}: DICOM has {arr.ndim}-D pixel data; a single 2-D radiograph is needed")
@@ -543,10 +563,16 @@ def _resize_float(arr: np.ndarray, size: tuple[int, int], interpolation: str) ->
     return out
 
 
-def resize(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Resize HxW float intensities to ``spec.input_size`` square by the spec's policy."""
+def resize(gray: np.ndarray, spec: PreprocessSpec, view: int = 0) -> np.ndarray:
+    """Resize HxW float intensities to ``spec.input_size`` square by the spec's policy (for
+    ``knee``: the ``view``-th knee, left to right, clamped to the knees found)."""
     if gray.ndim != 2:
         raise ValueError(f"resize expects an HxW array, got shape {gray.shape}")
+    if spec.resize == "knee":
+        from .framing import knee_boxes
+
+        boxes = knee_boxes(gray)
+        return _square(boxes[min(max(0, view), len(boxes) - 1)].crop(gray), spec)
     s = spec.input_size
     h, w = gray.shape
     if spec.resize == "stretch":
@@ -566,6 +592,23 @@ def resize(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
         top, left = (s - nh) // 2, (s - nw) // 2
         out[top : top + nh, left : left + nw] = scaled
     return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def _square(crop: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    s = spec.input_size
+    return np.clip(_resize_float(crop, (s, s), spec.interpolation), 0.0, 1.0).astype(np.float32)
+
+
+def frames(gray: np.ndarray, spec: PreprocessSpec) -> list[np.ndarray]:
+    """Every view the spec takes of one image: one for most policies, one per knee for ``knee``.
+    A model's answer for the image is the mean of its logits over these views."""
+    if gray.ndim != 2:
+        raise ValueError(f"frames expects an HxW array, got shape {gray.shape}")
+    if spec.resize != "knee":
+        return [resize(gray, spec)]
+    from .framing import knee_boxes
+
+    return [_square(b.crop(gray), spec) for b in knee_boxes(gray)]
 
 
 def finalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -93,7 +93,7 @@ def train_cmd(
     augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation: default | light | acquisition (default plus exposure, CLAHE, noise, blur, JPEG re-encoding, down/up-sampling) | none.", show_default="default")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1.", show_default="8")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.", show_default="2")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch.", show_default="center_crop")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee on its joint line; a bilateral film gives two views, their logits averaged).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
     from ..train.config import resolve_config

@@ -23,7 +23,7 @@ from ..artifact.signing import TrustStore
 from ..core.stats import softmax
 from ..errors import BundleError, InvalidImageError
 from ..formats import get_format
-from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, resize, to_gray
+from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, frames, resize, to_gray
 from .backends import Runner, backend_for, open_backend
 from .gate import Gate
 
@@ -105,8 +105,18 @@ class EdgeClassifier:
         return softmax(self.logits(x), self.temperature).astype(np.float32)
 
     def input_for(self, decoded: DecodedImage) -> np.ndarray:
-        """Model input for one decoded image through the shared preprocessing (no batch dim)."""
+        """Model input for one decoded image through the shared preprocessing (no batch dim; the
+        first view when the framing takes several, see :meth:`inputs_for`)."""
         return finalize(resize(to_gray(decoded), self.spec), self.spec)
+
+    def inputs_for(self, decoded: DecodedImage) -> np.ndarray:
+        """Every view of one decoded image as a batch (one per knee for the ``knee`` framing)."""
+        return np.stack([finalize(v, self.spec) for v in frames(to_gray(decoded), self.spec)])
+
+    def image_probabilities(self, decoded: DecodedImage) -> np.ndarray:
+        """Calibrated probabilities for one image: softmax of its views' mean logits over T."""
+        z = self.logits(self.inputs_for(decoded)).mean(axis=0, keepdims=True)
+        return softmax(z, self.temperature)[0].astype(np.float32)
 
     # -- files -----------------------------------------------------------------------------
     def low_bmd_probability(self, probs: dict[str, float]) -> float | None:
@@ -132,8 +142,7 @@ class EdgeClassifier:
         verdict = self.gate.check(decoded)
         if not verdict.ok:
             return self._rejected(path, verdict.code, verdict.reason or "rejected by the input gate", t0, verdict.ood_score)
-        x = self.input_for(decoded)[None]
-        p = self.probabilities(x)[0]
+        p = self.image_probabilities(decoded)
         probs = {lab: float(v) for lab, v in zip(self.labels, p)}
         top = int(np.argmax(p))
         label = self.labels[top]

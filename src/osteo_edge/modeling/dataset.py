@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import DataError, InvalidImageError, require
-from ..preprocess import PreprocessSpec, decode_for, finalize, resize, to_gray
+from ..preprocess import PreprocessSpec, decode_for, finalize, frames, to_gray
 
 log = logging.getLogger(__name__)
 
@@ -107,29 +107,41 @@ class RadiographDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def resized(self, i: int) -> np.ndarray:
-        """decode -> to_gray -> resize for row ``i`` (cached)."""
+    def views(self, i: int) -> list[np.ndarray]:
+        """decode -> to_gray -> every view of the spec's framing for row ``i`` (cached): one image,
+        or one per knee for the ``knee`` policy."""
         hit = self._cache.get(i)
         if hit is not None:
             return hit
         path = self.rows[i].path
         try:
-            out = resize(to_gray(decode_for(path, self.spec)), self.spec)
+            out = frames(to_gray(decode_for(path, self.spec)), self.spec)
         except InvalidImageError as exc:
             raise DataError(f"split row {path}: {exc}") from exc
         if self.cache:
             self._cache[i] = out
         return out
 
+    def resized(self, i: int) -> np.ndarray:
+        """The first view of row ``i`` (the whole resized image for single-view policies)."""
+        return self.views(i)[0]
+
     def sample_seed(self, i: int) -> int:
         return (self.seed * 1_000_003 + self.epoch * 10_007 + i) % (2**32)
 
     def array(self, i: int) -> np.ndarray:
-        """The model input for row ``i`` as a numpy array (augmented when this is a training set)."""
-        img = self.resized(i)
-        if self.augment is not None:
-            img = self.augment(img, self.sample_seed(i))
-        return finalize(img, self.spec)
+        """The model input for row ``i`` as a numpy array (augmented when this is a training set;
+        a training set also draws one of several views, e.g. either knee of a bilateral film)."""
+        views = self.views(i)
+        if self.augment is None:
+            return finalize(views[0], self.spec)
+        seed = self.sample_seed(i)
+        img = views[seed % len(views)]
+        return finalize(self.augment(img, seed), self.spec)
+
+    def view_arrays(self, i: int) -> list[np.ndarray]:
+        """Every view of row ``i`` as model input (no augmentation): evaluation averages their logits."""
+        return [finalize(v, self.spec) for v in self.views(i)]
 
     def __getitem__(self, i: int) -> tuple[Any, int]:
         import torch

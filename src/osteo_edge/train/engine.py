@@ -115,19 +115,34 @@ def split_provenance(table: Any, fold: int, command: str) -> dict[str, Any]:
 
 
 def predict_logits(model: Any, dataset: RadiographDataset, batch_size: int, device: str, channels_last: bool = False) -> np.ndarray:
-    """Raw logits for every item of ``dataset`` (eval mode, no augmentation expected)."""
+    """Raw logits for every item of ``dataset`` (eval mode, no augmentation); an item with several
+    views (one per knee) gets the mean of its views' logits."""
     import torch
 
     model.eval()
+    owner, xs = [], []
+    for i in range(len(dataset)):
+        views = dataset.view_arrays(i)
+        owner += [i] * len(views)
+        xs += views
     outs = []
     with torch.inference_mode():
-        for start in range(0, len(dataset), batch_size):
-            x = torch.stack([dataset[i][0] for i in range(start, min(len(dataset), start + batch_size))]).to(device)
+        for start in range(0, len(xs), batch_size):
+            x = torch.from_numpy(np.stack(xs[start : start + batch_size])).to(device)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             outs.append(model(x).float().cpu().numpy())
     k = getattr(model, "num_classes", None)
-    return np.concatenate(outs) if outs else np.zeros((0, int(k or 0)), dtype=np.float32)
+    if not outs:
+        return np.zeros((0, int(k or 0)), dtype=np.float32)
+    return mean_by_owner(np.concatenate(outs), np.asarray(owner), len(dataset))
+
+
+def mean_by_owner(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Row-wise mean of ``values`` grouped by ``owner`` index (0..n-1)."""
+    out = np.zeros((n, values.shape[1]), dtype=np.float64)
+    np.add.at(out, owner, values)
+    return (out / np.bincount(owner, minlength=n)[:, None]).astype(np.float32)
 
 
 def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
