@@ -6,6 +6,7 @@ each edited copy is then handed to ``predict``, ``bench`` and the ``demo`` throu
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 from pathlib import Path
@@ -217,3 +218,22 @@ def test_lineage_is_checked_when_the_parent_is_present(tmp_path):
         load_bundle(child.path)
     shutil.rmtree(parent.path)
     assert load_bundle(child.path).parent_dir() is None  # parent absent (a clinic machine): nothing to check
+
+
+def test_key_files_are_standard_rfc8410_pem(tmp_path):
+    """keygen's files are the PKCS#8 / SubjectPublicKeyInfo PEM that OpenSSL and `cryptography` use,
+    and a key made by `cryptography` signs bundles that verify here."""
+    crypto = pytest.importorskip("cryptography.hazmat.primitives.serialization")
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    from osteo_edge.artifact.signing import generate_keypair, public_key_of, sign_seal
+
+    priv, pub = generate_keypair(tmp_path, "k")
+    theirs = crypto.load_pem_private_key(priv.read_bytes(), password=None)
+    raw = theirs.public_key().public_bytes(crypto.Encoding.Raw, crypto.PublicFormat.Raw)
+    assert raw == public_key_of(pub)
+    assert crypto.load_pem_public_key(pub.read_bytes()).public_bytes(crypto.Encoding.Raw, crypto.PublicFormat.Raw) == raw
+    other = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "o.key").write_bytes(other.private_bytes(crypto.Encoding.PEM, crypto.PrivateFormat.PKCS8, crypto.NoEncryption()))
+    rec = sign_seal("ab" * 32, tmp_path / "o.key")
+    other.public_key().verify(base64.b64decode(rec.value), b"osteo-edge bundle signature v1\n" + ("ab" * 32).encode())

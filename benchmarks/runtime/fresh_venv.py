@@ -44,6 +44,30 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
 
 
+def dicom_outcomes(venv: Path, tmp: Path, image: Path) -> dict[str, str]:
+    """`osteo-edge predict --json` in the fresh venv on the image written in every transfer syntax of
+    the table (by dcmtk/gdcm, run from this environment): the status, or the one-line reason."""
+    try:
+        from osteo_edge.dicom.samples import all_syntaxes, missing_tools
+    except ImportError as exc:
+        return {"skipped": f"osteo_edge not importable here ({exc})"}
+    if missing_tools():
+        return {"skipped": f"encoders missing: {missing_tools()}"}
+    out = {}
+    for name, path in all_syntaxes(image, tmp / "dicom").items():
+        if name.startswith("base"):
+            continue
+        r = run([str(venv / "bin" / "osteo-edge"), "predict", str(path), "--json"], cwd=tmp)
+        try:
+            p = json.loads(r.stdout.strip().splitlines()[-1])
+            out[name] = p["status"] if p["status"] != "rejected" else p["message"].split(". Screening")[0]
+        except (ValueError, IndexError, KeyError):
+            out[name] = f"exit {r.returncode}: {(r.stderr.strip().splitlines() or [''])[-1]}"
+        if "Traceback" in r.stderr:
+            out[name] += " (traceback on stderr!)"
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "src" / "osteo_edge" / "models" / "default")
@@ -86,7 +110,7 @@ def main() -> int:
         out = run([str(py), "-c", probe], cwd=tmp).stdout.split(" ", 1)
         imports.append(float(out[0]))
         leaked = out[1].strip()
-    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom", "cryptography")}
+    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom", "nacl", "pydantic", "pylibjpeg")}
     # The shipped bundle is package data: in the fresh install it loads with no path at all.
     shipped = a.model.resolve() == (ROOT / "src" / "osteo_edge" / "models" / "default").resolve()
     load_arg = "" if shipped else repr(str(a.model))
@@ -101,13 +125,15 @@ def main() -> int:
     first_pred = json.loads(fp.stdout.strip().splitlines()[-1]) if fp.returncode == 0 else {"error": fp.stderr.strip().splitlines()[-1:]}
     cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--json", *([] if shipped else ["--model", str(a.model)])], cwd=tmp)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    dicom = dicom_outcomes(venv, tmp, a.image)
     result = {
-        "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]'): LiteRT + pydicom with its JPEG/JPEG-LS/JPEG 2000/RLE decoders, no ONNX Runtime, no DICOM node",
+        "what": "fresh venv with only osteo-edge[runtime] installed (pip install '.[runtime]'): LiteRT + pydicom (uncompressed, deflated, RLE; JPEG baseline and JPEG 2000 through Pillow), no ONNX Runtime, no DICOM node",
         "machine": {"cpu": cpu, "cores": __import__("os").cpu_count(), "arch": platform.machine(), "python": platform.python_version()},
         "install_seconds": round(install_s, 1),
         "venv_mb": round(du(venv) / 1e6, 1),
         "site_packages_mb": round(du(site) / 1e6, 1),
         "site_packages_mb_without_pip_setuptools": round(du_without_pip(site) / 1e6, 1),
+        "site_packages_bytes_without_pip_setuptools": du_without_pip(site),
         "of_which_bytecode_mb": round(du_without_pip(site, "*.pyc") / 1e6, 1),  # compiled by pip at install
         "largest_packages_mb": {n: round(s / 1e6, 1) for s, n in pkgs[:8]},
         "packages": freeze,
@@ -121,6 +147,7 @@ def main() -> int:
         "cli_predict_command": "osteo-edge predict IMAGE --json" + ("" if shipped else " --model BUNDLE"),
         "cli_predict_exit_code": cli.returncode,
         "cli_predict_json": cli.stdout.strip(),
+        "dicom_by_transfer_syntax": dicom,
         "command": " ".join(["python", *sys.argv]),
     }
     a.out.parent.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,8 @@ def runtime_requirements(extras: Sequence[str] = ("runtime", "onnx")) -> list[st
             marker = re.sub(r"^\((.*)\)$", r"\1", marker).strip()
         out.append(f"{req.strip()}; {marker}" if marker else req.strip())
     if not out:  # not installed from metadata (e.g. run from a source tree): the documented set
-        out = ["numpy>=1.24", "pillow>=10.0", "typer>=0.12", "rich>=13.0", "cryptography>=42", "onnxruntime>=1.18", "pydicom>=2.4",
-               "ai-edge-litert>=2.0; platform_machine == 'x86_64' or platform_machine == 'aarch64'"]
+        out = ["numpy>=1.24", "pillow>=10.0", "typer>=0.12,<0.29", "rich>=13.0", "pynacl>=1.5", "onnxruntime>=1.18", "pydicom>=3.0",
+               "ai-edge-litert>=1.4,<2; python_version < '3.13' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')", "ai-edge-litert>=2.0; python_version >= '3.13' and (platform_machine == 'x86_64' or platform_machine == 'aarch64')"]
     return out
 
 

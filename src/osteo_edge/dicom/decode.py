@@ -1,8 +1,10 @@
 """The transfer syntaxes a radiograph arrives in, as one table, and which of them this install decodes.
 
-Decoding itself is ``osteo_edge.preprocess.decode_image`` (pydicom and its pixel plugins:
-pylibjpeg with libjpeg, openjpeg and rle; installed by the ``runtime`` extra). This table is what the
-DICOM node accepts at association and what the tests and the benchmark compress with a real encoder.
+Decoding itself is ``osteo_edge.preprocess.decode_image`` (pydicom and its pixel plugins). The
+``runtime`` extra decodes uncompressed, deflated and RLE files (pydicom) and JPEG baseline and JPEG 2000
+(Pillow); the ``dicom`` extra adds pylibjpeg + libjpeg for JPEG lossless, 12-bit JPEG extended and
+JPEG-LS. This table is what the DICOM node accepts at association (only what this install decodes) and
+what the tests and the benchmark compress with a real encoder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ class TransferSyntax:
     description: str
     encoder: tuple[str, ...] = ()  # a third-party command that writes it: {src} {dst} (tests, benchmarks)
     bits: int = 12  # the sample depth a test image in this syntax is made with
+    # plugins that do not decode this syntax's radiographs although pydicom lists them (Pillow's
+    # JPEG decoder stops at 8 bits: 12-bit JPEG extended needs libjpeg)
+    not_enough: tuple[str, ...] = ()
 
 
 TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
@@ -28,7 +33,7 @@ TRANSFER_SYNTAXES: tuple[TransferSyntax, ...] = (
     TransferSyntax("deflated", "1.2.840.10008.1.2.1.99", True, "Deflated Explicit VR Little Endian", ("dcmconv", "+td", "{src}", "{dst}")),
     TransferSyntax("rle", "1.2.840.10008.1.2.5", True, "RLE Lossless", ("dcmcrle", "{src}", "{dst}")),
     TransferSyntax("jpeg-baseline", "1.2.840.10008.1.2.4.50", False, "JPEG Baseline (process 1), 8-bit", ("dcmcjpeg", "+eb", "{src}", "{dst}"), 8),
-    TransferSyntax("jpeg-extended", "1.2.840.10008.1.2.4.51", False, "JPEG Extended (process 2 and 4), 12-bit", ("dcmcjpeg", "+ee", "{src}", "{dst}")),
+    TransferSyntax("jpeg-extended", "1.2.840.10008.1.2.4.51", False, "JPEG Extended (process 2 and 4), 12-bit", ("dcmcjpeg", "+ee", "{src}", "{dst}"), not_enough=("pillow",)),
     TransferSyntax("jpeg-lossless", "1.2.840.10008.1.2.4.57", True, "JPEG Lossless (process 14)", ("dcmcjpeg", "+el", "{src}", "{dst}")),
     TransferSyntax("jpeg-lossless-sv1", "1.2.840.10008.1.2.4.70", True, "JPEG Lossless (process 14, SV1)", ("dcmcjpeg", "+e1", "{src}", "{dst}")),
     TransferSyntax("jpeg-ls", "1.2.840.10008.1.2.4.80", True, "JPEG-LS Lossless", ("dcmcjpls", "+el", "{src}", "{dst}")),
@@ -55,9 +60,11 @@ def decodable(ts: TransferSyntax) -> bool:
     if ts.name in ("implicit", "explicit", "deflated"):
         return True
     try:
-        return bool(get_decoder(ts.uid).is_available)
+        plugins = get_decoder(ts.uid).available_plugins
     except (NotImplementedError, ValueError):
         return False
+    return any(p not in ts.not_enough for p in plugins)
+
 
 
 def accepted_syntaxes() -> list[str]:
