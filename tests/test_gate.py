@@ -300,3 +300,35 @@ def test_threshold_keeps_min_acceptance_within_every_source():
     assert np.mean(small <= pooled) < 0.98  # pooled: source B loses knees
     per_source = choose_threshold(knees, ood, 0.98, names)
     assert np.mean(big <= per_source) >= 0.98 and np.mean(small <= per_source) >= 0.98
+
+
+def test_crossfit_gate_accepts_every_source_and_refuses_other_radiographs():
+    """The cross-fitted two-part gate (issue 17): its thresholds come from out-of-fold knee scores with
+    min_accept in every source; unseen shapes and spine-like bars are refused by the knee-vs-other
+    discriminator, and the whole gate (discriminator included) round-trips through the manifest."""
+    from osteo_edge.edge_runtime.gate import calibrate_gate_crossfit
+
+    a, b = knee_images(30, "multiclass-kaggle"), knee_images(30, "wani-mendeley")
+    knees = a + b
+    sources = ["multiclass-kaggle"] * len(a) + ["wani-mendeley"] * len(b)
+    folds = [i % 3 for i in range(len(knees))]
+    gate = calibrate_gate_crossfit(knees, sources, folds, {"shapes": _shapes(20)}, min_accept=0.95, components=8, protocol="test")
+    assert gate.discriminator is not None and np.isfinite(gate.discriminator.threshold)
+    by_source = gate.ood.calibration["calibration_sets"]["in_distribution_by_source"]
+    assert set(by_source) == {"multiclass-kaggle", "wani-mendeley"}
+    assert all(r["accept_rate"] >= 0.95 for r in by_source.values())
+    unseen = _shapes(10, seed=7)
+    assert sum(not gate.check(decode_image(x)).ok for x in unseen) >= 8
+    # the discriminator alone refuses them too, with its own one-line reason
+    disc = gate.discriminator
+    assert sum(disc.score(image_features(decode_image(x))) > disc.threshold for x in unseen) >= 8
+    o = gate.ood
+    loose = Gate(gate.min_side, gate.blank_std, gate.colour_chroma, OODModel(o.mean, o.components, o.variances, o.noise, float("inf")), disc)
+    assert any("knee-vs-other" in (loose.check(decode_image(x)).reason or "") for x in unseen)
+    back = Gate.from_record(json.loads(json.dumps(gate.to_dict())))
+    f = image_features(decode_image(knees[0]))
+    assert back.discriminator.score(f) == pytest.approx(gate.discriminator.score(f), rel=1e-4, abs=1e-4)
+    d = gate.to_dict()
+    d["discriminator"]["weights"] = d["discriminator"]["weights"][:5]
+    with pytest.raises(BundleError, match="inconsistent"):
+        Gate.from_record(d)

@@ -21,5 +21,5 @@ $OE parity --reference "$REF" --candidate src/osteo_edge/models/default --split 
     --json benchmarks/export/default_parity.json || echo "default bundle: parity gate failed (see default_parity.json)"
 # The edge runtime's input gate (out-of-distribution score) is fitted per bundle by the runtime's
 # script; a rebuilt bundle has none until this runs (it writes the manifest's "gate" field and reseals):
-$PY benchmarks/runtime/calibrate_gate.py --split "$SPLIT" --bundle src/osteo_edge/models/default
+$PY benchmarks/runtime/calibrate_gate.py --split "$SPLIT" --crossfit --bundle src/osteo_edge/models/default
 du -b src/osteo_edge/models/default/*

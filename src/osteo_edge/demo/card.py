@@ -82,7 +82,11 @@ def _gate_text(gate: Any) -> str:
     ood = gate.get("ood")
     if not isinstance(ood, Mapping):
         return "Rule checks only (decodable, large enough, not blank, greyscale)."
-    lines = [f"Rule checks plus an out-of-distribution score (threshold {_num(float(ood.get('threshold', float('nan'))))})."]
+    head = f"Rule checks plus an out-of-distribution score (threshold {_num(float(ood.get('threshold', float('nan'))))})"
+    disc = gate.get("discriminator")
+    if isinstance(disc, Mapping):
+        head += f" and a knee-vs-other score (threshold {_num(float(disc.get('threshold', float('nan'))))})"
+    lines = [head + "."]
     cal = ood.get("calibration") or {}
     for set_name in ("test_sets", "calibration_sets"):
         sets = cal.get(set_name)
@@ -91,6 +95,9 @@ def _gate_text(gate: Any) -> str:
         ind = sets.get("in_distribution") or {}
         if _is_num(ind.get("accept_rate")):
             lines.append(f"- {set_name.replace('_', ' ')}: knee radiographs accepted {ind['accept_rate']:.1%} (n={ind.get('n')})")
+        for src, r in (sets.get("in_distribution_by_source") or {}).items():
+            if isinstance(r, Mapping) and _is_num(r.get("accept_rate")):
+                lines.append(f"  - {_md(src)}: {r.get('accepted')}/{r.get('n')} accepted")
         for name, r in (sets.get("out_of_distribution") or {}).items():
             if isinstance(r, Mapping) and _is_num(r.get("reject_rate")):
                 lines.append(f"- {set_name.replace('_', ' ')}: {_md(name)} rejected {r['reject_rate']:.1%} (n={r.get('n')})")

@@ -15,7 +15,11 @@ Order of checks (the first failure wins):
    intensity histogram, gradient magnitude and orientation histograms, global statistics) from
    the knee radiographs it was fitted on. Its threshold is chosen on held-out knee radiographs and
    held-out non-knee images by :func:`calibrate_gate`, and stored with the measured rates in the
-   bundle manifest's ``gate`` field. A bundle without a ``gate`` field gets checks 1-4 only.
+   bundle manifest's ``gate`` field. A bundle without a ``gate`` field gets checks 1-4 only;
+6. ``out_of_distribution`` (gates calibrated by :func:`calibrate_gate_crossfit`): a knee-vs-other
+   logistic score of the same features (:class:`Discriminator`, fitted against spine radiographs,
+   photographs and synthetic images) over its threshold. Check 5 is then a loose guard against
+   images far from any radiograph, and this one tells a knee from another radiograph.
 
 numpy + Pillow (through osteo_edge.preprocess) only.
 """
@@ -140,6 +144,56 @@ class OODModel:
         return cls(mean, comps, var, noise, float(threshold), dict(calibration or {}))
 
 
+@dataclass(frozen=True)
+class Discriminator:
+    """Knee radiograph vs other image: a class-balanced, L2-regularised logistic regression on the
+    standardised gate features, fitted against held-out non-knee images (spine radiographs, photos,
+    synthetic images). ``score`` is the logit of "not a knee"; above ``threshold`` is refused."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray
+    bias: float
+    threshold: float = math.inf
+
+    def score(self, features: np.ndarray) -> float:
+        z = (np.asarray(features, dtype=np.float64) - self.mean) / self.scale
+        return float(z @ self.weights + self.bias)
+
+    @classmethod
+    def fit(cls, knees: np.ndarray, others: np.ndarray, l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> "Discriminator":
+        if len(knees) < 10 or len(others) < 10:
+            raise ConfigError(f"the knee/other discriminator needs at least 10 images of each, got {len(knees)} and {len(others)}")
+        x = np.concatenate([knees, others]).astype(np.float64)
+        y = np.r_[np.zeros(len(knees)), np.ones(len(others))]
+        mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
+        z = (x - mean) / scale
+        cw = np.where(y == 1, 0.5 / y.mean(), 0.5 / (1 - y.mean()))
+        w, b = np.zeros(z.shape[1]), 0.0
+        for _ in range(steps):  # full-batch gradient descent: a few hundred images, deterministic
+            g = (1 / (1 + np.exp(-(z @ w + b))) - y) * cw
+            w -= lr * (z.T @ g / len(y) + l2 * w)
+            b -= lr * float(g.mean())
+        return cls(mean, scale, w, b)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "logistic", "features": FEATURES, "mean": _round(self.mean), "scale": _round(self.scale),
+                "weights": _round(self.weights), "bias": float(f"{self.bias:.7g}"), "threshold": float(f"{self.threshold:.7g}")}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "Discriminator":
+        if d.get("kind") != "logistic" or d.get("features") != FEATURES:
+            raise BundleError(f"gate discriminator {d.get('kind')!r}/{d.get('features')!r} is not supported; valid: logistic/{FEATURES}")
+        try:
+            m, sc, w = (np.asarray(d[k], dtype=np.float64) for k in ("mean", "scale", "weights"))
+            b, t = float(d["bias"]), float(d["threshold"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"malformed gate discriminator in manifest ({exc})") from exc
+        if not (m.shape == sc.shape == w.shape) or np.any(sc <= 0):
+            raise BundleError("malformed gate discriminator in manifest (inconsistent shapes)")
+        return cls(m, sc, w, b, t)
+
+
 # ------------------------------------------------------------------------------------------------
 # the gate
 
@@ -150,6 +204,7 @@ class Gate:
     blank_std: float = BLANK_STD
     colour_chroma: float = COLOUR_CHROMA
     ood: OODModel | None = None
+    discriminator: Discriminator | None = None
 
     def check(self, decoded: DecodedImage) -> GateResult:
         w, h = decoded.size
@@ -165,19 +220,30 @@ class Gate:
                 return GateResult(False, "colour", f"colour image (chroma {chroma:.3f} > {self.colour_chroma}); radiographs are greyscale")
         if self.ood is None:
             return GateResult(True)
-        score = self.ood.score(image_features(decoded))
+        feats = image_features(decoded)
+        score = self.ood.score(feats)
         if not score <= self.ood.threshold:
             return GateResult(
                 False, "out_of_distribution",
                 f"does not look like a knee radiograph (out-of-distribution score {score:.2f} > threshold {self.ood.threshold:.2f})",
                 score,
             )
+        if self.discriminator is not None:
+            other = self.discriminator.score(feats)
+            if not other <= self.discriminator.threshold:
+                return GateResult(
+                    False, "out_of_distribution",
+                    f"does not look like a knee radiograph (knee-vs-other score {other:.2f} > threshold {self.discriminator.threshold:.2f})",
+                    score,
+                )
         return GateResult(True, ood_score=score)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"version": GATE_VERSION, "min_side": self.min_side, "blank_std": self.blank_std, "colour_chroma": self.colour_chroma}
         if self.ood is not None:
             d["ood"] = {**self.ood.to_dict(), "threshold": float(f"{self.ood.threshold:.7g}"), "calibration": self.ood.calibration}
+        if self.discriminator is not None:
+            d["discriminator"] = self.discriminator.to_dict()
         return d
 
     @classmethod
@@ -193,8 +259,13 @@ class Gate:
             if not isinstance(o, dict) or "threshold" not in o:
                 raise BundleError("manifest gate 'ood' needs a threshold")
             ood = OODModel.from_dict(o, float(o["threshold"]), o.get("calibration"))
+        disc = None
+        if d.get("discriminator") is not None:
+            if not isinstance(d["discriminator"], dict):
+                raise BundleError("manifest gate 'discriminator' must be an object")
+            disc = Discriminator.from_dict(d["discriminator"])
         try:
-            return cls(int(d.get("min_side", MIN_SIDE)), float(d.get("blank_std", BLANK_STD)), float(d.get("colour_chroma", COLOUR_CHROMA)), ood)
+            return cls(int(d.get("min_side", MIN_SIDE)), float(d.get("blank_std", BLANK_STD)), float(d.get("colour_chroma", COLOUR_CHROMA)), ood, disc)
         except (TypeError, ValueError) as exc:
             raise BundleError(f"malformed gate in manifest ({exc})") from exc
 
@@ -335,6 +406,105 @@ def calibrate_gate(
         calibration["test_sets"] = _gate_report(model, thr, tin, tood)
     ood = OODModel(model.mean, model.components, model.variances, model.noise, thr, calibration)
     return Gate(base.min_side, base.blank_std, base.colour_chroma, ood)
+
+
+PPCA_MARGIN = 1.1  # the cross-fitted gate's density threshold: every out-of-fold knee, plus 10%
+
+
+def _crossfit(kin: _Scored, folds: np.ndarray, others: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold (density, knee-vs-other) scores of every knee: each fold scored by models fitted
+    without it (the discriminator against all the calibration non-knee images)."""
+    dens, other = np.empty(len(folds)), np.empty(len(folds))
+    for f in np.unique(folds):
+        keep = folds != f
+        m, d = OODModel.fit(kin.feats[keep], k), Discriminator.fit(kin.feats[keep], others)
+        dens[~keep] = [m.score(x) for x in kin.feats[~keep]]
+        other[~keep] = [d.score(x) for x in kin.feats[~keep]]
+    return dens, other
+
+
+def _other_threshold(other: np.ndarray, dens_ok: np.ndarray, src: np.ndarray, min_accept: float) -> float:
+    """The smallest knee-vs-other threshold with knee acceptance >= min_accept in every source
+    (halfway to the next score)."""
+    cands = np.unique(other)
+    for i, t in enumerate(cands):
+        if all(np.mean((other[src == s] <= t) & dens_ok[src == s]) >= min_accept for s in np.unique(src)):
+            return float((t + cands[i + 1]) / 2) if i + 1 < cands.size else float(t) + 1.0
+    raise ConfigError(f"no threshold accepts {min_accept:.0%} of every source's knees (the density guard refuses too many)")
+
+
+def calibrate_gate_crossfit(
+    knees: Sequence[ImageSource | DecodedImage],
+    knee_sources: Sequence[str],
+    knee_folds: Sequence[int],
+    calib_ood: Mapping[str, Sequence[ImageSource | DecodedImage]],
+    test_in: Sequence[ImageSource | DecodedImage] = (),
+    test_ood: Mapping[str, Sequence[ImageSource | DecodedImage]] | None = None,
+    *,
+    min_accept: float = 0.99,
+    components: int = 32,
+    protocol: str = "",
+    bit_depth: str = "scale",
+    test_in_sources: Sequence[str] | None = None,
+) -> Gate:
+    """A two-part gate chosen on cross-fitted scores. Every knee of ``knees`` (grouped into
+    ``knee_folds``) is scored by models fitted without its fold: a density model (threshold: every
+    out-of-fold knee plus 10%, a guard against images far from any radiograph) and a knee-vs-other
+    :class:`Discriminator` fitted against the ``calib_ood`` images (threshold: the smallest with
+    ``min_accept`` of every source's knees accepted). The models shipped are refitted on all knees;
+    ``test_in``/``test_ood`` (untouched) report the rates."""
+    tags = [f"{s}\t{int(f)}" for s, f in zip(knee_sources, knee_folds)]
+    kin = _score_set(knees, tags, bit_depth)
+    src = np.array([t.split("\t")[0] for t in kin.sources])
+    folds = np.array([int(t.split("\t")[1]) for t in kin.sources])
+    kin = _Scored(kin.feats, src, kin.rules)
+    cood = {name: _score_set(xs, None, bit_depth) for name, xs in calib_ood.items()}
+    others = np.concatenate([o.feats for o in cood.values()])
+    dens, other = _crossfit(kin, folds, others, components)
+    t_dens = PPCA_MARGIN * float(dens.max())
+    t_other = _other_threshold(other, dens <= t_dens, src, min_accept)
+    ok = (dens <= t_dens) & (other <= t_other)
+    model = OODModel.fit(kin.feats, components)
+    disc = Discriminator.fit(kin.feats, others)
+    disc = Discriminator(disc.mean, disc.scale, disc.weights, disc.bias, t_other)
+    calibration: dict[str, Any] = {
+        "protocol": protocol, "min_accept": min_accept, "min_accept_applies_to": "every source",
+        "threshold_chosen_on": f"out-of-fold scores of {len(ok)} knee radiographs in {len(np.unique(folds))} folds",
+        "components": int(model.components.shape[0]),
+        "fit": {"n": int(kin.feats.shape[0]), "refused_by_rules": kin.rules,
+                "discriminator_others": {n: int(o.feats.shape[0]) for n, o in cood.items()}},
+        "calibration_sets": {"in_distribution": {**_rates_ok(ok), "refused_by_rules": kin.rules},
+                             "in_distribution_by_source": {str(s): _rates_ok(ok[src == s]) for s in np.unique(src)},
+                             "out_of_distribution": {}},
+    }
+    base = Gate()
+    gate = Gate(base.min_side, base.blank_std, base.colour_chroma, OODModel(model.mean, model.components, model.variances, model.noise, t_dens), disc)
+    if len(test_in) or test_ood:
+        tin = _score_set(test_in, test_in_sources, bit_depth)
+        tood = {name: _score_set(xs, None, bit_depth) for name, xs in (test_ood or {}).items()}
+        calibration["test_sets"] = _gate_report_two(gate, tin, tood)
+    return Gate(gate.min_side, gate.blank_std, gate.colour_chroma, OODModel(model.mean, model.components, model.variances, model.noise, t_dens, calibration), disc)
+
+
+def _rates_ok(ok: np.ndarray) -> dict[str, Any]:
+    n, acc = int(ok.size), int(np.sum(ok))
+    return {"n": n, "accepted": acc, "rejected": n - acc, "accept_rate": acc / n if n else None, "reject_rate": (n - acc) / n if n else None}
+
+
+def _gate_report_two(gate: Gate, knees: _Scored, others: Mapping[str, _Scored]) -> dict[str, Any]:
+    """Like :func:`_gate_report` for a gate with a discriminator: an image passes when both scores do."""
+    assert gate.ood is not None and gate.discriminator is not None
+
+    def passes(feats: np.ndarray) -> np.ndarray:
+        return np.array([gate.ood.score(f) <= gate.ood.threshold and gate.discriminator.score(f) <= gate.discriminator.threshold
+                         for f in feats], dtype=bool)
+
+    ki = passes(knees.feats)
+    return {
+        "in_distribution": {**_rates_ok(ki), "refused_by_rules": knees.rules},
+        "in_distribution_by_source": {str(s): _rates_ok(ki[knees.sources == s]) for s in np.unique(knees.sources)} if ki.size else {},
+        "out_of_distribution": {name: {**_rates_ok(passes(o.feats)) , "refused_by_rules": o.rules} for name, o in others.items()},
+    }
 
 
 def write_gate(bundle_dir: Any, gate: Gate) -> Any:
