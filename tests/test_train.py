@@ -364,3 +364,23 @@ def test_train_with_cells_balance_and_acquisition_augmentation(tiny_split, tmp_p
     assert load_bundle(tmp_path / "run").training["train_images"] == 12
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert cfg["balance"] == "cells" and cfg["augment"] == "acquisition"
+
+
+def test_train_with_knee_framing_and_worst_source_selection(tiny_split, tmp_path):
+    """--resize knee (issue 17, lever 2) and --select worst-source on a tiny run: the spec records the
+    framing, the history the per-source selection metrics, the manifest what selected the epoch."""
+    import csv
+
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "run"), "--arch", "cnn",
+                                 "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "4", "--threads", "1",
+                                 "--resize", "knee", "--select", "worst-source"])
+    assert r.exit_code == 0, r.output
+    b = load_bundle(tmp_path / "run")
+    assert b.spec.resize == "knee"
+    assert b.training["selected_by"] == "worst-source"
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    best = rows[b.training["best_epoch"] - 1]
+    assert float(best["val_worst_source_acc"]) == pytest.approx(b.training["best_val_selection"], abs=1e-5)
+    assert max(float(x["val_worst_source_acc"]) for x in rows) == pytest.approx(b.training["best_val_selection"], abs=1e-5)
+    bad = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "r2"), "--select", "pooled"])
+    assert bad.exit_code == 2

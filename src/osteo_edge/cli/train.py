@@ -11,7 +11,7 @@ import typer
 
 from ..core.progress import TerminalProgress
 from ..modeling.models import ARCHS
-from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES
+from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES, SELECT
 from . import _output as o
 from ._common import choices, err_console, handle_errors
 from ._steps import after_train
@@ -21,6 +21,7 @@ Arch = choices("Arch", ARCHS)
 Device = choices("Device", DEVICES)
 Schedule = choices("Schedule", SCHEDULES)
 Balance = choices("Balance", BALANCE)
+Select = choices("Select", SELECT)
 Augment = choices("Augment", AUGMENT)
 
 
@@ -93,6 +94,7 @@ def train_cmd(
     augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation: default | light | acquisition (default plus exposure, CLAHE, noise, blur, JPEG re-encoding, down/up-sampling) | none.", show_default="default")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1.", show_default="8")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.", show_default="2")] = None,
+    select: Annotated[Optional[Select], typer.Option(help="Model selection (best epoch, early stopping) on validation: macro-f1 | cell-recall (mean recall over (source of the duplicate group, class) cells) | worst-source (accuracy of the worst source).", show_default="macro-f1")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee on its joint line; a bilateral film gives two views, their logits averaged).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
@@ -101,7 +103,7 @@ def train_cmd(
     params = dict(split=split, out=out, arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
                   freeze_epochs=freeze_epochs, weights=weights, device=device, devices=devices, resume=resume, seed=seed,
                   config=config, folds=folds or None, schedule=schedule, balance=balance, augment=augment, patience=patience,
-                  threads=threads, resize=resize)
+                  threads=threads, resize=resize, select=select)
     command = command_line("train", params)
     overrides = {k: (v.value if isinstance(v, Enum) else (str(v) if isinstance(v, Path) else v)) for k, v in params.items()
                  if k not in ("out", "resume", "config", "folds")}

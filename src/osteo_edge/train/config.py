@@ -18,6 +18,9 @@ from ..preprocess import RESIZE_POLICIES
 SCHEDULES = ("cosine", "onecycle")
 BALANCE = ("weighted", "sampler", "cells", "none")
 AUGMENT = ("default", "light", "acquisition", "none")
+# Model selection (best epoch, early stopping): validation macro-F1, the mean recall over (source of the
+# duplicate group, class) cells, or the accuracy of the worst source (issue 17)
+SELECT = ("macro-f1", "cell-recall", "worst-source")
 DEVICES = ("auto", "cpu", "cuda")
 
 
@@ -39,6 +42,7 @@ class TrainConfig:
     balance: str = "weighted"
     label_smoothing: float = 0.0
     augment: str = "default"
+    select: str = "macro-f1"
     drop_rate: float = 0.2
     patience: int = 8  # early stopping on validation macro-F1 (epochs without improvement)
     seed: int = 0
@@ -64,6 +68,8 @@ class TrainConfig:
             raise choice_error("--balance", self.balance, BALANCE)
         if self.augment not in AUGMENT:
             raise choice_error("--augment", self.augment, AUGMENT)
+        if self.select not in SELECT:
+            raise choice_error("--select", self.select, SELECT)
         if self.device not in DEVICES:
             raise choice_error("--device", self.device, DEVICES)
         if self.resize not in RESIZE_POLICIES:

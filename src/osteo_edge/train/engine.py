@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = (
     "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_macro_f1", "val_auroc_macro",
+    "val_cell_recall", "val_worst_source_acc",
     "epoch_seconds", "images_per_second",
 )
 LAST = "last.pt"
@@ -608,6 +609,20 @@ def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any) -> tuple[Any, Any]:
     return logits, loss
 
 
+SELECT_COLUMN = {"macro-f1": "val_macro_f1", "cell-recall": "val_cell_recall", "worst-source": "val_worst_source_acc"}
+
+
+def source_selection_metrics(ds: RadiographDataset, pred: np.ndarray) -> tuple[float, float]:
+    """(mean recall over (source, class) cells, accuracy of the worst source) of predictions on a
+    dataset; the source of a row is its duplicate group's source (``SplitRow.domain``)."""
+    src = np.array([str(getattr(r, "domain", getattr(r, "source", ""))) for r in ds.rows])
+    ok = np.asarray(pred) == ds.targets
+    cells = {(s, t) for s, t in zip(src, ds.targets)}
+    cell = [float(ok[(src == s) & (ds.targets == t)].mean()) for s, t in sorted(cells)]
+    worst = [float(ok[src == s].mean()) for s in np.unique(src)]
+    return (float(np.mean(cell)) if cell else float("nan"), float(min(worst)) if worst else float("nan"))
+
+
 def validate(run: _Run, epoch: int, stage: str, stats: _EpochStats, train_seconds: float) -> dict[str, Any]:
     """The history row of ``epoch``: pooled training loss/accuracy and validation metrics (rank 0)."""
     import torch
@@ -616,11 +631,13 @@ def validate(run: _Run, epoch: int, stage: str, stats: _EpochStats, train_second
     val_logits = predict_logits(run.model, run.val_ds, max(run.config.batch_size, 32), run.device, run.channels_last)
     vm = classification_metrics(run.val_ds.targets, softmax(val_logits), run.labels)
     val_loss = float(F.cross_entropy(torch.from_numpy(val_logits).float(), torch.from_numpy(run.val_ds.targets)))
+    cell_recall, worst_source = source_selection_metrics(run.val_ds, val_logits.argmax(1))
     n = max(stats.n, 1)
     return {
         "epoch": epoch + 1, "stage": stage, "lr": stats.lr,
         "train_loss": float(stats.loss_sum / n), "train_acc": float(stats.correct / n),
         "val_loss": val_loss, "val_acc": vm["accuracy"], "val_macro_f1": vm["macro_f1"], "val_auroc_macro": vm["auroc_macro"],
+        "val_cell_recall": cell_recall, "val_worst_source_acc": worst_source,
         "epoch_seconds": time.perf_counter() - stats.t0, "images_per_second": float(stats.n) / max(train_seconds, 1e-9),
     }
 
@@ -659,13 +676,13 @@ def _end_epoch(run: _Run, state: _LoopState, epoch: int, stage: str, stats: _Epo
     row = validate(run, epoch, stage, stats, train_seconds)
     state.history.append(row)
     stopping = state.stopping
-    improved = stopping.update(epoch, row["val_macro_f1"], row["val_loss"], counts=epoch >= run.freeze_epochs)
+    improved = stopping.update(epoch, row[SELECT_COLUMN[run.config.select]], row["val_loss"], counts=epoch >= run.freeze_epochs)
     stop = stopping.exhausted and epoch + 1 < run.config.epochs
     save_checkpoints(run, state, epoch, improved)
     run.emit("epoch_end", **row, best_epoch=stopping.best_epoch, stopped_early=stop)
     if stop:
-        log.info("early stopping after epoch %d: val macro-F1 has not improved for %d epochs (best %.3f at epoch %d)",
-                 epoch + 1, run.config.patience, stopping.best_f1, stopping.best_epoch)
+        log.info("early stopping after epoch %d: val %s has not improved for %d epochs (best %.3f at epoch %d)",
+                 epoch + 1, run.config.select, run.config.patience, stopping.best_f1, stopping.best_epoch)
     return stop
 
 
@@ -724,7 +741,9 @@ def _finish(
     val_cal = classification_metrics(val_ds.targets, softmax(val_logits, temperature), labels, thresholds.get("low_bmd"))
     train_seconds = float(sum(float(h["epoch_seconds"]) for h in history))
     training = {
-        "best_epoch": best_epoch, "best_val_macro_f1": best_f1, "epochs_run": len(history), "epochs_max": config.epochs,
+        "best_epoch": best_epoch, "selected_by": config.select, "best_val_selection": best_f1,
+        "best_val_macro_f1": float(history[best_epoch - 1]["val_macro_f1"]) if 0 < best_epoch <= len(history) else best_f1,
+        "epochs_run": len(history), "epochs_max": config.epochs,
         "stopped_early": stopped_early, "train_seconds": train_seconds, "device": device, "processes": world,
         "train_images": len(split_rows(table, config.fold)[0]), "val_images": len(val_ds), "calibration": calib,
     }
@@ -742,4 +761,4 @@ def _finish(
         metrics=metrics, provenance=split_provenance(table, config.fold, command), versions=runtime_versions(TRAIN_PACKAGES),
         extra={"arch": arch_record_for_manifest(config.arch, len(labels), drop_rate=config.drop_rate), "training": training},
     )
-    log.info("sealed %s: best epoch %d, val macro-F1 %.3f, T = %.3f", out, best_epoch, best_f1, temperature)
+    log.info("sealed %s: best epoch %d (by val %s: %.3f), T = %.3f", out, best_epoch, config.select, best_f1, temperature)
