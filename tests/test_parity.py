@@ -145,3 +145,24 @@ def test_pool_from_an_audit_groups_csv_keeps_one_file_per_unused_group(setup: di
     assert resolve_pool(None, table).paths == tuple(r.path for r in table.subset("test"))
     with pytest.raises(Exception, match="folder of images or an audit groups.csv"):
         resolve_pool(tmp_path / "missing", table)
+    every = pool_from_groups(groups, table, members="all")
+    assert every.paths == tuple(sorted([test.path, "/data/conflict-a.png", "/data/conflict-b.png"]))
+    assert every.describe()["n_radiographs"] == 2 and every.group_of()["/data/conflict-b.png"] == "2"
+
+
+def test_pool_agreement_over_copies_takes_its_interval_over_radiographs() -> None:
+    """Copies of one radiograph are not independent: with groups the interval is a bootstrap over
+    radiographs, wider than Wilson's over files when the disagreements sit in one radiograph."""
+    import numpy as np
+
+    from osteo_edge.export.pool import pool_agreement
+
+    ref = np.tile([[0.9, 0.1]], (40, 1))
+    cand = ref.copy()
+    cand[:4] = [[0.1, 0.9]] * 4  # four copies of radiograph 0 disagree
+    groups = [str(i // 4) for i in range(40)]
+    by_file, by_radiograph = pool_agreement(ref, cand), pool_agreement(ref, cand, groups)
+    assert by_file["agreement"] == by_radiograph["agreement"] == 0.9
+    assert by_file["ci_method"] == "wilson" and "bootstrap over 10 radiographs" in by_radiograph["ci_method"]
+    assert by_radiograph["n_radiographs"] == 10
+    assert by_radiograph["ci95"][0] < by_file["ci95"][0]

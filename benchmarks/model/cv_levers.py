@@ -33,6 +33,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
+ROOT = HERE.parents[1]
 
 
 def own_source_rows(rows):
@@ -118,6 +119,7 @@ def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
         "eval_split_sha256": table.sha256, "n": len(oof_rows), "train_seconds_total": train_s,
         "score_seconds": time.perf_counter() - t0,
         "report": report.to_dict(),
+        "wani_tscore": tscore_correlation(oof_rows, probs, labels, bundle.negative_label or "Normal"),
         "source_probe": {"auroc_mean_over_fold_models": float(np.mean([p.auroc for p in probes])) if probes else None,
                          "per_fold_model": [p.auroc for p in probes]},
     }
@@ -126,6 +128,32 @@ def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
     (RESULTS / f"{lever}.md").write_text(f"# {lever}\n\n`{note}`\n\n{out['protocol']}\n\n" + format_report(report) + "\n")
     print(json.dumps(summary_row(out), indent=2))
     return out
+
+
+TSCORES = ROOT.parent / "shared" / "data" / "tabular" / "wani_patient_details.csv"
+
+
+def tscore_correlation(rows, probs: np.ndarray, labels: list, normal: str) -> dict:
+    """Issue 17 lever 5's report: the correlation of the model's P(normal) with the patient's
+    (quantitative-ultrasound) T-score over the out-of-fold Wani radiographs (file stem = patient id)."""
+    import csv
+
+    if not TSCORES.is_file():
+        return {"n": 0, "note": f"{TSCORES} not found"}
+    with TSCORES.open(newline="", encoding="utf-8-sig") as f:
+        t = {r["Patient Id"].strip(): r["T-score Value"] for r in csv.DictReader(f)}
+    j = labels.index(normal)
+    pairs = []
+    for r, p in zip(rows, probs):
+        v = t.get(Path(r.path).stem)
+        if "wani" in r.source and v not in (None, ""):
+            pairs.append((float(v), float(p[j])))
+    if len(pairs) < 3:
+        return {"n": len(pairs)}
+    a = np.array(pairs)
+    rank = lambda x: np.argsort(np.argsort(x)).astype(float)  # noqa: E731 (ties are rare in T-scores)
+    return {"n": len(pairs), "pearson_r_tscore_vs_p_normal": float(np.corrcoef(a[:, 0], a[:, 1])[0, 1]),
+            "spearman_r_tscore_vs_p_normal": float(np.corrcoef(rank(a[:, 0]), rank(a[:, 1]))[0, 1])}
 
 
 def _cell(rep: dict, source: str, label: str) -> str:
@@ -158,6 +186,7 @@ def summary_row(res: dict) -> dict:
         "lowbmd_auc_kaggle": rep["within_source_low_bmd_auroc"].get(kag), "lowbmd_auc_wani": rep["within_source_low_bmd_auroc"].get(wani),
         "penia_vs_porosis_auc": rep["wani_osteopenia_vs_osteoporosis_auroc"],
         "source_probe": res["source_probe"]["auroc_mean_over_fold_models"],
+        "tscore_r": (res.get("wani_tscore") or {}).get("pearson_r_tscore_vs_p_normal"),
         "train_min": res["train_seconds_total"] / 60,
     }
 
@@ -169,15 +198,15 @@ def table() -> str:
     any_res = json.loads(next(iter(sorted(RESULTS.glob("*.json")))).read_text())
     head = ("| lever | n | pooled acc | macro-F1 | Kaggle acc (margin vs shortcut) | Wani acc [95% CI] | Wani shortcut bar | "
             "Wani margin (pts) | worst source | Wani Normal | Wani Osteopenia | Wani Osteoporosis | low-BMD AUROC in Kaggle | "
-            "low-BMD AUROC in Wani | Wani penia vs porosis AUROC | source probe AUROC | train min |")
-    lines = [head, "|" + "---|" * 17]
+            "low-BMD AUROC in Wani | Wani penia vs porosis AUROC | source probe AUROC | Wani r(T-score, P(Normal)) | train min |")
+    lines = [head, "|" + "---|" * 18]
     for r in rows:
         lines.append(
             f"| {r['lever']} | {r['n']} | {_f(r['pooled_acc'])} | {_f(r['pooled_macro_f1'])} | {_f(r['kaggle_acc'])} "
             f"({r['kaggle_margin']:+.1f}) | {_f(r['wani_acc'])} [{_f(r['wani_ci'])}, {_f(r['wani_ci_hi'])}] | {_f(r['wani_bar'])} | "
             f"{r['wani_margin']:+.1f} | {r['worst']} | {r['wani_normal']} | {r['wani_penia']} | {r['wani_porosis']} | "
             f"{_f(r['lowbmd_auc_kaggle'])} | {_f(r['lowbmd_auc_wani'])} | {_f(r['penia_vs_porosis_auc'])} | {_f(r['source_probe'])} | "
-            f"{r['train_min']:.0f} |")
+            f"{_f(r['tscore_r'], 2)} | {r['train_min']:.0f} |")
     text = ("# Issue 17 levers: 5-fold group CV, out of fold, per source\n\n"
             f"Machine: {any_res['machine']['cpu']}, {any_res['machine']['cores']} cores ({any_res['machine']['arch']}), "
             f"torch {any_res['machine']['torch']}; shared with other jobs (train minutes are indicative).\n\n"

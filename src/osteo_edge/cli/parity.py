@@ -10,6 +10,10 @@ import typer
 from . import _output as out
 from ._common import handle_errors, quiet_native
 from ._steps import after_parity, after_parity_failed
+from ..export.pool import POOL_MEMBERS
+from ._common import choices
+
+PoolMembers = choices("PoolMembers", POOL_MEMBERS)
 
 
 def register(app: typer.Typer) -> None:
@@ -26,12 +30,13 @@ def register(app: typer.Typer) -> None:
         png: Annotated[Optional[Path], typer.Option("--png", help="Write a chart here (default: beside --json).")] = None,
         threads: Annotated[Optional[int], typer.Option("--threads", help="Threads for torch and the runtimes.")] = None,
         pool: Annotated[Optional[Path], typer.Option("--pool", help="Unlabelled images for agreement: a folder, or the audit's groups.csv (every distinct radiograph outside train/val). Default: the split's test rows.")] = None,
+        pool_members: Annotated[PoolMembers, typer.Option("--pool-members", help="With a groups.csv pool: one file per radiograph, or all its files (each source's encoding; interval: bootstrap over radiographs).")] = PoolMembers("one"),
     ) -> None:
         """Accuracy, macro-F1, agreement and |delta p| per candidate; exit code 1 when a gate fails."""
         from ..export.parity import run_parity, write_parity
 
         with quiet_native():
-            report = run_parity(reference, candidate, split, subset=subset, max_drop=max_drop, min_agreement=min_agreement, threads=threads, pool=pool)
+            report = run_parity(reference, candidate, split, subset=subset, max_drop=max_drop, min_agreement=min_agreement, threads=threads, pool=pool, pool_members=pool_members.value)
         if png is None and json_out is not None:
             png = json_out.with_suffix(".png")
         written = write_parity(report, json_out, png)
@@ -50,7 +55,9 @@ def register(app: typer.Typer) -> None:
         out.line(f"protocol: {report.protocol or 'unknown (no split.json beside the split)'}")
         p = report.pool
         out.line(f"pool: {p.get('source')}; {p.get('n_images')} images ({p.get('excluded_as_used')} files left out as train/val or copies, "
-                 f"{p.get('undecodable')} undecodable); agreement interval: Wilson 95%")
+                 f"{p.get('undecodable')} undecodable); agreement interval: "
+                 + ("95% " + report.candidates[0].pool["ci_method"] if report.candidates and report.candidates[0].pool.get("n")
+                    and report.candidates[0].pool.get("ci_method") != "wilson" else "Wilson 95%"))
         out.line(f"gates: accuracy drop <= {max_drop} (labelled rows), top-1 agreement >= {min_agreement} (pool). "
                  "Screening aid only, not a diagnosis.", dim=True)
         out.wrote(written.values())

@@ -166,6 +166,7 @@ class _Reference:
     scores: dict[str, Any]
     pool_paths: list[str]
     pool_probs: np.ndarray
+    pool_groups: list[str] | None = None  # the radiograph of each pool file (--pool-members all)
 
 
 def _gate(m: dict[str, Any], ref: _Reference, ag: dict[str, float], pool: dict[str, Any], max_drop: float, min_agreement: float) -> list[str]:
@@ -198,7 +199,7 @@ def _score_candidate(cand: str | os.PathLike, ref: _Reference, split: str | os.P
     m = score(np.asarray(ref.inputs.labels), probs, ref.labels, inp.groups, bundle.thresholds, n_boot=n_boot)
     ag = agreement_stats(ref.probs, probs)
     pool_probs, _, _ = pool_probabilities(run, ref.pool_paths, bundle.spec, bundle.temperature, strict=True)
-    pool = pool_agreement(ref.pool_probs, pool_probs)
+    pool = pool_agreement(ref.pool_probs, pool_probs, ref.pool_groups)
     log.info("%s: accuracy %.4f, agreement %.4f (labelled), %.4f on %d pool images", cand, m["accuracy"], ag["agreement"],
              pool["agreement"], pool["n"])
     return CandidateResult(
@@ -223,7 +224,8 @@ def _reference(reference: str | os.PathLike, split: str | os.PathLike, subset: s
     pool_probs, ok, bad = pool_probabilities(lambda x: torch_logits(ref_model, x), pool.paths, ref_bundle.spec,
                                              ref_bundle.temperature, progress=progress)
     described = {**pool.describe(), "n_images": len(ok), "undecodable": bad}
-    return _Reference(labels, ref_in, ref_probs, ref_scores, ok, pool_probs), described
+    groups = [pool.group_of()[p] for p in ok] if pool.groups else None
+    return _Reference(labels, ref_in, ref_probs, ref_scores, ok, pool_probs, groups), described
 
 
 def run_parity(
@@ -237,6 +239,7 @@ def run_parity(
     n_boot: int = 1000,
     progress: Progress | None = None,
     pool: str | os.PathLike | None = None,
+    pool_members: str = "one",
 ) -> ParityReport:
     """Score the reference (torch) and every candidate (edge runtime) on the labelled ``subset`` and
     measure their agreement on the unlabelled pool (:mod:`osteo_edge.export.pool`); apply the gates
@@ -256,7 +259,7 @@ def run_parity(
 
         torch.set_num_threads(threads)
     table = read_split(split)
-    ref, pool_info = _reference(reference, split, subset, resolve_pool(pool, table), n_boot, progress)
+    ref, pool_info = _reference(reference, split, subset, resolve_pool(pool, table, pool_members), n_boot, progress)
     results = [_score_candidate(c, ref, split, subset, (max_drop, min_agreement), threads, n_boot) for c in candidates]
     return ParityReport(
         reference=ref.scores, candidates=results, gates={"max_drop": max_drop, "min_agreement": min_agreement},

@@ -7,7 +7,10 @@ and every copy or near-copy of them):
 
 - ``--pool GROUPS_CSV`` (the ``groups.csv`` written by ``osteo-edge data audit``): one file per
   duplicate group that has no member among the split's train/val rows. This includes the test rows
-  and the groups the split dropped (conflicting labels), which still count for agreement.
+  and the groups the split dropped (conflicting labels), which still count for agreement. With
+  ``--pool-members all``, every readable file of those groups: each source's own encoding of the
+  radiograph is a different input to the model (what a deployed model meets), but copies are not
+  independent, so the interval is then a bootstrap over radiographs (groups), not Wilson over files.
 - ``--pool DIR``: every image file under DIR, less byte copies (sha256) of train/val rows. Near-copies
   are only caught through a groups.csv.
 - no pool: the split's rows outside train/val (the test rows), which is what the split knows.
@@ -35,7 +38,8 @@ from ..preprocess import PreprocessSpec, preprocess
 
 log = logging.getLogger(__name__)
 
-USED = ("train", "val")  # subsets that trained or calibrated the models (temperature, thresholds, QAT epoch)
+USED = ("train", "val")
+POOL_MEMBERS = ("one", "all")  # subsets that trained or calibrated the models (temperature, thresholds, QAT epoch)
 
 
 @dataclass(frozen=True)
@@ -45,9 +49,16 @@ class Pool:
     paths: tuple[str, ...]
     source: str  # what the pool is, in words
     excluded: int = 0  # files left out: (copies of) training or calibration images
+    groups: tuple[str, ...] = ()  # the duplicate group of each path (--pool-members all), else empty
 
     def describe(self) -> dict[str, Any]:
-        return {"source": self.source, "n_files": len(self.paths), "excluded_as_used": self.excluded}
+        d = {"source": self.source, "n_files": len(self.paths), "excluded_as_used": self.excluded}
+        if self.groups:
+            d["n_radiographs"] = len(set(self.groups))
+        return d
+
+    def group_of(self) -> dict[str, str]:
+        return dict(zip(self.paths, self.groups))
 
 
 def _used_sha256(table: Any) -> set[str]:
@@ -61,8 +72,11 @@ def pool_from_split(table: Any) -> Pool:
     return Pool(tuple(r.path for r in rows), f"the split's rows outside {'/'.join(USED)} ({len(rows)})")
 
 
-def pool_from_groups(groups_csv: Path, table: Any) -> Pool:
-    """One readable file per duplicate group of an audit's groups.csv that no train/val row belongs to."""
+def pool_from_groups(groups_csv: Path, table: Any, members: str = "one") -> Pool:
+    """One readable file (``members="all"``: every readable file) per duplicate group of an audit's
+    groups.csv that no train/val row belongs to."""
+    if members not in POOL_MEMBERS:
+        raise ConfigError(f"pool members must be one of {', '.join(POOL_MEMBERS)}, got {members!r}")
     used = _used_sha256(table)
     used_paths = {os.path.realpath(r.path) for r in table.rows if r.split in USED}
     groups: dict[str, list[dict[str, str]]] = {}
@@ -73,15 +87,18 @@ def pool_from_groups(groups_csv: Path, table: Any) -> Pool:
         for row in reader:
             groups.setdefault(row["group"], []).append(row)
     keep, excluded = [], 0
-    for members in groups.values():
-        if any(m["sha256"] in used or os.path.realpath(m["path"]) in used_paths for m in members):
-            excluded += len(members)
+    for gid, rows in groups.items():
+        if any(m["sha256"] in used or os.path.realpath(m["path"]) in used_paths for m in rows):
+            excluded += len(rows)
             continue
-        readable = [m for m in members if str(m.get("readable", "True")).lower() != "false"]
-        if readable:
-            keep.append(sorted(readable, key=lambda m: m["path"])[0]["path"])
-    return Pool(tuple(sorted(keep)), f"one file per duplicate group of {Path(groups_csv).name} with no member in "
-                f"{'/'.join(USED)} ({len(keep)} of {len(groups)} groups)", excluded)
+        readable = sorted((m for m in rows if str(m.get("readable", "True")).lower() != "false"), key=lambda m: m["path"])
+        keep += [(m["path"], gid) for m in (readable if members == "all" else readable[:1])]
+    keep.sort()
+    n_groups = len({g for _, g in keep})
+    what = "every file" if members == "all" else "one file"
+    return Pool(tuple(p for p, _ in keep), f"{what} per duplicate group of {Path(groups_csv).name} with no member in "
+                f"{'/'.join(USED)} ({len(keep)} files of {n_groups} of {len(groups)} groups)", excluded,
+                tuple(g for _, g in keep) if members == "all" else ())
 
 
 def pool_from_dir(folder: Path, table: Any) -> Pool:
@@ -98,7 +115,7 @@ def pool_from_dir(folder: Path, table: Any) -> Pool:
     return Pool(tuple(keep), f"files under {folder} less byte copies of {'/'.join(USED)} rows ({len(keep)})", excluded)
 
 
-def resolve_pool(pool: str | os.PathLike | None, table: Any) -> Pool:
+def resolve_pool(pool: str | os.PathLike | None, table: Any, members: str = "one") -> Pool:
     """The pool named by ``--pool`` (a folder or an audit groups.csv), else the split's test rows."""
     if pool is None:
         return pool_from_split(table)
@@ -106,7 +123,7 @@ def resolve_pool(pool: str | os.PathLike | None, table: Any) -> Pool:
     if path.is_dir():
         return pool_from_dir(path, table)
     if path.is_file() and path.suffix.lower() == ".csv":
-        return pool_from_groups(path, table)
+        return pool_from_groups(path, table, members)
     raise ConfigError(f"--pool {pool}: give a folder of images or an audit groups.csv")
 
 
@@ -145,14 +162,28 @@ def pool_probabilities(run: Callable[[np.ndarray], np.ndarray], paths: Sequence[
     return (np.concatenate(probs, axis=0) if probs else np.zeros((0, 0))), ok_paths, bad
 
 
-def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, Any]:
-    """Top-1 agreement with its 95% Wilson interval, and |delta p|, on the pool."""
+def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray, groups: Sequence[str] | None = None,
+                   n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Top-1 agreement with its 95% interval, and |delta p|, on the pool. The interval is Wilson's over
+    files, or, with ``groups`` (several files per radiograph), a percentile bootstrap over radiographs."""
     n = int(len(ref_probs))
-    agree = int(np.sum(ref_probs.argmax(1) == cand_probs.argmax(1))) if n else 0
+    same = ref_probs.argmax(1) == cand_probs.argmax(1) if n else np.zeros(0, bool)
+    agree = int(np.sum(same))
     delta = np.abs(np.asarray(ref_probs, np.float64) - np.asarray(cand_probs, np.float64))
-    lo, hi = wilson_interval(agree, n)
-    return {
-        "n": n, "agree": agree, "agreement": agree / n if n else float("nan"), "ci95": [lo, hi], "ci_method": "wilson",
+    out = {"n": n, "agree": agree, "agreement": agree / n if n else float("nan")}
+    if groups is not None and n:
+        g = np.unique(np.asarray(groups), return_inverse=True)[1]
+        k = int(g.max()) + 1
+        agree_g, n_g = np.bincount(g, weights=same.astype(float), minlength=k), np.bincount(g, minlength=k)
+        idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
+        boot = agree_g[idx].sum(1) / n_g[idx].sum(1)
+        out.update({"n_radiographs": k, "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+                    "ci_method": f"percentile bootstrap over {k} radiographs ({n_boot} resamples)"})
+    else:
+        lo, hi = wilson_interval(agree, n)
+        out.update({"ci95": [lo, hi], "ci_method": "wilson"})
+    out.update({
         "max_abs_dp": float(delta.max()) if delta.size else 0.0, "mean_abs_dp": float(delta.mean()) if delta.size else 0.0,
         "p95_abs_dp": float(np.percentile(delta.max(axis=1), 95)) if delta.size else 0.0,
-    }
+    })
+    return out
