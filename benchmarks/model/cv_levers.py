@@ -55,7 +55,7 @@ def forward(model, ds, batch: int = 32):
     knee) gets the mean of its views' logits and features."""
     import torch
 
-    from osteo_edge.train.engine import mean_by_owner
+    from osteo_edge.modeling.dataset import mean_by_owner
 
     owner, xs = [], []
     for i in range(len(ds)):

@@ -81,16 +81,25 @@ def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: A
 
 
 def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
+    """Logits of every item (an item with several views, one per knee, gets their mean)."""
     torch = require("torch", "train")
+    from ..modeling.dataset import mean_by_owner
+
     model.eval()
+    owner, xs = [], []
+    for j in range(len(dataset)):
+        views = dataset.view_arrays(j) if hasattr(dataset, "view_arrays") else [dataset.array(j)]
+        owner += [j] * len(views)
+        xs += views
     outs = []
     with torch.no_grad():
-        for i in range(0, len(dataset), batch_size):
-            xb = torch.from_numpy(np.stack([dataset.array(j) for j in range(i, min(i + batch_size, len(dataset)))]))
-            outs.append(model(xb).float().numpy())
+        for i in range(0, len(xs), batch_size):
+            outs.append(model(torch.from_numpy(np.stack(xs[i : i + batch_size]))).float().numpy())
             if progress:
-                progress("predicting", min(i + batch_size, len(dataset)), len(dataset))
-    return np.concatenate(outs, axis=0) if outs else np.zeros((0, len(dataset.labels)), np.float32)
+                progress("predicting", min(i + batch_size, len(xs)), len(xs))
+    if not outs:
+        return np.zeros((0, len(dataset.labels)), np.float32)
+    return mean_by_owner(np.concatenate(outs, axis=0), np.asarray(owner), len(dataset))
 
 
 def quick_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:

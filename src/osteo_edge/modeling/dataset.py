@@ -149,6 +149,13 @@ class RadiographDataset:
         return torch.from_numpy(self.array(i)), int(self.targets[i])
 
 
+def mean_by_owner(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Row-wise mean of ``values`` grouped by ``owner`` index (0..n-1)."""
+    out = np.zeros((n, values.shape[1]), dtype=np.float64)
+    np.add.at(out, owner, values)
+    return (out / np.bincount(owner, minlength=n)[:, None]).astype(np.float32)
+
+
 def cell_weights(cells: Sequence[str], groups: Sequence[Any]) -> np.ndarray:
     """Sampling weights that give every cell (e.g. a (source, class) pair) the same share of an
     epoch and, inside a cell, every duplicate group the same share however many copies it has."""

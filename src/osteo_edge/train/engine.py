@@ -33,7 +33,7 @@ from ..core.progress import Progress
 from ..core.stats import softmax
 from ..errors import ConfigError, DataError, OsteoEdgeError, require
 from ..modeling.calibration import fit_temperature
-from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, cell_weights, class_weights
+from ..modeling.dataset import EpochSampler, RadiographDataset, build_augmentation, cell_weights, class_weights, mean_by_owner
 from ..modeling.models import arch_record_for_manifest, build_model, classifier_module, get_arch
 from .config import TrainConfig, config_yaml_text, read_config_yaml
 
@@ -137,13 +137,6 @@ def predict_logits(model: Any, dataset: RadiographDataset, batch_size: int, devi
     if not outs:
         return np.zeros((0, int(k or 0)), dtype=np.float32)
     return mean_by_owner(np.concatenate(outs), np.asarray(owner), len(dataset))
-
-
-def mean_by_owner(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
-    """Row-wise mean of ``values`` grouped by ``owner`` index (0..n-1)."""
-    out = np.zeros((n, values.shape[1]), dtype=np.float64)
-    np.add.at(out, owner, values)
-    return (out / np.bincount(owner, minlength=n)[:, None]).astype(np.float32)
 
 
 def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
