@@ -15,11 +15,17 @@ OE=${OE:-.venv/bin/osteo-edge}
 PY=${PY:-.venv/bin/python}
 SPLIT=$($PY -c "import json; print(json.load(open('$REF/manifest.json'))['provenance']['split_csv'])")
 [ -f "$SPLIT" ] || SPLIT="$WORK/split/split.csv"   # remade (and checksum-verified) by run.sh
-$OE export --model "$SRC" --format tflite --int8 --split "$SPLIT" --out src/osteo_edge/models/default
+# POOL: parity's unlabelled pool options (e.g. "--pool runs/model/audit/groups.csv --pool-members all");
+# GATE_SPLIT: the split whose non-test rows fit the input gate (default: SPLIT)
+POOL=${POOL:-}
+GATE_SPLIT=${GATE_SPLIT:-$SPLIT}
+rm -rf src/osteo_edge/models/default.new
+$OE export --model "$SRC" --format tflite --int8 --split "$SPLIT" --out src/osteo_edge/models/default.new
+rm -rf src/osteo_edge/models/default && mv src/osteo_edge/models/default.new src/osteo_edge/models/default
 # exit code 1 here means the shipped model fails a gate: that is reported, not hidden
-$OE parity --reference "$REF" --candidate src/osteo_edge/models/default --split "$SPLIT" --threads 2 \
+$OE parity --reference "$REF" --candidate src/osteo_edge/models/default --split "$SPLIT" --threads 2 $POOL \
     --json benchmarks/export/default_parity.json || echo "default bundle: parity gate failed (see default_parity.json)"
 # The edge runtime's input gate (out-of-distribution score) is fitted per bundle by the runtime's
 # script; a rebuilt bundle has none until this runs (it writes the manifest's "gate" field and reseals):
-$PY benchmarks/runtime/calibrate_gate.py --split "$SPLIT" --crossfit --bundle src/osteo_edge/models/default
+$PY benchmarks/runtime/calibrate_gate.py --split "$GATE_SPLIT" --crossfit --bundle src/osteo_edge/models/default
 du -b src/osteo_edge/models/default/*
