@@ -425,3 +425,23 @@ def test_result_images_are_written_atomically_and_pruned(clf, tmp_path, monkeypa
     left = sorted((tmp_path / "work" / "views").iterdir())
     assert len(left) == 3 and paths[-1] in left
     assert np.array_equal(np.asarray(Image.open(paths[-1])), view)
+
+
+def test_model_card_shows_per_source_metrics_beside_the_shortcut(tmp_path):
+    """Issue 17: a bundle whose manifest has per-source metrics shows them, with each source's shortcut bar."""
+    from osteo_edge.artifact import load_bundle, reseal
+    from osteo_edge.demo.card import model_card_markdown
+
+    root = make_onnx_bundle(tmp_path / "b")
+    per_source = {
+        "protocol": "held-out test radiographs",
+        "per_source": [{"source": "wani-mendeley", "n": 20, "accuracy": 0.7, "accuracy_ci95": {"lo": 0.5, "hi": 0.85}}],
+        "shortcut": [{"source": "wani-mendeley", "shortcut_accuracy": 0.55, "margin_points": 15.0, "beats_shortcut": True}],
+    }
+    reseal(root, step="test", metrics={"test": {"accuracy": 0.6}, "test_per_source": per_source,
+                                       "cv_5fold": {"lever": "E7", "n": 272, "pooled_acc": 0.7, "wani_acc": 0.6, "wani_bar": 0.563,
+                                                    "wani_normal": "5/18", "lowbmd_auc_kaggle": 0.9, "lowbmd_auc_wani": 0.6}})
+    card = model_card_markdown(load_bundle(root))
+    assert "### Per source, beside the shortcut" in card
+    assert "| wani-mendeley | 20 | 0.700 [0.500, 0.850] | 0.550 | 15.000 |" in card
+    assert "Wani Normal recalled 5/18" in card

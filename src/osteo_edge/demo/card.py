@@ -107,6 +107,31 @@ def _gate_text(gate: Any) -> str:
     return "\n".join(lines)
 
 
+def _per_source_text(metrics: Mapping[str, Any]) -> str:
+    """The per-source metrics (issue 17) when the manifest has them: the source shortcut (the majority
+    class of each source) is the bar a model must clear on each source."""
+    lines = []
+    cv = metrics.get("cv_5fold")
+    if isinstance(cv, Mapping) and _is_num(cv.get("wani_acc")):
+        lines.append(f"- 5-fold group CV of the recipe ({_md(cv.get('lever'))}, n={cv.get('n')}): pooled accuracy {_num(cv.get('pooled_acc'))}, "
+                     f"Wani accuracy {_num(cv.get('wani_acc'))} vs shortcut {_num(cv.get('wani_bar'))}, Wani Normal recalled {_md(cv.get('wani_normal'))}, "
+                     f"within-source low-BMD AUROC Kaggle {_num(cv.get('lowbmd_auc_kaggle'))} / Wani {_num(cv.get('lowbmd_auc_wani'))}")
+    t = metrics.get("test_per_source")
+    if isinstance(t, Mapping) and isinstance(t.get("per_source"), list):
+        bars = {v.get("source"): v for v in t.get("shortcut") or [] if isinstance(v, Mapping)}
+        lines += ["", "Held-out test radiographs (the shipped model):", "", "| source | n | accuracy [95% CI] | shortcut | margin (points) |", "|---|---|---|---|---|"]
+        for r in t["per_source"]:
+            if not isinstance(r, Mapping):
+                continue
+            ci = r.get("accuracy_ci95") or {}
+            v = bars.get(r.get("source"), {})
+            lines.append(f"| {_md(r.get('source'))} | {r.get('n')} | {_num(r.get('accuracy'))} [{_num(ci.get('lo'))}, {_num(ci.get('hi'))}] | "
+                         f"{_num(v.get('shortcut_accuracy'))} | {_num(v.get('margin_points'))} |")
+        if t.get("protocol"):
+            lines.append(f"\n{_md(t['protocol'])}")
+    return "\n".join(lines).strip()
+
+
 def model_card_markdown(bundle: Bundle) -> str:
     """Markdown model card of a bundle, from its manifest only."""
     prov = bundle.provenance
@@ -152,6 +177,9 @@ def model_card_markdown(bundle: Bundle) -> str:
         parts += ["| metric | value |", "|---|---|", *[f"| {_md(k)} | {v} |" for k, v in rows]]
     else:
         parts.append(NOT_RECORDED)
+    per_source = _per_source_text(bundle.metrics.raw)
+    if per_source:
+        parts += ["", "### Per source, beside the shortcut", per_source]
     parts += ["", "### Input gate", _gate_text(bundle.gate)]
     if prov.command:
         parts += ["", "### How it was made", f"`{_md(prov.command)}`"]
