@@ -52,6 +52,9 @@ for l in "${LEVERS[@]}"; do
     E7-per-source-cells-knee) lever E7-per-source-cells-knee per-source --balance cells --resize knee ;;  # + lever 2/3: one knee per input
     E8-per-source-cells-knee-acq) lever E8-per-source-cells-knee-acq per-source --balance cells --resize knee --augment acquisition ;;
     E9-one-knee) lever E9-one-knee one --balance weighted --resize knee ;;          # today's recipe, knee framing only
+    E10-per-source-knee) lever E10-per-source-knee per-source --balance weighted --resize knee ;;  # E1 + knee framing
+    E11-per-source-knee-acq) lever E11-per-source-knee-acq per-source --balance weighted --resize knee --augment acquisition ;;
+    E12-per-source-knee-cellsel) lever E12-per-source-knee-cellsel per-source --balance weighted --resize knee --select cell-recall ;;
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done
