@@ -217,6 +217,19 @@ def table() -> str:
     return text
 
 
+def readme_table() -> str:
+    """The README's compact form of LEVERS.md (between its ``levers table`` markers)."""
+    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"), key=lambda p: int(p.stem.split("-")[0][1:]))]
+    lines = ["| lever | pooled acc | Kaggle acc | Wani acc [95% CI] (bar 0.563) | Wani Normal / Osteopenia / Osteoporosis | "
+             "low-BMD AUROC in Kaggle / in Wani | Wani Osteopenia vs Osteoporosis AUROC | source probe AUROC | Wani r(T-score, P(Normal)) |",
+             "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['lever']} | {_f(r['pooled_acc'])} | {_f(r['kaggle_acc'])} | {_f(r['wani_acc'])} [{_f(r['wani_ci'])}, {_f(r['wani_ci_hi'])}] | "
+                     f"{r['wani_normal']} / {r['wani_penia']} / {r['wani_porosis']} | {_f(r['lowbmd_auc_kaggle'])} / {_f(r['lowbmd_auc_wani'])} | "
+                     f"{_f(r['penia_vs_porosis_auc'])} | {_f(r['source_probe'])} | {_f(r['tscore_r'], 2)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lever")
@@ -224,9 +237,13 @@ def main() -> None:
     ap.add_argument("--eval-split", type=Path)
     ap.add_argument("--note", default="")
     ap.add_argument("--table", action="store_true")
+    ap.add_argument("--readme-table", action="store_true", help="print the README's compact table")
     a = ap.parse_args()
     if a.table:
         print(table())
+        return
+    if a.readme_table:
+        print(readme_table())
         return
     if not (a.lever and a.runs and a.eval_split):
         ap.error("--lever, --runs and --eval-split are required (or --table)")
