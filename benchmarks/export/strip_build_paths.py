@@ -35,6 +35,12 @@ def _option(command: str, name: str) -> str | None:
     return next((words[i + 1] for i, w in enumerate(words[:-1]) if w == name), None)
 
 
+def _relative_words(command: str) -> str:
+    """A recorded command with every absolute path argument replaced by its file name."""
+    words = shlex.split(command)
+    return shlex.join(Path(w).name if os.path.isabs(w) else w for w in words) if any(os.path.isabs(w) for w in words) else command
+
+
 def portable_provenance(prov: dict) -> dict:
     """The provenance dict with build-machine paths rewritten (see the module docstring)."""
     prov = dict(prov)
@@ -51,6 +57,12 @@ def portable_provenance(prov: dict) -> dict:
         prov["command"] = strip(prov.get("command") or "")
         prov["parent_command"] = strip(prov.get("parent_command") or "")
         prov["lineage"] = [strip(c) for c in prov.get("lineage") or []]
+    # a split already named by content, but typed as an absolute path in the recorded commands
+    for key in ("command", "parent_command"):
+        if prov.get(key):
+            prov[key] = _relative_words(prov[key])
+    if prov.get("lineage"):
+        prov["lineage"] = [_relative_words(c) for c in prov["lineage"]]
     parent = dict(prov.get("parent") or {})
     if parent.get("path") and os.path.isabs(parent["path"]):
         model, out = _option(prov["command"], "--model"), _option(prov["command"], "--out")
