@@ -219,7 +219,7 @@ def table() -> str:
 
 def readme_table() -> str:
     """The README's compact form of LEVERS.md (between its ``levers table`` markers)."""
-    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"), key=lambda p: int(p.stem.split("-")[0][1:]))]
+    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"), key=lambda p: (int(p.stem.split("-")[0][1:]), p.stem))]
     lines = ["| lever | pooled acc | Kaggle acc | Wani acc [95% CI] (bar 0.563) | Wani Normal / Osteopenia / Osteoporosis | "
              "low-BMD AUROC in Kaggle / in Wani | Wani Osteopenia vs Osteoporosis AUROC | source probe AUROC | Wani r(T-score, P(Normal)) |",
              "|" + "---|" * 9]
