@@ -137,9 +137,10 @@ def main() -> int:
         knees = [r for r in table.rows if r.split != "test"]
         fit = [r.path for r in knees]
         protocol = (
-            f"OOD model cross-fitted on the non-test rows of {where} by its folds: threshold chosen on their out-of-fold "
-            f"scores plus a seeded half of each non-knee set (max Youden J with knee acceptance >= {args.min_accept} "
-            "within every source folder), then the model refitted on all of them; rates on its test rows and the other halves"
+            f"two-part gate cross-fitted on the non-test rows of {where} by its folds: a density model (threshold: the largest "
+            "out-of-fold knee score + 10%) and a knee-vs-other logistic score fitted against a seeded half of each non-knee set "
+            f"(threshold: the smallest accepting >= {args.min_accept} of every source folder's out-of-fold knees); both refitted "
+            "on all non-test knees; rates on its test rows and the other halves"
         )
         gate = calibrate_gate_crossfit(
             fit, [r.source for r in knees], [r.fold for r in knees], calib_ood, test, test_ood,
