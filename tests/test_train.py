@@ -384,3 +384,31 @@ def test_train_with_knee_framing_and_worst_source_selection(tiny_split, tmp_path
     assert max(float(x["val_worst_source_acc"]) for x in rows) == pytest.approx(b.training["best_val_selection"], abs=1e-5)
     bad = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "r2"), "--select", "pooled"])
     assert bad.exit_code == 2
+
+
+def test_tscore_targets_follow_the_duplicate_group(tmp_path):
+    """Lever 5: a Wani radiograph's T-score applies to its Kaggle copies; rows without one are NaN."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from osteo_edge.train.tscore import read_tscores, tscore_targets
+
+    csv_path = tmp_path / "t.csv"
+    csv_path.write_text("Patient Id,T-score Value\n" + "".join(f"OP{i},{-1.0 - i / 10}\n" for i in range(12)) + "N1,bad\n")
+    table = read_tscores(csv_path)
+    assert len(table) == 12 and table["OP3"] == pytest.approx(-1.3)
+    rows = [SimpleNamespace(path=f"/d/wani-mendeley/Osteopenia/OP{i}.jpg", source="wani-mendeley", group=i) for i in range(12)]
+    rows.append(SimpleNamespace(path="/d/2class-kaggle/Osteoporosis/x.png", source="2class-kaggle", group=3))  # copy of OP3
+    rows.append(SimpleNamespace(path="/d/2class-kaggle/Normal/n.png", source="2class-kaggle", group=99))
+    t, info = tscore_targets(rows, table)
+    assert info["n_groups"] == 12 and info["n_rows"] == 13
+    assert t[12] == pytest.approx(t[3]) and np.isnan(t[13])
+    assert abs(float(np.nanmean(t))) < 1e-5  # standardised over the training rows that have one
+    with pytest.raises(Exception, match="at least 10"):
+        tscore_targets(rows[:5], table)
+
+
+def test_train_with_tscore_aux_needs_its_table_and_a_timm_model(tiny_split, tmp_path):
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "r"), "--tscore-aux", "0.5"])
+    assert r.exit_code != 0 and "--tscore-csv" in r.output

@@ -55,6 +55,7 @@ for l in "${LEVERS[@]}"; do
     E10-per-source-knee) lever E10-per-source-knee per-source --balance weighted --resize knee ;;  # E1 + knee framing
     E11-per-source-knee-acq) lever E11-per-source-knee-acq per-source --balance weighted --resize knee --augment acquisition ;;
     E12-per-source-knee-cellsel) lever E12-per-source-knee-cellsel per-source --balance weighted --resize knee --select cell-recall ;;
+    E13-per-source-tscore) lever E13-per-source-tscore per-source --balance weighted --tscore-aux 0.5 --tscore-csv "$DATA/tabular/wani_patient_details.csv" ;;  # E1 + lever 5
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done

@@ -95,6 +95,8 @@ def train_cmd(
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1.", show_default="8")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.", show_default="2")] = None,
     select: Annotated[Optional[Select], typer.Option(help="Model selection (best epoch, early stopping) on validation: macro-f1 | cell-recall (mean recall over (source of the duplicate group, class) cells) | worst-source (accuracy of the worst source).", show_default="macro-f1")] = None,
+    tscore_aux: Annotated[Optional[float], typer.Option("--tscore-aux", help="Weight of an auxiliary T-score regression loss on the pooled features (Wani radiographs and their copies; the T-score from --tscore-csv). 0: off.", show_default="0")] = None,
+    tscore_csv: Annotated[Optional[Path], typer.Option("--tscore-csv", help="wani_patient_details.csv (Patient Id = image file stem, T-score Value).")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee on its joint line; a bilateral film gives two views, their logits averaged).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
@@ -103,7 +105,7 @@ def train_cmd(
     params = dict(split=split, out=out, arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
                   freeze_epochs=freeze_epochs, weights=weights, device=device, devices=devices, resume=resume, seed=seed,
                   config=config, folds=folds or None, schedule=schedule, balance=balance, augment=augment, patience=patience,
-                  threads=threads, resize=resize, select=select)
+                  threads=threads, resize=resize, select=select, tscore_aux=tscore_aux, tscore_csv=tscore_csv)
     command = command_line("train", params)
     overrides = {k: (v.value if isinstance(v, Enum) else (str(v) if isinstance(v, Path) else v)) for k, v in params.items()
                  if k not in ("out", "resume", "config", "folds")}

@@ -43,6 +43,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     augment: str = "default"
     select: str = "macro-f1"
+    tscore_aux: float = 0.0  # weight of the auxiliary T-score regression loss (issue 17, lever 5); 0: off
+    tscore_csv: str = ""  # the clinical table with the T-scores (wani_patient_details.csv)
     drop_rate: float = 0.2
     patience: int = 8  # early stopping on validation macro-F1 (epochs without improvement)
     seed: int = 0
@@ -70,6 +72,10 @@ class TrainConfig:
             raise choice_error("--augment", self.augment, AUGMENT)
         if self.select not in SELECT:
             raise choice_error("--select", self.select, SELECT)
+        if self.tscore_aux < 0 or (self.tscore_aux > 0 and not self.tscore_csv):
+            raise ConfigError("--tscore-aux needs a weight >= 0 and, when > 0, --tscore-csv (wani_patient_details.csv)")
+        if self.tscore_aux > 0 and self.devices > 1:
+            raise ConfigError("--tscore-aux trains in one process only (--devices 1)")
         if self.device not in DEVICES:
             raise choice_error("--device", self.device, DEVICES)
         if self.resize not in RESIZE_POLICIES:

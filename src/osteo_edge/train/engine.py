@@ -372,6 +372,8 @@ class _Run:
     use_amp: bool = False
     amp_dtype: Any = None
     scaler: Any = None
+    aux_head: Any = None  # T-score regression head on the pooled features (--tscore-aux), not part of model.pt
+    tscore: dict[str, Any] | None = None
 
     @property
     def distributed(self) -> bool:
@@ -420,6 +422,10 @@ def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, p
         RadiographDataset(train_rows, table.labels, spec, augment=build_augmentation(config.augment), seed=config.seed),
         RadiographDataset(val_rows, table.labels, spec),
     )
+    if config.tscore_aux > 0:
+        from .tscore import read_tscores, tscore_targets
+
+        run.train_ds.aux, run.tscore = tscore_targets(train_rows, read_tscores(config.tscore_csv))
     _setup_model(run)
     _setup_data(run)
     _setup_amp(run)
@@ -439,6 +445,11 @@ def _setup_model(run: _Run) -> None:
     head_ids = {id(p) for p in classifier_module(run.model).parameters()}
     backbone = [p for p in run.model.parameters() if id(p) not in head_ids]
     head = [p for p in run.model.parameters() if id(p) in head_ids]
+    if config.tscore_aux > 0:
+        if not hasattr(run.model, "forward_head"):
+            raise ConfigError(f"--tscore-aux needs a timm architecture (pooled features), not {config.arch}")
+        run.aux_head = torch.nn.Linear(int(run.model.num_features), 1).to(run.device)
+        head += list(run.aux_head.parameters())
     run.opt = torch.optim.AdamW(
         [{"params": backbone, "name": "backbone"}, {"params": head, "name": "head"}], lr=config.lr, weight_decay=config.weight_decay
     )
@@ -565,12 +576,13 @@ def run_epoch(run: _Run, state: _LoopState, ddp_model: Any, epoch: int, frozen: 
     _train_mode(run.model, frozen)
     run.emit("epoch_start", epoch=epoch, epochs=config.epochs, steps=run.steps_per_epoch, stage="frozen" if frozen else "finetune")
     stats = _EpochStats(lr=config.lr, t0=time.perf_counter())
-    for step, (x, y) in enumerate(run.loader):
+    for step, batch in enumerate(run.loader):
         if step >= run.steps_per_epoch:
             break
         stats.lr = _set_lr(run, frozen, state.ft_step)
-        x, y = x.to(run.device, non_blocking=True), y.to(run.device, non_blocking=True)
-        logits, loss = _train_step(run, ddp_model, x, y)
+        x, y = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
+        t = batch[2].to(run.device) if len(batch) > 2 else None
+        logits, loss = _train_step(run, ddp_model, x, y, t)
         if not frozen:
             state.ft_step += 1
         n = int(y.shape[0])
@@ -585,16 +597,26 @@ def run_epoch(run: _Run, state: _LoopState, ddp_model: Any, epoch: int, frozen: 
     return stats
 
 
-def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any) -> tuple[Any, Any]:
-    """Forward (autocast under AMP) on a batch already on the device, weighted and smoothed cross-entropy, backward, optimiser step."""
+def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any, t: Any = None) -> tuple[Any, Any]:
+    """Forward (autocast under AMP) on a batch already on the device, weighted and smoothed cross-entropy
+    (plus the weighted T-score regression loss on the rows that have one, --tscore-aux), backward, optimiser step."""
     import torch
     import torch.nn.functional as F
 
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.use_amp):
-        logits = ddp_model(x)
+        if run.aux_head is None or t is None:
+            logits = ddp_model(x)
+        else:  # one process (checked by the config): the model's own head on its pooled features
+            feats = run.model.forward_head(run.model.forward_features(x), pre_logits=True)
+            logits = run.model.get_classifier()(feats)
         loss = F.cross_entropy(logits.float(), y, weight=run.class_weight, label_smoothing=run.config.label_smoothing)
+        if run.aux_head is not None and t is not None:
+            known = ~torch.isnan(t)
+            if bool(known.any()):
+                pred = run.aux_head(feats.float()).squeeze(1)
+                loss = loss + run.config.tscore_aux * F.mse_loss(pred[known], t[known].float())
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.opt)
