@@ -32,7 +32,7 @@ import numpy as np
 
 from ..artifact import sha256_file
 from ..core.progress import Progress
-from ..core.stats import wilson_interval
+from ..core.stats import percentile_interval, resample_indices, wilson_interval
 from ..errors import ConfigError, OsteoEdgeError
 from ..preprocess import PreprocessSpec, preprocess
 
@@ -172,12 +172,9 @@ def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray, groups: Sequen
     delta = np.abs(np.asarray(ref_probs, np.float64) - np.asarray(cand_probs, np.float64))
     out = {"n": n, "agree": agree, "agreement": agree / n if n else float("nan")}
     if groups is not None and n:
-        g = np.unique(np.asarray(groups), return_inverse=True)[1]
-        k = int(g.max()) + 1
-        agree_g, n_g = np.bincount(g, weights=same.astype(float), minlength=k), np.bincount(g, minlength=k)
-        idx = np.random.default_rng(seed).integers(0, k, size=(n_boot, k))
-        boot = agree_g[idx].sum(1) / n_g[idx].sum(1)
-        out.update({"n_radiographs": k, "ci95": [float(np.percentile(boot, 2.5)), float(np.percentile(boot, 97.5))],
+        k = len(set(groups))
+        lo, hi, _ = percentile_interval([float(same[idx].mean()) for idx in resample_indices(n, n_boot, seed, groups)])
+        out.update({"n_radiographs": k, "ci95": [lo, hi],
                     "ci_method": f"percentile bootstrap over {k} radiographs ({n_boot} resamples)"})
     else:
         lo, hi = wilson_interval(agree, n)
