@@ -220,7 +220,11 @@ class Gate:
                 return GateResult(False, "colour", f"colour image (chroma {chroma:.3f} > {self.colour_chroma}); radiographs are greyscale")
         if self.ood is None:
             return GateResult(True)
-        feats = image_features(decoded)
+        return self.score_check(image_features(decoded))
+
+    def score_check(self, feats: np.ndarray) -> GateResult:
+        """Checks 5 and 6 on an image's gate features (a gate with an ``ood`` model)."""
+        assert self.ood is not None
         score = self.ood.score(feats)
         if not score <= self.ood.threshold:
             return GateResult(
@@ -274,9 +278,9 @@ class Gate:
 # calibration
 
 
-def _rates(scores: np.ndarray, threshold: float) -> dict[str, Any]:
-    n = int(scores.size)
-    acc = int(np.sum(scores <= threshold))
+def _rates(accepted: np.ndarray) -> dict[str, Any]:
+    """Counts and rates of a boolean accepted-per-image array."""
+    n, acc = int(accepted.size), int(np.sum(accepted))
     return {"n": n, "accepted": acc, "rejected": n - acc, "accept_rate": acc / n if n else None, "reject_rate": (n - acc) / n if n else None}
 
 
@@ -353,17 +357,18 @@ def _fit_best(fit: _Scored, cin: _Scored, cood: Mapping[str, _Scored], min_accep
     return best[1], best[2], tried
 
 
-def _gate_report(model: OODModel, thr: float, knees: _Scored, others: Mapping[str, _Scored]) -> dict[str, Any]:
-    """Acceptance of knees (pooled and per source) and rejection of each non-knee set at ``thr``."""
-    ki = np.array([model.score(f) for f in knees.feats])
-    by_source = {str(s): _rates(ki[knees.sources == s], thr) for s in np.unique(knees.sources)} if ki.size else {}
+def _gate_report(gate: Gate, knees: _Scored, others: Mapping[str, _Scored]) -> dict[str, Any]:
+    """Acceptance of knees (pooled and per source) and rejection of each non-knee set by the gate's
+    score checks (:meth:`Gate.score_check`)."""
+
+    def passes(feats: np.ndarray) -> np.ndarray:
+        return np.array([gate.score_check(f).ok for f in feats], dtype=bool)
+
+    ki = passes(knees.feats)
     return {
-        "in_distribution": {**_rates(ki, thr), "refused_by_rules": knees.rules},
-        "in_distribution_by_source": by_source,
-        "out_of_distribution": {
-            name: {**_rates(np.array([model.score(f) for f in o.feats]), thr), "refused_by_rules": o.rules}
-            for name, o in others.items()
-        },
+        "in_distribution": {**_rates(ki), "refused_by_rules": knees.rules},
+        "in_distribution_by_source": {str(s): _rates(ki[knees.sources == s]) for s in np.unique(knees.sources)} if ki.size else {},
+        "out_of_distribution": {name: {**_rates(passes(o.feats)), "refused_by_rules": o.rules} for name, o in others.items()},
     }
 
 
@@ -398,14 +403,21 @@ def calibrate_gate(
         "components": int(model.components.shape[0]),
         "components_tried_youden_j": tried,
         "fit": {"n": int(fit.feats.shape[0]), "refused_by_rules": fit.rules},
-        "calibration_sets": _gate_report(model, thr, cin, cood),
     }
+    gate = Gate(base.min_side, base.blank_std, base.colour_chroma,
+                OODModel(model.mean, model.components, model.variances, model.noise, thr, calibration))
+    calibration["calibration_sets"] = _gate_report(gate, cin, cood)
+    _report_test_sets(gate, calibration, test_in, test_ood, test_in_sources, bit_depth)
+    return gate
+
+
+def _report_test_sets(gate: Gate, calibration: dict[str, Any], test_in: Sequence[Any], test_ood: Mapping[str, Sequence[Any]] | None,
+                      test_in_sources: Sequence[str] | None, bit_depth: str) -> None:
+    """``calibration["test_sets"]``: the gate's rates on the untouched test sets (when there are any)."""
     if len(test_in) or test_ood:
         tin = _score_set(test_in, test_in_sources, bit_depth)
         tood = {name: _score_set(src, None, bit_depth) for name, src in (test_ood or {}).items()}
-        calibration["test_sets"] = _gate_report(model, thr, tin, tood)
-    ood = OODModel(model.mean, model.components, model.variances, model.noise, thr, calibration)
-    return Gate(base.min_side, base.blank_std, base.colour_chroma, ood)
+        calibration["test_sets"] = _gate_report(gate, tin, tood)
 
 
 PPCA_MARGIN = 1.1  # the cross-fitted gate's density threshold: every out-of-fold knee, plus 10%
@@ -473,38 +485,15 @@ def calibrate_gate_crossfit(
         "components": int(model.components.shape[0]),
         "fit": {"n": int(kin.feats.shape[0]), "refused_by_rules": kin.rules,
                 "discriminator_others": {n: int(o.feats.shape[0]) for n, o in cood.items()}},
-        "calibration_sets": {"in_distribution": {**_rates_ok(ok), "refused_by_rules": kin.rules},
-                             "in_distribution_by_source": {str(s): _rates_ok(ok[src == s]) for s in np.unique(src)},
+        "calibration_sets": {"in_distribution": {**_rates(ok), "refused_by_rules": kin.rules},
+                             "in_distribution_by_source": {str(s): _rates(ok[src == s]) for s in np.unique(src)},
                              "out_of_distribution": {}},
     }
     base = Gate()
-    gate = Gate(base.min_side, base.blank_std, base.colour_chroma, OODModel(model.mean, model.components, model.variances, model.noise, t_dens), disc)
-    if len(test_in) or test_ood:
-        tin = _score_set(test_in, test_in_sources, bit_depth)
-        tood = {name: _score_set(xs, None, bit_depth) for name, xs in (test_ood or {}).items()}
-        calibration["test_sets"] = _gate_report_two(gate, tin, tood)
-    return Gate(gate.min_side, gate.blank_std, gate.colour_chroma, OODModel(model.mean, model.components, model.variances, model.noise, t_dens, calibration), disc)
-
-
-def _rates_ok(ok: np.ndarray) -> dict[str, Any]:
-    n, acc = int(ok.size), int(np.sum(ok))
-    return {"n": n, "accepted": acc, "rejected": n - acc, "accept_rate": acc / n if n else None, "reject_rate": (n - acc) / n if n else None}
-
-
-def _gate_report_two(gate: Gate, knees: _Scored, others: Mapping[str, _Scored]) -> dict[str, Any]:
-    """Like :func:`_gate_report` for a gate with a discriminator: an image passes when both scores do."""
-    assert gate.ood is not None and gate.discriminator is not None
-
-    def passes(feats: np.ndarray) -> np.ndarray:
-        return np.array([gate.ood.score(f) <= gate.ood.threshold and gate.discriminator.score(f) <= gate.discriminator.threshold
-                         for f in feats], dtype=bool)
-
-    ki = passes(knees.feats)
-    return {
-        "in_distribution": {**_rates_ok(ki), "refused_by_rules": knees.rules},
-        "in_distribution_by_source": {str(s): _rates_ok(ki[knees.sources == s]) for s in np.unique(knees.sources)} if ki.size else {},
-        "out_of_distribution": {name: {**_rates_ok(passes(o.feats)) , "refused_by_rules": o.rules} for name, o in others.items()},
-    }
+    gate = Gate(base.min_side, base.blank_std, base.colour_chroma,
+                OODModel(model.mean, model.components, model.variances, model.noise, t_dens, calibration), disc)
+    _report_test_sets(gate, calibration, test_in, test_ood, test_in_sources, bit_depth)
+    return gate
 
 
 def write_gate(bundle_dir: Any, gate: Gate) -> Any:
