@@ -57,11 +57,7 @@ def forward(model, ds, batch: int = 32):
 
     from osteo_edge.modeling.dataset import mean_by_owner
 
-    owner, xs = [], []
-    for i in range(len(ds)):
-        views = ds.view_arrays(i)
-        owner += [i] * len(views)
-        xs += views
+    xs, owner = ds.all_view_arrays()
     logits, feats = [], []
     model.eval()
     with torch.inference_mode():
@@ -74,7 +70,6 @@ def forward(model, ds, batch: int = 32):
                 z, f = model(x), torch.zeros((x.shape[0], 1))
             logits.append(z.float().numpy())
             feats.append(f.float().reshape(f.shape[0], -1).numpy())
-    owner = np.asarray(owner)
     return mean_by_owner(np.concatenate(logits), owner, len(ds)), mean_by_owner(np.concatenate(feats), owner, len(ds))
 
 
@@ -136,18 +131,17 @@ TSCORES = ROOT.parent / "shared" / "data" / "tabular" / "wani_patient_details.cs
 def tscore_correlation(rows, probs: np.ndarray, labels: list, normal: str) -> dict:
     """Issue 17 lever 5's report: the correlation of the model's P(normal) with the patient's
     (quantitative-ultrasound) T-score over the out-of-fold Wani radiographs (file stem = patient id)."""
-    import csv
+    from osteo_edge.train.tscore import read_tscores
 
     if not TSCORES.is_file():
         return {"n": 0, "note": f"{TSCORES} not found"}
-    with TSCORES.open(newline="", encoding="utf-8-sig") as f:
-        t = {r["Patient Id"].strip(): r["T-score Value"] for r in csv.DictReader(f)}
+    t = read_tscores(TSCORES)
     j = labels.index(normal)
     pairs = []
     for r, p in zip(rows, probs):
         v = t.get(Path(r.path).stem)
-        if "wani" in r.source and v not in (None, ""):
-            pairs.append((float(v), float(p[j])))
+        if "wani" in r.source and v is not None:
+            pairs.append((v, float(p[j])))
     if len(pairs) < 3:
         return {"n": len(pairs)}
     a = np.array(pairs)

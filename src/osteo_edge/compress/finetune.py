@@ -86,11 +86,7 @@ def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Pro
     from ..modeling.dataset import mean_by_owner
 
     model.eval()
-    owner, xs = [], []
-    for j in range(len(dataset)):
-        views = dataset.view_arrays(j) if hasattr(dataset, "view_arrays") else [dataset.array(j)]
-        owner += [j] * len(views)
-        xs += views
+    xs, owner = dataset.all_view_arrays()
     outs = []
     with torch.no_grad():
         for i in range(0, len(xs), batch_size):
@@ -99,7 +95,7 @@ def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Pro
                 progress("predicting", min(i + batch_size, len(xs)), len(xs))
     if not outs:
         return np.zeros((0, len(dataset.labels)), np.float32)
-    return mean_by_owner(np.concatenate(outs, axis=0), np.asarray(owner), len(dataset))
+    return mean_by_owner(np.concatenate(outs, axis=0), owner, len(dataset))
 
 
 def quick_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:

@@ -144,6 +144,16 @@ class RadiographDataset:
         """Every view of row ``i`` as model input (no augmentation): evaluation averages their logits."""
         return [finalize(v, self.spec) for v in self.views(i)]
 
+    def all_view_arrays(self) -> tuple[list[np.ndarray], np.ndarray]:
+        """Every view of every row as model input, and the row each belongs to (for :func:`mean_by_owner`)."""
+        xs: list[np.ndarray] = []
+        owner: list[int] = []
+        for i in range(len(self)):
+            views = self.view_arrays(i)
+            xs += views
+            owner += [i] * len(views)
+        return xs, np.asarray(owner, dtype=np.int64)
+
     def __getitem__(self, i: int) -> tuple[Any, int]:
         import torch
 

@@ -121,11 +121,7 @@ def predict_logits(model: Any, dataset: RadiographDataset, batch_size: int, devi
     import torch
 
     model.eval()
-    owner, xs = [], []
-    for i in range(len(dataset)):
-        views = dataset.view_arrays(i)
-        owner += [i] * len(views)
-        xs += views
+    xs, owner = dataset.all_view_arrays()
     outs = []
     with torch.inference_mode():
         for start in range(0, len(xs), batch_size):
@@ -136,7 +132,7 @@ def predict_logits(model: Any, dataset: RadiographDataset, batch_size: int, devi
     k = getattr(model, "num_classes", None)
     if not outs:
         return np.zeros((0, int(k or 0)), dtype=np.float32)
-    return mean_by_owner(np.concatenate(outs), np.asarray(owner), len(dataset))
+    return mean_by_owner(np.concatenate(outs), owner, len(dataset))
 
 
 def _write_history(out: Path, history: Sequence[Mapping[str, Any]]) -> None:
@@ -373,7 +369,6 @@ class _Run:
     amp_dtype: Any = None
     scaler: Any = None
     aux_head: Any = None  # T-score regression head on the pooled features (--tscore-aux), not part of model.pt
-    tscore: dict[str, Any] | None = None
 
     @property
     def distributed(self) -> bool:
@@ -425,7 +420,7 @@ def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, p
     if config.tscore_aux > 0:
         from .tscore import read_tscores, tscore_targets
 
-        run.train_ds.aux, run.tscore = tscore_targets(train_rows, read_tscores(config.tscore_csv))
+        run.train_ds.aux, _ = tscore_targets(train_rows, read_tscores(config.tscore_csv))
     _setup_model(run)
     _setup_data(run)
     _setup_amp(run)
@@ -630,7 +625,7 @@ SELECT_COLUMN = {"macro-f1": "val_macro_f1", "cell-recall": "val_cell_recall", "
 def source_selection_metrics(ds: RadiographDataset, pred: np.ndarray) -> tuple[float, float]:
     """(mean recall over (source, class) cells, accuracy of the worst source) of predictions on a
     dataset; the source of a row is its duplicate group's source (``SplitRow.domain``)."""
-    src = np.array([str(getattr(r, "domain", getattr(r, "source", ""))) for r in ds.rows])
+    src = np.array([str(r.domain) for r in ds.rows])
     ok = np.asarray(pred) == ds.targets
     cells = {(s, t) for s, t in zip(src, ds.targets)}
     cell = [float(ok[(src == s) & (ds.targets == t)].mean()) for s, t in sorted(cells)]
