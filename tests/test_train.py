@@ -412,3 +412,55 @@ def test_tscore_targets_follow_the_duplicate_group(tmp_path):
 def test_train_with_tscore_aux_needs_its_table_and_a_timm_model(tiny_split, tmp_path):
     r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "r"), "--tscore-aux", "0.5"])
     assert r.exit_code != 0 and "--tscore-csv" in r.output
+
+
+def test_group_dro_upweights_the_worst_cell():
+    """Lever 1's alternative: the group weights follow each (source, class) cell's loss; absent cells keep theirs."""
+    from osteo_edge.train.robust import GroupDRO, dro_groups
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(domain=d, label=lab) for d, lab in [("wani", "Normal"), ("kaggle", "Normal"), ("wani", "Normal"), ("wani", "Osteopenia")]]
+    groups, cells = dro_groups(rows)
+    assert cells == ["kaggle|Normal", "wani|Normal", "wani|Osteopenia"] and groups.tolist() == [1, 0, 1, 2]
+    dro = GroupDRO(3, eta=0.5)
+    per = torch.tensor([2.0, 0.5, 4.0, 1.0])  # wani|Normal mean 3.0, kaggle|Normal 0.5, wani|Osteopenia 1.0
+    loss = dro.loss(per, torch.from_numpy(groups))
+    q = torch.exp(0.5 * torch.tensor([0.5, 3.0, 1.0], dtype=torch.float64))
+    q = q / q.sum()
+    assert torch.allclose(dro.q, q)
+    assert float(loss) == pytest.approx(float((q * torch.tensor([0.5, 3.0, 1.0], dtype=torch.float64)).sum()), rel=1e-5)
+    before = dro.q.clone()
+    dro.loss(torch.tensor([9.0]), torch.tensor([0]))  # only kaggle|Normal in this batch
+    assert dro.q[0] > before[0] and dro.q[1] / dro.q[2] == pytest.approx(float(before[1] / before[2]))
+
+
+def test_train_with_group_dro_records_the_cell_weights_and_resumes(tiny_split, tmp_path):
+    r = CliRunner().invoke(app, ["train", "--split", str(tiny_split), "--out", str(tmp_path / "run"), "--arch", "cnn",
+                                 "--weights", "none", "--img-size", "32", "--epochs", "2", "--batch-size", "4", "--threads", "1",
+                                 "--group-dro", "0.05"])
+    assert r.exit_code == 0, r.output
+    rec = load_bundle(tmp_path / "run").training["group_dro"]
+    w = rec["final_weights"]
+    assert rec["step_size"] == 0.05 and len(w) == 3 and abs(sum(w.values()) - 1) < 1e-5 and len(set(w.values())) > 1
+    assert torch.load(tmp_path / "run" / "last.pt", weights_only=True)["dro_q"] is not None
+
+
+def test_distillation_from_fold_matched_teachers_and_the_leak_guard(tiny_split, tmp_path):
+    """Lever 6 on tiny runs: '{fold}' picks each fold's teacher; a teacher that trained on the student's
+    validation rows is refused in one line before any training."""
+    common = ["--split", str(tiny_split), "--arch", "cnn", "--weights", "none", "--img-size", "32", "--epochs", "1",
+              "--batch-size", "4", "--threads", "1", "--folds", "2"]
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "teach"), *common])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "stud"), *common, "--distill", "0.5",
+                                 "--teacher", str(tmp_path / "teach" / "fold{fold}")])
+    assert r.exit_code == 0, r.output
+    rec = load_bundle(tmp_path / "stud" / "fold1").training["distill"]
+    assert rec["teachers"] == [str(tmp_path / "teach" / "fold1")] and rec["weight"] == 0.5
+    assert "--teacher" in load_bundle(tmp_path / "stud" / "fold1").provenance.command
+    leak = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "bad"), *common, "--distill", "0.5",
+                                    "--teacher", str(tmp_path / "teach" / "fold1")])  # fold1 trained on fold 0's rows
+    assert leak.exit_code != 0 and "validation or test rows" in leak.output and "Traceback" not in leak.output
+    assert not (tmp_path / "bad" / "fold0" / "config.yaml").exists()  # refused before the run directory is made
+    none = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), *common, "--distill", "0.5"])
+    assert none.exit_code != 0 and "--teacher" in none.output

@@ -56,6 +56,12 @@ for l in "${LEVERS[@]}"; do
     E11-per-source-knee-acq) lever E11-per-source-knee-acq per-source --balance weighted --resize knee --augment acquisition ;;
     E12-per-source-knee-cellsel) lever E12-per-source-knee-cellsel per-source --balance weighted --resize knee --select cell-recall ;;
     E13-per-source-tscore) lever E13-per-source-tscore per-source --balance weighted --tscore-aux 0.5 --tscore-csv "$DATA/tabular/wani_patient_details.csv" ;;  # E1 + lever 5
+    E14-per-source-320) lever E14-per-source-320 per-source --balance weighted --img-size 320 ;;  # E1 + lever 3: resolution
+    E15-per-source-dro) lever E15-per-source-dro per-source --balance weighted --group-dro 0.01 ;;  # E1 + lever 1: group DRO over (source, class) cells
+    E16-per-source-distill) lever E16-per-source-distill per-source --balance weighted --distill 0.5 \
+        --teacher 'runs/model/E0-baseline/fold{fold}' --teacher 'runs/model/E1-per-source/fold{fold}' \
+        --teacher 'runs/model/E13-per-source-tscore/fold{fold}' ;;  # E1 + lever 6: fold-matched 3-recipe ensemble (flip TTA) distilled
+    E17-per-source-knee-320) lever E17-per-source-knee-320 per-source --balance weighted --resize knee --img-size 320 ;;  # E10 at 320 px
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done

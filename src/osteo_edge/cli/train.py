@@ -35,7 +35,8 @@ def command_line(name: str, params: dict[str, Any]) -> str:
         if v is True:
             parts.append(flag)
         elif isinstance(v, (list, tuple)):
-            parts += [str(x) for x in v] if k in ("runs",) else [flag, ",".join(str(x) for x in v)]
+            for x in v:  # a repeatable option
+                parts += [flag, shlex.quote(str(x))]
         else:
             parts += [flag, shlex.quote(str(v.value if isinstance(v, Enum) else v))]
     return " ".join(parts)
@@ -97,6 +98,9 @@ def train_cmd(
     select: Annotated[Optional[Select], typer.Option(help="Model selection (best epoch, early stopping) on validation: macro-f1 | cell-recall (mean recall over (source of the duplicate group, class) cells) | worst-source (accuracy of the worst source).", show_default="macro-f1")] = None,
     tscore_aux: Annotated[Optional[float], typer.Option("--tscore-aux", help="Weight of an auxiliary T-score regression loss on the pooled features (Wani radiographs and their copies; the T-score from --tscore-csv). 0: off.", show_default="0")] = None,
     tscore_csv: Annotated[Optional[Path], typer.Option("--tscore-csv", help="wani_patient_details.csv (Patient Id = image file stem, T-score Value).")] = None,
+    group_dro: Annotated[Optional[float], typer.Option("--group-dro", help="Group DRO over (source of the duplicate group, class) cells: step size of the group weights (e.g. 0.01). 0: off.", show_default="0")] = None,
+    distill: Annotated[Optional[float], typer.Option("--distill", help="Weight in [0, 1] of a distillation loss towards the --teacher ensemble (flip-averaged logits, temperature 2). 0: off.", show_default="0")] = None,
+    teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="A teacher torch run for --distill (repeat for an ensemble); '{fold}' in the path = the student's fold. It must not have trained on the student's validation or test radiographs.")] = None,
     resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee on its joint line; a bilateral film gives two views, their logits averaged).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
@@ -105,10 +109,15 @@ def train_cmd(
     params = dict(split=split, out=out, arch=arch, img_size=img_size, epochs=epochs, batch_size=batch_size, lr=lr,
                   freeze_epochs=freeze_epochs, weights=weights, device=device, devices=devices, resume=resume, seed=seed,
                   config=config, folds=folds or None, schedule=schedule, balance=balance, augment=augment, patience=patience,
-                  threads=threads, resize=resize, select=select, tscore_aux=tscore_aux, tscore_csv=tscore_csv)
+                  threads=threads, resize=resize, select=select, tscore_aux=tscore_aux, tscore_csv=tscore_csv,
+                  group_dro=group_dro, distill=distill, teacher=teacher)
     command = command_line("train", params)
     overrides = {k: (v.value if isinstance(v, Enum) else (str(v) if isinstance(v, Path) else v)) for k, v in params.items()
-                 if k not in ("out", "resume", "config", "folds")}
+                 if k not in ("out", "resume", "config", "folds", "teacher")}
+    if teacher:
+        if any("," in str(t) for t in teacher):
+            raise typer.BadParameter("a --teacher path may not contain ','", param_hint="--teacher")
+        overrides["teacher"] = ",".join(str(t) for t in teacher)
     if resume and folds == 0:
         from ..train.config import TrainConfig
 

@@ -98,7 +98,7 @@ class RadiographDataset:
         self.epoch = 0
         self.cache = cache
         self._cache: dict[int, np.ndarray] = {}
-        self.aux: np.ndarray | None = None  # an extra per-row float target (e.g. the T-score; NaN = none)
+        self.return_index = False  # __getitem__ also returns the row index (per-row extra targets: T-score, DRO group, teacher)
         index = {lab: i for i, lab in enumerate(self.labels)}
         unknown = sorted({r.label for r in self.rows} - set(index))
         if unknown:
@@ -157,8 +157,8 @@ class RadiographDataset:
     def __getitem__(self, i: int) -> tuple[Any, int]:
         import torch
 
-        if self.aux is not None:
-            return torch.from_numpy(self.array(i)), int(self.targets[i]), torch.tensor(float(self.aux[i]))
+        if self.return_index:
+            return torch.from_numpy(self.array(i)), int(self.targets[i]), i
         return torch.from_numpy(self.array(i)), int(self.targets[i])
 
 

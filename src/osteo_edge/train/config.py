@@ -45,6 +45,10 @@ class TrainConfig:
     select: str = "macro-f1"
     tscore_aux: float = 0.0  # weight of the auxiliary T-score regression loss (issue 17, lever 5); 0: off
     tscore_csv: str = ""  # the clinical table with the T-scores (wani_patient_details.csv)
+    group_dro: float = 0.0  # step size of online group DRO over (source, class) cells (issue 17, lever 1); 0: off
+    distill: float = 0.0  # weight of the distillation loss (lever 6); 0: off
+    teacher: str = ""  # teacher runs, comma-separated; '{fold}' = the student's fold
+    distill_temperature: float = 2.0
     drop_rate: float = 0.2
     patience: int = 8  # early stopping on validation macro-F1 (epochs without improvement)
     seed: int = 0
@@ -76,6 +80,12 @@ class TrainConfig:
             raise ConfigError("--tscore-aux needs a weight >= 0 and, when > 0, --tscore-csv (wani_patient_details.csv)")
         if self.tscore_aux > 0 and self.devices > 1:
             raise ConfigError("--tscore-aux trains in one process only (--devices 1)")
+        if self.group_dro < 0 or self.distill < 0 or self.distill > 1 or self.distill_temperature <= 0:
+            raise ConfigError("--group-dro needs a step size >= 0, --distill a weight in [0, 1], distill_temperature > 0")
+        if self.distill > 0 and not self.teacher.strip():
+            raise ConfigError("--distill needs at least one --teacher RUN (a torch run made by 'osteo-edge train')")
+        if (self.group_dro > 0 or self.distill > 0) and self.devices > 1:
+            raise ConfigError("--group-dro and --distill train in one process only (--devices 1)")
         if self.device not in DEVICES:
             raise choice_error("--device", self.device, DEVICES)
         if self.resize not in RESIZE_POLICIES:

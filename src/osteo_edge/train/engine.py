@@ -235,8 +235,12 @@ def train(
     missing = [lab for lab in labels if lab not in {r.label for r in train_rows}]
     if missing:
         raise DataError(f"{config.split}: label(s) {missing} have no training rows")
-    # Fail fast (before any process is spawned) if the weights cannot be had.
+    # Fail fast (before any process is spawned or the run directory is made) if the weights or teachers cannot be had.
     build_model(config.arch, len(labels), weights=config.weights, drop_rate=config.drop_rate)
+    if config.distill > 0:
+        from .robust import check_teachers
+
+        check_teachers(config.teacher, config.fold, labels, list(val_rows) + table.subset("test"))
     out.mkdir(parents=True, exist_ok=True)
     if state == "new":
         atomic_write_text(out / "config.yaml", config_yaml_text(config))
@@ -369,6 +373,11 @@ class _Run:
     amp_dtype: Any = None
     scaler: Any = None
     aux_head: Any = None  # T-score regression head on the pooled features (--tscore-aux), not part of model.pt
+    row_tscore: Any = None  # per training row: standardised T-score (NaN = none), --tscore-aux
+    dro: Any = None  # GroupDRO weights (--group-dro)
+    dro_group: Any = None  # per training row: its (source, class) cell index
+    dro_cells: list[str] = field(default_factory=list)
+    teacher: Any = None  # per training row: the teacher ensemble's logits (--distill)
 
     @property
     def distributed(self) -> bool:
@@ -417,14 +426,35 @@ def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, p
         RadiographDataset(train_rows, table.labels, spec, augment=build_augmentation(config.augment), seed=config.seed),
         RadiographDataset(val_rows, table.labels, spec),
     )
-    if config.tscore_aux > 0:
-        from .tscore import read_tscores, tscore_targets
-
-        run.train_ds.aux, _ = tscore_targets(train_rows, read_tscores(config.tscore_csv))
+    _setup_row_targets(run, train_rows, val_rows)
     _setup_model(run)
     _setup_data(run)
     _setup_amp(run)
     return run
+
+
+def _setup_row_targets(run: _Run, train_rows: Sequence[Any], val_rows: Sequence[Any]) -> None:
+    """Per-training-row extras of the loss: the T-score (--tscore-aux), the DRO cell (--group-dro), the
+    teacher ensemble's logits (--distill); the loader then also yields each row's index."""
+    import torch
+
+    config = run.config
+    if config.tscore_aux > 0:
+        from .tscore import read_tscores, tscore_targets
+
+        run.row_tscore = torch.from_numpy(tscore_targets(train_rows, read_tscores(config.tscore_csv))[0])
+    if config.group_dro > 0:
+        from .robust import GroupDRO, dro_groups
+
+        groups, run.dro_cells = dro_groups(train_rows)
+        run.dro_group = torch.from_numpy(groups)
+        run.dro = GroupDRO(len(run.dro_cells), config.group_dro)
+    if config.distill > 0:
+        from .robust import teacher_logits
+
+        held_out = list(val_rows) + run.table.subset("test")
+        run.teacher = torch.from_numpy(teacher_logits(config.teacher, config.fold, train_rows, run.labels, held_out))
+    run.train_ds.return_index = any(v is not None for v in (run.row_tscore, run.dro, run.teacher))
 
 
 def _setup_model(run: _Run) -> None:
@@ -498,6 +528,10 @@ def _resume_state(run: _Run, resume: bool) -> _LoopState:
     run.opt.load_state_dict(last["optimizer"])
     if last.get("scaler"):
         run.scaler.load_state_dict(last["scaler"])
+    if run.dro is not None and last.get("dro_q") is not None:
+        from .robust import GroupDRO
+
+        run.dro = GroupDRO(len(run.dro_cells), run.config.group_dro, last["dro_q"])
     stopping = EarlyStopping.from_state(run.config.patience, last)
     state = _LoopState(stopping, [dict(h) for h in last["history"]], int(last["epoch"]) + 1, int(last["ft_step"]), stopping.exhausted)
     if run.rank == 0:
@@ -530,7 +564,7 @@ def _loop(
             break
     if rank == 0:
         _finish(config, out, run.table, run.labels, run.spec, run.val_ds, device, run.channels_last, state.history,
-                state.stopping.best_epoch, state.stopping.best_f1, state.stopped_early, command, world)
+                state.stopping.best_epoch, state.stopping.best_f1, state.stopped_early, command, world, _loss_record(run))
     if run.distributed:
         dist.barrier()
 
@@ -576,8 +610,7 @@ def run_epoch(run: _Run, state: _LoopState, ddp_model: Any, epoch: int, frozen: 
             break
         stats.lr = _set_lr(run, frozen, state.ft_step)
         x, y = batch[0].to(run.device, non_blocking=True), batch[1].to(run.device, non_blocking=True)
-        t = batch[2].to(run.device) if len(batch) > 2 else None
-        logits, loss = _train_step(run, ddp_model, x, y, t)
+        logits, loss = _train_step(run, ddp_model, x, y, batch[2] if len(batch) > 2 else None)
         if not frozen:
             state.ft_step += 1
         n = int(y.shape[0])
@@ -592,12 +625,16 @@ def run_epoch(run: _Run, state: _LoopState, ddp_model: Any, epoch: int, frozen: 
     return stats
 
 
-def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any, t: Any = None) -> tuple[Any, Any]:
+def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any, idx: Any = None) -> tuple[Any, Any]:
     """Forward (autocast under AMP) on a batch already on the device, weighted and smoothed cross-entropy
-    (plus the weighted T-score regression loss on the rows that have one, --tscore-aux), backward, optimiser step."""
+    (its group-DRO mix over (source, class) cells with --group-dro; plus the distillation loss with
+    --distill and the weighted T-score regression loss on the rows that have one with --tscore-aux;
+    ``idx``: the batch's training-row indices), backward, optimiser step."""
     import torch
     import torch.nn.functional as F
 
+    config = run.config
+    t = run.row_tscore[idx].to(run.device) if run.row_tscore is not None and idx is not None else None
     if run.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast("cuda", dtype=run.amp_dtype, enabled=run.use_amp):
@@ -606,12 +643,21 @@ def _train_step(run: _Run, ddp_model: Any, x: Any, y: Any, t: Any = None) -> tup
         else:  # one process (checked by the config): the model's own head on its pooled features
             feats = run.model.forward_head(run.model.forward_features(x), pre_logits=True)
             logits = run.model.get_classifier()(feats)
-        loss = F.cross_entropy(logits.float(), y, weight=run.class_weight, label_smoothing=run.config.label_smoothing)
+        if run.dro is None or idx is None:
+            loss = F.cross_entropy(logits.float(), y, weight=run.class_weight, label_smoothing=config.label_smoothing)
+        else:
+            per = F.cross_entropy(logits.float(), y, weight=run.class_weight, label_smoothing=config.label_smoothing, reduction="none")
+            loss = run.dro.loss(per, run.dro_group[idx])
+        if run.teacher is not None and idx is not None:
+            from .robust import distill_loss
+
+            soft = distill_loss(logits.float(), run.teacher[idx].to(run.device), config.distill_temperature)
+            loss = (1 - config.distill) * loss + config.distill * soft
         if run.aux_head is not None and t is not None:
             known = ~torch.isnan(t)
             if bool(known.any()):
                 pred = run.aux_head(feats.float()).squeeze(1)
-                loss = loss + run.config.tscore_aux * F.mse_loss(pred[known], t[known].float())
+                loss = loss + config.tscore_aux * F.mse_loss(pred[known], t[known].float())
     run.opt.zero_grad(set_to_none=True)
     run.scaler.scale(loss).backward()
     run.scaler.step(run.opt)
@@ -661,7 +707,7 @@ def save_checkpoints(run: _Run, state: _LoopState, epoch: int, improved: bool) -
             "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
             "optimizer": run.opt.state_dict(), "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else None,
             "epoch": epoch, **state.stopping.state(), "ft_step": state.ft_step, "history": state.history, "finished": False,
-            "split_sha256": run.table.sha256,
+            "split_sha256": run.table.sha256, "dro_q": run.dro.q.tolist() if run.dro is not None else None,
         },
         run.out / LAST,
     )
@@ -734,9 +780,25 @@ def calibrate_on_val(val_logits: np.ndarray, y_val: np.ndarray, labels: Sequence
     return temperature, thresholds, record
 
 
+def _loss_record(run: _Run) -> dict[str, Any]:
+    """What the manifest's training record says of the loss levers: the final group-DRO weights per
+    (source, class) cell, the distillation teachers."""
+    rec: dict[str, Any] = {}
+    if run.dro is not None:
+        rec["group_dro"] = {"step_size": run.config.group_dro, "final_weights": dict(zip(run.dro_cells, (round(float(q), 6) for q in run.dro.q)))}
+    if run.teacher is not None:
+        from .robust import teacher_dirs
+
+        rec["distill"] = {"weight": run.config.distill, "temperature": run.config.distill_temperature,
+                          "teachers": [str(d) for d in teacher_dirs(run.config.teacher, run.config.fold)],
+                          "soft_targets": "ensemble mean logits over every view and its mirror, un-augmented, computed once"}
+    return rec
+
+
 def _finish(
     config: TrainConfig, out: Path, table: Any, labels: list[str], spec: Any, val_ds: RadiographDataset, device: str,
     channels_last: bool, history: list[dict[str, Any]], best_epoch: int, best_f1: float, stopped_early: bool, command: str, world: int,
+    loss_record: Mapping[str, Any] | None = None,
 ) -> None:
     import torch
 
@@ -756,6 +818,7 @@ def _finish(
         "epochs_run": len(history), "epochs_max": config.epochs,
         "stopped_early": stopped_early, "train_seconds": train_seconds, "device": device, "processes": world,
         "train_images": len(split_rows(table, config.fold)[0]), "val_images": len(val_ds), "calibration": calib,
+        **(loss_record or {}),
     }
     metrics = {"val": {**headline(val_cal), "n": val_cal["n"]}, "val_uncalibrated": {**headline(val_raw), "n": val_raw["n"]}}
     atomic_write_json(out / "metrics.json", {"val": val_cal, "val_uncalibrated": val_raw, "training": training,
