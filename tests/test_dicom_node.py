@@ -181,6 +181,32 @@ def test_refusals_are_clean_and_the_node_keeps_serving(samples, tmp_path, caplog
     assert all(r.levelno < logging.ERROR for r in caplog.records if r.name.startswith("osteo_edge"))
 
 
+def test_a_sender_streaming_past_the_cap_is_aborted_and_the_node_keeps_serving(samples, tmp_path, caplog):
+    """A dataset several times --max-bytes (dcmtk's storescu as the sender) is cut off mid-stream by an
+    A-ABORT once the association has sent more than stream_cap bytes, before pynetdicom holds it whole."""
+    import numpy as np
+
+    from osteo_edge.dicom.node import stream_cap
+
+    big = pydicom.dcmread(samples["base8"])
+    big.Rows, big.Columns = 2400, 2000  # 4.8 MB of 8-bit pixels
+    big.PixelData = np.random.default_rng(0).integers(0, 255, (2400, 2000), dtype=np.uint8).tobytes()
+    big.SOPInstanceUID = big.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    path = tmp_path / "big.dcm"
+    big.save_as(path)
+    cfg = NodeConfig(record=tmp_path / "r.db", port=0, allow_ae=["STORESCU", "TESTSCU"], max_bytes=400_000)
+    assert stream_cap(cfg.max_bytes) < 4_800_000
+    caplog.set_level(logging.INFO, logger="osteo_edge.dicom.node")
+    with Node(cfg) as node:
+        res = storescu(node.port, [path], str(big.file_meta.TransferSyntaxUID), tmp_path)
+        assert res.returncode != 0 or "abort" in (res.stdout + res.stderr).lower(), res.stdout + res.stderr
+        assert _scu_store(node.port, samples["base8"]) == 0  # still serving
+        wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the good instance")
+        assert node._streamed == {}  # nothing left counted for closed associations
+    aborted = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
+    assert len(aborted) == 1 and "--max-bytes 400000" in aborted[0] and "\n" not in aborted[0]
+
+
 def test_serve_cli_port_in_use_is_one_line(tmp_path):
     import socket
 

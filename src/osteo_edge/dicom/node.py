@@ -47,6 +47,14 @@ STATUS = {
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "OSTEOEDGE"
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # preprocess.MAX_FILE_BYTES: the decoder refuses more anyway
+STREAM_SLACK = 1024 * 1024  # PDU/PDV headers and command sets on top of a dataset
+
+
+def stream_cap(max_bytes: int) -> int:
+    """Bytes of P-DATA one association may send without a completed C-STORE before it is aborted:
+    twice the dataset limit (a dataset a little over it still gets a clean 0xA700 status), so a
+    sender streaming gigabytes cannot fill memory."""
+    return 2 * max_bytes + STREAM_SLACK
 
 
 @dataclass(frozen=True)
@@ -119,6 +127,8 @@ class Node:
         self.spool: Spool | None = None
         self.port: int = config.port
         self.answered = 0
+        self._streamed: dict[int, int] = {}  # P-DATA bytes per association since its last C-STORE
+        self._stream_lock = threading.Lock()
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Node":
@@ -175,7 +185,8 @@ class Node:
     def _handlers(self) -> list[tuple[Any, Any]]:
         from pynetdicom import evt
 
-        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_REJECTED, self._on_rejected)]
+        return [(evt.EVT_C_STORE, self._on_store), (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_REJECTED, self._on_rejected),
+                (evt.EVT_DATA_RECV, self._on_data), (evt.EVT_CONN_CLOSE, self._on_close)]
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
         """Stop accepting, then (``drain``) let the worker finish the spool, then close the record."""
@@ -221,7 +232,31 @@ class Node:
         why = "is not in --allow-ae" if allowed and calling not in allowed else "(too many associations or a bad request)"
         log.warning("association refused: calling AE %r (%s) %s", calling, event.assoc.requestor.address, why)
 
+    def _on_data(self, event: Any) -> None:
+        """Count the P-DATA bytes of each association (each complete PDU, before pynetdicom assembles
+        the dataset in memory) and abort one that streams more than :func:`stream_cap` without a C-STORE
+        completing. A single PDU is buffered whole by pynetdicom before this runs: the bound holds for
+        senders that keep to the negotiated maximum PDU length."""
+        data = event.data
+        if not data or data[0] != 0x04:  # P-DATA-TF only
+            return
+        key = id(event.assoc)
+        with self._stream_lock:
+            total = self._streamed.get(key, 0) + len(data)
+            self._streamed[key] = total
+        cap = stream_cap(self.config.max_bytes)
+        if total > cap and total - len(data) <= cap:
+            log.warning("association from %s aborted: more than %d bytes streamed without a complete C-STORE "
+                        "(--max-bytes %d)", _peer(event), cap, self.config.max_bytes)
+            event.assoc.abort()
+
+    def _on_close(self, event: Any) -> None:
+        with self._stream_lock:
+            self._streamed.pop(id(event.assoc), None)
+
     def _on_store(self, event: Any) -> int:
+        with self._stream_lock:
+            self._streamed.pop(id(event.assoc), None)  # this dataset is complete: count the next one afresh
         req = event.request
         sop_class, uid = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
         who = _peer(event)
