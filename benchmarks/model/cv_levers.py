@@ -1,6 +1,9 @@
 """Score a 5-fold CV run out of fold, per source, beside the shortcut baselines (issue 17).
 
     python benchmarks/model/cv_levers.py --lever NAME --runs runs/model/NAME --eval-split SPLIT.csv [--note CMD]
+    python benchmarks/model/cv_levers.py --lever NAME --runs CV_DIR CV_DIR ... --flip --eval-split SPLIT.csv
+        # an ensemble (lever 6's teacher): fold k scored by the mean logits of every CV_DIR's fold k,
+        # with --flip also over each image's mirror
     python benchmarks/model/cv_levers.py --table        # the table of every scored lever
 
 Evaluation protocol (the same rows for every lever): the validation fold k of the eval split (a
@@ -50,9 +53,9 @@ def own_source_rows(rows):
     return out
 
 
-def forward(model, ds, batch: int = 32):
+def forward(model, ds, batch: int = 32, flip: bool = False):
     """(logits, penultimate features) for every item of ``ds``; an item with several views (one per
-    knee) gets the mean of its views' logits and features."""
+    knee) gets the mean of its views' logits and features; ``flip``: logits averaged with the mirror's."""
     import torch
 
     from osteo_edge.modeling.dataset import mean_by_owner
@@ -68,12 +71,14 @@ def forward(model, ds, batch: int = 32):
                 z = model.get_classifier()(f)
             else:  # not a timm model: no features, logits only
                 z, f = model(x), torch.zeros((x.shape[0], 1))
+            if flip:
+                z = (z + model(torch.flip(x, dims=[-1]))) / 2
             logits.append(z.float().numpy())
             feats.append(f.float().reshape(f.shape[0], -1).numpy())
     return mean_by_owner(np.concatenate(logits), owner, len(ds)), mean_by_owner(np.concatenate(feats), owner, len(ds))
 
 
-def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
+def score(lever: str, runs: list[Path], eval_split: Path, note: str, flip: bool = False) -> dict:
     import torch
 
     from osteo_edge.benchmarks.bench import cpu_model
@@ -89,22 +94,27 @@ def score(lever: str, runs: Path, eval_split: Path, note: str) -> dict:
     pool = own_source_rows([r for r in table.rows if r.split != "test"])
     oof_rows, oof_logits, probes = [], [], []
     for k in range(table.folds):
-        model, bundle = load_run(runs / f"fold{k}")
-        ds = RadiographDataset(pool, bundle.labels, bundle.spec)
-        logits, feats = forward(model, ds)
+        fold_logits = []
+        for run in runs:  # one run, or the members of an ensemble (mean logits; the probe is averaged over members)
+            model, bundle = load_run(run / f"fold{k}")
+            ds = RadiographDataset(pool, bundle.labels, bundle.spec)
+            logits, feats = forward(model, ds, flip=flip)
+            fold_logits.append(logits)
+            if feats.shape[1] > 1:
+                probes.append(source_probe(feats, [r.domain for r in pool], [r.group for r in pool], folds=5, seed=0))
         mine = np.array([r.fold == k for r in pool])
         oof_rows += [r for r, m in zip(pool, mine) if m]
-        oof_logits.append(logits[mine])
-        if feats.shape[1] > 1:
-            probes.append(source_probe(feats, [r.domain for r in pool], [r.group for r in pool], folds=5, seed=0))
+        oof_logits.append(np.mean(fold_logits, axis=0)[mine])
     labels = bundle.labels
     logits = np.concatenate(oof_logits)
     probs = softmax(logits)
     report = per_source_report([r.label for r in oof_rows], [labels[i] for i in probs.argmax(1)], probs,
                                [r.domain for r in oof_rows], labels, groups=[r.group for r in oof_rows],
                                normal_label=bundle.negative_label or "Normal")
-    cv = json.loads((runs / "cv.json").read_text()) if (runs / "cv.json").is_file() else {}
-    train_s = sum(float(f.get("train_seconds") or 0) for f in cv.get("per_fold", []))
+    train_s = 0.0
+    for run in runs:
+        cv = json.loads((run / "cv.json").read_text()) if (run / "cv.json").is_file() else {}
+        train_s += sum(float(f.get("train_seconds") or 0) for f in cv.get("per_fold", []))
     out = {
         "lever": lever, "command": note, "scored_by": "python " + " ".join(sys.argv),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
@@ -213,7 +223,11 @@ def table() -> str:
 
 def readme_table() -> str:
     """The README's compact form of LEVERS.md (between its ``levers table`` markers)."""
-    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"), key=lambda p: (int(p.stem.split("-")[0][1:]), p.stem))]
+    def order(p: Path) -> tuple:
+        digits = "".join(c for c in p.stem.split("-")[0] if c.isdigit())
+        return (int(digits or 0), p.stem)
+
+    rows = [summary_row(json.loads(p.read_text())) for p in sorted(RESULTS.glob("*.json"), key=order)]
     lines = ["| lever | pooled acc | Kaggle acc | Wani acc [95% CI] (bar 0.563) | Wani Normal / Osteopenia / Osteoporosis | "
              "low-BMD AUROC in Kaggle / in Wani | Wani Osteopenia vs Osteoporosis AUROC | source probe AUROC | Wani r(T-score, P(Normal)) |",
              "|" + "---|" * 9]
@@ -227,7 +241,8 @@ def readme_table() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lever")
-    ap.add_argument("--runs", type=Path)
+    ap.add_argument("--runs", type=Path, nargs="+", help="a CV directory, or several (an ensemble of their fold-k models)")
+    ap.add_argument("--flip", action="store_true", help="average each image's logits with its mirror's")
     ap.add_argument("--eval-split", type=Path)
     ap.add_argument("--note", default="")
     ap.add_argument("--table", action="store_true")
@@ -241,7 +256,7 @@ def main() -> None:
         return
     if not (a.lever and a.runs and a.eval_split):
         ap.error("--lever, --runs and --eval-split are required (or --table)")
-    score(a.lever, a.runs, a.eval_split, a.note)
+    score(a.lever, a.runs, a.eval_split, a.note, flip=a.flip)
 
 
 if __name__ == "__main__":
