@@ -464,3 +464,16 @@ def test_distillation_from_fold_matched_teachers_and_the_leak_guard(tiny_split, 
     assert not (tmp_path / "bad" / "fold0" / "config.yaml").exists()  # refused before the run directory is made
     none = CliRunner().invoke(app, ["train", "--out", str(tmp_path / "none"), *common, "--distill", "0.5"])
     assert none.exit_code != 0 and "--teacher" in none.output
+
+
+def test_train_with_tscore_aux_on_a_tiny_timm_run(tmp_path):
+    """Lever 5 on a tiny run: the auxiliary head trains beside the classifier and is not saved in model.pt."""
+    split = make_tiny_split(tmp_path / "split", {"train": 10, "val": 2, "test": 1})  # 10 Wani Osteopenia training films
+    r = CliRunner().invoke(app, ["train", "--split", str(split), "--out", str(tmp_path / "run"), "--arch", "efficientnet_lite0",
+                                 "--weights", "none", "--img-size", "32", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+                                 "--tscore-aux", "0.5", "--tscore-csv", str(DATA / "tabular" / "wani_patient_details.csv")])
+    assert r.exit_code == 0, r.output
+    model, bundle = load_run(tmp_path / "run")  # strict load: model.pt holds the classifier only
+    assert bundle.arch.name == "efficientnet_lite0"
+    state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
+    assert not any("aux" in k for k in state) and model.get_classifier().out_features == 3
