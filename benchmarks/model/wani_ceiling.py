@@ -1,10 +1,12 @@
 """How much of the Wani label is visible at all? A Wani-only frozen-feature probe (issue 17).
 
     python benchmarks/model/wani_ceiling.py [--split runs/model/split-per-source/split.csv] [--sizes 224,384]
+        [--framings center_crop,knee]
 
 Rows: every non-test Wani film (the file from wani-mendeley itself) of a ``--members per-source``
 split. Features: ImageNet EfficientNet-Lite0 (offline weights), frozen, global-average-pooled, at each
-input size (the shared preprocessing path, centre crop). Classifier: class-balanced logistic
+input size and framing (the shared preprocessing path: centre crop of the film, or ``knee``: one square
+per knee on its joint line, the features of a film's knees averaged). Classifier: class-balanced logistic
 regression, 5-fold out-of-fold over the split's group folds (no radiograph in two folds).
 Reported: 3-class accuracy against always-Osteopenia, low-BMD AUROC (Normal vs the rest) and
 Osteopenia-vs-Osteoporosis AUROC, all inside Wani: what a model that sees only Wani films, with no
@@ -26,20 +28,23 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def features(rows, size: int) -> np.ndarray:
+def features(rows, size: int, framing: str = "center_crop") -> np.ndarray:
     import torch
 
     from osteo_edge.modeling.dataset import RadiographDataset
     from osteo_edge.modeling.models import build_model, get_arch
 
     model = build_model("efficientnet_lite0", 3, weights="imagenet").eval()
-    ds = RadiographDataset(rows, ["Normal", "Osteopenia", "Osteoporosis"], get_arch("efficientnet_lite0").spec(size))
+    from osteo_edge.modeling.dataset import mean_by_owner
+
+    ds = RadiographDataset(rows, ["Normal", "Osteopenia", "Osteoporosis"], get_arch("efficientnet_lite0").spec(size, resize=framing))
+    xs, owner = ds.all_view_arrays()
     out = []
     with torch.inference_mode():
-        for s in range(0, len(ds), 16):
-            x = torch.stack([ds[i][0] for i in range(s, min(len(ds), s + 16))])
+        for s in range(0, len(xs), 16):
+            x = torch.from_numpy(np.stack(xs[s : s + 16]))
             out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
-    return np.concatenate(out)
+    return mean_by_owner(np.concatenate(out), owner, len(ds))
 
 
 def probe(X: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:
@@ -69,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", type=Path, default=Path("runs/model/split-per-source/split.csv"))
     ap.add_argument("--sizes", default="224,384")
+    ap.add_argument("--framings", default="center_crop", help="comma-separated resize policies (center_crop, knee, ...)")
     a = ap.parse_args()
     import torch
 
@@ -81,9 +87,11 @@ def main() -> None:
     y = np.array([["Normal", "Osteopenia", "Osteoporosis"].index(r.label) for r in rows])
     folds = np.array([r.fold for r in rows])
     res = {}
-    for size in [int(s) for s in a.sizes.split(",")]:
-        res[str(size)] = probe(features(rows, size), y, folds)
-        print(size, json.dumps(res[str(size)]))
+    for framing in a.framings.split(","):
+        for size in [int(s) for s in a.sizes.split(",")]:
+            key = str(size) if framing == "center_crop" else f"{size} {framing}"
+            res[key] = probe(features(rows, size, framing), y, folds)
+            print(key, json.dumps(res[key]))
     from osteo_edge.benchmarks.bench import cpu_model
 
     cpu = cpu_model()
@@ -94,7 +102,7 @@ def main() -> None:
     lines = ["# Wani-only frozen-feature probe (issue 17)", "", __doc__.split("\n\n")[2].strip(), "",
              f"`{out['command']}` on {cpu} ({platform.machine()}), {out['n']} Wani films ({out['groups']} radiographs), "
              f"{out['seconds']} s.", "",
-             "| input px | 3-class accuracy | always Osteopenia | Normal | Osteopenia | Osteoporosis | low-BMD AUROC | Osteopenia vs Osteoporosis AUROC |",
+             "| input px (framing) | 3-class accuracy | always Osteopenia | Normal | Osteopenia | Osteoporosis | low-BMD AUROC | Osteopenia vs Osteoporosis AUROC |",
              "|---|---|---|---|---|---|---|---|"]
     for size, r in res.items():
         rc = r["recall"]
