@@ -5,6 +5,8 @@
         # an ensemble (lever 6's teacher): fold k scored by the mean logits of every CV_DIR's fold k,
         # with --flip also over each image's mirror
     python benchmarks/model/cv_levers.py --table        # the table of every scored lever
+    python benchmarks/model/cv_levers.py --paired A B   # within-source low-BMD AUROC of lever B minus lever A,
+        # paired bootstrap over the same out-of-fold radiographs (both scored with their out-of-fold probabilities saved)
 
 Evaluation protocol (the same rows for every lever): the validation fold k of the eval split (a
 ``--members per-source`` split of the same seed, so the group -> fold assignment is that of every
@@ -127,6 +129,8 @@ def score(lever: str, runs: list[Path], eval_split: Path, note: str, flip: bool 
         "wani_tscore": tscore_correlation(oof_rows, probs, labels, bundle.negative_label or "Normal"),
         "source_probe": {"auroc_mean_over_fold_models": float(np.mean([p.auroc for p in probes])) if probes else None,
                          "per_fold_model": [p.auroc for p in probes]},
+        "oof": {"labels": list(labels), "group": [int(r.group) for r in oof_rows], "source": [r.domain for r in oof_rows],
+                "label": [r.label for r in oof_rows], "probs": np.round(probs, 5).tolist()},
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{lever}.json").write_text(json.dumps(out, indent=2) + "\n")
@@ -238,6 +242,34 @@ def readme_table() -> str:
     return "\n".join(lines)
 
 
+def paired(a: str, b: str, n_boot: int = 2000, seed: int = 0) -> dict:
+    """Within-source low-BMD AUROC of lever ``b`` minus lever ``a`` on the same out-of-fold radiographs,
+    with a percentile interval from a paired bootstrap over radiographs (the same draws for both)."""
+    from osteo_edge.core.stats import auroc, percentile_interval, resample_indices
+
+    ra, rb = (json.loads((RESULTS / f"{x}.json").read_text()) for x in (a, b))
+    if "oof" not in ra or "oof" not in rb:
+        raise SystemExit(f"re-score {a if 'oof' not in ra else b} with this script: its results have no out-of-fold probabilities")
+    oa, ob = ra["oof"], rb["oof"]
+    ia = {g: i for i, g in enumerate(oa["group"])}
+    normal = oa["labels"].index("Normal")
+    out = {"a": a, "b": b, "n_boot": n_boot, "seed": seed, "by_source": {}}
+    for src in sorted(set(oa["source"])):
+        rows = [(ia[g], j) for j, g in enumerate(ob["group"]) if ob["source"][j] == src and g in ia]
+        pa = np.array([oa["probs"][i] for i, _ in rows])
+        pb = np.array([ob["probs"][j] for _, j in rows])
+        low = np.array([ob["label"][j] != "Normal" for _, j in rows])
+        diff = lambda idx: auroc(low[idx], 1 - pb[idx, normal]) - auroc(low[idx], 1 - pa[idx, normal])  # noqa: E731
+        everything = np.arange(len(rows))
+        lo, hi, valid = percentile_interval([diff(idx) for idx in resample_indices(len(rows), n_boot, seed)])
+        out["by_source"][src] = {"n": len(rows), "auroc_a": auroc(low, 1 - pa[:, normal]), "auroc_b": auroc(low, 1 - pb[:, normal]),
+                                 "difference": diff(everything), "ci95": [lo, hi], "valid_draws": valid}
+    path = HERE / "paired" / f"{a}_vs_{b}.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"command": "python " + " ".join(sys.argv), **out}, indent=2) + "\n")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--lever")
@@ -247,12 +279,16 @@ def main() -> None:
     ap.add_argument("--note", default="")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--readme-table", action="store_true", help="print the README's compact table")
+    ap.add_argument("--paired", nargs=2, metavar=("A", "B"), help="within-source low-BMD AUROC of B minus A, paired bootstrap")
     a = ap.parse_args()
     if a.table:
         print(table())
         return
     if a.readme_table:
         print(readme_table())
+        return
+    if a.paired:
+        print(json.dumps(paired(*a.paired), indent=2))
         return
     if not (a.lever and a.runs and a.eval_split):
         ap.error("--lever, --runs and --eval-split are required (or --table)")
