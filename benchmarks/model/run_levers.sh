@@ -58,6 +58,7 @@ for l in "${LEVERS[@]}"; do
     E13-per-source-tscore) lever E13-per-source-tscore per-source --balance weighted --tscore-aux 0.5 --tscore-csv "$DATA/tabular/wani_patient_details.csv" ;;  # E1 + lever 5
     E14-per-source-320) lever E14-per-source-320 per-source --balance weighted --img-size 320 ;;  # E1 + lever 3: resolution
     E15-per-source-dro) lever E15-per-source-dro per-source --balance weighted --group-dro 0.01 ;;  # E1 + lever 1: group DRO over (source, class) cells
+    E15b-per-source-dro-0.1) lever E15b-per-source-dro-0.1 per-source --balance weighted --group-dro 0.1 ;;  # E15 with a 10x step size
     E16-per-source-distill) lever E16-per-source-distill per-source --balance weighted --distill 0.5 \
         --teacher 'runs/model/E0-baseline/fold{fold}' --teacher 'runs/model/E1-per-source/fold{fold}' \
         --teacher 'runs/model/E13-per-source-tscore/fold{fold}' ;;  # E1 + lever 6: fold-matched 3-recipe ensemble (flip TTA) distilled
