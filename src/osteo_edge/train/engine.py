@@ -426,14 +426,14 @@ def _setup(rank: int, world: int, config: TrainConfig, out: Path, device: str, p
         RadiographDataset(train_rows, table.labels, spec, augment=build_augmentation(config.augment), seed=config.seed),
         RadiographDataset(val_rows, table.labels, spec),
     )
-    _setup_row_targets(run, train_rows, val_rows)
+    _setup_row_targets(run, train_rows)
     _setup_model(run)
     _setup_data(run)
     _setup_amp(run)
     return run
 
 
-def _setup_row_targets(run: _Run, train_rows: Sequence[Any], val_rows: Sequence[Any]) -> None:
+def _setup_row_targets(run: _Run, train_rows: Sequence[Any]) -> None:
     """Per-training-row extras of the loss: the T-score (--tscore-aux), the DRO cell (--group-dro), the
     teacher ensemble's logits (--distill); the loader then also yields each row's index."""
     import torch
@@ -449,11 +449,10 @@ def _setup_row_targets(run: _Run, train_rows: Sequence[Any], val_rows: Sequence[
         groups, run.dro_cells = dro_groups(train_rows)
         run.dro_group = torch.from_numpy(groups)
         run.dro = GroupDRO(len(run.dro_cells), config.group_dro)
-    if config.distill > 0:
-        from .robust import teacher_logits
+    if config.distill > 0:  # the teachers were checked (labels, no leak into val/test) by train() before it started
+        from .robust import teacher_dirs, teacher_logits
 
-        held_out = list(val_rows) + run.table.subset("test")
-        run.teacher = torch.from_numpy(teacher_logits(config.teacher, config.fold, train_rows, run.labels, held_out))
+        run.teacher = torch.from_numpy(teacher_logits(teacher_dirs(config.teacher, config.fold), train_rows, run.labels))
     run.train_ds.return_index = any(v is not None for v in (run.row_tscore, run.dro, run.teacher))
 
 

@@ -113,16 +113,15 @@ def check_teachers(spec: str, fold: int, labels: Sequence[str], held_out: Sequen
     return dirs
 
 
-def teacher_logits(spec: str, fold: int, rows: Sequence[Any], labels: Sequence[str], held_out: Sequence[Any],
-                   batch_size: int = 32) -> np.ndarray:
-    """Mean logits of the teacher ensemble on ``rows``: every teacher, every view, and each view's mirror."""
+def teacher_logits(dirs: Sequence[Path], rows: Sequence[Any], labels: Sequence[str], batch_size: int = 32) -> np.ndarray:
+    """Mean logits of the teacher ensemble ``dirs`` (as :func:`check_teachers` returned them: ``train``
+    checks them before the run starts) on ``rows``: every teacher, every view, and each view's mirror."""
     import torch
 
     from ..modeling.dataset import RadiographDataset, mean_by_owner
     from ..modeling.loading import load_run
 
     total = np.zeros((len(rows), len(labels)), dtype=np.float64)
-    dirs = check_teachers(spec, fold, labels, held_out)
     for d in dirs:
         model, bundle = load_run(d)
         ds = RadiographDataset(rows, labels, bundle.spec)
