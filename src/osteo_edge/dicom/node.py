@@ -35,6 +35,26 @@ RADIOGRAPH_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.1.1.1": "DX Image Storage - For Processing",
     "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
 }
+# Objects a study sent from a PACS carries beside its images (our own result SR among them): accepted
+# and ignored, so that a study-level send succeeds. SR (every SR class, Key Object Selection
+# included) and presentation states, by UID prefix.
+NON_IMAGE_PREFIXES = {
+    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report / Key Object Selection",
+    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
+}
+NON_IMAGE_CLASSES = (
+    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",
+    "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.11.2", "1.2.840.10008.5.1.4.1.1.11.3",
+    "1.2.840.10008.5.1.4.1.1.11.4",
+)
+
+
+def non_image(sop_class: str) -> str | None:
+    """What a non-image object is (accepted and ignored), or None for anything else."""
+    return next((name for prefix, name in NON_IMAGE_PREFIXES.items() if sop_class.startswith(prefix)), None)
+
+
 # C-STORE statuses (PS3.4 B.2.3, PS3.7 C): one name per refusal the node gives.
 STATUS = {
     "success": 0x0000,
@@ -174,7 +194,7 @@ class Node:
         # Every storage class is negotiated, so that a wrong one gets a C-STORE status (0x0122) and a log line.
         for ctx in StoragePresentationContexts:
             ae.add_supported_context(ctx.abstract_syntax, syntaxes)
-        for uid in RADIOGRAPH_SOP_CLASSES:
+        for uid in (*RADIOGRAPH_SOP_CLASSES, *NON_IMAGE_CLASSES):
             if uid not in {c.abstract_syntax for c in ae.supported_contexts}:
                 ae.add_supported_context(uid, syntaxes)
         ae.require_calling_aet = list(cfg.allow_ae)
@@ -260,6 +280,10 @@ class Node:
         req = event.request
         sop_class, uid = str(req.AffectedSOPClassUID), str(req.AffectedSOPInstanceUID)
         who = _peer(event)
+        kind = non_image(sop_class)
+        if kind is not None:  # a study re-sent with its SR, KO or PR: those are not ours to answer
+            log.info("ignored %s (%s) from %s: not an image", uid, kind, who)
+            return STATUS["success"]
         if sop_class not in RADIOGRAPH_SOP_CLASSES:
             return _refuse("sop_class_not_supported", f"C-STORE {uid} from {who}: SOP class {_class_name(sop_class)} is not a radiograph (CR, DX, SC)")
         size = req.DataSet.getbuffer().nbytes
