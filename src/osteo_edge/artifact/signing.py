@@ -7,8 +7,12 @@ PEM files (PKCS#8 private, SubjectPublicKeyInfo public, RFC 8410: the same files
 libsodium's, through PyNaCl (5.6 MB installed, against 15.5 MB for ``cryptography``: the runtime
 install stays small); the two fixed DER envelopes of RFC 8410 are read and written here.
 
-A runtime configured with trusted public keys (``--trusted-key`` or ``OSTEO_EDGE_TRUSTED_KEYS``) refuses
-a bundle that is unsigned or signed by anyone else. Without that configuration an unsigned bundle
+A runtime configured with trusted public keys (``--trusted-key``, ``OSTEO_EDGE_TRUSTED_KEYS`` or this
+machine's **trust file**) refuses a bundle that is unsigned or signed by anyone else. The trust file
+is the one-step clinic set-up: a text file of PEM public keys (written by ``osteo-edge site trust`` or
+``site calibrate --trust-file``) at ``OSTEO_EDGE_TRUST_FILE`` when that is set, else at the user's
+``~/.config/osteo-edge/trusted-keys.pem`` and the machine's ``/etc/osteo-edge/trusted-keys.pem``
+(whichever exist); every entry point that reads ``OSTEO_EDGE_TRUSTED_KEYS`` reads it too. Without that configuration an unsigned bundle
 loads (the training/export workflow), a signed one must still verify against its own key, and the
 bundle shipped in the package must be signed by a key shipped in the package.
 """
@@ -27,6 +31,8 @@ from .records import SignatureRecord
 
 ALGORITHM = "ed25519"
 TRUST_ENV = "OSTEO_EDGE_TRUSTED_KEYS"
+TRUST_FILE_ENV = "OSTEO_EDGE_TRUST_FILE"
+TRUST_FILE_NAME = "trusted-keys.pem"
 _CONTEXT = b"osteo-edge bundle signature v1\n"
 
 
@@ -197,9 +203,15 @@ class TrustStore:
 
     @classmethod
     def from_env(cls, extra: Iterable[str | os.PathLike] = ()) -> "TrustStore":
-        """``extra`` paths plus those in ``OSTEO_EDGE_TRUSTED_KEYS`` (os.pathsep-separated)."""
+        """``extra`` paths plus those in ``OSTEO_EDGE_TRUSTED_KEYS`` (os.pathsep-separated) plus the keys
+        of this machine's trust file(s) (:func:`trust_files`)."""
         env = [x for x in os.environ.get(TRUST_ENV, "").split(os.pathsep) if x.strip()]
-        return cls.from_paths([*extra, *env])
+        store = cls.from_paths([*extra, *env])
+        ids, sources = set(store.keys), list(store.sources)
+        for f in trust_files():
+            ids |= read_trust_file(f)
+            sources.append(f"trust file {f}")
+        return cls(frozenset(ids), tuple(sources))
 
     @classmethod
     def package(cls) -> "TrustStore":
@@ -211,7 +223,86 @@ class TrustStore:
         """Refuse an unsigned bundle or one signed by a key outside this store (when configured)."""
         if not self.configured:
             return
+        files = [x for x in self.sources if x.startswith("trust file ")]
+        where = f" (this machine's {', '.join(files)})" if files else ""
         if sig is None:
-            raise BundleError(f"{root}: bundle is unsigned and this runtime only accepts bundles signed by a trusted key")
+            raise BundleError(f"{root}: bundle is unsigned and this runtime only accepts bundles signed by a trusted key{where}")
         if sig.key_id not in self.keys:
-            raise BundleError(f"{root}: bundle is signed by key {sig.key_id}, which is not among this runtime's trusted keys")
+            raise BundleError(f"{root}: bundle is signed by key {sig.key_id}, which is not among this runtime's trusted keys{where}")
+
+
+# ------------------------------------------------------------------------------------------------
+# the machine's trust file
+
+
+def default_trust_files() -> list[Path]:
+    """Where a trust file is looked for when ``OSTEO_EDGE_TRUST_FILE`` is not set: the user's, then the machine's."""
+    if os.name == "nt":
+        user = Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "osteo-edge" / TRUST_FILE_NAME
+        machine = Path(os.environ.get("PROGRAMDATA") or "C:/ProgramData") / "osteo-edge" / TRUST_FILE_NAME
+    else:
+        user = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "osteo-edge" / TRUST_FILE_NAME
+        machine = Path("/etc/osteo-edge") / TRUST_FILE_NAME
+    return [user, machine]
+
+
+def trust_files() -> list[Path]:
+    """The trust file(s) in force: ``OSTEO_EDGE_TRUST_FILE`` when set (it must exist; set to an empty
+    string: none), else those of :func:`default_trust_files` that exist."""
+    named = os.environ.get(TRUST_FILE_ENV)
+    if named is not None:
+        if not named.strip():
+            return []
+        p = Path(named)
+        if not p.is_file():
+            raise ConfigError(f"{p}: no such trust file ({TRUST_FILE_ENV}); write one with 'osteo-edge site trust'")
+        return [p]
+    return [p for p in default_trust_files() if p.is_file()]
+
+
+def read_trust_file(path: str | os.PathLike) -> set[str]:
+    """Key ids of the PEM public keys in a trust file; a file without one is refused (one line)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read trust file ({exc})") from exc
+    end = f"-----END {_PEM_LABEL[False]}-----"
+    ids = set()
+    for block in (b for b in text.split(end) if "-----BEGIN" in b):
+        raw = _raw_key(_unpem_checked(path, (block + end).encode("ascii")), private=False)
+        if raw is None:
+            raise ConfigError(f"{path}: holds a public key that is not Ed25519")
+        ids.add(key_id(raw))
+    if not ids:
+        raise ConfigError(f"{path}: trust file holds no PEM public key")
+    return ids
+
+
+def _unpem_checked(path: Path, data: bytes) -> bytes:
+    try:
+        return _unpem(data, private=False)
+    except ValueError as exc:
+        raise ConfigError(f"{path}: not a trust file of PEM public keys ({exc})") from exc
+
+
+def public_pem(raw_public: bytes) -> bytes:
+    """A PEM public key (SubjectPublicKeyInfo) for a raw Ed25519 public key."""
+    return _pem(_SPKI + raw_public, private=False)
+
+
+def public_key_of_private(path: str | os.PathLike) -> bytes:
+    """The raw public key that belongs to a PEM private key file."""
+    signing, _ = _nacl()
+    return bytes(signing.SigningKey(_read_key_file(Path(path), private=True)).verify_key)
+
+
+def write_trust_file(path: str | os.PathLike, raw_keys: Iterable[bytes]) -> Path:
+    """Write a trust file holding ``raw_keys`` (raw Ed25519 public keys), one PEM block each, atomically."""
+    from .atomic import atomic_write_bytes
+
+    keys = list(dict.fromkeys(bytes(k) for k in raw_keys))
+    if not keys:
+        raise ConfigError("a trust file needs at least one public key")
+    body = b"".join(b"# key id " + key_id(k).encode("ascii") + b"\n" + public_pem(k) for k in keys)
+    return atomic_write_bytes(path, b"# osteo-edge trusted publisher keys: bundles signed by any other key are refused\n" + body)
