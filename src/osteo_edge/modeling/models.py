@@ -91,7 +91,7 @@ ARCHS: dict[str, ArchRecord] = {
         ),
     )
 }
-DEFAULT_ARCH = "efficientnet_b0"
+DEFAULT_ARCH = "efficientnet_lite0"
 
 
 def get_arch(name: str) -> ArchRecord:

