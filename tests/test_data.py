@@ -175,6 +175,35 @@ def test_read_split_errors(tmp_path):
         read_split(bad)
 
 
+def test_split_file_paths_are_relative_and_move_with_the_data(mini_sources, tmp_path):
+    """split.csv stores paths relative to its own folder (issue 23, item 13): the split and the data
+    beside it can be moved or shared together; an older split file with absolute paths still reads."""
+    import csv
+    import shutil
+
+    table = split_sources(mini_sources, SplitOptions(val=0.2, test=0.2))
+    write_split(table, tmp_path / "out" / "split")
+    csv_path = tmp_path / "out" / "split" / "split.csv"
+    stored = [row["path"] for row in csv.DictReader(csv_path.open(newline=""))]
+    assert stored and all(not Path(p).is_absolute() and p.startswith("../../src") for p in stored), stored[:3]
+    assert str(tmp_path) not in csv_path.read_text()
+    back = read_split(csv_path)
+    assert [r.path for r in back.rows] == [r.path for r in table.rows]
+    assert all(Path(r.path).is_file() for r in back.rows)
+    moved = tmp_path / "elsewhere" / "copy"  # the data and the split moved together, to another depth
+    moved.mkdir(parents=True)
+    for d in ("srcA", "srcB", "out"):
+        shutil.move(str(tmp_path / d), str(moved / d))
+    again = read_split(moved / "out" / "split" / "split.csv")
+    assert all(Path(r.path).is_file() and str(moved) in r.path for r in again.rows)
+    assert [(Path(r.path).name, r.split, r.group) for r in again.rows] == [(Path(r.path).name, r.split, r.group) for r in table.rows]
+    # an old split file (absolute paths) reads as before
+    write_split(again, tmp_path / "old", relative=False)
+    old = [row["path"] for row in csv.DictReader((tmp_path / "old" / "split.csv").open(newline=""))]
+    assert all(Path(p).is_absolute() for p in old)
+    assert [r.path for r in read_split(tmp_path / "old" / "split.csv").rows] == [r.path for r in again.rows]
+
+
 def test_split_sources_reuses_groups_csv(mini_sources, tmp_path):
     res = audit_sources(mini_sources)
     write_audit(res, tmp_path / "audit", plots=False)

@@ -135,7 +135,7 @@ def score_predictions(pred_csv: Path, src: dict[str, str], data: Path, n_boot: i
             knee_rows = [r for r in joint.rows if r.source in KNEE]
             written = knee_rows if "region/knee" in split_csv else joint.rows
             with tempfile.TemporaryDirectory() as tmp:  # as data split / region_splits.py write it
-                sha = sha256_file(write_split(SplitTable(rows=written, labels=joint.labels), tmp)["split.csv"])
+                sha = sha256_file(write_split(SplitTable(rows=written, labels=joint.labels), tmp, relative=False)["split.csv"])
             info["rebuilt_split_sha256"] = sha
             if sha == m.get("split_sha256"):
                 train = [r for r in knee_rows if r.split == "train"]

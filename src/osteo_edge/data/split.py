@@ -6,7 +6,7 @@ cut by the requested fractions, so class shares (counted over groups) match acro
 no source is concentrated in one split. With ``folds=K`` the non-test groups also get a fold
 index 0..K-1, stratified the same way (test rows have fold -1).
 
-split.csv columns: ``path`` (absolute), ``label`` (after the label mapping), ``orig_label``,
+split.csv columns: ``path`` (relative to the split file's folder; older files: absolute), ``label`` (after the label mapping), ``orig_label``,
 ``source`` (the file's folder), ``group``, ``split`` (train/val/test), ``fold``, ``sha256`` and
 ``group_source``: the source of the whole duplicate group by :func:`.sources.group_source`
 (``wani-mendeley`` when any copy is a Wani file), computed from every member even when
@@ -266,19 +266,31 @@ def protocol_text(opts: SplitOptions) -> str:
     )
 
 
-def _rows_csv(rows: list[SplitRow]) -> str:
+def _relative_to(path: str, folder: Path) -> str:
+    """``path`` relative to ``folder`` (both taken physically, as :func:`read_split` resolves them), in
+    forward slashes; absolute when there is no relative path (another drive on Windows)."""
+    try:
+        return Path(os.path.relpath(Path(path).resolve(), folder.resolve())).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _rows_csv(rows: list[SplitRow], folder: Path | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(SPLIT_COLUMNS)
     for r in rows:
-        w.writerow([getattr(r, c) for c in SPLIT_COLUMNS])
+        w.writerow([_relative_to(r.path, folder) if c == "path" and folder is not None else getattr(r, c) for c in SPLIT_COLUMNS])
     return buf.getvalue()
 
 
-def write_split(table: SplitTable, out: str | os.PathLike) -> dict[str, Path]:
+def write_split(table: SplitTable, out: str | os.PathLike, relative: bool = True) -> dict[str, Path]:
+    """Write ``split.csv`` and ``split.json`` into ``out``. Image paths are stored relative to ``out``
+    (``relative=False``: absolute, as split files made before issue 23), so a split moves or is shared
+    together with the data beside it; :func:`read_split` reads both."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    csv_path = atomic_write_text(out / "split.csv", _rows_csv(table.rows))
+    csv_path = atomic_write_text(out / "split.csv", _rows_csv(table.rows, out if relative else None))
     table.path = csv_path
     info = dict(table.info, split_csv_sha256=sha256_file(csv_path))
     json_path = atomic_write_json(out / "split.json", info)
