@@ -72,7 +72,17 @@ def test_help_shows_every_default_and_no_bool_or_eaten_markup() -> None:
         for line in text.splitlines():
             body = line.strip().strip("│").rstrip()
             assert not body.endswith(" ."), (path, line)
-        rows = {ln.strip("│ ").split()[0]: ln for ln in text.splitlines() if ln.strip("│ ").startswith("--")}
+        rows: dict[str, str] = {}  # an option's row with its wrapped continuation lines
+        key = None
+        for ln in text.splitlines():
+            body = ln.strip("│ ")
+            if body.startswith("--") and len(ln.lstrip("│")) - len(ln.lstrip("│ ")) <= 3:
+                key = body.split()[0]
+                rows[key] = ln
+            elif key and ln.startswith("    ") and body:
+                rows[key] += " " + body
+            else:
+                key = None
         for p in cmd.params:
             if not isinstance(p, TyperOption) or not p.opts or p.name == "help":
                 continue

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import logging
 import os
+import re
 import sys
+import textwrap
 from enum import Enum
 from typing import Any, Callable, Iterable, Iterator, TypeVar
 
@@ -161,12 +164,87 @@ def _tidy_param(p: Any, ctx: Any) -> None:
     p._tidied = True  # type: ignore[attr-defined]
 
 
+def reflow(text: str | None) -> str | None:
+    """Join the hard line breaks inside each paragraph of a docstring (paragraphs: blank lines; a
+    paragraph that starts with ``\\b`` is kept as written), so help wraps to the terminal, not to the
+    source file's line length."""
+    if not text:
+        return text
+    paras = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(p if p.startswith("\b") else " ".join(ln.strip() for ln in p.splitlines()) for p in paras)
+
+
+def _wrap(text: str, width: int, indent: str = "") -> list[str]:
+    """Wrap between words only: never inside a word, a hyphenated word or a path."""
+    lines: list[str] = []
+    for i, para in enumerate(text.split("\n\n")):
+        if i:
+            lines.append("")
+        if para.startswith("\b"):
+            lines += [indent + ln for ln in para.strip("\b\n").splitlines()]
+            continue
+        lines += textwrap.wrap(" ".join(para.split()), width, initial_indent=indent, subsequent_indent=indent,
+                               break_long_words=False, break_on_hyphens=False) or [indent]
+    return lines
+
+
+_SHOWN_DEFAULT = re.compile(r"\[default: \((.*)\)\]$")
+
+
+class PlainHelpFormatter(TyperCommand.context_class.formatter_class):  # type: ignore[name-defined,misc]
+    """click's plain help layout, wrapping between words only (click's own breaks at hyphens, so
+    ``warm-up`` or ``[default: torch-reference]`` could be split across lines)."""
+
+    def write_text(self, text: str) -> None:
+        self.write("\n".join(_wrap(text, self.width, " " * self.current_indent)) + "\n")
+
+    def write_dl(self, rows: Any, col_max: int = 30, col_spacing: int = 2) -> None:
+        rows = [(a, _SHOWN_DEFAULT.sub(r"[default: \1]", b)) for a, b in rows]
+        first_col = min(max((len(a) for a, _ in rows), default=0), col_max) + col_spacing
+        pad = " " * (first_col + self.current_indent)
+        for first, second in rows:
+            self.write(f"{'':>{self.current_indent}}{first}")
+            if not second:
+                self.write("\n")
+                continue
+            lines = _wrap(second, max(self.width - first_col - self.current_indent, 30))
+            self.write(" " * (first_col - len(first)) if len(first) <= first_col - col_spacing else "\n" + pad)
+            self.write(lines[0] + "\n" + "".join(pad + ln + "\n" if ln else "\n" for ln in lines[1:]))
+
+
+RICH_HELP_MIN_WIDTH = 100  # below this, rich's option table squeezes its columns (cells cut, words split)
+
+
+class _PlainContext(TyperCommand.context_class):  # type: ignore[name-defined,misc]  # typer's own click
+    formatter_class = PlainHelpFormatter
+
+
 class _Tidy:
+    context_class = _PlainContext
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.help = reflow(self.help)  # type: ignore[has-type]
+
     def get_params(self, ctx: Any) -> list[Any]:
         params = super().get_params(ctx)  # type: ignore[misc]
         for p in params:
             _tidy_param(p, ctx)
         return params
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """Rich panels on a wide terminal; in a pipe, a file, a log or a terminal narrower than
+        :data:`RICH_HELP_MIN_WIDTH`, click's plain layout (like pip's): nothing cut with an ellipsis, no
+        choice list split inside a word, text wrapped between words."""
+        con = _output.console()
+        if con.is_terminal and con.width >= RICH_HELP_MIN_WIDTH:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        mode = self.rich_markup_mode  # type: ignore[attr-defined]
+        self.rich_markup_mode = None  # type: ignore[attr-defined]
+        try:
+            return super().format_help(ctx, formatter)  # type: ignore[misc]
+        finally:
+            self.rich_markup_mode = mode  # type: ignore[attr-defined]
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -182,7 +260,18 @@ class TidyCommand(_Tidy, TyperCommand):
 
 
 class TidyGroup(_Tidy, TyperGroup):
-    """The same for command groups (``osteo-edge``, ``data``, ``tabular``)."""
+    """The same for command groups (``osteo-edge``, ``data``, ``tabular``); in plain help each
+    command's first paragraph is shown whole, wrapped, never cut with "..."."""
+
+    def format_commands(self, ctx: Any, formatter: Any) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.short_help or (reflow(cmd.help) or "").split("\n\n")[0]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
 
 
 def tidy_help(app: typer.Typer) -> None:

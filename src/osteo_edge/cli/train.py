@@ -23,6 +23,7 @@ Schedule = choices("Schedule", SCHEDULES)
 Balance = choices("Balance", BALANCE)
 Select = choices("Select", SELECT)
 Augment = choices("Augment", AUGMENT)
+LEVERS = "Balance, augmentation and robustness levers"  # a help panel of its own on a wide terminal
 
 
 def command_line(name: str, params: dict[str, Any]) -> str:
@@ -77,7 +78,7 @@ class _Renderer(TerminalProgress):
 def train_cmd(
     split: Annotated[Optional[Path], typer.Option("--split", help="split.csv from 'osteo-edge data split'.")] = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory (becomes a sealed model bundle).")] = Path("runs/run"),
-    arch: Annotated[Optional[Arch], typer.Option(help="Architecture.", show_default="efficientnet_b0")] = None,
+    arch: Annotated[Optional[Arch], typer.Option(help="Architecture.", show_default="efficientnet_lite0")] = None,
     img_size: Annotated[Optional[int], typer.Option("--img-size", help="Input size in pixels.", show_default="224")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.", show_default="30")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Batch size per process.", show_default="16")] = None,
@@ -85,23 +86,23 @@ def train_cmd(
     freeze_epochs: Annotated[Optional[int], typer.Option("--freeze-epochs", help="Frozen-backbone warm-up epochs (pretrained only).", show_default="auto = min(2, epochs // 3)")] = None,
     weights: Annotated[Optional[str], typer.Option(help="imagenet | none | PATH to a state dict.", show_default="imagenet")] = None,
     device: Annotated[Optional[Device], typer.Option(help="Where to train.", show_default="auto")] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (torch.distributed: NCCL on GPUs, gloo on CPU).", show_default="1")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint (uses the run's saved config).")] = False,
+    devices: Annotated[Optional[int], typer.Option(help="Data-parallel processes (NCCL on GPUs, gloo on CPU).", show_default="1")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue a killed run from its last checkpoint and saved config.")] = False,
     seed: Annotated[Optional[int], typer.Option(help="Random seed.", show_default="0")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="YAML file of options (CLI options override it).")] = None,
     folds: Annotated[int, typer.Option(help="k-fold cross-validation: train K runs OUT/fold<k> (the split needs --folds K).")] = 0,
     schedule: Annotated[Optional[Schedule], typer.Option(help="LR schedule.", show_default="cosine")] = None,
-    balance: Annotated[Optional[Balance], typer.Option(help="Imbalance: weighted loss | class-balanced sampler | cells: sampler balanced over (source of the duplicate group, class) cells | none.", show_default="weighted")] = None,
-    augment: Annotated[Optional[Augment], typer.Option(help="Training augmentation: default | light | acquisition (default plus exposure, CLAHE, noise, blur, JPEG re-encoding, down/up-sampling) | none.", show_default="default")] = None,
+    balance: Annotated[Optional[Balance], typer.Option(help="Imbalance: weighted loss, class-balanced sampler, sampler over (source, class) cells, none.", rich_help_panel=LEVERS, show_default="weighted")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(help="Augmentation; acquisition = default plus exposure, CLAHE, noise, blur, JPEG, resampling.", rich_help_panel=LEVERS, show_default="default")] = None,
     patience: Annotated[Optional[int], typer.Option(help="Early stopping patience in epochs on val macro-F1.", show_default="8")] = None,
     threads: Annotated[Optional[int], typer.Option(help="CPU threads per process.", show_default="2")] = None,
-    select: Annotated[Optional[Select], typer.Option(help="Model selection (best epoch, early stopping) on validation: macro-f1 | cell-recall (mean recall over (source of the duplicate group, class) cells) | worst-source (accuracy of the worst source).", show_default="macro-f1")] = None,
-    tscore_aux: Annotated[Optional[float], typer.Option("--tscore-aux", help="Weight of an auxiliary T-score regression loss on the pooled features (Wani radiographs and their copies; the T-score from --tscore-csv). 0: off.", show_default="0")] = None,
-    tscore_csv: Annotated[Optional[Path], typer.Option("--tscore-csv", help="wani_patient_details.csv (Patient Id = image file stem, T-score Value).")] = None,
-    group_dro: Annotated[Optional[float], typer.Option("--group-dro", help="Group DRO over (source of the duplicate group, class) cells: step size of the group weights (e.g. 0.01). 0: off.", show_default="0")] = None,
-    distill: Annotated[Optional[float], typer.Option("--distill", help="Weight in [0, 1] of a distillation loss towards the --teacher ensemble (flip-averaged logits, temperature 2). 0: off.", show_default="0")] = None,
-    teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="A teacher torch run for --distill (repeat for an ensemble); '{fold}' in the path = the student's fold. It must not have trained on the student's validation or test radiographs.")] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee on its joint line; a bilateral film gives two views, their logits averaged).", show_default="center_crop")] = None,
+    select: Annotated[Optional[Select], typer.Option(help="Best epoch and early stopping on validation macro-F1, mean (source, class) cell recall, or worst-source accuracy.", rich_help_panel=LEVERS, show_default="macro-f1")] = None,
+    tscore_aux: Annotated[Optional[float], typer.Option("--tscore-aux", help="Weight of an auxiliary T-score regression loss (Wani films; needs --tscore-csv). 0: off.", rich_help_panel=LEVERS, show_default="0")] = None,
+    tscore_csv: Annotated[Optional[Path], typer.Option("--tscore-csv", help="wani_patient_details.csv (Patient Id = image file stem).", rich_help_panel=LEVERS)] = None,
+    group_dro: Annotated[Optional[float], typer.Option("--group-dro", help="Group DRO over (source, class) cells: step size, e.g. 0.01. 0: off.", rich_help_panel=LEVERS, show_default="0")] = None,
+    distill: Annotated[Optional[float], typer.Option("--distill", help="Weight in [0, 1] of distillation towards the --teacher ensemble. 0: off.", rich_help_panel=LEVERS, show_default="0")] = None,
+    teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="Teacher torch run for --distill (repeatable; '{fold}' = the student's fold); never trained on the student's val/test.", rich_help_panel=LEVERS)] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee, logits averaged).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
     from ..train.config import resolve_config
