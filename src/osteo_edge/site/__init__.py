@@ -113,8 +113,10 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
     report["fitted_on_all"] = {**op.to_dict(), "fit": details}
     # the report files that travel inside the bundle
     files: dict[str, bytes] = {}
+    shipped = {k: v for k, v in report.items() if k != "per_image"}  # no file names (often patient ids) travel with the bundle
+    shipped["bundle"] = {**report["bundle"], "path": Path(str(report["bundle"]["path"])).name}
     with tempfile.TemporaryDirectory() as tmp:
-        paths = write_report(report, cv_answers, scores, tmp, plots)
+        paths = write_report(shipped, cv_answers, scores, tmp, plots)
         for p in paths:
             files[p.name] = p.read_bytes()
     sig = clf.bundle.signature

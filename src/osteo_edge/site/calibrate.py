@@ -147,7 +147,10 @@ def fit_operating(scores: SiteScores, idx: np.ndarray, base: Operating, target: 
     p_low = 1.0 - probs[:, scores.neg_index]
     thr, details = fit_low_bmd(scores, a, probs, p_low, base.thresholds, target)
     op = op.with_(temperature=temperature, thresholds={**dict(base.thresholds), "low_bmd": thr})
-    details.update({"images": int(idx.size), "accepted": int(a.size), "gate_acceptance": float(a.size / idx.size)})
+    min_conf = base.thresholds.get("min_confidence")
+    uncertain = float(np.mean(probs[a].max(axis=1) < min_conf)) if min_conf is not None else 0.0
+    details.update({"images": int(idx.size), "accepted": int(a.size), "gate_acceptance": float(a.size / idx.size),
+                    "uncertain_rate": uncertain})
     return op, details
 
 

@@ -62,7 +62,7 @@ ALIASES = {"sens": "sensitivity", "spec": "specificity", "auc": "auroc", "f1": "
 
 
 def parse_require(text: str | None) -> dict[str, float]:
-    """``"sensitivity=0.85,auroc=0.75"`` -> dict; an empty string means no requirement."""
+    """``"sensitivity=0.85,auroc=0.75"`` -> dict (``None``: :data:`DEFAULT_REQUIRE`); at least one criterion."""
     if text is None:
         return dict(DEFAULT_REQUIRE)
     out: dict[str, float] = {}
@@ -82,6 +82,8 @@ def parse_require(text: str | None) -> dict[str, float]:
         if not 0.0 <= v <= 1.0:
             raise ConfigError(f"--require {name} needs a number in [0, 1], got {v}")
         out[name] = v
+    if not out:
+        raise ConfigError(f"--require needs at least one criterion NAME=VALUE; names: {', '.join(METRICS)}")
     return out
 
 
