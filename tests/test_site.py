@@ -1,0 +1,344 @@
+"""Site validation and site calibration (issue 28) on a tiny ONNX bundle and real Wani radiographs.
+
+The trust file of every test here is under tmp_path (``OSTEO_EDGE_TRUST_FILE``), never the user's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from osteo_edge.artifact import load_bundle
+from osteo_edge.artifact.signing import TRUST_FILE_ENV, TRUST_ENV, generate_keypair
+from osteo_edge.cli import app
+from osteo_edge.core.stats import Estimate
+from osteo_edge.errors import BundleError, ConfigError
+from osteo_edge.site import Target, calibrate_site, parse_require, read_labels, validate_site, who_class
+from osteo_edge.site.calibrate import fit_temperature, make_folds
+from osteo_edge.site.validate import judge
+from test_runtime_fixtures import DATA, LABELS, make_onnx_bundle
+
+runner = CliRunner()
+WANI = DATA / "knee" / "wani-mendeley"
+
+
+@pytest.fixture(autouse=True)
+def _no_machine_trust(monkeypatch):
+    """No test here reads this machine's real trust file or trusted keys."""
+    monkeypatch.setenv(TRUST_FILE_ENV, "")
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+
+
+@pytest.fixture(scope="module")
+def site_csv(tmp_path_factory) -> Path:
+    """7 Normal, 5 Osteopenia, 4 Osteoporosis real Wani films; rows name files relative to the Wani folder."""
+    if not WANI.is_dir():
+        pytest.skip(f"shared data not found at {WANI}")
+    rows = []
+    for label, n in (("Normal", 7), ("Osteopenia", 5), ("Osteoporosis", 4)):
+        files = sorted((WANI / label).iterdir())[:n]
+        rows += [(f"{label}/{f.name}", label) for f in files]
+    path = tmp_path_factory.mktemp("site") / "labels.csv"
+    path.write_text("file,label\n" + "".join(f"{f},{lab}\n" for f, lab in rows))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return make_onnx_bundle(tmp_path_factory.mktemp("b") / "tiny", thresholds={"min_confidence": 0.4, "low_bmd": 0.5})
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("keys")
+    site_key, site_pub = generate_keypair(d, "site")
+    other_key, other_pub = generate_keypair(d, "other")
+    return {"site": site_key, "site_pub": site_pub, "other": other_key, "other_pub": other_pub}
+
+
+@pytest.fixture(scope="module")
+def site_bundle(tmp_path_factory, bundle, site_csv, keys) -> Path:
+    out = tmp_path_factory.mktemp("sb") / "site-bundle"
+    calibrate_site(WANI, site_csv, bundle, out=out, key=keys["site"], site="test-clinic", folds=3, n_boot=100,
+                   target=Target(target_sensitivity=0.9))
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# labels
+
+
+def test_who_classes_from_tscore():
+    assert [who_class(t) for t in (0.5, -1.0, -1.01, -2.49, -2.5, -3.2)] == [
+        "Normal", "Normal", "Osteopenia", "Osteopenia", "Osteoporosis", "Osteoporosis"]
+
+
+def test_tscore_column_gives_who_labels(tmp_path, site_csv):
+    rows = site_csv.read_text().splitlines()[1:]
+    t = {"Normal": "-0.4", "Osteopenia": "-1.7", "Osteoporosis": "-2.5"}
+    csv = tmp_path / "t.csv"
+    csv.write_text("file,tscore,group\n" + "".join(f"{r.split(',')[0]},{t[r.split(',')[1]]},p{i // 2}\n" for i, r in enumerate(rows)))
+    s = read_labels(WANI, csv, LABELS)
+    assert s.truth_from == "tscore" and s.counts() == {"Normal": 7, "Osteopenia": 5, "Osteoporosis": 4}
+    assert len(set(s.groups.tolist())) == 8
+
+
+@pytest.mark.parametrize("body,match", [
+    ("file,label\nNormal/N1.JPEG,Osteopena\n", "unknown label 'Osteopena' (line 2); valid: Normal, Osteopenia, Osteoporosis"),
+    ("file,tscore\nNormal/N1.JPEG,low\n", "'tscore' must be a number"),
+    ("file,label\nNormal/nope.png,Normal\n", "1 file(s) not found"),
+    ("file,label\nNormal/N1.JPEG,Normal\nNormal/N1.JPEG,Normal\n", "file listed twice"),
+    ("name,diagnosis\nNormal/N1.JPEG,Normal\n", "needs a 'file' column and a 'label' or 'tscore' column"),
+])
+def test_bad_labels_files_are_refused_in_one_line(tmp_path, body, match):
+    if not WANI.is_dir():
+        pytest.skip("no shared data")
+    csv = tmp_path / "l.csv"
+    csv.write_text(body)
+    with pytest.raises(ConfigError, match=None) as exc:
+        read_labels(WANI, csv, LABELS)
+    assert match in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_too_few_per_class_and_unreadable_files_are_refused(tmp_path, bundle, site_csv):
+    rows = site_csv.read_text().splitlines()
+    few = tmp_path / "few.csv"
+    few.write_text("\n".join(rows[:5] + rows[8:10]) + "\n")  # 4 Normal, 2 low BMD
+    with pytest.raises(ConfigError, match="too few images per class: 4 Normal and 2 low-BMD"):
+        validate_site(WANI, few, bundle, n_boot=0)
+    images = tmp_path / "imgs"
+    (images / "Normal").mkdir(parents=True)
+    for r in rows[1:]:
+        f = r.split(",")[0]
+        (images / f).parent.mkdir(parents=True, exist_ok=True)
+        (images / f).write_bytes((WANI / f).read_bytes())
+    (images / "Normal" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("\n".join(rows + ["Normal/broken.png,Normal"]) + "\n")
+    with pytest.raises(ConfigError, match=r"1 labelled file\(s\) cannot be read as images: Normal/broken.png"):
+        validate_site(images, bad, bundle, n_boot=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# validation
+
+
+def test_validate_writes_report_and_matches_the_runtime(tmp_path, bundle, site_csv):
+    from osteo_edge.edge_runtime import EdgeClassifier
+
+    r = validate_site(WANI, site_csv, bundle, out=tmp_path / "rep", n_boot=200, require={"sensitivity": 0.85, "auroc": 0.75})
+    rep = r.report
+    assert rep["counts"] == {"Normal": 7, "Osteopenia": 5, "Osteoporosis": 4} and rep["images"] == 16
+    assert rep["verdict"] in ("pass", "fail", "insufficient")
+    for name in ("accuracy", "macro_f1", "sensitivity", "specificity", "auroc", "ece", "gate_acceptance", "referral_rate"):
+        m = rep["metrics"][name]
+        assert set(m) >= {"value", "ci95"}
+    auc = rep["metrics"]["auroc"]
+    assert auc["ci95"][0] <= auc["value"] <= auc["ci95"][1]
+    assert rep["claims"]["figures"]["macro_f1"]["value"] == 0.5  # the tiny bundle's manifest claim, beside
+    assert "AUROC interval" in rep["sample_size"]["text"] or "could not" in rep["sample_size"]["text"]
+    files = {p.name for p in r.written}
+    assert {"report.md", "report.json"} <= files
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert f"**Verdict: {rep['verdict']}**" in md and "low-BMD AUROC" in md
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["verdict"] == rep["verdict"]
+    # every answer is the runtime's own
+    clf = EdgeClassifier.load(bundle)
+    for row in rep["per_image"]:
+        p = clf.predict(WANI / row["file"])
+        assert p.status == row["status"]
+        if p.low_bmd_probability is not None:
+            assert math.isclose(p.low_bmd_probability, row["p_low_bmd"], abs_tol=1e-5)
+
+
+def test_verdict_is_judged_on_the_interval():
+    est = {"sensitivity": Estimate(0.9, 0.86, 0.95), "auroc": Estimate(0.8, 0.7, 0.9), "referral_rate": Estimate(0.5, 0.4, 0.6)}
+    assert judge(est, {"sensitivity": 0.85})[0] == "pass"
+    assert judge(est, {"sensitivity": 0.85, "auroc": 0.75})[0] == "insufficient"  # 0.7 < 0.75 < 0.9
+    assert judge(est, {"auroc": 0.95})[0] == "fail"  # the whole interval is below
+    assert judge(est, {"referral_rate": 0.7})[0] == "pass" and judge(est, {"referral_rate": 0.3})[0] == "fail"
+    assert judge({"auroc": Estimate(0.8)}, {"auroc": 0.5})[0] == "insufficient"  # no interval, no pass
+    assert parse_require("sens=0.8, auroc=0.7") == {"sensitivity": 0.8, "auroc": 0.7}
+    with pytest.raises(ConfigError, match="unknown requirement 'sharpness'"):
+        parse_require("sharpness=0.9")
+    with pytest.raises(ConfigError, match="at least one criterion"):
+        parse_require("")
+
+
+def test_fit_temperature_recovers_a_known_temperature():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(4000, 3)) * 3
+    p = np.exp(z / 2.5)
+    p /= p.sum(axis=1, keepdims=True)
+    y = np.array([rng.choice(3, p=row) for row in p])
+    assert abs(fit_temperature(z, y) - 2.5) < 0.25
+
+
+# ------------------------------------------------------------------------------------------------
+# calibration
+
+
+def test_site_bundle_records_its_origin_and_cross_validated_report(site_bundle, bundle, site_csv, keys):
+    from osteo_edge.artifact.signing import public_key_of, key_id
+
+    b = load_bundle(site_bundle)
+    base = load_bundle(bundle)
+    site = b.manifest["site"]
+    assert site["name"] == "test-clinic" and site["base"]["seal"] == base.seal
+    assert site["counts"] == {"Normal": 7, "Osteopenia": 5, "Osteoporosis": 4}
+    import hashlib
+
+    assert site["labels_file"] == {"name": "labels.csv", "sha256": hashlib.sha256(site_csv.read_bytes()).hexdigest(), "truth_from": "label"}
+    cv = site["cross_validated"]
+    assert cv["verdict"] in ("pass", "fail", "insufficient") and "3-fold cross-validation" in cv["protocol"]
+    assert b.signature.key_id == key_id(public_key_of(keys["site_pub"]))
+    assert b.temperature == pytest.approx(site["fitted"]["temperature"]) and b.thresholds["low_bmd"] == site["fitted"]["thresholds"]["low_bmd"]
+    assert b.metrics.split("site_cv").raw["headline"]["low_bmd_auroc"]["value"] == cv["metrics"]["auroc"]["value"]
+    assert (site_bundle / "site-validation" / "report.md").is_file() and "site-validation/report.md" in b.manifest["files"]
+    assert "per_image" not in json.loads((site_bundle / "site-validation" / "report.json").read_text())
+    assert b.provenance.parent is not None and b.provenance.parent.seal == base.seal
+    # the site bundle is a bundle like any other: the runtime loads it
+    from osteo_edge.edge_runtime import EdgeClassifier
+
+    assert EdgeClassifier.load(site_bundle).predict(WANI / "Normal" / "N1.JPEG").status in ("ok", "refer")
+    # and validating it shows its own cross-validated claims beside
+    r = validate_site(WANI, site_csv, site_bundle, n_boot=0)
+    assert r.report["claims"]["split"] == "site_cv"
+
+
+def test_cross_validation_never_scores_an_image_it_was_fitted_on(monkeypatch, bundle, site_csv, keys, tmp_path):
+    import osteo_edge.site.calibrate as cal
+
+    seen = []
+    real = cal.fit_operating
+
+    def spy(scores, idx, *a, **kw):
+        seen.append(set(np.asarray(idx).tolist()))
+        return real(scores, idx, *a, **kw)
+
+    monkeypatch.setattr(cal, "fit_operating", spy)
+    from osteo_edge.site import score
+    from osteo_edge.site.scoring import bundle_operating
+
+    clf, scores = score(WANI, site_csv, bundle)
+    folds = make_folds(scores, 4, seed=1)
+    assert len(set(folds.tolist())) == 4
+    answers, details = cal.cross_validate(scores, bundle_operating(clf), Target(target_sensitivity=0.9), folds=4, seed=1)
+    assert len(seen) == 4
+    for f, fitted_on in enumerate(seen):
+        held_out = set(np.flatnonzero(folds == f).tolist())
+        assert held_out and not (held_out & fitted_on) and held_out | fitted_on == set(range(scores.n))
+
+
+def test_max_referral_operating_point_caps_referrals(bundle, site_csv, tmp_path, keys):
+    r = calibrate_site(WANI, site_csv, bundle, out=tmp_path / "sb", key=keys["site"], target=Target(max_referral=0.5), folds=3, n_boot=0)
+    fit = r.report["fitted_on_all"]["fit"]
+    assert fit["cap_met"] is False or fit["fitted_referral_rate"] <= 0.5
+    assert load_bundle(tmp_path / "sb").manifest["site"]["operating_point"] == {"max_referral": 0.5}
+    with pytest.raises(ConfigError, match="not both"):
+        Target(0.9, 0.3)
+
+
+def test_edited_site_bundle_is_refused(site_bundle, tmp_path):
+    import shutil
+
+    from osteo_edge.edge_runtime import EdgeClassifier
+
+    copy = tmp_path / "edited"
+    shutil.copytree(site_bundle, copy)
+    m = json.loads((copy / "manifest.json").read_text())
+    m["thresholds"]["low_bmd"] = 0.99  # a clinic "tuning" its bundle by hand
+    (copy / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="edited after sealing"):
+        EdgeClassifier.load(copy)
+    res = runner.invoke(app, ["predict", str(WANI / "Normal" / "N1.JPEG"), "--model", str(copy)])
+    assert res.exit_code == 1 and "edited after sealing" in res.output and "Traceback" not in res.output
+
+
+def test_trust_file_refuses_foreign_and_unsigned_bundles_everywhere(site_bundle, bundle, keys, tmp_path, monkeypatch):
+    import shutil
+
+    from osteo_edge.artifact import sign_bundle
+    from osteo_edge.edge_runtime import EdgeClassifier
+
+    foreign = tmp_path / "foreign"
+    shutil.copytree(site_bundle, foreign)
+    sign_bundle(foreign, keys["other"])  # re-signed by a key this clinic never trusted
+    knee = str(WANI / "Normal" / "N1.JPEG")
+    # no trust configured: the foreign copy loads (trust is opt-in) ...
+    EdgeClassifier.load(foreign)
+    # ... one step: the clinic's trust file (the shipped publisher + the site)
+    trust = tmp_path / "trusted-keys.pem"
+    res = runner.invoke(app, ["site", "trust", "--key", str(keys["site"]), "--file", str(trust)])
+    assert res.exit_code == 0 and trust.is_file(), res.output
+    monkeypatch.setenv(TRUST_FILE_ENV, str(trust))
+    EdgeClassifier.load(site_bundle)  # the site's own bundle is trusted
+    with pytest.raises(BundleError, match="not among this runtime's trusted keys"):
+        EdgeClassifier.load(foreign)
+    with pytest.raises(BundleError, match="unsigned"):
+        EdgeClassifier.load(bundle)
+    for args in (["predict", knee, "--model", str(foreign)], ["verify", str(foreign)], ["predict", knee, "--model", str(bundle)]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 1 and "trust file" in res.output and "Traceback" not in res.output, (args, res.output)
+    res = runner.invoke(app, ["verify", str(site_bundle)])
+    assert res.exit_code == 0 and "signer trusted" in res.output
+    # a trust file that names a missing path is an error, never a silently open door
+    monkeypatch.setenv(TRUST_FILE_ENV, str(tmp_path / "typo.pem"))
+    with pytest.raises(ConfigError, match="no such trust file"):
+        EdgeClassifier.load(site_bundle)
+
+
+def test_shipped_default_still_loads_under_the_clinic_trust_file(keys, tmp_path, monkeypatch):
+    pytest.importorskip("ai_edge_litert")
+    from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
+    from osteo_edge.site.trust import write_clinic_trust
+
+    if not (default_bundle_path() / "manifest.json").is_file():
+        pytest.skip("no shipped bundle in this install")
+    path, ids = write_clinic_trust(tmp_path / "t.pem", private_keys=[keys["site"]])
+    assert len(ids) >= 2
+    monkeypatch.setenv(TRUST_FILE_ENV, str(path))
+    EdgeClassifier.load()
+
+
+# ------------------------------------------------------------------------------------------------
+# the command line
+
+
+def test_cli_validate_and_refusals(tmp_path, bundle, site_csv):
+    res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out",
+                              str(tmp_path / "r"), "--bootstrap", "100", "--require", "auroc=0.6"])
+    assert res.exit_code == 0, res.output
+    assert "verdict: " in res.output and "low-BMD AUROC" in res.output and (tmp_path / "r" / "report.md").is_file()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nNormal/N1.JPEG,osteo\n")
+    res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(bad), "--model", str(bundle), "--out", str(tmp_path / "r2")])
+    assert res.exit_code == 1 and res.output.strip().startswith("error: ") and len(res.output.strip().splitlines()) == 1
+    assert "unknown label 'osteo'" in res.output
+
+
+def test_cli_calibrate_writes_a_signed_bundle_and_trust_file(tmp_path, bundle, site_csv, keys):
+    trust = tmp_path / "trust.pem"
+    res = runner.invoke(app, ["site", "calibrate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out", str(tmp_path / "sb"),
+                              "--key", str(keys["site"]), "--site", "clinic-a", "--folds", "3", "--bootstrap", "50", "--trust-file", str(trust)])
+    assert res.exit_code == 0, res.output
+    assert "cross-validated" in res.output and trust.is_file()
+    b = load_bundle(tmp_path / "sb")
+    assert b.manifest["site"]["name"] == "clinic-a"
+    assert not [p for _, p in __import__("osteo_edge.artifact", fromlist=["build_machine_paths"]).build_machine_paths(b.manifest)
+                if str(tmp_path) in p]
+
+
+def test_site_modules_are_torch_free():
+    code = ("import sys, osteo_edge.site, osteo_edge.site.trust, osteo_edge.cli.site; "
+            "print(','.join(m for m in ('torch', 'timm', 'tensorflow', 'sklearn', 'gradio') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == ""
