@@ -192,13 +192,30 @@ def test_bench_failed_bundle_is_a_row(tmp_path):
     assert report["results"][0]["status"] == "failed" and "checksum" in report["results"][0]["error"]
 
 
-def test_raspberrypi_without_emulation_kit_says_why(tmp_path):
+def test_raspberrypi_without_host_is_a_usage_error_naming_host(tmp_path):
+    """Issue 23, item 7: no exit 0 under an EMULATED header with host-only rows; one line naming --host."""
     b = make_onnx_bundle(tmp_path / "b")
-    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--runs", "5", "--warmup", "0", "--threads", "1",
-                              "--emulator-dir", str(tmp_path / "no-kit")])
-    assert res.exit_code == 0, res.output
-    assert "emulation not run: no aarch64 emulation kit" in res.stdout
-    assert "ESTIMATE" in res.stdout and "Raspberry Pi 5" in res.stdout
+    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--runs", "5", "--warmup", "0", "--threads", "1"])
+    assert res.exit_code == 2, res.output
+    error = [ln for ln in res.output.splitlines() if ln.startswith("Error:")]
+    assert len(error) == 1 and "--host user@address" in error[0] and "--emulate" in error[0], res.output
+    assert "EMULATED" not in res.output and "benchmarks/" not in res.output
+    for bad in (["--host", "pi@127.0.0.1", "--emulate"], ["--target", "host", "--emulate"], ["--target", "host", "--host", "pi@x"]):
+        args = ["bench", "--model", str(b), "--target", "raspberrypi", *bad] if bad[0] != "--target" else ["bench", "--model", str(b), *bad]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "Error:" in r.output, (bad, r.output)
+    with pytest.raises(ConfigError, match="--host user@address"):
+        run_bench("raspberrypi", BenchRequest(bundles=[b], runs=5, warmup=0, threads=1))
+
+
+def test_raspberrypi_emulate_without_kit_fails_in_one_line(tmp_path):
+    b = make_onnx_bundle(tmp_path / "b")
+    res = runner.invoke(app, ["bench", "--model", str(b), "--target", "raspberrypi", "--emulate", "--runs", "5", "--warmup", "0",
+                              "--threads", "1", "--emulator-dir", str(tmp_path / "no-kit")])
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "no aarch64 emulation kit" in lines[0] and "--emulator-dir" in lines[0], res.output
+    assert ".sh" not in res.output  # no pointer to a script that only the repository has
 
 
 # -- SSH on loopback ----------------------------------------------------------------------------------
@@ -289,7 +306,7 @@ def test_raspberrypi_emulated_matches_host(tmp_path):
     if kit_problem(kit):
         pytest.skip(kit_problem(kit))
     b = make_onnx_bundle(tmp_path / "b")
-    report = run_bench("raspberrypi", BenchRequest(bundles=[b], runs=5, warmup=1, threads=1))
+    report = run_bench("raspberrypi", BenchRequest(bundles=[b], runs=5, warmup=1, threads=1, emulate=True))
     emu = [r for r in report["results"] if r.get("emulated_cpu")]
     assert report["kind"] == "emulated" and {r["emulated_cpu"] for r in emu} == {"cortex-a72", "cortex-a76"}
     for r in emu:

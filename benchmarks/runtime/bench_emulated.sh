@@ -13,4 +13,4 @@ bundles=("$@")
 [ ${#bundles[@]} -eq 0 ] && bundles=(src/osteo_edge/models/default)
 args=()
 for b in "${bundles[@]}"; do args+=(--model "$b"); done
-COLUMNS=220 .venv/bin/osteo-edge bench --target raspberrypi "${args[@]}" --threads "${THREADS:-1}" --runs "${RUNS:-10}" --warmup 1 --json "$OUT/emulated.json" | tee "$OUT/emulated.txt"
+COLUMNS=220 .venv/bin/osteo-edge bench --target raspberrypi --emulate "${args[@]}" --threads "${THREADS:-1}" --runs "${RUNS:-10}" --warmup 1 --json "$OUT/emulated.json" | tee "$OUT/emulated.txt"

@@ -15,7 +15,8 @@ Targets (:data:`TARGETS`, looked up by name):
 - ``host``: this machine.
 - ``raspberrypi``: with ``host="user@addr"``, the bundles and the runtime are copied to the Pi over
   SSH, the runtime extra is installed there (no torch), the benchmark runs there and its JSON comes
-  back (:mod:`osteo_edge.benchmarks.remote`). Without a host: the runtime runs under aarch64
+  back (:mod:`osteo_edge.benchmarks.remote`). With ``emulate=True`` instead (asked for by name;
+  without a host and without it the target refuses to run): the runtime runs under aarch64
   emulation (:mod:`osteo_edge.benchmarks.emulate`); that timing is labelled "emulated, not a Pi
   latency" and comes with an estimate for Pi 4 / Pi 5 from a documented model, marked as such.
 """
@@ -61,6 +62,7 @@ class BenchRequest:
     remote_dir: str = "osteo-edge-bench"
     torch_reference: bool = True
     emulator_dir: Path | None = None
+    emulate: bool = False  # raspberrypi without a host: aarch64 emulation here, asked for by name
     timeout_s: float = 1800.0
 
     def validate(self) -> None:
@@ -387,15 +389,23 @@ def run_host(req: BenchRequest) -> dict[str, Any]:
     return _report("host", "measured", req, results, machine, [])
 
 
+RASPBERRYPI_NEEDS_HOST = ("--target raspberrypi measures a real Pi over SSH: give --host user@address, "
+                          "or --emulate for aarch64 emulation on this machine (not a Pi latency)")
+
+
 def run_raspberrypi(req: BenchRequest) -> dict[str, Any]:
     if len(req.thread_counts) > 1:
         raise ConfigError("several --threads values are for --target host; give one thread count for raspberrypi")
+    if req.host and req.emulate:
+        raise ConfigError("give --host (measure a Pi over SSH) or --emulate (aarch64 emulation here), not both")
     if req.host:
         from .remote import run_over_ssh
 
         report = run_over_ssh(req)
         report["target"] = "raspberrypi"
         return report
+    if not req.emulate:
+        raise ConfigError(RASPBERRYPI_NEEDS_HOST)
     from .emulate import run_emulated
 
     return run_emulated(req)
@@ -405,7 +415,7 @@ TARGETS: dict[str, Target] = {
     t.name: t
     for t in (
         Target("host", "this machine, measured", run_host),
-        Target("raspberrypi", "Raspberry Pi 4/5 (aarch64): over SSH with --host user@addr, else aarch64 emulation (not a latency)", run_raspberrypi),
+        Target("raspberrypi", "Raspberry Pi 4/5 (aarch64): over SSH with --host user@addr, or aarch64 emulation with --emulate (not a latency)", run_raspberrypi),
     )
 }
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifact import load_bundle
+from ..errors import ConfigError
 from .bench import BenchRequest, _report, find_parent, machine_info, measure_local
 
 EMU_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
@@ -44,7 +45,8 @@ def kit_dir(req: BenchRequest) -> Path:
 def kit_problem(kit: Path) -> str | None:
     """One line saying why emulation cannot run, or None when the kit is complete."""
     if not kit.is_dir():
-        return f"no aarch64 emulation kit at {kit} (make one with benchmarks/runtime/setup_arm64_emulation.sh)"
+        return (f"no aarch64 emulation kit at {kit}: pass --emulator-dir DIR (qemu-aarch64, sysroot/, site/; how to "
+                "build one: docs/runtime.md in the osteo-edge source), or measure a real Pi with --host user@address")
     if not os.access(kit / "qemu-aarch64", os.X_OK):
         return f"{kit}/qemu-aarch64 is missing or not executable"
     if not (kit / "sysroot" / "usr" / "bin" / "python3.11").exists():
@@ -154,6 +156,8 @@ def run_emulated(req: BenchRequest) -> dict[str, Any]:
     kit = kit_dir(req)
     machine = machine_info()
     problem = kit_problem(kit)
+    if problem is not None:  # emulation was asked for by name: not running it is an error, not a note
+        raise ConfigError(f"aarch64 emulation cannot run: {problem}")
     notes: list[str] = []
     host_rows = measure_local(req, torch_reference=False)
     estimates: list[dict[str, Any]] = []
@@ -177,9 +181,7 @@ def run_emulated(req: BenchRequest) -> dict[str, Any]:
         if r.get("status") == "ok" and macs:
             estimates.extend(pi_estimates(r, macs, req.threads))
     results: list[dict[str, Any]] = []
-    if problem is not None:
-        notes.append(f"aarch64 emulation not run: {problem}")
-    else:
+    if problem is None:
         pkg_parent = Path(__file__).resolve().parent.parent.parent
         py = kit / "sysroot" / "usr" / "bin" / "python3.11"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV"))}

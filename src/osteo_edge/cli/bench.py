@@ -10,7 +10,7 @@ import typer
 from ..benchmarks.bench import TARGETS
 from . import _output as out
 from ._steps import after_bench
-from ._common import TRUSTED_KEY_HELP, choices, handle_errors, trust_store
+from ._common import TRUSTED_KEY_HELP, choices, handle_errors, trust_store, usage_error
 
 
 TargetName = choices("TargetName", TARGETS)
@@ -18,7 +18,7 @@ TargetName = choices("TargetName", TARGETS)
 
 @handle_errors
 def bench(
-    target: Annotated[TargetName, typer.Option("--target", help="Where to measure: host (this machine) or raspberrypi (over SSH with --host, else aarch64 emulation).")] = TargetName.host,
+    target: Annotated[TargetName, typer.Option("--target", help="Where to measure: host (this machine) or raspberrypi (a Pi over SSH: needs --host, or --emulate).")] = TargetName.host,
     model: Annotated[Optional[List[Path]], typer.Option("--model", help="Model bundle directory (repeatable; default: the shipped bundle).")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="user@address of the Raspberry Pi (SSH keys, no password prompt).")] = None,
     threads: Annotated[str, typer.Option("--threads", help="Inference threads, set explicitly for every backend; several in one run: 1,2 (host).")] = "2",
@@ -30,16 +30,26 @@ def bench(
     remote_python: Annotated[Optional[str], typer.Option("--remote-python", help="Interpreter on the device that already has the runtime (skips the venv install).")] = None,
     remote_dir: Annotated[str, typer.Option("--remote-dir", help="Working directory on the device (relative = under the SSH user's home); replaced each run.")] = "osteo-edge-bench",
     trusted_key: Annotated[Optional[List[Path]], typer.Option("--trusted-key", help=TRUSTED_KEY_HELP)] = None,
-    emulator_dir: Annotated[Optional[Path], typer.Option("--emulator-dir", help="aarch64 emulation kit (qemu-aarch64, sysroot/, site/); see docs/runtime.md.")] = None,
+    emulate: Annotated[bool, typer.Option("--emulate", help="raspberrypi without a Pi: run the runtime under aarch64 emulation here (proves it runs on ARM; not a Pi latency) and estimate Pi 4/5 latency.")] = False,
+    emulator_dir: Annotated[Optional[Path], typer.Option("--emulator-dir", help="aarch64 emulation kit for --emulate (qemu-aarch64, sysroot/, site/).")] = None,
 ) -> None:
     """Measure load time, p50/p90/p99 latency, throughput, peak RSS and size of each model.
 
     Each model runs in its own process, all in this one run, so speed-ups against the torch fp32
     parent are ratios from the same run. Writes a table, and with --json a JSON report and a PNG.
     """
-    from ..benchmarks.bench import BenchRequest, parse_threads, plot_report, run_bench, write_json
+    from ..benchmarks.bench import RASPBERRYPI_NEEDS_HOST, BenchRequest, parse_threads, plot_report, run_bench, write_json
     from ..edge_runtime import default_bundle_path
     from ..edge_runtime.classifier import open_bundle
+
+    # usage errors (exit 2) before any bundle is opened or measured
+    if target == TargetName.raspberrypi and not host and not emulate:
+        raise usage_error(RASPBERRYPI_NEEDS_HOST)
+    if host and emulate:
+        raise usage_error("give --host (a Pi over SSH) or --emulate (aarch64 emulation here), not both")
+    for given, name in ((host, "--host"), (emulate, "--emulate"), (emulator_dir, "--emulator-dir")):
+        if given and target != TargetName.raspberrypi:
+            raise usage_error(f"{name} is for --target raspberrypi")
 
     bundles = list(model or [])
     trust = trust_store(trusted_key)
@@ -47,14 +57,10 @@ def bench(
         open_bundle(b, trust)
     if not bundles and (default_bundle_path() / "manifest.json").is_file():
         bundles = [default_bundle_path()]
-    if host and target != TargetName.raspberrypi:
-        from ..errors import ConfigError
-
-        raise ConfigError("--host is for --target raspberrypi")
     counts = parse_threads(threads)
     req = BenchRequest(
         bundles=bundles, threads=counts[0], threads_list=counts, runs=runs, warmup=warmup, host=host, ssh_options=tuple(ssh_option or ()),
-        remote_python=remote_python, remote_dir=remote_dir, torch_reference=torch_reference, emulator_dir=emulator_dir,
+        remote_python=remote_python, remote_dir=remote_dir, torch_reference=torch_reference, emulator_dir=emulator_dir, emulate=emulate,
     )
     report = run_bench(target.value, req)
     render(report)
@@ -65,6 +71,7 @@ def bench(
         out.wrote(written)
     if any(r.get("status") == "failed" for r in report["results"]):
         out.next_step("osteo-edge verify BUNDLE", "a model failed to load or run: check the bundle, or rerun with --verbose")
+        raise typer.Exit(code=1)  # a check failed (README: exit codes)
     else:
         out.next_step(after_bench((model or [None])[0]))
 
