@@ -215,6 +215,20 @@ class PlainHelpFormatter(TyperCommand.context_class.formatter_class):  # type: i
 RICH_HELP_MIN_WIDTH = 100  # below this, rich's option table squeezes its columns (cells cut, words split)
 
 
+def _rich_layout(stderr: bool = False) -> bool:
+    """Rich panels for help and usage errors: only on a terminal at least RICH_HELP_MIN_WIDTH wide."""
+    con = _output.console(stderr)
+    return bool(con.is_terminal and con.width >= RICH_HELP_MIN_WIDTH)
+
+
+USAGE_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")  # typer's (vendored) click
+
+
+def usage_error(message: str) -> Exception:
+    """A usage error: ``Error: message`` on stderr, exit code 2 (raise it from a command)."""
+    return USAGE_ERROR(message)
+
+
 class _PlainContext(TyperCommand.context_class):  # type: ignore[name-defined,misc]  # typer's own click
     formatter_class = PlainHelpFormatter
 
@@ -236,8 +250,7 @@ class _Tidy:
         """Rich panels on a wide terminal; in a pipe, a file, a log or a terminal narrower than
         :data:`RICH_HELP_MIN_WIDTH`, click's plain layout (like pip's): nothing cut with an ellipsis, no
         choice list split inside a word, text wrapped between words."""
-        con = _output.console()
-        if con.is_terminal and con.width >= RICH_HELP_MIN_WIDTH:
+        if _rich_layout():
             return super().format_help(ctx, formatter)  # type: ignore[misc]
         mode = self.rich_markup_mode  # type: ignore[attr-defined]
         self.rich_markup_mode = None  # type: ignore[attr-defined]
@@ -245,6 +258,29 @@ class _Tidy:
             return super().format_help(ctx, formatter)  # type: ignore[misc]
         finally:
             self.rich_markup_mode = mode  # type: ignore[attr-defined]
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        """Report every missing required option in one message, not one per try (click stops at the first)."""
+        given = list(args)  # click's parser consumes the list it is given
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except typer.BadParameter as exc:
+            if type(exc).__name__ != "MissingParameter":
+                raise
+            missing = self._missing(ctx, given)
+            if len(missing) < 2:
+                raise
+            hints = [p.get_error_hint(ctx) for p in missing]
+            kind = "options" if all(isinstance(p, TyperOption) for p in missing) else "parameters"
+            raise type(exc)(ctx=ctx, param_hint=", ".join(hints[:-1]) + " and " + hints[-1], param_type=kind) from None
+
+    def _missing(self, ctx: Any, given: list[str]) -> list[Any]:
+        try:
+            opts, _, _ = self.make_parser(ctx).parse_args(args=given)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - another usage error: click reports it as usual
+            return []
+        return [p for p in self.get_params(ctx) if p.required and p.expose_value and opts.get(p.name) in (None, (), [])
+                and p.resolve_envvar_value(ctx) is None]
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -262,6 +298,17 @@ class TidyCommand(_Tidy, TyperCommand):
 class TidyGroup(_Tidy, TyperGroup):
     """The same for command groups (``osteo-edge``, ``data``, ``tabular``); in plain help each
     command's first paragraph is shown whole, wrapped, never cut with "..."."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        """Usage errors (exit 2) as click's plain ``Error: ...`` line, unwrapped, in a pipe or a
+        narrow terminal; rich's boxed panel only on a wide terminal (as for help)."""
+        if _rich_layout(stderr=True):
+            return super().main(*args, **kwargs)
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            self.rich_markup_mode = mode
 
     def format_commands(self, ctx: Any, formatter: Any) -> None:
         rows = []
