@@ -118,7 +118,7 @@ def test_parity_measures_agreement_on_a_pool_with_a_wilson_interval(setup: dict[
     assert good["n"] == 4 and good["agree"] == 4 and good["agreement"] == 1.0 and good["ci_method"] == "wilson"
     assert good["ci95"] == pytest.approx(list(wilson_interval(4, 4))) and good["ci95"][0] < 0.6
     assert bad["agree"] == 0 and any("pool images" in f and "agreement" in f for f in by_name["bad-onnx"]["failures"])
-    assert "pool: files under" in res.output and "Wilson 95%" in res.output
+    assert "pool: files under" in res.output and "percentile bootstrap over 4 radiographs" in " ".join(res.output.split())
 
 
 def test_pool_from_an_audit_groups_csv_keeps_one_file_per_unused_group(setup: dict[str, Path], tmp_path: Path) -> None:

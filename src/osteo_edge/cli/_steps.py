@@ -51,15 +51,17 @@ def after_parity(candidate: Any) -> str:
     return f"osteo-edge predict --model {_q(candidate)} {KNEE}"
 
 
-def after_parity_failed(reference: Any, split_csv: Any) -> tuple[str, str]:
-    """What to try when a parity gate fails, and why."""
-    return (f"osteo-edge quantize --int8 --model {_q(reference)} --split {_q(split_csv)} --out runs/qat",
-            "a gate failed: quantization-aware training often recovers agreement; then export and run parity again, "
-            "or read docs/export.md before shipping a candidate that failed")
+def after_parity_failed(reference: Any, candidate: Any, data: str) -> tuple[str, str]:
+    """What to try when a parity gate fails, and why: look before changing anything (no loop back
+    into a command that would overwrite the bundle just measured)."""
+    return (f"osteo-edge parity --reference {_q(reference)} --candidate {_q(candidate)} {data} --explain out/parity-explain",
+            "a gate failed: --explain names the layers the error comes from; then re-export to a NEW --out with a "
+            "tighter --max-p95-dp (more of those layers stay float), or read docs/export.md before shipping it")
 
 
 def after_predict(model: Any | None) -> str:
-    return "osteo-edge bench --target host" + (f" --model {_q(model)}" if model is not None else "")
+    """A clinic user's next step is the offline demo (the same model, with heat maps), not a benchmark."""
+    return "osteo-edge demo" + (f" --model {_q(model)}" if model is not None else "")
 
 
 def after_bench(model: Any | None) -> str:

@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from ..export.fidelity import FidelityBudget, parse_budget
 from ..formats import FORMATS
+from ..export import CALIBRATION_SOURCES
 from . import _output as o
 from ._common import choices, handle_errors, progress_console, quiet_native
 from ._steps import after_export
@@ -16,6 +18,7 @@ from ._steps import after_export
 
 # export targets: the formats the edge runtime loads (``torch`` is the input, not a target)
 ExportFormat = choices("ExportFormat", (f.name for f in FORMATS.values() if f.runtime))
+Calibration = choices("Calibration", CALIBRATION_SOURCES)
 
 
 def command_line() -> str:
@@ -35,6 +38,12 @@ def register(app: typer.Typer) -> None:
         golden: Annotated[int, typer.Option("--golden", help="Golden images for the numerical parity check against torch.")] = 8,
         evaluate: Annotated[bool, typer.Option(help="Score the exported model on the test split (needs --split).")] = True,
         threads: Annotated[Optional[int], typer.Option("--threads", help="Runtime threads for the checks (default: backend default).")] = None,
+        calibration: Annotated[Calibration, typer.Option("--calibration", help="int8 calibration images: the split's train rows, or synthetic images (only when asked for by name; not for a real model).")] = Calibration("split"),
+        max_p95_dp: Annotated[float, typer.Option("--max-p95-dp", help="tflite-int8 fidelity budget: p95 over the split's val images of the largest |delta p| against the float graph.")] = FidelityBudget.max_p95_dp,
+        max_abs_dp: Annotated[float, typer.Option("--max-abs-dp", help="tflite-int8 fidelity budget: largest |delta p| allowed on those images.")] = FidelityBudget.max_abs_dp,
+        max_float_ops: Annotated[int, typer.Option("--max-float-ops", help="tflite-int8: at most this many of the worst layers kept float to meet the budget.")] = FidelityBudget.max_float_ops,
+        all_int8: Annotated[bool, typer.Option("--all-int8", help="tflite-int8: every op int8 with int8 input/output, no fidelity budget (for int8-only accelerators).")] = False,
+        gray_fold: Annotated[bool, typer.Option(help="tflite-int8: fold a replicated gray input into the stem (one input channel; exact on gray images).")] = True,
     ) -> None:
         """Export to ONNX or TFLite (fp32 or int8), check it numerically against torch, write a bundle.
 
@@ -43,9 +52,11 @@ def register(app: typer.Typer) -> None:
         from ..export import export_model, resolve_format
 
         fmt = resolve_format(format.value, int8)
+        budget = None if all_int8 else parse_budget(max_p95_dp, max_abs_dp, max_float_ops)
         with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native():
             result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
-                                  evaluate=evaluate, threads=threads, command=command_line(), progress=progress)
+                                  evaluate=evaluate, threads=threads, command=command_line(), progress=progress,
+                                  calibration=calibration.value, budget=budget, fold_gray=gray_fold)
         _render(result, fmt.name, out)
         o.line("Screening aid only, not a diagnosis.", dim=True)
         o.next_step(after_export(model, out, split))
@@ -65,5 +76,16 @@ def _render(result, fmt_name: str, out: Path) -> None:
         vp = result.test.get("vs_parent", {})
         if vp:
             rows += [("parent (torch) test accuracy", f"{vp['parent_accuracy']:.3f}"), ("test agreement with parent", f"{vp['agreement']:.3f}")]
+    q = result.bundle.manifest.get("export", {}).get("quantization", {})
+    fid = q.get("fidelity")
+    if fid:
+        a = fid["achieved"]
+        rows += [("float ops (fidelity budget)", f"{fid['float_ops']} of {fid['n_quantized_layers']} layers kept float"),
+                 (f"vs float graph ({fid['check_images']} val images)",
+                  f"p95 |dp| {a['p95_abs_dp']:.4f} (<= {fid['budget']['max_p95_dp']}), max {a['max_abs_dp']:.4f} "
+                  f"(<= {fid['budget']['max_abs_dp']}), agreement {a['agreement']:.3f}")]
+    fold = result.bundle.manifest.get("export", {}).get("gray_stem_fold")
+    if fold:
+        rows.append(("gray stem fold", f"{fold['layer']}: {fold['input_channels']} channels, max |dlogit| {fold['max_abs_dlogit_on_gray']:.1e} on gray"))
     rows.append(("time", f"{result.seconds:.1f} s"))
     o.summary(f"Export {fmt_name}", rows)

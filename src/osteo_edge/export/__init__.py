@@ -51,11 +51,22 @@ class ExportContext:
     split: str | None = None
     progress: Progress | None = None
     info: dict[str, Any] = field(default_factory=dict)  # exporters record converter details here
+    budget: Any = None  # fidelity.FidelityBudget for int8 TFLite (None: every op int8, int8 I/O)
     _calib: InputSet | None = None
 
     @property
     def torch_spec(self) -> PreprocessSpec:
-        return self.parent.spec.with_layout("NCHW")
+        """The exported model's spec in torch's layout (one channel for a gray-folded model)."""
+        return self.spec.with_layout("NCHW")
+
+    def check_inputs(self) -> InputSet:
+        """Images the fidelity budget is measured on: the split's validation rows (never test rows),
+        else the calibration images."""
+        if self.split is None:
+            return self.calibration()
+        from .golden import split_inputs
+
+        return split_inputs(self.split, self.torch_spec, subset="val", labels=self.parent.labels, progress=self.progress)
 
     def calibration(self) -> InputSet:
         """Calibration images (training split) in the torch (NCHW) layout; computed once."""
@@ -101,6 +112,8 @@ def resolve_format(fmt: str, int8: bool = False) -> ModelFormat:
 
 # ------------------------------------------------------------------------------------------------
 # golden parity
+
+CALIBRATION_SOURCES = ("split", "synthetic")
 
 # Tolerances of the golden check, by precision: calibrated probabilities through the runtime vs torch.
 GOLDEN_TOLERANCE = {
@@ -163,18 +176,37 @@ def export_model(
     threads: int | None = None,
     command: str | None = None,
     progress: Progress | None = None,
+    calibration: str = "split",
+    budget: Any = "default",
+    fold_gray: bool = True,
 ) -> ExportResult:
-    """Export ``run_dir`` to ``format_name`` as the bundle ``out`` (replaced only when complete)."""
+    """Export ``run_dir`` to ``format_name`` as the bundle ``out`` (replaced only when complete).
+
+    int8 needs real calibration images (``split``); ``calibration="synthetic"`` calibrates on
+    synthetic images instead, only when asked for by name. For ``tflite-int8``: ``fold_gray`` folds a
+    replicated gray input into the stem (:func:`fidelity.fold_gray_stem`), and ``budget`` (a
+    :class:`fidelity.FidelityBudget`; ``"default"`` = its defaults; ``None`` = every op int8 with
+    int8 I/O) chooses which ops stay float (:func:`fidelity.budgeted_int8`)."""
     from ..modeling.loading import load_run
     from ..edge_runtime.backends import open_backend
+    from .fidelity import FidelityBudget, fold_gray_stem, gray_foldable
 
     t0 = time.perf_counter()
     fmt = resolve_format(format_name)
     if calib_size < 1 or golden_size < 1:
         raise ConfigError(f"--calib-size and golden size must be positive, got {calib_size} and {golden_size}")
+    if calibration not in CALIBRATION_SOURCES:
+        raise choice_error("calibration source", calibration, CALIBRATION_SOURCES)
+    if fmt.precision == "int8" and split is None and calibration != "synthetic":
+        raise ConfigError(f"{fmt.name} needs calibration images: give --split SPLIT_CSV (its train rows), or "
+                          "--calibration synthetic to calibrate on synthetic images (not for a real model)")
     split = str(split) if split is not None else None
+    budget = FidelityBudget() if budget == "default" else budget
     model, parent = load_run(run_dir)
-    spec_out = parent.spec.with_layout(fmt.layout)
+    export_net, export_spec, fold_info = model, parent.spec, None
+    if fmt.name == "tflite-int8" and fold_gray and gray_foldable(parent.spec):
+        export_net, export_spec, fold_info = fold_gray_stem(model, parent.spec)
+    spec_out = export_spec.with_layout(fmt.layout)
     (progress or no_progress)(f"exporting {fmt.name}")
     golden = golden_inputs(parent.spec.with_layout("NCHW"), split, n=golden_size, labels=parent.labels)
     ref = torch_logits(model, golden.x)
@@ -183,8 +215,12 @@ def export_model(
     def build(tmp: Path) -> None:
         model_file = MODEL_FILES[fmt.backend]
         with tempfile.TemporaryDirectory(prefix="osteo-export-") as work:
-            ctx = ExportContext(model=model, parent=parent, fmt=fmt, spec=spec_out, out_file=tmp / model_file,
-                                workdir=Path(work), calib_size=calib_size, split=split, progress=progress)
+            ctx = ExportContext(model=export_net, parent=parent, fmt=fmt, spec=spec_out, out_file=tmp / model_file,
+                                workdir=Path(work), calib_size=calib_size,
+                                split=None if calibration == "synthetic" else split, progress=progress,
+                                budget=budget if fmt.name == "tflite-int8" else None)
+            if fold_info is not None:
+                ctx.info["gray_stem_fold"] = fold_info
             EXPORTERS[fmt.name](ctx)
             (progress or no_progress)(f"checking {fmt.name} against torch")
         runner = open_backend(ctx.out_file, fmt.name, threads=threads)

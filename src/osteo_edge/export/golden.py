@@ -37,11 +37,17 @@ class InputSet:
         return {"source": self.source, "n": int(self.x.shape[0])}
 
     def as_layout(self, spec: PreprocessSpec) -> np.ndarray:
-        """The same inputs in another layout (pure transpose: the values are the spec's)."""
-        if spec.layout == self.layout:
-            return self.x
-        axes = (0, 3, 1, 2) if spec.layout == "NCHW" else (0, 2, 3, 1)
-        return np.ascontiguousarray(self.x.transpose(axes))
+        """The same inputs in another layout (pure transpose: the values are the spec's). For a
+        one-channel spec (a gray-folded model) from replicated planes, the first plane: the planes
+        are identical when mean and std are (:func:`osteo_edge.export.fidelity.gray_foldable`)."""
+        x = self.x
+        ch_axis = 1 if self.layout == "NCHW" else 3
+        if spec.channels == 1 and x.ndim == 4 and x.shape[ch_axis] == 3:
+            x = x[:, :1] if self.layout == "NCHW" else x[..., :1]
+        if spec.layout != self.layout:
+            axes = (0, 3, 1, 2) if spec.layout == "NCHW" else (0, 2, 3, 1)
+            x = x.transpose(axes)
+        return np.ascontiguousarray(x)
 
 
 def synthetic_images(n: int, size: int = 256, seed: int = 0) -> list[np.ndarray]:

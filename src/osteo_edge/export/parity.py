@@ -1,12 +1,15 @@
-"""The parity gate: a torch reference run against exported/compressed candidates on real test images.
+"""The parity gate: a reference (a torch run or any edge bundle) against compressed/exported candidates.
 
-The reference goes through torch; every exported candidate goes through the edge runtime
-(:func:`osteo_edge.edge_runtime.backends.open_backend`), each with its own manifest's spec and
-temperature, on the same split subset. Per candidate: accuracy, macro-F1 (group-bootstrap CIs),
-top-1 agreement with the reference, max and mean |delta calibrated probability|; then, on a pool of
-unlabelled images far larger than the test split (:mod:`osteo_edge.export.pool`), top-1 agreement
-with its 95% Wilson interval and |delta p|. The gates: accuracy drop on the labelled rows <=
-``max_drop``, agreement on the pool >= ``min_agreement`` (on the labelled rows when the pool is empty).
+Torch runs go through torch, edge bundles through the edge runtime
+(:func:`osteo_edge.edge_runtime.backends.open_backend`), each with its own manifest's spec, temperature,
+thresholds and input gate. With a split, every model is scored on its labelled subset (accuracy,
+macro-F1, group-bootstrap CIs). On a pool of images that needs no labels (a folder such as a clinic's
+own films, an audit groups.csv, or the split's test rows: :mod:`osteo_edge.export.pool`), each file
+goes through the runtime's decision path, and a candidate is compared with the reference on top-1
+agreement, the screening decision (status ok / refer / rejected and the low-BMD flag at each bundle's
+own threshold) and the |delta p| distribution (mean, p95, max), each with a 95% interval over
+radiographs. The gates (:class:`Gates`): accuracy drop on the labelled rows, top-1 and decision
+agreement, p95 and max |delta p| on the pool. A torch-free install can run it with edge bundles only.
 """
 
 from __future__ import annotations
@@ -123,6 +126,7 @@ class ParityReport:
     n_images: int
     seconds: float
     pool: dict[str, Any] = field(default_factory=dict)  # what the pool is, how many files, how many left out
+    explain: dict[str, Any] = field(default_factory=dict)  # parity --explain (export.explain), first candidate
 
     @property
     def passed(self) -> bool:
@@ -143,17 +147,50 @@ def _model_size(bundle: Bundle) -> int:
     return int(bundle.model_path.stat().st_size)
 
 
+DEFAULT_NAME = "default"  # --reference/--candidate default: the bundle shipped in the package
+
+
+def open_model_bundle(path: str | os.PathLike) -> Bundle:
+    """A bundle to compare: a directory, or ``default`` (the shipped bundle, checked against the
+    package's keys); every checksum and the seal are verified."""
+    if str(path) == DEFAULT_NAME and not Path(path).exists():
+        from ..edge_runtime.classifier import open_bundle
+
+        return open_bundle(None)
+    return load_bundle(path)
+
+
 def _candidate_runner(bundle: Bundle, threads: int | None) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
-    if bundle.format == "torch":  # a compressed torch run (QRUN/PRUN) runs through torch
+    if bundle.format == "torch":  # a torch run (the fp32 parent, QRUN/PRUN) runs through torch
+        import torch
+
         from ..modeling.loading import load_run
         from . import torch_logits
 
+        if threads is not None:
+            torch.set_num_threads(threads)
         model, _ = load_run(bundle.path)
-        return (lambda x: torch_logits(model, x)), "torch"
+        return (lambda x: torch_logits(model, x)), f"torch {torch.__version__}"
     from ..edge_runtime.backends import open_backend
 
     runner = open_backend(bundle.model_path, bundle.format, threads=threads)
     return runner.run, f"{runner.backend} {runner.version}"
+
+
+@dataclass(frozen=True)
+class Gates:
+    """The parity gates (defaults: the ship rule of the compression issue)."""
+
+    max_drop: float = 0.01  # accuracy drop on the labelled rows
+    min_agreement: float = 0.99  # top-1 agreement on the pool
+    min_decision_agreement: float = 0.99  # same screening status and low-BMD flag on the pool
+    max_p95_dp: float = 0.04  # p95 over pool files of the largest |delta p|
+    max_abs_dp: float = 0.12  # largest |delta p| on the pool
+
+    def __post_init__(self) -> None:
+        for k, v in asdict(self).items():
+            if not 0 <= v <= 1:
+                raise ConfigError(f"--{k.replace('_', '-')} must be in [0, 1], got {v}")
 
 
 @dataclass
@@ -161,110 +198,144 @@ class _Reference:
     """The reference's answers that every candidate is compared with: labelled rows and the pool."""
 
     labels: list[str]
-    inputs: Any  # InputSet of the labelled rows
+    inputs: Any  # InputSet of the labelled rows (None without a split)
     probs: np.ndarray
     scores: dict[str, Any]
-    pool_paths: list[str]
-    pool_probs: np.ndarray
+    answers: Any  # pool.Answers
     pool_groups: list[str] | None = None  # the radiograph of each pool file (--pool-members all)
 
 
-def _gate(m: dict[str, Any], ref: _Reference, ag: dict[str, float], pool: dict[str, Any], max_drop: float, min_agreement: float) -> list[str]:
-    """The gates: accuracy drop on the labelled rows, top-1 agreement on the pool (its point estimate)."""
+def _gate(ref: _Reference, m: dict[str, Any] | None, pool: dict[str, Any], dec: dict[str, Any], g: Gates) -> list[str]:
+    """Accuracy drop on the labelled rows; on the pool: top-1 and decision agreement, p95 and max |dp|."""
     fails = []
-    drop = ref.scores["accuracy"] - m["accuracy"]
-    if drop > max_drop + 1e-12:
-        fails.append(f"accuracy drop {drop:.4f} > --max-drop {max_drop}")
-    if not pool["n"] and ag["agreement"] < min_agreement - 1e-12:
-        fails.append(f"top-1 agreement {ag['agreement']:.4f} on the labelled rows (the pool is empty) < --min-agreement {min_agreement}")
-    if pool["n"] and pool["agreement"] < min_agreement - 1e-12:
+    if m is not None:
+        drop = ref.scores["accuracy"] - m["accuracy"]
+        if drop > g.max_drop + 1e-12:
+            fails.append(f"accuracy drop {drop:.4f} > --max-drop {g.max_drop}")
+    if not pool.get("n"):
+        return fails + ["no pool image decoded: nothing to compare"]
+    if pool["agreement"] < g.min_agreement - 1e-12:
         lo, hi = pool["ci95"]
         fails.append(f"top-1 agreement {pool['agreement']:.4f} ({pool['agree']}/{pool['n']} pool images, 95% CI "
-                     f"{lo:.3f}-{hi:.3f}) < --min-agreement {min_agreement}")
+                     f"{lo:.3f}-{hi:.3f}) < --min-agreement {g.min_agreement}")
+    da = dec["decision_agreement"]
+    if da["value"] < g.min_decision_agreement - 1e-12:
+        fails.append(f"decision agreement {da['value']:.4f} ({dec['decision_changes']} of {dec['n']} pool images changed "
+                     f"status or low-BMD flag) < --min-decision-agreement {g.min_decision_agreement}")
+    if dec["p95_abs_dp"]["value"] > g.max_p95_dp + 1e-12:
+        fails.append(f"p95 |delta p| {dec['p95_abs_dp']['value']:.4f} > --max-p95-dp {g.max_p95_dp}")
+    if dec["max_abs_dp"]["value"] > g.max_abs_dp + 1e-12:
+        fails.append(f"max |delta p| {dec['max_abs_dp']['value']:.4f} > --max-abs-dp {g.max_abs_dp}")
     return fails
 
 
-def _score_candidate(cand: str | os.PathLike, ref: _Reference, split: str | os.PathLike, subset: str, gates: tuple[float, float],
-                     threads: int | None, n_boot: int) -> CandidateResult:
-    from .pool import pool_agreement, pool_probabilities
+def _score_candidate(cand: str | os.PathLike, ref: _Reference, split: str | os.PathLike | None, subset: str, gates: Gates,
+                     threads: int | None, n_boot: int) -> tuple[Bundle, Any, CandidateResult]:
+    from .pool import decision_parity, pool_agreement, pool_answers
 
-    bundle = load_bundle(cand)  # verifies every checksum: a corrupted bundle is refused here
+    bundle = open_model_bundle(cand)  # verifies every checksum: a corrupted bundle is refused here
     if bundle.labels != ref.labels:
         raise BundleError(f"{cand}: labels {bundle.labels} differ from the reference's {ref.labels}")
     run, backend = _candidate_runner(bundle, threads)
-    inp = split_inputs(split, bundle.spec, subset=subset, labels=ref.labels)
-    if inp.paths != ref.inputs.paths:  # same rows in the same order, by construction
-        raise BundleError(f"{cand}: candidate inputs do not line up with the reference's")
-    probs = softmax(run(inp.x), bundle.temperature)
-    m = score(np.asarray(ref.inputs.labels), probs, ref.labels, inp.groups, bundle.thresholds, n_boot=n_boot)
-    ag = agreement_stats(ref.probs, probs)
-    pool_probs, _, _ = pool_probabilities(run, ref.pool_paths, bundle.spec, bundle.temperature, strict=True)
-    pool = pool_agreement(ref.pool_probs, pool_probs, ref.pool_groups)
-    log.info("%s: accuracy %.4f, agreement %.4f (labelled), %.4f on %d pool images", cand, m["accuracy"], ag["agreement"],
-             pool["agreement"], pool["n"])
-    return CandidateResult(
-        name=Path(cand).name, path=str(cand), format=bundle.format, backend=backend, size_bytes=_model_size(bundle),
-        metrics=m, agreement=ag["agreement"], max_abs_dp=ag["max_abs_dp"], mean_abs_dp=ag["mean_abs_dp"],
-        accuracy_drop=float(ref.scores["accuracy"] - m["accuracy"]), failures=_gate(m, ref, ag, pool, *gates), pool=pool,
+    m, ag = None, {"agreement": float("nan"), "max_abs_dp": float("nan"), "mean_abs_dp": float("nan")}
+    if split is not None:
+        inp = split_inputs(split, bundle.spec, subset=subset, labels=ref.labels)
+        if inp.paths != ref.inputs.paths:  # same rows in the same order, by construction
+            raise BundleError(f"{cand}: candidate inputs do not line up with the reference's")
+        probs = softmax(run(inp.x), bundle.temperature)
+        m = score(np.asarray(ref.inputs.labels), probs, ref.labels, inp.groups, bundle.thresholds, n_boot=n_boot)
+        ag = agreement_stats(ref.probs, probs)
+    answers = pool_answers(bundle, run, ref.answers.paths, strict=True)
+    pool = pool_agreement(ref.answers.probs, answers.probs, ref.pool_groups)
+    dec = decision_parity(ref.answers, answers, ref.pool_groups, n_boot=max(n_boot, 200))
+    pool["decisions"] = dec
+    log.info("%s: agreement %.4f, decision agreement %.4f on %d pool images", cand, pool.get("agreement", float("nan")),
+             dec.get("decision_agreement", {}).get("value", float("nan")), pool.get("n", 0))
+    name = DEFAULT_NAME if str(cand) == DEFAULT_NAME else Path(cand).name
+    return bundle, answers, CandidateResult(
+        name=name, path=str(bundle.path), format=bundle.format, backend=backend, size_bytes=_model_size(bundle),
+        metrics=m or {}, agreement=ag["agreement"], max_abs_dp=ag["max_abs_dp"], mean_abs_dp=ag["mean_abs_dp"],
+        accuracy_drop=float(ref.scores["accuracy"] - m["accuracy"]) if m else float("nan"),
+        failures=_gate(ref, m, pool, dec, gates), pool=pool,
     )
 
 
-def _reference(reference: str | os.PathLike, split: str | os.PathLike, subset: str, pool: Any, n_boot: int,
-               progress: Progress | None) -> tuple[_Reference, dict[str, Any]]:
-    from ..modeling.loading import load_run
-    from . import torch_logits
-    from .pool import pool_probabilities
+def _reference(reference: str | os.PathLike, split: str | os.PathLike | None, subset: str, pool: Any, n_boot: int,
+               threads: int | None, progress: Progress | None) -> tuple[_Reference, dict[str, Any], Bundle]:
+    from .pool import pool_answers
 
-    ref_model, ref_bundle = load_run(reference)
+    ref_bundle = open_model_bundle(reference)
+    run, backend = _candidate_runner(ref_bundle, threads)
     labels = ref_bundle.labels
-    ref_in = split_inputs(split, ref_bundle.spec, subset=subset, labels=labels, progress=progress)
-    ref_probs = softmax(torch_logits(ref_model, ref_in.x), ref_bundle.temperature)
-    ref_scores = score(np.asarray(ref_in.labels), ref_probs, labels, ref_in.groups, ref_bundle.thresholds, n_boot=n_boot)
-    ref_scores.update({"path": str(reference), "format": ref_bundle.format, "backend": "torch", "size_bytes": _model_size(ref_bundle)})
-    pool_probs, ok, bad = pool_probabilities(lambda x: torch_logits(ref_model, x), pool.paths, ref_bundle.spec,
-                                             ref_bundle.temperature, progress=progress)
-    described = {**pool.describe(), "n_images": len(ok), "undecodable": bad}
-    groups = [pool.group_of()[p] for p in ok] if pool.groups else None
-    return _Reference(labels, ref_in, ref_probs, ref_scores, ok, pool_probs, groups), described
+    ref_in, ref_probs, ref_scores = None, np.zeros((0, len(labels))), {}
+    if split is not None:
+        ref_in = split_inputs(split, ref_bundle.spec, subset=subset, labels=labels, progress=progress)
+        ref_probs = softmax(run(ref_in.x), ref_bundle.temperature)
+        ref_scores = score(np.asarray(ref_in.labels), ref_probs, labels, ref_in.groups, ref_bundle.thresholds, n_boot=n_boot)
+    ref_scores.update({"path": str(ref_bundle.path), "format": ref_bundle.format, "backend": backend,
+                       "size_bytes": _model_size(ref_bundle)})
+    answers = pool_answers(ref_bundle, run, pool.paths, progress=progress)
+    described = {**pool.describe(), "n_images": len(answers.paths), "undecodable": answers.undecodable}
+    groups = [pool.group_of()[p] for p in answers.paths] if pool.groups else None
+    return _Reference(labels, ref_in, ref_probs, ref_scores, answers, groups), described, ref_bundle
 
 
 def run_parity(
     reference: str | os.PathLike,
     candidates: Sequence[str | os.PathLike],
-    split: str | os.PathLike,
+    split: str | os.PathLike | None = None,
     subset: str = "test",
-    max_drop: float = 0.01,
-    min_agreement: float = 0.98,
+    gates: Gates | None = None,
     threads: int | None = None,
     n_boot: int = 1000,
     progress: Progress | None = None,
     pool: str | os.PathLike | None = None,
     pool_members: str = "one",
+    images: str | os.PathLike | None = None,
+    explain: str | os.PathLike | None = None,
 ) -> ParityReport:
-    """Score the reference (torch) and every candidate (edge runtime) on the labelled ``subset`` and
-    measure their agreement on the unlabelled pool (:mod:`osteo_edge.export.pool`); apply the gates
-    (accuracy drop on the labelled rows, agreement on the pool)."""
+    """Compare candidates with a reference (a torch run or any edge bundle; ``default`` = the shipped
+    bundle): on the labelled ``subset`` of ``split`` (accuracy), and on a pool of images (top-1 and
+    decision agreement, |delta p|, intervals over radiographs). The pool: ``images`` (a folder, no
+    labels needed: a clinic's own films), else ``pool`` (a folder or an audit groups.csv), else the
+    split's test rows. Then the :class:`Gates`."""
     from ..data.split import SPLITS, read_split
-    from .pool import resolve_pool
+    from .pool import Pool, resolve_pool
 
+    gates = gates or Gates()
     if subset not in SPLITS:
         raise ConfigError(f"unknown --subset {subset!r}; valid: {', '.join(SPLITS)}")
     if not candidates:
         raise ConfigError("give at least one --candidate bundle")
-    if not 0 <= max_drop <= 1 or not 0 <= min_agreement <= 1:
-        raise ConfigError(f"--max-drop and --min-agreement must be in [0, 1], got {max_drop} and {min_agreement}")
+    if split is None and images is None:
+        raise ConfigError("give --split SPLIT_CSV (labelled test rows) or --images DIR (unlabelled films), or both")
+    if images is not None and pool is not None:
+        raise ConfigError("give --images or --pool, not both")
+    if images is not None and not Path(images).is_dir():
+        raise ConfigError(f"--images {images}: not a folder")
     t0 = time.perf_counter()
-    if threads is not None:
-        import torch
+    table = read_split(split) if split is not None else None
+    if table is None:
+        from ..edge_runtime import expand_inputs
 
-        torch.set_num_threads(threads)
-    table = read_split(split)
-    ref, pool_info = _reference(reference, split, subset, resolve_pool(pool, table, pool_members), n_boot, progress)
-    results = [_score_candidate(c, ref, split, subset, (max_drop, min_agreement), threads, n_boot) for c in candidates]
+        files = tuple(str(f) for f in expand_inputs([images]))
+        chosen = Pool(files, f"every file under {images} ({len(files)}; no split given, so nothing is excluded as training data)")
+    else:
+        chosen = resolve_pool(images if images is not None else pool, table, pool_members)
+    ref, pool_info, ref_bundle = _reference(reference, split, subset, chosen, n_boot, threads, progress)
+    scored = [_score_candidate(c, ref, split, subset, gates, threads, n_boot) for c in candidates]
+    explained: dict[str, Any] = {}
+    if explain is not None:  # the first candidate, from the answers just computed
+        from .explain import explain as explain_pair
+
+        bundle, answers, _ = scored[0]
+        explained = explain_pair(ref_bundle, bundle, ref.answers.paths, ref.answers.probs, answers.probs, explain)
+        explained["dir"] = str(explain)
     return ParityReport(
-        reference=ref.scores, candidates=results, gates={"max_drop": max_drop, "min_agreement": min_agreement},
-        subset=subset, split=str(split), protocol=table.info.get("protocol", ""), n_images=int(len(ref.inputs.labels)),
-        seconds=float(time.perf_counter() - t0), pool=pool_info,
+        reference=ref.scores, candidates=[r for _, _, r in scored], gates=asdict(gates), subset=subset if split is not None else "",
+        split=str(split or ""), protocol=table.info.get("protocol", "") if table is not None else "",
+        n_images=int(len(ref.inputs.labels)) if ref.inputs is not None else 0,
+        seconds=float(time.perf_counter() - t0), pool=pool_info, explain=explained,
     )
 
 
@@ -276,24 +347,35 @@ def write_parity(report: ParityReport, json_path: str | os.PathLike | None = Non
     if png_path is not None:
         from ..core.plots import new_figure, save_figure
 
-        names = ["reference"] + [c.name for c in report.candidates]
-        accs = [report.reference["accuracy"]] + [c.metrics["accuracy"] for c in report.candidates]
-        agrees = [1.0] + [c.pool["agreement"] if c.pool.get("n") else c.agreement for c in report.candidates]
-        fig = new_figure(max(6.0, 1.4 * len(names) + 2), 4.2)
+        names = [c.name for c in report.candidates]
+        g = report.gates
+        series = [("top-1 agreement (pool)", [c.pool.get("agreement", np.nan) for c in report.candidates], g["min_agreement"]),
+                  ("decision agreement (pool)", [_value(c.pool, "decision_agreement") for c in report.candidates],
+                   g["min_decision_agreement"])]
+        if report.split:
+            series.append(("accuracy (labelled rows)", [c.metrics.get("accuracy", np.nan) for c in report.candidates],
+                           report.reference.get("accuracy", np.nan) - g["max_drop"]))
+        fig = new_figure(max(6.0, 1.6 * len(names) + 3), 4.2)
         ax = fig.add_subplot(1, 1, 1)
         x = np.arange(len(names))
-        ax.bar(x - 0.2, accs, 0.4, label="accuracy")
-        ax.bar(x + 0.2, agrees, 0.4, label=f"top-1 agreement with reference ({report.pool.get('n_images', report.n_images)} pool images)")
-        ax.axhline(report.reference["accuracy"] - report.gates["max_drop"], color="C0", ls="--", lw=1, label="accuracy gate")
-        ax.axhline(report.gates["min_agreement"], color="C1", ls="--", lw=1, label="agreement gate")
-        for i, c in enumerate(report.candidates, start=1):
-            ax.text(i, max(accs[i], agrees[i]) + 0.02, "PASS" if c.passed else "FAIL", ha="center", va="bottom", color="green" if c.passed else "red", fontweight="bold")
+        width = 0.8 / len(series)
+        for i, (label, vals, gate) in enumerate(series):
+            ax.bar(x + (i - (len(series) - 1) / 2) * width, vals, width, label=label, color=f"C{i}")
+            ax.axhline(gate, color=f"C{i}", ls="--", lw=1)
+        for i, c in enumerate(report.candidates):
+            ax.text(i, 1.04, "PASS" if c.passed else "FAIL", ha="center", va="bottom", color="green" if c.passed else "red", fontweight="bold")
         ax.set_xticks(x, names, rotation=15, fontsize=8)
         ax.set_ylim(0, 1.15)
-        ax.set_title(f"Parity on the {report.subset} split ({report.n_images} images)", fontsize=10)
-        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=4, frameon=False)
+        ax.set_title(f"Parity against {Path(report.reference.get('path', 'reference')).name} "
+                     f"({report.pool.get('n_images', 0)} pool images; dashed: gates)", fontsize=10)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
         written["png"] = save_figure(fig, Path(png_path))
     return written
+
+
+def _value(pool: dict[str, Any], key: str) -> float:
+    v = (pool.get("decisions") or {}).get(key)
+    return float(v["value"]) if isinstance(v, dict) else float("nan")
 
 
 def read_parity_json(path: str | os.PathLike) -> ParityReport:
@@ -303,4 +385,5 @@ def read_parity_json(path: str | os.PathLike) -> ParityReport:
     cands = [CandidateResult(**{k: v for k, v in c.items() if k in fields}) for c in d["candidates"]]
     keep = {k: d[k] for k in ("reference", "gates", "subset", "split", "protocol", "n_images", "seconds")}
     keep["pool"] = d.get("pool") or {}
+    keep["explain"] = d.get("explain") or {}
     return ParityReport(candidates=cands, **keep)

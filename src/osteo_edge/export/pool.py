@@ -184,3 +184,105 @@ def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray, groups: Sequen
         "p95_abs_dp": float(np.percentile(delta.max(axis=1), 95)) if delta.size else 0.0,
     })
     return out
+
+
+@dataclass
+class Answers:
+    """What one model says about each pool file: calibrated probabilities (every decodable file,
+    gate or not) and the screening decision a user sees (gate, then the bundle's own thresholds)."""
+
+    paths: list[str]
+    probs: np.ndarray  # (n, classes)
+    status: list[str]  # ok | refer | rejected
+    low_bmd: list[bool | None]  # P(low BMD) >= the bundle's threshold; None when rejected or no threshold
+    undecodable: int = 0
+
+    def decisions(self) -> list[tuple[str, bool | None]]:
+        return list(zip(self.status, self.low_bmd))
+
+
+def pool_answers(bundle: Any, run: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], strict: bool = False,
+                 progress: Progress | None = None) -> Answers:
+    """Every pool file through the runtime's path (decode, views, input gate, :func:`decide`) with
+    ``bundle``'s spec, temperature, thresholds and gate, and the model ``run``. ``strict``: every file
+    must decode (a candidate runs on the files that decoded for the reference)."""
+    from ..core.stats import softmax
+    from ..edge_runtime.classifier import decide
+    from ..edge_runtime.gate import Gate
+    from ..preprocess import decode_for, finalize, frames, to_gray
+
+    gate = Gate.from_record(bundle.gate)
+    spec, labels, thr = bundle.spec, list(bundle.labels), dict(bundle.thresholds or {})
+    neg = labels.index(bundle.negative_label) if bundle.negative_label in labels else None
+    ok, probs, status, low, bad = [], [], [], [], 0
+    for i, p in enumerate(paths):
+        try:
+            decoded = decode_for(p, spec)
+            views = np.stack([finalize(v, spec) for v in frames(to_gray(decoded), spec)]).astype(np.float32)
+        except (OsteoEdgeError, OSError, ValueError) as exc:
+            if strict:
+                raise OsteoEdgeError(f"{p}: decoded for the reference but not with this model's spec ({exc})") from exc
+            bad += 1
+            log.debug("pool: %s left out (%s)", p, exc)
+            continue
+        prob = softmax(run(views).mean(axis=0, keepdims=True), bundle.temperature)[0]
+        verdict = gate.check(decoded)
+        p_low = None if neg is None else float(1.0 - prob[neg])
+        if not verdict.ok:
+            st, flag = "rejected", None
+        else:
+            top = int(np.argmax(prob))
+            st = decide(labels[top], float(prob[top]), p_low, thr)[0]
+            flag = None if p_low is None or thr.get("low_bmd") is None else bool(p_low >= thr["low_bmd"])
+        ok.append(str(p))
+        probs.append(prob)
+        status.append(st)
+        low.append(flag)
+        if progress:
+            progress("running the pool", i + 1, len(paths))
+    arr = np.stack(probs).astype(np.float64) if probs else np.zeros((0, len(labels)))
+    return Answers(ok, arr, status, low, bad)
+
+
+def decision_parity(ref: Answers, cand: Answers, groups: Sequence[str] | None = None, n_boot: int = 2000,
+                    seed: int = 0) -> dict[str, Any]:
+    """Candidate vs reference on the same pool files: top-1 agreement, agreement of the screening
+    status (ok / refer / rejected), of the low-BMD flag and of both (the decision), and the |delta p|
+    distribution (mean, p95, max), each with a 95% percentile bootstrap interval over radiographs
+    (``groups``; each file its own radiograph without)."""
+    from .fidelity import dp_summary
+
+    if ref.paths != cand.paths:
+        raise OsteoEdgeError("candidate and reference answers do not cover the same pool files")
+    n = len(ref.paths)
+    top1 = ref.probs.argmax(1) == cand.probs.argmax(1) if n else np.zeros(0, bool)
+    st = np.array([a == b for a, b in zip(ref.status, cand.status)], bool)
+    lb = np.array([a == b for a, b in zip(ref.low_bmd, cand.low_bmd)], bool)
+    both = st & lb
+    dmax = np.abs(ref.probs - cand.probs).max(axis=1) if n else np.zeros(0)
+    dall = np.abs(ref.probs - cand.probs).mean(axis=1) if n else np.zeros(0)
+
+    def figures(idx: np.ndarray) -> dict[str, float]:
+        return {"agreement": float(top1[idx].mean()), "status_agreement": float(st[idx].mean()),
+                "low_bmd_agreement": float(lb[idx].mean()), "decision_agreement": float(both[idx].mean()),
+                "mean_abs_dp": float(dall[idx].mean()), "p95_abs_dp": float(np.percentile(dmax[idx], 95)),
+                "max_abs_dp": float(dmax[idx].max())}
+
+    if not n:
+        return {"n": 0}
+    point = figures(np.arange(n))
+    point.update({k: v for k, v in dp_summary(ref.probs, cand.probs).items() if k in ("mean_abs_dp", "p95_abs_dp", "max_abs_dp")})
+    draws: dict[str, list[float]] = {k: [] for k in point}
+    for idx in resample_indices(n, n_boot, seed, list(groups) if groups is not None else None):
+        for k, v in figures(idx).items():
+            draws[k].append(v)
+    k_groups = len(set(groups)) if groups is not None else n
+    out: dict[str, Any] = {"n": n, "n_radiographs": k_groups, "flips": int(n - top1.sum()),
+                           "decision_changes": int(n - both.sum()),
+                           "ci_method": f"percentile bootstrap over {k_groups} radiographs ({n_boot} resamples)"}
+    for k, v in point.items():
+        lo, hi, _ = percentile_interval(draws[k])
+        out[k] = {"value": v, "ci95": [lo, hi]}
+    out["status_counts"] = {"reference": {s: ref.status.count(s) for s in ("ok", "refer", "rejected")},
+                            "candidate": {s: cand.status.count(s) for s in ("ok", "refer", "rejected")}}
+    return out

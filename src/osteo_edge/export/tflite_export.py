@@ -129,11 +129,25 @@ def full_integer_tflite(saved_model: Path, calib_nhwc: np.ndarray, io_dtype: str
 def export_tflite_int8(ctx: ExportContext) -> None:
     tf_dir, _ = saved_model_from_onnx(ctx)
     calib = ctx.calibration().as_layout(ctx.spec)  # NHWC, already normalised by the spec
-    ctx.out_file.write_bytes(full_integer_tflite(tf_dir, calib))
+    common = {"weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
+              "calibration_method": "min/max over the representative images"}
+    if ctx.budget is None:
+        ctx.out_file.write_bytes(full_integer_tflite(tf_dir, calib))
+        ctx.info["quantization"] = {"quantizer": "TFLiteConverter full-integer (TFLITE_BUILTINS_INT8)", **common,
+                                    "io": "int8 input and output (the runtime quantizes/dequantizes)", "float_ops": 0}
+        return
+    from . import torch_logits
+    from .fidelity import budgeted_int8
+
+    check = ctx.check_inputs()
+    float_logits = torch_logits(ctx.model, check.as_layout(ctx.torch_spec))
+    model, info = budgeted_int8(tf_dir, calib, check.as_layout(ctx.spec), float_logits, ctx.parent.temperature, ctx.budget,
+                                ctx.workdir, progress=ctx.progress)
+    ctx.out_file.write_bytes(model)
     ctx.info["quantization"] = {
-        "quantizer": "TFLiteConverter full-integer (TFLITE_BUILTINS_INT8)",
-        "weights": "int8 symmetric per-channel",
-        "activations": "int8 asymmetric per-tensor",
-        "io": "int8 input and output (the runtime quantizes/dequantizes)",
-        "calibration_method": "min/max over the representative images",
+        "quantizer": "TFLiteConverter int8 (TFLITE_BUILTINS + TFLITE_BUILTINS_INT8) with the QuantizationDebugger's "
+                     "denylist: the fewest worst layers kept float within the fidelity budget", **common,
+        "io": "float32 input and output", "fidelity": {**info, "check_source": check.source,
+                                                      "reference": "the float graph (torch) on the check images"},
+        "float_ops": info["float_ops"],
     }
