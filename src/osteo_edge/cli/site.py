@@ -97,7 +97,7 @@ def validate(
     if rep["verdict"] != "pass":
         out.next_step(_command(["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model", model or "DEFAULT_BUNDLE",
                                 "--out", "site-bundle", "--key", "site.key", "--site", "NAME"]),
-                      "refit temperature, threshold and gate on these films, with cross-validated figures (AUROC cannot improve)")
+                      "refit temperature, threshold and gate on these films, with cross-validated figures (it cannot create discrimination the model lacks)")
 
 
 @site_app.command("calibrate")
@@ -124,7 +124,7 @@ def calibrate(
 ) -> None:
     """Refit a bundle's temperature, low-BMD threshold and gate on the site's labelled films into a new
     bundle signed with the site's key. Its recorded figures are k-fold cross-validated inside the site's
-    films (never fitted and scored on the same images); the model's weights are unchanged, so AUROC is too.
+    films (never fitted and scored on the same images); the model's weights are unchanged, so discrimination (AUROC) barely moves.
     """
     from ..site import Target, calibrate_site, parse_require
 
@@ -147,6 +147,9 @@ def calibrate(
         ("low-BMD threshold", f"{base.low_bmd if base.low_bmd is not None else float('nan'):.3g} -> {op.low_bmd:.3g}"),
         ("gate thresholds", f"density {base.ood_threshold:.3g} -> {op.ood_threshold:.3g}, knee-vs-other {base.other_threshold:.3g} -> {op.other_threshold:.3g}"),
     ])
+    if r.report["fitted_on_all"]["fit"].get("temperature_at_bound"):
+        out.line(f"note: the fitted temperature is at its upper bound ({op.temperature:.3g}): the site's labels are fitted best by a "
+                 "near-uniform guess, so at this site the model's probabilities carry no usable information")
     unc = r.report["fitted_on_all"]["fit"].get("uncertain_rate", 0.0)
     if unc > 0.5:
         out.line(f"note: at the fitted temperature {unc:.0%} of the site's films fall below min_confidence "

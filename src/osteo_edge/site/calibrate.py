@@ -8,15 +8,20 @@ What is refitted (numpy only, the model's weights are untouched):
    the site's scores when it is below it, so that both together accept at least ``min_accept``).
    With no non-knee images from the site the gate is never tightened;
 2. the **temperature**: the one that minimises the negative log-likelihood of the labels on the
-   accepted images (a log-spaced grid from 0.05 to 20, refined);
+   accepted images (a log-spaced grid from 0.05 to 20, refined). A temperature at the upper bound
+   (recorded as ``temperature_at_bound``) means the site's labels are fitted best by flattening the
+   probabilities towards a uniform guess: at this site the model's probabilities carry no usable
+   information;
 3. the **low-BMD threshold** for the operating point the clinic asks for: the highest threshold whose
    sensitivity on the site's accepted images reaches ``target_sensitivity``
    (:func:`osteo_edge.core.classification.choose_low_bmd_threshold`), or the lowest threshold whose
    referral rate (every ``refer`` answer, the ``min_confidence`` rule included) is at most
    ``max_referral``.
 
-Temperature and threshold cannot change the AUROC (they do not reorder P(low BMD)); calibration
-buys calibrated probabilities and a chosen operating point, not discrimination.
+A threshold never changes the AUROC. With two labels a temperature cannot either; with three,
+P(low BMD) = 1 - P(Normal) is not a monotone function of the logits' scale, so a temperature can
+reorder it a little, but it cannot create discrimination the model lacks. Calibration buys
+calibrated probabilities and a chosen operating point, not a better model.
 
 The figures recorded with the site bundle are **out of fold**: the site's images are split into
 ``folds`` stratified folds (by the low-BMD question; whole ``group``s together), each fold is
@@ -150,7 +155,7 @@ def fit_operating(scores: SiteScores, idx: np.ndarray, base: Operating, target: 
     min_conf = base.thresholds.get("min_confidence")
     uncertain = float(np.mean(probs[a].max(axis=1) < min_conf)) if min_conf is not None else 0.0
     details.update({"images": int(idx.size), "accepted": int(a.size), "gate_acceptance": float(a.size / idx.size),
-                    "uncertain_rate": uncertain})
+                    "uncertain_rate": uncertain, "temperature_at_bound": bool(temperature >= 0.99 * T_RANGE[1])})
     return op, details
 
 

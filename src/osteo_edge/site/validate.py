@@ -282,7 +282,7 @@ WHAT_TO_DO = {
                     "`site validate` again. Until then treat every answer as unvalidated here: refer on clinical grounds as before.",
     "fail": "This bundle does not meet the site's requirements on its own films. Do not use its answers for referral decisions. "
             "`osteo-edge site calibrate` refits the temperature, the low-BMD threshold and the gate on these films and reports "
-            "cross-validated figures; it cannot create discrimination the model lacks (AUROC is unchanged by temperature and threshold). "
+            "cross-validated figures; it cannot create discrimination the model lacks (a threshold cannot change AUROC, a temperature only a little). "
             "If the calibrated report still fails on AUROC, the model does not see what separates low BMD at this site: refer by "
             "clinical risk (age, fracture history) and DEXA as before.",
 }
