@@ -300,12 +300,21 @@ def test_shipped_default_still_loads_under_the_clinic_trust_file(keys, tmp_path,
     from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
     from osteo_edge.site.trust import write_clinic_trust
 
+    import shutil
+
     if not (default_bundle_path() / "manifest.json").is_file():
         pytest.skip("no shipped bundle in this install")
     path, ids = write_clinic_trust(tmp_path / "t.pem", private_keys=[keys["site"]])
     assert len(ids) >= 2
     monkeypatch.setenv(TRUST_FILE_ENV, str(path))
-    EdgeClassifier.load()
+    # a byte-for-byte copy (same seal and signature): the trust policy is what is tested here, not the
+    # lineage check against a training run that may sit at the bundle's recorded parent path
+    copy = tmp_path / "default"
+    shutil.copytree(default_bundle_path(), copy)
+    EdgeClassifier.load(copy)
+    write_clinic_trust(tmp_path / "t.pem", private_keys=[keys["site"]], package=False)
+    with pytest.raises(BundleError, match="not among this runtime's trusted keys"):
+        EdgeClassifier.load(copy)
 
 
 # ------------------------------------------------------------------------------------------------
