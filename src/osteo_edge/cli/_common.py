@@ -87,6 +87,14 @@ def verbose() -> bool:
     return os.environ.get("OSTEO_EDGE_NATIVE_LOGS") == "1"
 
 
+def quiet_third_party() -> None:
+    """Re-apply the --verbose policy after a heavy import: some libraries set their own logger's level
+    when imported (NNCF sets ``nncf`` to INFO with a handler of its own on stdout)."""
+    if not verbose():
+        for name in THIRD_PARTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
 @contextlib.contextmanager
 def quiet_native() -> Iterator[None]:
     """Native stderr (TensorFlow's absl lines, the CUDA probe, the TFLite converter) to /dev/null for

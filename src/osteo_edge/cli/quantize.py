@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from . import _output as o
-from ._common import handle_errors, progress_console, quiet_native
+from ._common import handle_errors, progress_console, quiet_native, quiet_third_party
 from ._steps import after_evaluate
 
 
@@ -44,11 +44,18 @@ def register(app: typer.Typer) -> None:
         from ..core.progress import TerminalProgress
         from .export import command_line
 
+        try:
+            import nncf  # noqa: F401 - imported here so that its INFO logger is quieted below (quantize_run names the extra if missing)
+        except ImportError:
+            pass
+        quiet_third_party()
+
         if threads:
             import torch
 
             torch.set_num_threads(threads)
-        with TerminalProgress(f"NNCF {method.value}", console=progress_console()) as progress, quiet_native():
+        stages = ("epoch", "calibrating", "validating")  # in a pipe or a log: one line each, never minutes of silence
+        with TerminalProgress(f"NNCF {method.value}", console=progress_console(), lines=stages) as progress, quiet_native():
             res = quantize_run(model, split, out, method=method.value, epochs=epochs, calib_size=calib_size, lr=lr,
                                batch_size=batch_size, fold_bn=fold_bn, distill=distill, command=command_line(), progress=progress)
         names = {"float": "float parent", "int8_simulated_before_qat": "int8 simulated, after calibration",

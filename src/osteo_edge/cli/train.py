@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..core.progress import TerminalProgress
+from ..core.progress import TerminalProgress, fmt_duration
 from ..modeling.models import ARCHS
 from ..train.config import AUGMENT, BALANCE, DEVICES, SCHEDULES, SELECT
 from . import _output as o
@@ -50,6 +50,8 @@ class _Renderer(TerminalProgress):
     def __init__(self) -> None:
         super().__init__(console=o.console(stderr=True))
         self.prefix = ""
+        self.epochs = 0
+        self.seconds: list[float] = []  # this process's epoch durations, for the ETA
 
     def __call__(self, event: str, done: int = 0, total: int | None = None, **d: Any) -> None:
         if event == "fold":
@@ -59,19 +61,23 @@ class _Renderer(TerminalProgress):
             err_console.print(f"training on {d['device']} x{d['world']}: {d['train']} train / {d['val']} val images, "
                               f"{d['steps']} steps per epoch" + (f", resuming at epoch {d['start_epoch'] + 1}" if d["start_epoch"] else ""), highlight=False)
         elif event == "epoch_start":
+            self.epochs = d["epochs"]
             desc = f"{self.prefix}epoch {d['epoch'] + 1}/{d['epochs']} ({d['stage']})"
             self.bar.reset(self.task, total=d["steps"], description=desc, info="")
         elif event == "step":
             self.bar.update(self.task, completed=d["step"], info=f"loss {d['loss']:.3f}  {d['images_per_second']:.1f} img/s")
         elif event == "epoch_end":
             mark = " *" if d["best_epoch"] == d["epoch"] else ""
-            line = (f"{self.prefix}epoch {d['epoch']} [{d['stage']}] train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f} | "
+            self.seconds.append(float(d["epoch_seconds"]))
+            left = max(0, self.epochs - int(d["epoch"]))
+            eta = "" if d.get("stopped_early") or not left else f", ETA {fmt_duration(sum(self.seconds) / len(self.seconds) * left)} at most"
+            line = (f"{self.prefix}epoch {d['epoch']}/{self.epochs or '?'} [{d['stage']}] train loss {d['train_loss']:.3f} acc {d['train_acc']:.3f} | "
                     f"val loss {d['val_loss']:.3f} acc {d['val_acc']:.3f} macro-F1 {d['val_macro_f1']:.3f} | "
-                    f"{d['epoch_seconds']:.0f}s, {d['images_per_second']:.1f} img/s{mark}")
-            if self.enabled:
-                self.bar.console.print(line, highlight=False)
+                    f"{d['epoch_seconds']:.0f}s, {d['images_per_second']:.1f} img/s{mark}{eta}")
+            if self.enabled:  # markup off: "[finetune]" is text, not a rich tag
+                self.bar.console.print(line, highlight=False, markup=False)
             else:
-                err_console.print(line, highlight=False, soft_wrap=True)
+                err_console.print(line, highlight=False, soft_wrap=True, markup=False)
 
 
 @handle_errors

@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.progress import Progress
+from ..core.progress import Progress, fmt_duration
 from ..errors import ConfigError, DataError, require
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ def finetune(
     weights = torch.from_numpy(class_weights(data.train.targets, len(data.labels)))
     loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
     rng = np.random.default_rng(cfg.seed)
+    t_start, steps_done = time.perf_counter(), 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
         data.train.epoch = epoch
@@ -172,8 +173,10 @@ def finetune(
             loss.backward()
             opt.step()
             losses.append(float(loss.item()))
-            if progress:
-                progress(f"epoch {epoch}/{cfg.epochs}", s + 1, steps)
+            steps_done += 1
+            if progress:  # ETA of the whole fine-tuning (the validation passes of past epochs included)
+                left = steps * (cfg.epochs - epoch) + (steps - s - 1)
+                progress(f"epoch {epoch}/{cfg.epochs}", s + 1, steps, eta=fmt_duration((time.perf_counter() - t_start) / steps_done * left))
         val = quick_metrics(predict_logits(model, data.val), data.val.targets)
         row = {"epoch": epoch, **val, "train_loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0}
         history.append(row)

@@ -192,10 +192,14 @@ def _quantize_and_tune(
     """``nncf.quantize`` on training images, then (QAT: ``cfg.epochs`` > 0) fine-tuning; the simulated int8
     validation metrics before and after go into ``val``. Returns ``(quantized model, calibration images, history)``."""
     dataset, n_calib = _nncf_dataset(nncf, data, calib_size)
+    if progress:
+        progress(f"calibrating on {n_calib} training images (nncf.quantize)", 0, None)
     try:
         qmodel = nncf.quantize(model, dataset, subset_size=n_calib, preset=nncf.QuantizationPreset.MIXED)
     except Exception as exc:
         raise ExportError(f"nncf.quantize failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}") from exc
+    if progress:
+        progress("validating the int8 model", 0, None)
     val["int8_simulated_before_qat"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
     history = finetune(qmodel, data, cfg, progress=progress, teacher=teacher)
     val["int8_simulated"] = quick_metrics(predict_logits(qmodel, data.val), data.val.targets)
