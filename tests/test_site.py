@@ -324,8 +324,12 @@ def test_shipped_default_still_loads_under_the_clinic_trust_file(keys, tmp_path,
 def test_cli_validate_and_refusals(tmp_path, bundle, site_csv):
     res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out",
                               str(tmp_path / "r"), "--bootstrap", "100", "--require", "auroc=0.6"])
-    assert res.exit_code == 0, res.output
-    assert "verdict: " in res.output and "low-BMD AUROC" in res.output and (tmp_path / "r" / "report.md").is_file()
+    verdict = json.loads((tmp_path / "r" / "report.json").read_text())["verdict"]
+    assert res.exit_code == (0 if verdict == "pass" else 1), res.output  # a script must not go on after fail / insufficient
+    assert f"verdict: {verdict}" in res.output and "low-BMD AUROC" in res.output and (tmp_path / "r" / "report.md").is_file()
+    res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out",
+                              str(tmp_path / "r3"), "--bootstrap", "100", "--require", "gate_acceptance=0.5"])
+    assert res.exit_code == 0 and "verdict: pass" in res.output, res.output  # every film accepted: lower bound 1.0 >= 0.5
     bad = tmp_path / "bad.csv"
     bad.write_text("file,label\nNormal/N1.JPEG,osteo\n")
     res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(bad), "--model", str(bundle), "--out", str(tmp_path / "r2")])

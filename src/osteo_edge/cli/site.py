@@ -78,7 +78,8 @@ def validate(
     model card's claims, and a verdict (pass / fail / insufficient) against the site's criteria.
 
     Refuses, with one line: unknown labels, files that cannot be read, fewer than --min-per-class
-    images on either side of the low-BMD question. A screening aid, not a diagnosis.
+    images on either side of the low-BMD question. Exit 0 only when the verdict is pass; 1 when it is
+    fail or insufficient (the reports are written either way) or on an error. A screening aid, not a diagnosis.
     """
     from ..site import parse_require, validate_site
 
@@ -98,6 +99,7 @@ def validate(
         out.next_step(_command(["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model", model or "DEFAULT_BUNDLE",
                                 "--out", "site-bundle", "--key", "site.key", "--site", "NAME"]),
                       "refit temperature, threshold and gate on these films, with cross-validated figures (it cannot create discrimination the model lacks)")
+        raise typer.Exit(code=1)  # the check did not pass (fail or insufficient): a script must not go on
 
 
 @site_app.command("calibrate")
