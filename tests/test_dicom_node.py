@@ -112,7 +112,7 @@ def test_result_sr_arrives_at_orthanc_and_references_the_source(samples, tmp_pat
         src_uid = str(pydicom.dcmread(samples["jpeg-ls"], stop_before_pixels=True).SOPInstanceUID)
         with Node(cfg) as node:
             assert storescu(node.port, [samples["jpeg-ls"]], TRANSFER_SYNTAXES[8].uid, tmp_path).returncode == 0
-            wait_until(lambda: node.record.has_event(src_uid, "forwarded"), what="forwarding")
+            wait_until(lambda: node.record.delivered(src_uid), what="delivery")
             row = next(node.record.rows())
         wait_until(lambda: len(_get(f"{url}/instances")) == 1, 30, "the SR in Orthanc")
         oid = _get(f"{url}/instances")[0]
@@ -176,7 +176,7 @@ def test_refusals_are_clean_and_the_node_keeps_serving(samples, tmp_path, caplog
     refusals = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(refusals) == 4, refusals
     assert all("\n" not in m for m in refusals)
-    for words in ("'STRANGER'", "not a radiograph", "truncated", "over the 400000-byte limit"):
+    for words in ("'STRANGER'", "not a radiograph", "truncated", "over the 400000-byte limit (--max-mb 0.38147)"):
         assert any(words in m for m in refusals), words
     assert all(r.levelno < logging.ERROR for r in caplog.records if r.name.startswith("osteo_edge"))
 
@@ -204,7 +204,8 @@ def test_a_sender_streaming_past_the_cap_is_aborted_and_the_node_keeps_serving(s
         wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the good instance")
         assert node._streamed == {}  # nothing left counted for closed associations
     aborted = [r.getMessage() for r in caplog.records if "aborted" in r.getMessage()]
-    assert len(aborted) == 1 and "--max-bytes 400000" in aborted[0] and "\n" not in aborted[0]
+    assert len(aborted) == 1 and f"--max-mb {400_000 / 2**20:g}" in aborted[0] and "\n" not in aborted[0]
+    assert not any("max-bytes" in r.getMessage() for r in caplog.records)  # the option is --max-mb
 
 
 def test_serve_cli_port_in_use_is_one_line(tmp_path):
@@ -229,7 +230,8 @@ def test_unreachable_destination_keeps_the_result_and_records_the_answer(samples
     with Node(cfg) as node:
         assert _scu_store(node.port, samples["base8"]) == 0
         wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the answer")
+        wait_until(lambda: node.record.events(), what="the failed delivery recorded")
         events = node.record.events()
         unsent = list((node.spool.root / "unsent").glob("*.dcm"))
-    assert [e["event"] for e in events] == ["forward_failed"] and len(unsent) == 1
+    assert {e["event"] for e in events} == {"forward_failed"} and len(unsent) == 1
     assert pydicom.dcmread(unsent[0]).SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"

@@ -1,12 +1,15 @@
 """``osteo-edge serve``: a DICOM node (pynetdicom) that answers radiographs.
 
 C-ECHO is answered; C-STORE of CR, DX (for presentation and for processing) and Secondary Capture
-images is accepted. An accepted instance is written to the spool durably BEFORE the success status
-goes back; one worker answers the spool in order (EdgeClassifier.predict on the spooled file),
-appends the answer to the clinic record (once per SOP Instance UID), writes a Comprehensive SR
-referencing the image to the results folder and/or C-STOREs it to ``--forward``, then removes the
-spooled file. On restart the spool is finished first. Log lines carry UIDs and AE titles, never a
-patient's name.
+images is accepted; SR, KO and presentation states (what a study re-sent from a PACS carries beside
+its images) are accepted and ignored. An accepted image is written to the spool durably BEFORE the
+success status goes back; one worker answers the spool in order (EdgeClassifier.predict on the
+spooled file), writes the result SR to the results folder and/or the durable outbox, appends the
+answer to the clinic record (once per SOP Instance UID), then removes the spooled file. A separate
+forwarding thread (``outbox.Forwarder``) delivers the outbox to ``--forward`` with its own timeouts
+and retries, so a slow or dead PACS never delays an answer. On restart the spool and the outbox are
+finished first. One log line per instance and event (received, answered, delivered), with UIDs and
+AE titles, never a patient's name. One node per record: a lock file beside it.
 """
 
 from __future__ import annotations
@@ -14,18 +17,22 @@ from __future__ import annotations
 import hashlib
 import io
 import ipaddress
+import json
+import os
 import logging
 import queue
 import threading
 import time
 import warnings
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OsteoEdgeError, require
 from .decode import accepted_syntaxes
-from .spool import Spool, valid_uid
+from .outbox import Destination, Forwarder, Outbox
+from .spool import Spool, durable_write, valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -77,23 +84,6 @@ def stream_cap(max_bytes: int) -> int:
     return 2 * max_bytes + STREAM_SLACK
 
 
-@dataclass(frozen=True)
-class Destination:
-    """Where results go by C-STORE: ``AE@HOST:PORT``."""
-
-    ae_title: str
-    host: str
-    port: int
-
-    @classmethod
-    def parse(cls, text: str) -> "Destination":
-        ae, sep, rest = text.partition("@")
-        host, sep2, port = rest.rpartition(":")
-        if not (sep and sep2 and ae and host and port.isdigit() and 0 < int(port) < 65536 and len(ae) <= 16):
-            raise ConfigError(f"--forward {text!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:4242)")
-        return cls(ae, host, int(port))
-
-
 @dataclass
 class NodeConfig:
     record: Path
@@ -108,6 +98,8 @@ class NodeConfig:
     trust: Any = None
     threads: int | None = None
     max_bytes: int = DEFAULT_MAX_BYTES
+    forward_timeout: float = 10.0  # every network wait of the forwarding thread (connect, association, C-STORE)
+    retry_max: float = 60.0  # longest pause between delivery attempts (backoff from 1 s, doubling)
 
     def check(self) -> "NodeConfig":
         if not 0 <= self.port < 65536:
@@ -118,7 +110,11 @@ class NodeConfig:
             if not ae or len(ae) > 16:
                 raise ConfigError(f"--allow-ae {ae!r} must be 1-16 characters")
         if self.max_bytes < 1024:
-            raise ConfigError(f"--max-bytes {self.max_bytes} is below 1024")
+            raise ConfigError(f"--max-mb {self.max_bytes / 2**20:g} is below 1 KB (0.001)")
+        if not 0 < self.forward_timeout <= 600:
+            raise ConfigError(f"--forward-timeout {self.forward_timeout:g} must be above 0 and at most 600 seconds")
+        if not 0 < self.retry_max <= 3600:
+            raise ConfigError(f"--retry-max {self.retry_max:g} must be above 0 and at most 3600 seconds")
         if self.spool is None:
             self.spool = self.record.with_name(self.record.name + ".spool")
         return self
@@ -149,6 +145,10 @@ class Node:
         self.answered = 0
         self._streamed: dict[int, int] = {}  # P-DATA bytes per association since its last C-STORE
         self._stream_lock = threading.Lock()
+        self.outbox: Outbox | None = None
+        self.forwarder: Forwarder | None = None
+        self._lock: NodeLock | None = None
+        self.started_at: float | None = None
 
     # -- life cycle ------------------------------------------------------------------------
     def start(self) -> "Node":
@@ -160,24 +160,40 @@ class Node:
         cfg = self.config
         if not is_loopback(cfg.bind):
             log.warning("binding %s: reachable from other machines; restrict it with a firewall and --allow-ae", cfg.bind)
-        self.clf = EdgeClassifier.load(cfg.model, threads=cfg.threads, trust=cfg.trust)
-        self.record = ClinicRecord(cfg.record)
-        self.spool = Spool(cfg.spool)
+        self._lock = NodeLock.acquire(cfg)  # one node per record and spool, before anything is touched
+        try:
+            self.clf = EdgeClassifier.load(cfg.model, threads=cfg.threads, trust=cfg.trust)
+            self.record = ClinicRecord(cfg.record)
+            self.spool = Spool(cfg.spool)
+        except BaseException:
+            self._lock.release()
+            raise
         if cfg.results is not None:
             cfg.results.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.outbox = Outbox(self.spool.root / "unsent")
         pending = self.spool.pending()
         for path in pending:
             self._queue.put(path)
         if pending:
             log.info("finishing %d instances left in the spool", len(pending))
+        if cfg.forward is not None:
+            waiting = len(self.outbox)
+            if waiting:
+                log.info("%d results waiting in the outbox for %s: delivering them first", waiting, cfg.forward)
+            self.forwarder = Forwarder(self.outbox, cfg.forward, cfg.ae_title, self._delivered, self._not_delivered,
+                                       timeout=cfg.forward_timeout, retry=(1.0, cfg.retry_max)).start()
+        elif len(self.outbox):
+            log.warning("%d results wait in %s and no --forward is given: they are not delivered", len(self.outbox), self.outbox.root)
         self._worker = threading.Thread(target=self._work, name="osteo-edge-worker", daemon=True)
         self._worker.start()
+        self.started_at = time.time()
         try:
             self._server = self._make_ae().start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers())
         except OSError as exc:
             self.stop(drain=False)
             raise ConfigError(f"cannot listen on {cfg.bind}:{cfg.port} ({exc.strerror or exc}); choose another --port or --bind") from None
         self.port = self._server.server_address[1]
+        self._lock.update(port=self.port, started_at=self.started_at)
         log.info("DICOM node %s listening on %s:%d (model %s, record %s)", cfg.ae_title, cfg.bind, self.port,
                  self.clf.bundle.format, cfg.record)
         return self
@@ -198,6 +214,7 @@ class Node:
             if uid not in {c.abstract_syntax for c in ae.supported_contexts}:
                 ae.add_supported_context(uid, syntaxes)
         ae.require_calling_aet = list(cfg.allow_ae)
+        ae.require_called_aet = True  # an association addressed to another AE title is refused
         ae.maximum_associations = 8
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         return ae
@@ -209,7 +226,9 @@ class Node:
                 (evt.EVT_DATA_RECV, self._on_data), (evt.EVT_CONN_CLOSE, self._on_close)]
 
     def stop(self, drain: bool = True, timeout: float = 60.0) -> None:
-        """Stop accepting, then (``drain``) let the worker finish the spool, then close the record."""
+        """Stop accepting, then (``drain``) let the worker finish the spool and the forwarder the
+        outbox (a few seconds at most: what is left is delivered after the next start), then close
+        the record and release the lock."""
         if self._server is not None:
             self._server.shutdown()
             self._server = None
@@ -220,9 +239,19 @@ class Node:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
+        if self.forwarder is not None:
+            if drain and self.forwarder.failures == 0:
+                deadline = time.monotonic() + 5
+                while not self.forwarder.idle() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            self.forwarder.stop(timeout=self.config.forward_timeout + 5)
+            self.forwarder = None
         if self.record is not None:
             self.record.close()
             self.record = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def wait(self) -> None:
         """Block until interrupted (Ctrl-C, SIGTERM turned into KeyboardInterrupt by the CLI)."""
@@ -239,7 +268,19 @@ class Node:
         self.stop()
 
     def idle(self) -> bool:
+        """Every received image answered (the outbox may still hold results: see :meth:`delivered_all`)."""
         return self._queue.unfinished_tasks == 0
+
+    def delivered_all(self) -> bool:
+        return self.outbox is not None and len(self.outbox) == 0
+
+    # -- the forwarder's callbacks (its thread) ----------------------------------------------
+    def _delivered(self, source_uid: str | None, sr_uid: str, dest: Destination) -> None:
+        self.record.event(source_uid, "delivered", f"{sr_uid} to {dest}")
+        log.info("delivered result %s (for %s) to %s", sr_uid, source_uid or "?", dest)
+
+    def _not_delivered(self, error: str, waiting: int) -> None:
+        self.record.event(None, "forward_failed", f"{self.config.forward}: {error} ({waiting} waiting)")
 
     # -- events (pynetdicom threads) --------------------------------------------------------
     def _on_echo(self, event: Any) -> int:
@@ -267,7 +308,7 @@ class Node:
         cap = stream_cap(self.config.max_bytes)
         if total > cap and total - len(data) <= cap:
             log.warning("association from %s aborted: more than %d bytes streamed without a complete C-STORE "
-                        "(--max-bytes %d)", _peer(event), cap, self.config.max_bytes)
+                        "(--max-mb %g)", _peer(event), cap, self.config.max_bytes / 2**20)
             event.assoc.abort()
 
     def _on_close(self, event: Any) -> None:
@@ -288,7 +329,8 @@ class Node:
             return _refuse("sop_class_not_supported", f"C-STORE {uid} from {who}: SOP class {_class_name(sop_class)} is not a radiograph (CR, DX, SC)")
         size = req.DataSet.getbuffer().nbytes
         if size > self.config.max_bytes:
-            return _refuse("out_of_resources", f"C-STORE {uid} from {who}: dataset of {size} bytes is over the {self.config.max_bytes}-byte limit")
+            return _refuse("out_of_resources", f"C-STORE {uid} from {who}: dataset of {size} bytes is over the "
+                                               f"{self.config.max_bytes}-byte limit (--max-mb {self.config.max_bytes / 2**20:g})")
         if not valid_uid(uid):
             return _refuse("dataset_does_not_match", f"C-STORE from {who}: invalid SOP Instance UID {uid[:70]!r}")
         data = event.encoded_dataset()
@@ -296,13 +338,13 @@ class Node:
         if problem is not None:
             return _refuse(problem[0], f"C-STORE {uid} from {who}: {problem[1]}")
         info = {"calling_ae": event.assoc.requestor.ae_title.strip(), "received_at": time.time(),
-                "transfer_syntax": str(event.context.transfer_syntax)}
+                "transfer_syntax": str(event.context.transfer_syntax), "study_uid": problem_free_study(data)}
         try:
             path = self.spool.put(uid, data, info)  # durable before the success status goes back
         except (OSError, OsteoEdgeError) as exc:
             return _refuse("out_of_resources", f"C-STORE {uid} from {who}: spool write failed ({exc})")
         self._queue.put(path)
-        log.info("stored %s (%s) from %s", uid, RADIOGRAPH_SOP_CLASSES[sop_class], who)
+        log.info("received %s (%s, study %s) from %s", uid, RADIOGRAPH_SOP_CLASSES[sop_class], info["study_uid"] or "?", who)
         return STATUS["success"]
 
     # -- the worker ------------------------------------------------------------------------
@@ -320,11 +362,14 @@ class Node:
                 log.debug("worker error", exc_info=True)
                 if path.exists():
                     self.spool.fail(path)
+                try:
+                    self.record.event(path.stem, "answer_failed", f"{type(exc).__name__}: {_first_line(exc)}; kept in spool/failed")
+                except Exception:  # the record itself failing: the log line above already says it
+                    log.debug("could not record the failure", exc_info=True)
             finally:
                 self._queue.task_done()
 
     def _answer(self, path: Path) -> None:
-        from ..artifact import atomic_write_bytes
         from .record import InputIdentity, bundle_identity, dicom_uids
         from .sr import build_sr, sr_bytes
 
@@ -334,33 +379,27 @@ class Node:
         uids = dicom_uids(path)
         uid = uids.get("sop_instance_uid") or path.stem
         pred = self.clf.predict(path, name=uid)
+        if str(path) in pred.message:  # a decoder message naming the spooled file: the UID says which image
+            pred = dataclasses.replace(pred, message=pred.message.replace(str(path), uid))
         try:
             sr = build_sr(pred, _header(path), self.clf.bundle.seal)
             data = sr_bytes(sr)
         except Exception as exc:  # an image header highdicom cannot cite: the answer is still recorded
             log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
             sr = data = None
-        if sr is not None and self.config.results is not None:
-            atomic_write_bytes(self.config.results / f"{sr.SOPInstanceUID}.dcm", data)
-        who = InputIdentity(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
         result_uid = str(sr.SOPInstanceUID) if sr is not None else None
+        if sr is not None and self.config.results is not None:
+            durable_write(self.config.results / f"{result_uid}.dcm", data)
+        if sr is not None and self.config.forward is not None and not self.record.delivered(uid, result_uid):
+            self.outbox.put(result_uid, data, uid)  # durable before the image leaves the spool
+            self.forwarder.notify()
+        who = InputIdentity(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
         new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=result_uid)
-        if sr is not None and self.config.forward is not None and (new or not self.record.has_event(uid, "forwarded")):
-            self._forward(uid, sr, data)
         self.spool.done(path)
         self.answered += 1
-        log.info("answered %s: %s %s%s", uid, pred.status, pred.label or pred.reason or "",
+        p = f" P(low BMD) {pred.low_bmd_probability:.2f}" if pred.low_bmd_probability is not None else ""
+        log.info("answered %s: %s %s%s, result %s%s", uid, pred.status, pred.label or pred.reason or "", p, result_uid or "none",
                  "" if new else " (already recorded: not recorded again)")
-
-    def _forward(self, uid: str, sr: Any, data: bytes) -> None:
-        dest = self.config.forward
-        error = send_c_store(sr, dest, self.config.ae_title)
-        if error is None:
-            self.record.event(uid, "forwarded", f"{sr.SOPInstanceUID} to {dest.ae_title}@{dest.host}:{dest.port}")
-            return
-        kept = self.spool.keep_unsent(str(sr.SOPInstanceUID), data)
-        self.record.event(uid, "forward_failed", f"{dest.ae_title}@{dest.host}:{dest.port}: {error}")
-        log.warning("result for %s not forwarded to %s (%s); kept in %s", uid, dest.ae_title, error, kept)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -423,22 +462,143 @@ def check_dataset(data: bytes, sop_class: str, uid: str) -> tuple[str, str] | No
     return None
 
 
-def send_c_store(ds: Any, dest: Destination, calling_ae: str, timeout: float = 30.0) -> str | None:
-    """C-STORE one dataset to ``dest``; None on success, else a one-line reason."""
-    from pynetdicom import AE
+def problem_free_study(data: bytes) -> str | None:
+    """The Study Instance UID of a received dataset, for the log line (header only, quietly)."""
+    import pydicom
 
-    ae = AE(ae_title=calling_ae)
-    ae.add_requested_context(ds.SOPClassUID, str(ds.file_meta.TransferSyntaxUID))
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout
-    ae.connection_timeout = min(timeout, 10.0)
-    assoc = ae.associate(dest.host, dest.port, ae_title=dest.ae_title)
-    if not assoc.is_established:
-        return "association refused or peer unreachable"
     try:
-        status = assoc.send_c_store(ds)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID")
+    except Exception:  # already checked by check_dataset; a log line never fails a C-STORE
+        return None
+    return str(uid) if uid else None
+
+
+class NodeLock:
+    """One ``serve`` per record: an exclusive ``flock`` on ``RECORD.lock`` (released by the OS when the
+    process ends, however it ends), holding JSON about the node for ``record status``."""
+
+    def __init__(self, path: Path, fd: int, info: dict[str, Any]) -> None:
+        self.path, self._fd, self.info = path, fd, info
+
+    @staticmethod
+    def path_for(record: Path) -> Path:
+        return record.with_name(record.name + ".lock")
+
+    @classmethod
+    def acquire(cls, cfg: NodeConfig) -> "NodeLock":
+        import fcntl
+
+        path = cls.path_for(cfg.record)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            other = read_lock(path)
+            who = f"pid {other.get('pid')}, {other.get('ae_title')} on port {other.get('port')}" if other else "another process"
+            raise ConfigError(f"{cfg.record}: another osteo-edge serve is running on this record ({who}); "
+                              "stop it first or give another --record") from None
+        info = {"pid": os.getpid(), "ae_title": cfg.ae_title, "bind": cfg.bind, "port": cfg.port, "spool": str(cfg.spool),
+                "forward": str(cfg.forward) if cfg.forward else None, "started_at": time.time()}
+        lock = cls(path, fd, info)
+        lock._write()
+        return lock
+
+    def update(self, **kw: Any) -> None:
+        self.info.update(kw)
+        self._write()
+
+    def _write(self) -> None:
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, json.dumps(self.info).encode(), 0)
+
+    def release(self) -> None:
+        import fcntl
+
+        if self._fd >= 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+def read_lock(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text() or "{}")
+    except (OSError, ValueError):
+        return {}
+
+
+def node_running(record: Path) -> dict[str, Any] | None:
+    """The running node's lock information (pid, port, start time) when a ``serve`` holds ``record``."""
+    import fcntl
+
+    path = NodeLock.path_for(record)
+    if not path.exists():
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return read_lock(path) or {"pid": None}
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
     finally:
-        assoc.release()
-    code = getattr(status, "Status", None)
-    if code is None:
-        return "no response (connection lost)"
-    return None if code == 0 else f"status 0x{int(code):04X}"
+        os.close(fd)
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What ``osteo-edge record status`` shows: is a node running, what waits, what went wrong last."""
+
+    record: Path
+    running: bool
+    pid: int | None
+    listening: str | None
+    forward: str | None
+    uptime_s: float | None
+    answered: int
+    delivered: int
+    backlog: int  # images received, not yet answered (spool/incoming)
+    outbox: int  # results not yet delivered (spool/unsent)
+    failed: int  # images the worker could not answer (spool/failed)
+    oldest_waiting_s: float | None  # age of the oldest result in the outbox
+    last_error: dict[str, Any] | None  # the last forward_failed / answer_failed event
+
+
+def node_status(record: Path, spool: Path | None = None) -> NodeStatus:
+    """Read the record (read-only), the spool folders and the lock of ``serve --record record``."""
+    from .record import ClinicRecord
+
+    lock = node_running(record)
+    if spool is None:
+        spool = Path(lock["spool"]) if lock and lock.get("spool") else record.with_name(record.name + ".spool")
+
+    def count(sub: str) -> tuple[int, float | None]:
+        files = [p for p in (spool / sub).glob("*.dcm") if not p.name.startswith(".")] if (spool / sub).is_dir() else []
+        ages = []
+        for p in files:
+            try:
+                ages.append(time.time() - p.stat().st_mtime)
+            except FileNotFoundError:
+                pass
+        return len(files), (max(ages) if ages else None)
+
+    backlog, _ = count("incoming")
+    outbox, oldest = count("unsent")
+    failed, _ = count("failed")
+    with ClinicRecord(record, create=False) as rec:
+        answered = rec.count_instances()
+        delivered = len(rec.deliveries())
+        errors = [e for e in rec.events() if e["event"] in ("forward_failed", "answer_failed")]
+    started = lock.get("started_at") if lock else None
+    return NodeStatus(
+        record=record, running=lock is not None, pid=lock.get("pid") if lock else None,
+        listening=f"{lock.get('ae_title')}@{lock.get('bind')}:{lock.get('port')}" if lock else None,
+        forward=lock.get("forward") if lock else None, uptime_s=time.time() - started if started else None,
+        answered=answered, delivered=delivered, backlog=backlog, outbox=outbox, failed=failed, oldest_waiting_s=oldest,
+        last_error=errors[-1] if errors else None,
+    )

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..artifact import atomic_write_text
 from ..edge_runtime.classifier import Prediction
 from ..core.csvsafe import csv_text
 from ..errors import ConfigError
@@ -174,6 +173,24 @@ class ClinicRecord:
             q = "SELECT 1 FROM events WHERE sop_instance_uid = ? AND event = ?"
             return self._db.execute(q, (sop_instance_uid, event)).fetchone() is not None
 
+    def delivered(self, sop_instance_uid: str, result_uid: str | None = None) -> bool:
+        """Whether the result for this received instance (this result SR, when given) was delivered."""
+        q = "SELECT detail FROM events WHERE sop_instance_uid = ? AND event IN ('delivered', 'forwarded')"
+        with self._lock:
+            found = [r[0] or "" for r in self._db.execute(q, (sop_instance_uid,)).fetchall()]
+        return any(result_uid is None or d.startswith(result_uid) for d in found)
+
+    def deliveries(self) -> dict[str, tuple[str, str]]:
+        """Received instance UID -> (first delivery time, detail: SR UID and destination)."""
+        q = ("SELECT sop_instance_uid, recorded_at, detail FROM events WHERE event IN ('delivered', 'forwarded') "
+             "AND sop_instance_uid IS NOT NULL ORDER BY id")
+        with self._lock:
+            found = self._db.execute(q).fetchall()
+        out: dict[str, tuple[str, str]] = {}
+        for uid, at, detail in found:
+            out.setdefault(uid, (at, detail))
+        return out
+
     def count_instances(self) -> int:
         """Distinct SOP Instance UIDs answered by the node."""
         with self._lock:
@@ -186,10 +203,13 @@ class ClinicRecord:
             raise ConfigError(f"{self.path}: no record row {row_id}")
         return rows[0]
 
-    def rows(self, since: str | None = None, where: str = "1", args: tuple = ()) -> Iterator[dict[str, Any]]:
+    def rows(self, since: str | None = None, where: str = "1", args: tuple = (), until: str | None = None) -> Iterator[dict[str, Any]]:
+        """Rows in id order; ``since``/``until``: bounds on recorded_at in its stored form (see :func:`time_bounds`)."""
         q = f"SELECT {', '.join(COLUMNS)} FROM predictions WHERE {where}"
         if since:
             q, args = q + " AND recorded_at >= ?", (*args, since)
+        if until:
+            q, args = q + " AND recorded_at <= ?", (*args, until)
         with self._lock:
             found = self._db.execute(q + " ORDER BY id", args).fetchall()
         for r in found:
@@ -205,21 +225,60 @@ class ClinicRecord:
 # export and statistics
 
 
-def export_csv(record: ClinicRecord, out: str | os.PathLike, since: str | None = None) -> tuple[Path, int]:
-    """Every row (since ``since``, an ISO date or time, UTC) as CSV; formula-like cells neutralised."""
-    since = _check_since(since)
-    rows = [[row[c] for c in COLUMNS] for row in record.rows(since)]
-    return atomic_write_text(out, csv_text(COLUMNS, rows)), len(rows)
+EXPORT_COLUMNS = (*COLUMNS, "delivered_at", "delivered_to")
 
 
-def _check_since(since: str | None) -> str | None:
-    if since is None:
-        return None
+def export_csv(record: ClinicRecord, out: str | os.PathLike, since: str | None = None, until: str | None = None) -> tuple[Path, int]:
+    """Every row recorded in [``since``, ``until``] (ISO 8601 dates or times; without a time zone: UTC)
+    as CSV, with when and where its result SR was delivered (empty: not delivered yet); formula-like
+    cells neutralised; the file owner-only (0600) like the record."""
+    lo, hi = time_bounds(since, until)
+    delivered = record.deliveries()
+    rows = []
+    for row in record.rows(lo, until=hi):
+        at, detail = delivered.get(row["sop_instance_uid"] or "", (None, None)) if row["source"] == "serve" else (None, None)
+        rows.append([*(row[c] for c in COLUMNS), at, detail])
+    return owner_only_write(out, csv_text(EXPORT_COLUMNS, rows).encode("utf-8")), len(rows)
+
+
+def owner_only_write(out: str | os.PathLike, data: bytes) -> Path:
+    """Write atomically, 0600 from the first byte (never readable by others, even for a moment)."""
+    from .spool import durable_write
+
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return durable_write(path, data)
+
+
+def parse_time(text: str, option: str, end_of_day: bool = False) -> dt.datetime:
+    """An ISO 8601 date or date-time, time zone included (``Z``, ``+01:00``), as an aware UTC time.
+    No time zone: UTC. A date alone is the start of that day (``end_of_day``: its last millisecond)."""
+    value = text.strip()
     try:
-        dt.datetime.fromisoformat(since)
-    except ValueError as exc:
-        raise ConfigError(f"--since {since!r} is not a date (YYYY-MM-DD) or ISO time") from exc
-    return since
+        if len(value) == 10 and value[4] == "-" and value[7] == "-":
+            day = dt.date.fromisoformat(value)
+            t = dt.datetime.combine(day, dt.time.max if end_of_day else dt.time.min)
+        else:
+            t = dt.datetime.fromisoformat(value)
+    except (ValueError, IndexError) as exc:
+        raise ConfigError(f"{option} {text!r} is not an ISO 8601 date or time (e.g. 2026-12-07, 2026-12-07T23:59, "
+                          "2026-12-07T23:59+01:00, 2026-12-07T22:59Z)") from exc
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.timezone.utc)
+    return t.astimezone(dt.timezone.utc)
+
+
+def _stamp(t: dt.datetime) -> str:
+    """The text form recorded_at is stored in (UTC, milliseconds), so that text order is time order."""
+    return t.isoformat(timespec="milliseconds")
+
+
+def time_bounds(since: str | None, until: str | None) -> tuple[str | None, str | None]:
+    lo = _stamp(parse_time(since, "--since")) if since is not None else None
+    hi = _stamp(parse_time(until, "--until", end_of_day=True)) if until is not None else None
+    if lo is not None and hi is not None and hi < lo:
+        raise ConfigError(f"--until {until!r} is before --since {since!r}")
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -230,11 +289,12 @@ class RecordStats:
     per_day: dict[str, dict[str, int]]  # day -> status -> count
 
 
-def stats(record: ClinicRecord, since: str | None = None) -> RecordStats:
+def stats(record: ClinicRecord, since: str | None = None, until: str | None = None) -> RecordStats:
     """Counts of answers (corrections excluded) by status, by label and per day (UTC)."""
     status, label, days = Counter(), Counter(), {}
     total = 0
-    for row in record.rows(_check_since(since), where="kind = 'prediction'"):
+    lo, hi = time_bounds(since, until)
+    for row in record.rows(lo, where="kind = 'prediction'", until=hi):
         total += 1
         status[row["status"]] += 1
         label[row["label"] or "-"] += 1
@@ -263,10 +323,12 @@ def stats_png(st: RecordStats, out: str | os.PathLike) -> Path | None:
     ax.legend()
     fig.autofmt_xdate()
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=100, format="png")
     plt.close(fig)
-    return out
+    return owner_only_write(out, buf.getvalue())
 
 
 def bundle_identity(clf: Any) -> dict[str, Any]:

@@ -1,0 +1,231 @@
+"""The durable outbox: every result SR owed to the PACS is delivered at least once.
+
+A result is written to ``SPOOL/unsent/<SR SOP Instance UID>.dcm`` (with a ``.json`` beside it naming
+the source instance) durably, before the image it answers leaves the spool. One forwarding thread of
+its own (never the thread that answers images) sends what the outbox holds over one association per
+batch, with its own timeouts; a result leaves the outbox only after the PACS answered its C-STORE
+with a success (or warning) status, and the clinic record gets one ``delivered`` event per result
+(time, SR UID, destination). A failure is retried with exponential backoff while the node runs; at
+start-up whatever the outbox holds is sent first. A result sent and acknowledged just before a crash,
+whose file was not yet removed, is sent again after the restart: the same SR (its UIDs derive from
+the image and the model), which a PACS files once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .spool import _fsync_dir, durable_write, valid_uid
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses a sender may treat as stored (PS3.4 B.2.3: success and the warnings).
+STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+SR_SYNTAXES = ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """Where results go by C-STORE: ``AE@HOST:PORT``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> "Destination":
+        from ..errors import ConfigError
+
+        ae, sep, rest = text.partition("@")
+        host, sep2, port = rest.rpartition(":")
+        if not (sep and sep2 and ae and host and port.isdigit() and 0 < int(port) < 65536 and len(ae) <= 16):
+            raise ConfigError(f"--forward {text!r} is not AE@HOST:PORT (e.g. PACS@127.0.0.1:4242)")
+        return cls(ae, host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+class Outbox:
+    """The folder of results not yet delivered (``SPOOL/unsent``), oldest first."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for tmp in self.root.glob(".*.tmp"):  # a write a crash interrupted
+            tmp.unlink(missing_ok=True)
+
+    def put(self, sr_uid: str, data: bytes, source_uid: str | None) -> Path:
+        """Keep one result durably until it is delivered (the same UID again replaces it)."""
+        if not valid_uid(sr_uid):
+            raise ValueError(f"invalid SR UID {sr_uid[:80]!r}")
+        meta = {"source_uid": source_uid, "queued_at": time.time()}
+        durable_write(self.root / f"{sr_uid}.json", json.dumps(meta).encode())
+        return durable_write(self.root / f"{sr_uid}.dcm", data)
+
+    def pending(self) -> list[Path]:
+        files = []
+        for p in self.root.glob("*.dcm"):
+            if p.name.startswith("."):
+                continue
+            try:
+                files.append((p.stat().st_mtime_ns, p.name, p))
+            except FileNotFoundError:  # delivered meanwhile
+                continue
+        return [p for _, _, p in sorted(files)]
+
+    def __len__(self) -> int:
+        return sum(1 for p in self.root.glob("*.dcm") if not p.name.startswith("."))
+
+    def source_uid(self, path: Path) -> str | None:
+        try:
+            return json.loads(path.with_suffix(".json").read_text()).get("source_uid")
+        except (OSError, ValueError):
+            return None
+
+    def done(self, path: Path) -> None:
+        path.unlink(missing_ok=True)
+        path.with_suffix(".json").unlink(missing_ok=True)
+        _fsync_dir(self.root)
+
+
+class Forwarder:
+    """The thread that empties the :class:`Outbox` into ``dest``.
+
+    ``on_delivered(source_uid, sr_uid, dest)`` and ``on_failed(error, waiting)`` are called from this
+    thread (the node records them). ``timeout`` bounds every network wait (connect, association,
+    each C-STORE); ``retry`` is (first, longest) pause in seconds between failed attempts.
+    """
+
+    def __init__(self, outbox: Outbox, dest: Destination, calling_ae: str, on_delivered: Callable[[str | None, str, Destination], None],
+                 on_failed: Callable[[str, int], None], timeout: float = 10.0, retry: tuple[float, float] = (1.0, 60.0),
+                 batch: int = 64, linger: float = 2.0) -> None:
+        self.outbox, self.dest, self.calling_ae = outbox, dest, calling_ae
+        self.on_delivered, self.on_failed = on_delivered, on_failed
+        self.timeout, self.retry, self.batch, self.linger = timeout, retry, batch, linger
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.failures = 0  # consecutive failed attempts
+        self.last_error: str | None = None
+        self.delivered = 0
+        self.associations = 0
+
+    def start(self) -> "Forwarder":
+        self._thread = threading.Thread(target=self._run, name="osteo-edge-forwarder", daemon=True)
+        self._thread.start()
+        return self
+
+    def notify(self) -> None:
+        self._wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=timeout)
+
+    def idle(self) -> bool:
+        return len(self.outbox) == 0
+
+    # -- the thread ----------------------------------------------------------------------------
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.is_set():
+            if delay:
+                self._stop.wait(delay)
+                if self._stop.is_set():
+                    return
+            elif not self.outbox.pending():
+                self._wake.wait(1.0)  # also polls the folder: a result put there by another writer
+                self._wake.clear()
+                continue
+            self._wake.clear()
+            try:
+                error = self._deliver_all()
+            except Exception as exc:  # never let the thread die: the outbox is on disk, retry later
+                error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+                log.debug("forwarder error", exc_info=True)
+            if error is None:
+                self.failures, delay = 0, 0.0
+                continue
+            self.failures += 1
+            first, longest = self.retry
+            delay = min(longest, first * 2 ** (self.failures - 1))
+            self.last_error = error
+            waiting = len(self.outbox)
+            log.warning("results not delivered to %s (%s); %d waiting in the outbox, next try in %.0f s",
+                        self.dest, error, waiting, delay)
+            self.on_failed(error, waiting)
+
+    def _associate(self) -> tuple[Any, str | None]:
+        from pynetdicom import AE
+
+        ae = AE(ae_title=self.calling_ae)
+        for sop_class in ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.34"):
+            ae.add_requested_context(sop_class, list(SR_SYNTAXES))
+        ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
+        ae.connection_timeout = self.timeout
+        assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
+        if assoc.is_established:
+            self.associations += 1
+            return assoc, None
+        if assoc.is_rejected:
+            return None, "association rejected (check the PACS allows this node's AE title)"
+        if assoc.is_aborted:
+            return None, f"association aborted or no answer within {self.timeout:.0f} s"
+        return None, "peer unreachable (connection refused or timed out)"
+
+    def _deliver_all(self) -> str | None:
+        """Send everything the outbox holds over one association, lingering briefly for more;
+        None when the outbox is empty, else why it stopped."""
+        items = self.outbox.pending()
+        if not items:
+            return None
+        assoc, error = self._associate()
+        if assoc is None:
+            return error
+        try:
+            idle_since = time.monotonic()
+            while not self._stop.is_set():
+                items = self.outbox.pending()[: self.batch]
+                if not items:
+                    if time.monotonic() - idle_since > self.linger:
+                        return None
+                    self._wake.wait(0.1)
+                    self._wake.clear()
+                    continue
+                for path in items:
+                    error = self._send_one(assoc, path)
+                    if error is not None:
+                        return error
+                idle_since = time.monotonic()
+            return None
+        finally:
+            if assoc.is_established:
+                assoc.release()
+
+    def _send_one(self, assoc: Any, path: Path) -> str | None:
+        if not path.exists():
+            return None
+        source = self.outbox.source_uid(path)
+        try:
+            status = assoc.send_c_store(path)
+        except (OSError, ValueError, AttributeError) as exc:  # an unreadable file or no accepted context
+            return f"{path.stem}: {type(exc).__name__}: {str(exc)[:200]}"
+        code = getattr(status, "Status", None)
+        if code is None:
+            return f"no C-STORE response within {self.timeout:.0f} s (connection lost or PACS hung)"
+        if int(code) not in STORED:
+            return f"PACS answered status 0x{int(code):04X} for {path.stem}"
+        self.on_delivered(source, path.stem, self.dest)  # recorded first: a crash here re-sends the same SR, never loses it
+        self.outbox.done(path)
+        self.delivered += 1
+        return None
