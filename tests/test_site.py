@@ -274,6 +274,13 @@ def test_trust_file_refuses_foreign_and_unsigned_bundles_everywhere(site_bundle,
     knee = str(WANI / "Normal" / "N1.JPEG")
     # no trust configured: the foreign copy loads (trust is opt-in) ...
     EdgeClassifier.load(foreign)
+    # ... a trusted key given per command refuses it
+    from osteo_edge.artifact.signing import TrustStore
+
+    with pytest.raises(BundleError, match="not among this runtime's trusted keys"):
+        EdgeClassifier.load(foreign, trust=TrustStore.from_paths([keys["site_pub"]]))
+    res = runner.invoke(app, ["predict", knee, "--model", str(foreign), "--trusted-key", str(keys["site_pub"])])
+    assert res.exit_code == 1 and "not among this runtime's trusted keys" in res.output
     # ... one step: the clinic's trust file (the shipped publisher + the site)
     trust = tmp_path / "trusted-keys.pem"
     res = runner.invoke(app, ["site", "trust", "--key", str(keys["site"]), "--file", str(trust)])
