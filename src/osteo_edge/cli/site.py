@@ -96,9 +96,10 @@ def validate(
     if plots and not any(p.suffix == ".png" for p in r.written):
         out.line("plots: not drawn (matplotlib is not installed: pip install matplotlib)", dim=True)
     if rep["verdict"] != "pass":
-        out.next_step(_command(["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model", model or "DEFAULT_BUNDLE",
-                                "--out", "site-bundle", "--key", "site.key", "--site", "NAME"]),
-                      "refit temperature, threshold and gate on these films, with cross-validated figures (it cannot create discrimination the model lacks)")
+        out.next_step(" ".join(shlex.quote(str(w)) for w in ["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model",
+                                                                 model or "src/osteo_edge/models/default", "--out", "site-bundle",
+                                                                 "--key", "site.key", "--site", "NAME"]),
+                      "refit temperature, threshold and gate on these films, with cross-validated figures; it cannot create discrimination the model lacks")
         raise typer.Exit(code=1)  # the check did not pass (fail or insufficient): a script must not go on
 
 

@@ -181,10 +181,25 @@ def sample_size(scores: SiteScores, ans: Answers, est: Mapping[str, Estimate], h
     if sum(more.values()) == 0:
         out["text"] = (f"the AUROC interval is already about +-{now:.2f} on {n_neg + n_pos} accepted images; "
                        f"no more images are needed for +-{half_width:g}.")
+        return out
+    out["text"] = (f"the AUROC interval is now about +-{now:.2f}; +-{half_width:g} needs about "
+                   + ", ".join(f"{v} more {k}" for k, v in more.items() if need[k] > 0)
+                   + f" images ({', '.join(f'{need[k]} {k}' for k in need if need[k] > 0)} in all, at this site's class mix)")
+    # the scarcer side alone (Hanley-McNeil, scaled to the measured half-width): often far fewer films
+    a_used = min(max(a, 0.5), 0.99)
+    scale = now / (1.96 * _hanley_mcneil_se(a_used, n_pos, n_neg))
+    scarce_neg = n_neg <= n_pos
+    fixed, grow = (n_pos, n_neg) if scarce_neg else (n_neg, n_pos)
+    for extra in range(0, 20001):
+        n_g = grow + extra
+        se = _hanley_mcneil_se(a_used, fixed, n_g) if scarce_neg else _hanley_mcneil_se(a_used, n_g, fixed)
+        if scale * 1.96 * se <= half_width:
+            side = scores.negative if scarce_neg else "low-BMD"
+            out["scarcer_side_only"] = {"side": side, "more": extra}
+            out["text"] += f"; or about {extra} more {side} images alone."
+            break
     else:
-        out["text"] = (f"the AUROC interval is now about +-{now:.2f}; +-{half_width:g} needs about "
-                       + ", ".join(f"{v} more {k}" for k, v in more.items() if need[k] > 0)
-                       + f" images ({', '.join(f'{need[k]} {k}' for k in need if need[k] > 0)} in all, at this site's class mix).")
+        out["text"] += "."
     return out
 
 
