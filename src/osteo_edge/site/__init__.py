@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from .calibrate import FOLDS, MIN_ACCEPT, REPORT_DIR, Target, cross_validate, fit_operating, write_site_bundle
 from .labels import SiteLabels, check_counts, read_labels, who_class
 from .scoring import Answers, Operating, SiteScores, answer, bundle_operating, score_site
-from .validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, N_BOOT, _plain, build_report, parse_require, write_report
+from .validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, N_BOOT, json_safe, build_report, parse_require, write_report
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
     }
     headline = {METRICS[k2][2]: v for k2, v in report["metrics"].items()}
     cv_headline = {"headline": headline, "n_images": scores.n, "protocol": protocol, "verdict": report["verdict"]}
-    bundle = write_site_bundle(clf.bundle, out, op, base, details, _plain(record), _plain(cv_headline), key, files, command)
+    bundle = write_site_bundle(clf.bundle, out, op, base, details, json_safe(record), json_safe(cv_headline), key, files, command)
     written = [Path(out)]
     return CalibrationResult(bundle, report, op, base, written)
 

@@ -392,12 +392,12 @@ def write_plots(r: Mapping[str, Any], ans: Answers, scores: SiteScores, out: Pat
     return paths, None
 
 
-def _plain(v: Any) -> Any:
+def json_safe(v: Any) -> Any:
     """JSON without NaN (null instead), numpy made plain."""
     if isinstance(v, Mapping):
-        return {str(k): _plain(x) for k, x in v.items()}
+        return {str(k): json_safe(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
+        return [json_safe(x) for x in v]
     if isinstance(v, (np.integer,)):
         return int(v)
     if isinstance(v, (float, np.floating)):
@@ -413,11 +413,11 @@ def write_report(r: Mapping[str, Any], ans: Answers, scores: SiteScores, out: st
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     pngs, note = write_plots(r, ans, scores, out) if plots else ([], "not requested")
-    atomic_write_json(out / "report.json", _plain(r))
+    atomic_write_json(out / "report.json", json_safe(r))
     atomic_write_text(out / "report.md", report_markdown(r, [str(p) for p in pngs], note))
     written += [out / "report.md", out / "report.json", *pngs]
     return written
 
 
 def report_json_text(r: Mapping[str, Any]) -> str:
-    return json.dumps(_plain(r), indent=2)
+    return json.dumps(json_safe(r), indent=2)
