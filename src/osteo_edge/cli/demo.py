@@ -24,7 +24,7 @@ def demo(
     Offline by construction (no analytics, no share link, no CDN); listens on 127.0.0.1 unless told otherwise. Uploads and results live in a private folder under $OSTEO_EDGE_DEMO_TMP (default: the system temp folder) and are deleted when it stops. Stop it with Ctrl+C. A screening aid, not a diagnosis.
     """
     from ..artifact import DISCLAIMER
-    from ..demo.app import browse_url, build_app, host_warning, launch_app, network_note
+    from ..demo.app import browse_url, build_app, host_warning, launch_app, network_note, port_problem
     from ..edge_runtime import EdgeClassifier
     from ..errors import ConfigError
 
@@ -32,6 +32,9 @@ def demo(
         raise ConfigError(f"--port must be in [1, 65535], got {port}")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
+    busy = port_problem(host, port)  # before the URL is printed: a busy port must not show a dead link
+    if busy:
+        raise ConfigError(f"{busy}; pick another --port (e.g. --port {port + 1}) or stop what is using it")
     warning = host_warning(host)
     if warning:
         err_console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False, soft_wrap=True)

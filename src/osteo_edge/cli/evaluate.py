@@ -70,8 +70,13 @@ def _render(model: Path, subset: str, r) -> None:
     m = r.metrics
     sources = list(m["per_source"])
     rows = [[k, fmt_ci(m["headline"][k]), *[fmt_ci(m["per_source"][s].get(k)) for s in sources]] for k in METRICS if k in m["headline"]]
+    # each source's n in its header: "0.000 [0.000, 0.000]" on 5 images is not a certainty
     out.table(f"{Path(model).name}: {subset} split, n = {m['n']} (95% bootstrap CI)",
-              [out.Col("metric"), out.Col("pooled", right=True), *(out.Col(s, right=True) for s in sources)], rows)
+              [out.Col("metric"), out.Col(f"pooled (n={m['n']})", right=True),
+               *(out.Col(f"{s} (n={m['per_source'][s].get('n', '?')})", right=True) for s in sources)], rows)
+    small = [s for s in sources if isinstance(m["per_source"][s].get("n"), int) and m["per_source"][s]["n"] < 30]
+    if small:
+        out.line(f"few images in {', '.join(small)}: read the intervals, not the point estimates")
     out.line(f"protocol: {m['protocol']}")
     out.line(f"temperature {m['temperature']:.3f}; thresholds {out.mapping_text(m['thresholds'], '{:.3f}')} "
              f"(fitted on validation, stored in {model})")

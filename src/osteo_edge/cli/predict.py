@@ -10,7 +10,7 @@ import typer
 
 from . import _output as out
 from ._steps import after_predict
-from ._common import TRUSTED_KEY_HELP, handle_errors, trust_store
+from ._common import TRUSTED_KEY_HELP, handle_errors, trust_store, usage_error
 
 
 @handle_errors
@@ -27,27 +27,30 @@ def predict(
 
     Every input gets an answer: ok (a result, nothing to act on), refer (uncertain, or low BMD
     suspected: refer for DEXA) or rejected (not a usable knee radiograph, with the reason). Exit 0
-    when every input was answered, rejections included; exit 2 when a path does not exist.
+    when every input was answered, rejections included; exit 2 when no input is given or a path does not exist.
     A screening aid, not a diagnosis.
     """
     from ..artifact import DISCLAIMER
-    from ..edge_runtime import EdgeClassifier, expand_inputs
+    from ..edge_runtime import EdgeClassifier, scan_inputs
     from ..edge_runtime.report import predictions_csv
     from ..errors import ConfigError
 
     paths = paths or []
-    if not paths:
-        raise ConfigError("no input given; pass image files or folders, e.g. osteo-edge predict knee.png scans/")
+    if not paths:  # a usage error, like a missing path: exit 2
+        raise usage_error("no input given; pass image files or folders, e.g. osteo-edge predict knee.png scans/")
     if threads is not None and threads < 1:
         raise ConfigError(f"--threads must be at least 1, got {threads}")
-    clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # a typo in a clinic's script must not pass silently: exit 2 (rejected files that exist: 0)
         out.error(f"no such file or folder: {', '.join(missing)}")
         raise typer.Exit(code=2)
-    inputs = expand_inputs(paths)
+    clf = EdgeClassifier.load(model, threads=threads, trust=trust_store(trusted_key))
+    inputs, skipped = scan_inputs(paths)
+    if skipped:  # counted, never silent (stderr: --json keeps stdout to one object per input)
+        kinds = ", ".join(sorted({f.suffix.lower() or f.name for f in skipped}))
+        out.line(f"skipped {len(skipped)} non-image or hidden file{'s' if len(skipped) != 1 else ''} in the folders ({kinds})", stderr=True)
     if not inputs:
-        raise ConfigError(f"no files found in {', '.join(str(p) for p in paths)}")
+        raise ConfigError(f"no image files found in {', '.join(str(p) for p in paths)}")
     preds = []
     for pred in clf.predict_many(inputs):
         preds.append(pred)

@@ -67,6 +67,28 @@ def browse_url(host: str, port: int) -> str:
     return f"http://[{h}]:{port}/" if ip.version == 6 else f"http://{h}:{port}/"
 
 
+def port_problem(host: str, port: int) -> str | None:
+    """Why the demo cannot listen on ``host:port`` (in use, or not an address of this computer), or None.
+
+    Checked before anything is printed, so a busy port never shows a URL that leads nowhere (the
+    server binds with SO_REUSEADDR, as here: a port in TIME_WAIT is not "in use")."""
+    import socket
+
+    h = host.strip().strip("[]")
+    try:
+        infos = socket.getaddrinfo(h, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        return f"{host} is not an address of this computer ({exc.strerror})"
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(addr)
+        except OSError as exc:
+            return f"cannot listen on {host}:{port} ({exc.strerror or exc})"
+    return None
+
+
 def network_note(host: str, port: int) -> str | None:
     """How other computers reach a demo listening on every interface (None otherwise)."""
     from .guard import is_unspecified

@@ -9,7 +9,7 @@ opened, one backend. Never torch, timm, tensorflow or gradio::
 """
 
 from .backends import BACKENDS, open_backend
-from .classifier import STATUSES, EdgeClassifier, Prediction, default_bundle_path, expand_inputs
+from .classifier import STATUSES, EdgeClassifier, Prediction, default_bundle_path, expand_inputs, scan_inputs
 from .gate import Gate, GateResult, calibrate_gate, write_gate
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "calibrate_gate",
     "default_bundle_path",
     "expand_inputs",
+    "scan_inputs",
     "open_backend",
     "write_gate",
 ]

@@ -232,25 +232,35 @@ def _strip_name(msg: str, path: str) -> str:
 # inputs
 
 
-def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
-    """Files as given; folders walked recursively (sorted), skipping hidden files and manifests.
+SIDE_FILE_SUFFIXES = frozenset({".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py"})
+
+
+def scan_inputs(paths: Iterable[str | os.PathLike]) -> tuple[list[Path], list[Path]]:
+    """``(inputs, skipped)``: files as given; folders walked recursively (sorted).
 
     Inside folders every regular file is an input (extension-less DICOM files are common), except
-    hidden files and obvious non-image side files (csv, json, txt, md). A path that does not exist
-    is still returned, so that it is answered ``rejected`` (no such file).
+    hidden files and obvious non-image side files (csv, json, txt, md, ...), which are returned as
+    ``skipped`` so that a caller can count them. A path that does not exist is still an input, so
+    that it is answered ``rejected`` (no such file).
     """
     out: list[Path] = []
-    skip = {".csv", ".json", ".txt", ".md", ".yaml", ".yml", ".py"}
+    skipped: list[Path] = []
     for p in paths:
         p = Path(p)
         if p.is_dir():
             for f in sorted(p.rglob("*")):
                 rel = f.relative_to(p)
-                if any(part.startswith(".") for part in rel.parts) or f.is_dir():
+                if f.is_dir():
                     continue
-                if f.suffix.lower() in skip:
+                if any(part.startswith(".") for part in rel.parts) or f.suffix.lower() in SIDE_FILE_SUFFIXES:
+                    skipped.append(f)
                     continue
                 out.append(f)
         else:
             out.append(p)
-    return out
+    return out, skipped
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """The inputs of :func:`scan_inputs` (hidden files and side files in folders left out)."""
+    return scan_inputs(paths)[0]
