@@ -114,7 +114,7 @@ def test_predict_keeps_paths_and_headers_whole(env: dict[str, str], tmp_path: Pa
     res = _invoke(["predict", *_images(), "--csv", csv_out], env)
     assert res.exit_code == 0, res.output
     assert_unbroken(res.output, *map(str, _images()), str(csv_out), "P(Osteoporosis)", "P(low BMD)", "status", "message")
-    assert "next: osteo-edge bench --target host" in res.output
+    assert "next: osteo-edge demo" in res.output
 
 
 @needs_data
@@ -235,6 +235,7 @@ def test_evaluate_keeps_paths_and_headers_whole(trained: dict[str, Path], env: d
     assert res.exit_code == 0, res.output
     out = trained["run"] / "eval" / "test"
     assert_unbroken(res.output, "pooled", "low_bmd_auroc", "multiclass-kaggle", str(out / "metrics.json"), str(out / "predictions.csv"))
+    assert re.search(r"multiclass-kaggle \(n=\d+\)", res.output), res.output  # each source's n beside its intervals
     assert not re.search(r"\{'|': |\{\"", res.output), res.output  # no Python reprs (dicts) in user output
     assert f"next: osteo-edge export --model {shlex.quote(str(trained['run']))} --format tflite --int8" in res.output
 
@@ -269,8 +270,8 @@ def test_each_quick_start_step_suggests_the_readme_next_command() -> None:
 
     steps = quick_start()
     names = [" ".join(s[1:3]) if s[1] == "data" else s[1] for s in steps]
-    assert names == ["data audit", "data split", "train", "evaluate", "export", "parity", "predict", "bench", "demo", "serve", "record"]
-    audit, split, train, evaluate, export, parity, predict, bench, demo = steps[:9]  # the pipeline; serve/record: the hospital side
+    assert names == ["data audit", "data split", "train", "evaluate", "export", "parity", "predict", "demo", "bench", "serve", "record"]
+    audit, split, train, evaluate, export, parity, predict, demo, bench = steps[:9]  # the pipeline; serve/record: the hospital side
     got = [
         _steps.after_audit(_positional(audit, 3), _opt(audit, "--out")),
         _steps.after_split(str(Path(_opt(split, "--out")) / "split.csv")),
@@ -278,9 +279,9 @@ def test_each_quick_start_step_suggests_the_readme_next_command() -> None:
         _steps.after_evaluate(_opt(evaluate, "--model"), _opt(evaluate, "--split")),
         _steps.after_export(_opt(export, "--model"), _opt(export, "--out"), _opt(export, "--split")),
         _steps.after_parity(_opt(parity, "--candidate")),
-        _steps.after_predict(None),
-        _steps.after_bench(None),
+        _steps.after_predict(None),  # a clinic user's next step: the demo, not a benchmark (issue 23)
     ]
+    assert shlex.split(_steps.after_bench(None)) == demo  # bench (the engineer's check) also points at the demo
     for i, line in enumerate(got):
         want = steps[i + 1]
         if want[1] == "predict":  # the README's predict uses the shipped bundle; after parity the new one is named

@@ -29,7 +29,10 @@ def after_audit(sources: Iterable[Any], audit_out: Any) -> str:
 
 
 def after_split(split_csv: Any) -> str:
-    return f"osteo-edge train --split {_q(split_csv)} --arch efficientnet_lite0 --weights imagenet --out {RUN_DIR}"
+    """The recipe of the README's training table (benchmarks/training/run_all.sh), so that a newcomer
+    who follows the hints reproduces the table."""
+    return (f"osteo-edge train --split {_q(split_csv)} --arch efficientnet_lite0 --weights imagenet --epochs 10 --lr 5e-4 "
+            f"--patience 4 --out {RUN_DIR}")
 
 
 def after_train(run: Any, split_csv: Any | None, folds: int = 0) -> str:
