@@ -385,7 +385,7 @@ def test_cli_errors_are_one_line(tmp_path):
     r = CliRunner().invoke(app, ["demo", "--model", str(tmp_path / "nope")])
     assert r.exit_code == 1 and "no such model bundle" in r.output and "Traceback" not in r.output
     r = CliRunner().invoke(app, ["demo", "--model", str(tmp_path), "--port", "70000"])
-    assert r.exit_code == 1 and "--port" in r.output
+    assert r.exit_code == 2 and "--port" in r.output  # a usage error (README exit codes)
 
 
 def test_cli_serves_on_loopback(bundle_dir, tmp_path):

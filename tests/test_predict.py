@@ -86,17 +86,17 @@ def test_missing_path_exits_2_with_one_line(bundle, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "args,match",
-    [
-        (["predict"], "no input"),
-        (["predict", "x.png", "--model", "/nonexistent/bundle"], "no such model bundle"),
-        (["predict", "x.png", "--model", "{bundle}", "--threads", "0"], "--threads"),
+    "args,match,code",
+    [  # README exit codes: 2 usage (checked before the model loads), 1 a model that does not load
+        (["predict"], "no input", 2),
+        (["predict", "{knee}", "--model", "/nonexistent/bundle"], "no such model bundle", 1),
+        (["predict", "{knee}", "--model", "{bundle}", "--threads", "0"], "--threads", 2),
     ],
 )
-def test_usage_and_model_errors_exit_1(bundle, args, match):
-    args = [a.replace("{bundle}", str(bundle)) for a in args]
+def test_usage_and_model_errors_exit_codes(bundle, args, match, code):
+    args = [a.replace("{bundle}", str(bundle)).replace("{knee}", str(knee_images(1)[0])) for a in args]
     res = runner.invoke(app, args)
-    assert res.exit_code == 1
+    assert res.exit_code == code, res.output
     assert match in res.output and "Traceback" not in res.output
 
 

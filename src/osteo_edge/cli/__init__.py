@@ -47,7 +47,7 @@ _OWN_RECORDS_ONLY = _OwnRecordsOnly()
 
 @app.callback()
 def _root(
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and the logs of TensorFlow, LiteRT, gradio and pydicom (hidden otherwise)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show debug logging and the logs of TensorFlow, LiteRT, NNCF, gradio and pydicom (hidden otherwise)."),
 ) -> None:
     setup_logging(verbose)
     for handler in logging.getLogger().handlers:  # configured here, when the CLI runs; never at import

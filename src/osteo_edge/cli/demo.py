@@ -8,7 +8,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ._common import TRUSTED_KEY_HELP, console, err_console, handle_errors, trust_store
+from ._common import TRUSTED_KEY_HELP, console, err_console, handle_errors, trust_store, usage_error
 
 
 @handle_errors
@@ -28,10 +28,10 @@ def demo(
     from ..edge_runtime import EdgeClassifier
     from ..errors import ConfigError
 
-    if not 1 <= port <= 65535:
-        raise ConfigError(f"--port must be in [1, 65535], got {port}")
+    if not 1 <= port <= 65535:  # usage errors: exit 2
+        raise usage_error(f"--port must be in [1, 65535], got {port}")
     if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+        raise usage_error(f"--threads must be at least 1, got {threads}")
     busy = port_problem(host, port)  # before the URL is printed: a busy port must not show a dead link
     if busy:
         raise ConfigError(f"{busy}; pick another --port (e.g. --port {port + 1}) or stop what is using it")

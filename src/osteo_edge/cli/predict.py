@@ -39,7 +39,7 @@ def predict(
     if not paths:  # a usage error, like a missing path: exit 2
         raise usage_error("no input given; pass image files or folders, e.g. osteo-edge predict knee.png scans/")
     if threads is not None and threads < 1:
-        raise ConfigError(f"--threads must be at least 1, got {threads}")
+        raise usage_error(f"--threads must be at least 1, got {threads}")
     missing = [str(p) for p in paths if not p.exists()]
     if missing:  # a typo in a clinic's script must not pass silently: exit 2 (rejected files that exist: 0)
         out.error(f"no such file or folder: {', '.join(missing)}")
