@@ -45,7 +45,7 @@ def test_missing_backend_names_its_extra_in_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(backends.BackendRecord, "available", lambda self: False)
     with pytest.raises(DependencyError) as err:
         open_backend(path, "onnx", threads=1)
-    assert "pip install 'osteo-edge[onnx]'" in str(err.value) and "\n" not in str(err.value)
+    assert "pip install '.[onnx]'" in str(err.value) and "\n" not in str(err.value)  # never a registry name
 
 
 def test_onnx_backend_matches_torch(tmp_path):

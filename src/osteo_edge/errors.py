@@ -52,11 +52,15 @@ def choice_error(what: str, value: object, valid: Iterable[object]) -> ConfigErr
     return ConfigError(f"unknown {what} {value!r}; valid: {options}")
 
 
+def install_hint(extra: str) -> str:
+    """How to add an extra, in words that work: osteo-edge is installed from a checkout or a built wheel,
+    never from a package registry (``pip install 'osteo-edge[x]'`` would fail)."""
+    return f"install the {extra} extra: pip install '.[{extra}]' in an osteo-edge checkout (or 'WHEEL[{extra}]' with a built wheel)"
+
+
 def require(module: str, extra: str) -> ModuleType:
     """Import an optional dependency, or raise a one-line DependencyError naming the extra to install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise DependencyError(
-            f"{module} is not installed ({exc}); install it with: pip install 'osteo-edge[{extra}]'"
-        ) from exc
+        raise DependencyError(f"{module} is not installed ({exc}); {install_hint(extra)}") from exc

@@ -401,7 +401,9 @@ def _missing_decoder_hint(uid: str) -> str:
     except Exception:  # not a compressed syntax pydicom knows: not a missing-decoder case
         return ""
     if "pylibjpeg-libjpeg" in missing:  # JPEG lossless, 12-bit JPEG extended, JPEG-LS
-        return "its decoder comes with the dicom extra: pip install 'osteo-edge[dicom]'"
+        from .errors import install_hint
+
+        return f"its decoder comes with the dicom extra; {install_hint('dicom')}"
     return ""
 
 

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..artifact import Bundle, atomic_write_json, load_bundle
-from ..errors import BundleError, ConfigError, choice_error
+from ..errors import BundleError, ConfigError, choice_error, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def _plan(req: BenchRequest, use_torch: bool) -> tuple[list[tuple[Path, Bundle |
 
 def _reference_row(ref: Reference, req: BenchRequest) -> dict[str, Any]:
     if not torch_available():
-        measured = {"status": "skipped", "error": "torch is not installed here: pip install 'osteo-edge[train]'"}
+        measured = {"status": "skipped", "error": f"torch is not installed here; {install_hint('train')}"}
     else:
         measured = _measure_subprocess(ref.path, req, torch_run=ref.kind)
     if ref.kind == "arch":

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError, DependencyError, require
+from ..errors import BundleError, ConfigError, DependencyError, install_hint, require
 from ..formats import FORMATS, get_format
 
 log = logging.getLogger(__name__)
@@ -292,7 +292,7 @@ def open_backend(model_path: str | os.PathLike, format_name: str, threads: int |
         raise BundleError(f"{path}: format {format_name!r} expects a {suffix} file")
     if not record.available():
         raise DependencyError(f"format {format_name!r} runs on {record.description}, which is not installed here; "
-                              f"install it with: pip install 'osteo-edge[{record.extra}]'")
+                              f"{install_hint(record.extra)}")
     runner = record.opener(path, threads)
     log.debug("opened %s with %s %s (threads=%s)", path, record.name, runner.version, threads)
     return runner

@@ -13,5 +13,5 @@ Modules (import them directly; this package imports nothing heavy):
 - :mod:`.bias`     metrics per age band and sex, with counts, CIs and "too small to conclude" flags
 - :mod:`.fusion`   image + clinical late fusion for the Wani patients, with paired bootstrap CIs
 
-Needs the ``tabular`` extra: ``pip install 'osteo-edge[tabular]'``.
+Needs the ``tabular`` extra: ``pip install '.[tabular]'`` in a checkout.
 """
