@@ -104,6 +104,31 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_isa(cpuinfo: str | None = None) -> dict[str, Any]:
+    """The CPU's vector ISA and whether it has int8 dot-product instructions, which decide whether an
+    int8 file is faster than fp32 at all (x86 AVX-512 VNNI / AVX-VNNI, ARM dotprod). ``cpuinfo``: the
+    text of /proc/cpuinfo (read here when None)."""
+    flags: set[str] = set()
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            cpuinfo = ""
+    for line in cpuinfo.splitlines():
+        key = line.split(":", 1)[0].strip().lower()
+        if key in ("flags", "features") and ":" in line:
+            flags = set(line.split(":", 1)[1].split())
+            break
+    dot = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8"),
+                                   ("asimddp", "ARM dotprod")) if flag in flags]
+    vec = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"), ("sse4_2", "SSE4.2"))
+                if flag in flags), "unknown")
+    if not flags and platform.machine() == "arm64":  # macOS on Apple silicon has dotprod
+        vec, dot = "NEON", ["ARM dotprod"]
+    text = f"{vec}, " + (f"int8 dot product: {' + '.join(dot)}" if dot else "no int8 dot product (int8 buys size, not speed)")
+    return {"vector": vec, "int8_dot_product": dot, "text": text}
+
+
 def machine_info() -> dict[str, Any]:
     from importlib import metadata
 
@@ -122,6 +147,7 @@ def machine_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "cores_available": affinity,
         "arch": platform.machine(),
+        "isa": cpu_isa(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,

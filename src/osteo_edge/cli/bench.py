@@ -114,7 +114,7 @@ def render(report: dict) -> None:
     load = m.get("load_average")
     several = isinstance(s["threads"], list)
     threads_text = ",".join(map(str, s["threads"])) if several else s["threads"]
-    caption = f"{m.get('cpu')} | {m.get('arch')} | {m.get('cores')} cores | {threads_text} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
+    caption = f"{m.get('cpu')} | {m.get('arch')} | {(m.get('isa') or {}).get('text', 'ISA unknown')} | {m.get('cores')} cores | {threads_text} threads, {s['runs']} runs after {s['warmup']} warm-up, batch 1"
     if load:
         caption += f" | load average {load[0]:.1f} before" + (f", {m['load_average_after'][0]:.1f} after" if m.get("load_average_after") else "")
     metrics = sorted({r["accuracy"]["metric"] for r in report["results"] if r.get("accuracy")})
