@@ -20,9 +20,9 @@ from osteo_edge.artifact.signing import TRUST_FILE_ENV, TRUST_ENV, generate_keyp
 from osteo_edge.cli import app
 from osteo_edge.core.stats import Estimate
 from osteo_edge.errors import BundleError, ConfigError
-from osteo_edge.site import Target, calibrate_site, parse_require, read_labels, validate_site, who_class
-from osteo_edge.site.calibrate import fit_temperature, make_folds
-from osteo_edge.site.validate import judge
+from osteo_edge.edge_runtime.site import Target, calibrate_site, parse_require, read_labels, validate_site, who_class
+from osteo_edge.edge_runtime.site.calibrate import fit_temperature, make_folds
+from osteo_edge.edge_runtime.site.validate import judge
 from test_runtime_fixtures import DATA, LABELS, make_onnx_bundle
 
 runner = CliRunner()
@@ -214,7 +214,7 @@ def test_site_bundle_records_its_origin_and_cross_validated_report(site_bundle, 
 
 
 def test_cross_validation_never_scores_an_image_it_was_fitted_on(monkeypatch, bundle, site_csv, keys, tmp_path):
-    import osteo_edge.site.calibrate as cal
+    import osteo_edge.edge_runtime.site.calibrate as cal
 
     seen = []
     real = cal.fit_operating
@@ -224,8 +224,8 @@ def test_cross_validation_never_scores_an_image_it_was_fitted_on(monkeypatch, bu
         return real(scores, idx, *a, **kw)
 
     monkeypatch.setattr(cal, "fit_operating", spy)
-    from osteo_edge.site import score
-    from osteo_edge.site.scoring import bundle_operating
+    from osteo_edge.edge_runtime.site import score
+    from osteo_edge.edge_runtime.site.scoring import bundle_operating
 
     clf, scores = score(WANI, site_csv, bundle)
     folds = make_folds(scores, 4, seed=1)
@@ -305,7 +305,7 @@ def test_trust_file_refuses_foreign_and_unsigned_bundles_everywhere(site_bundle,
 def test_shipped_default_still_loads_under_the_clinic_trust_file(keys, tmp_path, monkeypatch):
     pytest.importorskip("ai_edge_litert")
     from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
-    from osteo_edge.site.trust import write_clinic_trust
+    from osteo_edge.edge_runtime.site.trust import write_clinic_trust
 
     import shutil
 
@@ -357,7 +357,7 @@ def test_cli_calibrate_writes_a_signed_bundle_and_trust_file(tmp_path, bundle, s
 
 
 def test_site_modules_are_torch_free():
-    code = ("import sys, osteo_edge.site, osteo_edge.site.trust, osteo_edge.cli.site; "
+    code = ("import sys, osteo_edge.edge_runtime.site, osteo_edge.edge_runtime.site.trust, osteo_edge.cli.site; "
             "print(','.join(m for m in ('torch', 'timm', 'tensorflow', 'sklearn', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

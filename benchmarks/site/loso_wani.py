@@ -13,7 +13,7 @@
 2. For k in ``--ks`` and ``--draws`` random draws: k pool radiographs are the site's labelled
    sample, the rest of the pool is scored. On the rest: the shipped bundle as it is, and the bundle
    calibrated on the k (temperature, low-BMD threshold for sensitivity 0.9, gate;
-   :func:`osteo_edge.site.calibrate.fit_operating`, the same code as ``site calibrate``).
+   :func:`osteo_edge.edge_runtime.site.calibrate.fit_operating`, the same code as ``site calibrate``).
    ``site validate`` on the k (default criteria, default minimum per class) gives a verdict, or
    refuses for too few images per class; it is compared with the verdict on the whole pool.
 3. Writes results.json, RESULTS.md and loso_wani.png next to this script (or ``--out``).
@@ -39,11 +39,11 @@ from osteo_edge.artifact.signing import TrustStore
 from osteo_edge.core.stats import auroc
 from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
 from osteo_edge.errors import ConfigError
-from osteo_edge.site import score
-from osteo_edge.site.calibrate import Target, fit_operating
-from osteo_edge.site.labels import check_counts
-from osteo_edge.site.scoring import answer, bundle_operating
-from osteo_edge.site.validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, build_report, figures
+from osteo_edge.edge_runtime.site import score
+from osteo_edge.edge_runtime.site.calibrate import Target, fit_operating
+from osteo_edge.edge_runtime.site.labels import check_counts
+from osteo_edge.edge_runtime.site.scoring import answer, bundle_operating
+from osteo_edge.edge_runtime.site.validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, build_report, figures
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]

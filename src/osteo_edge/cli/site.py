@@ -16,7 +16,7 @@ from ._common import TRUSTED_KEY_HELP, handle_errors, progress_enabled, trust_st
 site_app = typer.Typer(help="Validate a model bundle on a site's own labelled films, calibrate it to the site, and set the machine's trust.",
                        no_args_is_help=True)
 
-REQUIRE_HELP = ("Acceptance criteria NAME=VALUE,... judged on the 95% interval: accuracy, macro_f1, sensitivity, specificity, auroc, "
+REQUIRE_HELP = ("Acceptance criteria, NAME=VALUE pairs separated by commas, judged on the 95% interval: accuracy, macro_f1, sensitivity, specificity, auroc, "
                 "gate_acceptance need their lower bound >= VALUE; ece, referral_rate their upper bound <= VALUE.")
 Images = Annotated[Path, typer.Argument(help="Folder of the site's images; the labels file names files relative to it.", show_default=False)]
 Labels = Annotated[Path, typer.Option("--labels", help="CSV with columns 'file' and 'label' (one of the bundle's labels) or 'tscore' "
@@ -41,7 +41,7 @@ def _progress():
 
 def _figures(report: dict, title: str) -> None:
     from ..core.stats import fmt_ci
-    from ..site.validate import METRICS
+    from ..edge_runtime.site.validate import METRICS
 
     crit = {c["metric"]: c for c in report["criteria"]}
     claims = report["claims"]["figures"]
@@ -81,7 +81,7 @@ def validate(
     images on either side of the low-BMD question. Exit 0 only when the verdict is pass; 1 when it is
     fail or insufficient (the reports are written either way) or on an error. A screening aid, not a diagnosis.
     """
-    from ..site import parse_require, validate_site
+    from ..edge_runtime.site import parse_require, validate_site
 
     req = parse_require(require)
     command = _command(["osteo-edge", "site", "validate", images, "--labels", labels, "--model" if model else None, model,
@@ -129,7 +129,7 @@ def calibrate(
     bundle signed with the site's key. Its recorded figures are k-fold cross-validated inside the site's
     films (never fitted and scored on the same images); the model's weights are unchanged, so discrimination (AUROC) barely moves.
     """
-    from ..site import Target, calibrate_site, parse_require
+    from ..edge_runtime.site import Target, calibrate_site, parse_require
 
     req = parse_require(require)
     target = None
@@ -160,7 +160,7 @@ def calibrate(
     sig = b.signature
     out.line(f"wrote {out_bundle} (seal {b.seal[:16]}..., signed by key {sig.key_id if sig else '-'}; report in {out_bundle}/site-validation/report.md)")
     if trust_file is not None:
-        from ..site.trust import write_clinic_trust
+        from ..edge_runtime.site.trust import write_clinic_trust
 
         path, ids = write_clinic_trust(trust_file, private_keys=[key])
         out.line(f"wrote {path}: this machine now trusts only keys {', '.join(ids)}")
@@ -182,7 +182,7 @@ def trust(
     (predict, verify, bench, demo, serve) then refuses unsigned bundles and bundles signed by any other key.
     Read from OSTEO_EDGE_TRUST_FILE when set, else from ~/.config/osteo-edge/trusted-keys.pem and /etc/osteo-edge/trusted-keys.pem."""
     from ..errors import ConfigError
-    from ..site.trust import write_clinic_trust
+    from ..edge_runtime.site.trust import write_clinic_trust
 
     if not (key or public_key or package):
         raise ConfigError("nothing to trust: give --key or --public-key (or keep --package)")

@@ -41,9 +41,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.classification import choose_low_bmd_threshold
-from ..core.stats import softmax
-from ..errors import ConfigError
+from ...core.classification import choose_low_bmd_threshold
+from ...core.stats import softmax
+from ...errors import ConfigError
 from .scoring import Answers, Operating, SiteScores, answer, gate_accepts, merge_answers
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ def write_site_bundle(base_bundle: Any, out: str | os.PathLike, op: Operating, b
                       report_files: Mapping[str, bytes], command: str = "") -> Any:
     """A new bundle: the base bundle's files, the site's operating point, the ``site`` record and the
     cross-validated report (``site-validation/``), sealed and signed with ``key``."""
-    from ..artifact import load_bundle, runtime_versions, seal, sign_bundle, write_bundle_dir
+    from ...artifact import load_bundle, runtime_versions, seal, sign_bundle, write_bundle_dir
 
     out = Path(out)
     b = base_bundle

@@ -23,8 +23,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..artifact import sha256_file
-from ..errors import ConfigError
+from ...artifact import sha256_file
+from ...errors import ConfigError
 
 WHO_LABELS = ("Normal", "Osteopenia", "Osteoporosis")
 WHO_NORMAL_MIN = -1.0  # T >= -1: Normal

@@ -5,7 +5,7 @@ A clinic finds out whether a model bundle works on its own DEXA-labelled films b
 films into a new bundle signed with its own key, whose recorded figures are cross-validated
 (:func:`calibrate_site`). See ``docs/site.md``::
 
-    from osteo_edge.site import validate_site
+    from osteo_edge.edge_runtime.site import validate_site
     result = validate_site("films/", "labels.csv", out="site-report")
     result.report["verdict"]            # "pass" | "fail" | "insufficient"
 """
@@ -21,8 +21,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.progress import Progress
-from ..errors import ConfigError
+from ...core.progress import Progress
+from ...errors import ConfigError
 from .calibrate import FOLDS, MIN_ACCEPT, REPORT_DIR, Target, cross_validate, fit_operating, write_site_bundle
 from .labels import SiteLabels, check_counts, read_labels, who_class
 from .scoring import Answers, Operating, SiteScores, answer, bundle_operating, score_site
@@ -58,7 +58,7 @@ def score(images: str | os.PathLike, labels_csv: str | os.PathLike, model: str |
           progress: Progress | None = None) -> tuple[Any, SiteScores]:
     """Load the bundle (verified: seal, checksums, signature, trust), read and check the labels and
     run every labelled image once. Returns ``(EdgeClassifier, SiteScores)``."""
-    from ..edge_runtime import EdgeClassifier
+    from .. import EdgeClassifier
 
     if min_per_class < 2:
         raise ConfigError(f"--min-per-class must be at least 2, got {min_per_class}")
@@ -92,7 +92,7 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
                    progress: Progress | None = None) -> CalibrationResult:
     """Refit temperature, low-BMD threshold and gate on the site's images into a new bundle signed with
     ``key``, with the out-of-fold (k-fold) site validation report recorded in it."""
-    from ..artifact.signing import sign_seal
+    from ...artifact.signing import sign_seal
 
     sign_seal("0" * 64, key)  # a bad key is refused before any work
     if not site.strip():

@@ -19,12 +19,12 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..core.progress import Progress, no_progress
-from ..core.stats import softmax
-from ..edge_runtime.classifier import EdgeClassifier, decide
-from ..edge_runtime.gate import Gate, image_features
-from ..errors import ConfigError, InvalidImageError
-from ..preprocess import decode_for
+from ...core.progress import Progress, no_progress
+from ...core.stats import softmax
+from ..classifier import EdgeClassifier, decide
+from ..gate import Gate, image_features
+from ...errors import ConfigError, InvalidImageError
+from ...preprocess import decode_for
 from .labels import SiteLabels
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from ..artifact.signing import (
+from ...artifact.signing import (
     TRUST_FILE_ENV, default_trust_files, key_id, package_keys_dir, public_key_of, public_key_of_private, write_trust_file,
 )
 

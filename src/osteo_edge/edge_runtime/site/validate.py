@@ -31,10 +31,10 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..artifact import Bundle, atomic_write_json, atomic_write_text
-from ..core.classification import binary_at_threshold, ece_score, fast_headline, reliability_bins
-from ..core.stats import Estimate, auroc, bootstrap, fmt_ci
-from ..errors import ConfigError, OsteoEdgeError
+from ...artifact import Bundle, atomic_write_json, atomic_write_text
+from ...core.classification import binary_at_threshold, ece_score, fast_headline, reliability_bins
+from ...core.stats import Estimate, auroc, bootstrap, fmt_ci
+from ...errors import ConfigError, OsteoEdgeError
 from .scoring import Answers, SiteScores
 
 log = logging.getLogger(__name__)
@@ -351,7 +351,7 @@ def report_markdown(r: Mapping[str, Any], plots: Sequence[str] = (), plot_note: 
 def write_plots(r: Mapping[str, Any], ans: Answers, scores: SiteScores, out: Path) -> tuple[list[Path], str | None]:
     """reliability.png (and roc.png); ``([], why)`` when matplotlib is missing."""
     try:
-        from ..core.plots import new_figure, save_figure
+        from ...core.plots import new_figure, save_figure
 
         fig = new_figure(4.5, 4.5)
     except OsteoEdgeError as exc:
