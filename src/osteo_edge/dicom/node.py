@@ -370,19 +370,22 @@ class Node:
                 self._queue.task_done()
 
     def _answer(self, path: Path) -> None:
-        from .record import InputIdentity, bundle_identity, dicom_uids
+        from .record import InputIdentity, bundle_identity, header_uids
         from .sr import build_sr, sr_bytes
 
-        if not path.exists():  # a duplicate already answered and removed
+        try:
+            raw = path.read_bytes()  # read once: header, pixels and sha256 all come from these bytes
+        except FileNotFoundError:  # a duplicate already answered and removed
             return
         info = self.spool.info(path)
-        uids = dicom_uids(path)
+        header = _header(raw)
+        uids = header_uids(header)
         uid = uids.get("sop_instance_uid") or path.stem
-        pred = self.clf.predict(path, name=uid)
+        pred = self.clf.predict(raw, name=uid)
         if str(path) in pred.message:  # a decoder message naming the spooled file: the UID says which image
             pred = dataclasses.replace(pred, message=pred.message.replace(str(path), uid))
         try:
-            sr = build_sr(pred, _header(path), self.clf.bundle.seal)
+            sr = build_sr(pred, header, self.clf.bundle.seal)
             data = sr_bytes(sr)
         except Exception as exc:  # an image header highdicom cannot cite: the answer is still recorded
             log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
@@ -393,7 +396,7 @@ class Node:
         if sr is not None and self.config.forward is not None and not self.record.delivered(uid, result_uid):
             self.outbox.put(result_uid, data, uid)  # durable before the image leaves the spool
             self.forwarder.notify()
-        who = InputIdentity(sha256=hashlib.sha256(path.read_bytes()).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
+        who = InputIdentity(sha256=hashlib.sha256(raw).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
         new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=result_uid)
         self.spool.done(path)
         self.answered += 1
@@ -428,12 +431,12 @@ def _first_line(exc: BaseException) -> str:
     return lines[0][:200] if lines else ""
 
 
-def _header(path: Path) -> Any:
+def _header(data: bytes) -> Any:
     import pydicom
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
 
 
 def check_dataset(data: bytes, sop_class: str, uid: str) -> tuple[str, str] | None:

@@ -1,7 +1,7 @@
 """The durable outbox: every result SR owed to the PACS is delivered at least once.
 
-A result is written to ``SPOOL/unsent/<SR SOP Instance UID>.dcm`` (with a ``.json`` beside it naming
-the source instance) durably, before the image it answers leaves the spool. One forwarding thread of
+A result is written to ``SPOOL/unsent/<SR SOP Instance UID>_<source SOP Instance UID>.dcm``
+durably, before the image it answers leaves the spool. One forwarding thread of
 its own (never the thread that answers images) sends what the outbox holds over one association per
 batch, with its own timeouts; a result leaves the outbox only after the PACS answered its C-STORE
 with a success (or warning) status, and the clinic record gets one ``delivered`` event per result
@@ -13,7 +13,6 @@ the image and the model), which a PACS files once.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
@@ -63,12 +62,11 @@ class Outbox:
             tmp.unlink(missing_ok=True)
 
     def put(self, sr_uid: str, data: bytes, source_uid: str | None) -> Path:
-        """Keep one result durably until it is delivered (the same UID again replaces it)."""
-        if not valid_uid(sr_uid):
-            raise ValueError(f"invalid SR UID {sr_uid[:80]!r}")
-        meta = {"source_uid": source_uid, "queued_at": time.time()}
-        durable_write(self.root / f"{sr_uid}.json", json.dumps(meta).encode())
-        return durable_write(self.root / f"{sr_uid}.dcm", data)
+        """Keep one result durably until it is delivered (the same UIDs again replace it). One file,
+        ``<SR UID>_<source UID>.dcm``: the name says which image it answers (one fsync, no side file)."""
+        if not valid_uid(sr_uid) or (source_uid is not None and not valid_uid(source_uid)):
+            raise ValueError(f"invalid UID {sr_uid[:80]!r} / {str(source_uid)[:80]!r}")
+        return durable_write(self.root / (f"{sr_uid}_{source_uid}.dcm" if source_uid else f"{sr_uid}.dcm"), data)
 
     def pending(self) -> list[Path]:
         files = []
@@ -84,15 +82,14 @@ class Outbox:
     def __len__(self) -> int:
         return sum(1 for p in self.root.glob("*.dcm") if not p.name.startswith("."))
 
-    def source_uid(self, path: Path) -> str | None:
-        try:
-            return json.loads(path.with_suffix(".json").read_text()).get("source_uid")
-        except (OSError, ValueError):
-            return None
+    @staticmethod
+    def uids(path: Path) -> tuple[str, str | None]:
+        """(SR UID, UID of the image it answers) of an outbox file."""
+        sr_uid, _, source = path.stem.partition("_")
+        return sr_uid, source or None
 
     def done(self, path: Path) -> None:
         path.unlink(missing_ok=True)
-        path.with_suffix(".json").unlink(missing_ok=True)
         _fsync_dir(self.root)
 
 
@@ -215,17 +212,17 @@ class Forwarder:
     def _send_one(self, assoc: Any, path: Path) -> str | None:
         if not path.exists():
             return None
-        source = self.outbox.source_uid(path)
+        sr_uid, source = self.outbox.uids(path)
         try:
             status = assoc.send_c_store(path)
         except (OSError, ValueError, AttributeError) as exc:  # an unreadable file or no accepted context
-            return f"{path.stem}: {type(exc).__name__}: {str(exc)[:200]}"
+            return f"{sr_uid}: {type(exc).__name__}: {str(exc)[:200]}"
         code = getattr(status, "Status", None)
         if code is None:
             return f"no C-STORE response within {self.timeout:.0f} s (connection lost or PACS hung)"
         if int(code) not in STORED:
-            return f"PACS answered status 0x{int(code):04X} for {path.stem}"
-        self.on_delivered(source, path.stem, self.dest)  # recorded first: a crash here re-sends the same SR, never loses it
+            return f"PACS answered status 0x{int(code):04X} for {sr_uid}"
+        self.on_delivered(source, sr_uid, self.dest)  # recorded first: a crash here re-sends the same SR, never loses it
         self.outbox.done(path)
         self.delivered += 1
         return None

@@ -366,6 +366,11 @@ def dicom_uids(path: str | os.PathLike) -> dict[str, str | None]:
     except Exception:  # an unreadable header: the sha256 still identifies the input
         log.debug("%s: no DICOM header read", path, exc_info=True)
         return {}
+    return header_uids(ds)
+
+
+def header_uids(ds: Any) -> dict[str, str | None]:
+    """The UIDs :func:`dicom_uids` keeps, from a header already read."""
     meta = getattr(ds, "file_meta", None)
     return {
         "sop_instance_uid": str(ds.get("SOPInstanceUID", "")) or None,

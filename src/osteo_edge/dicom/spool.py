@@ -6,7 +6,7 @@ Layout (owner-only, 0700 folders, 0600 files)::
     spool/incoming/<SOP Instance UID>.dcm    the instance as received (file meta + dataset)
     spool/incoming/<SOP Instance UID>.json   who sent it, when (written first)
     spool/failed/                            instances the worker could not answer (kept, logged)
-    spool/unsent/                            results that could not be forwarded (kept for pick-up)
+    spool/unsent/                            the outbox: results not yet delivered to --forward (outbox.py)
 """
 
 from __future__ import annotations
@@ -96,6 +96,3 @@ class Spool:
         os.replace(path, dest)
         path.with_suffix(".json").unlink(missing_ok=True)
         return dest
-
-    def keep_unsent(self, uid: str, data: bytes) -> Path:
-        return durable_write(self.root / "unsent" / f"{uid}.dcm", data)
