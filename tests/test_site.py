@@ -172,6 +172,26 @@ def test_verdict_is_judged_on_the_interval():
         parse_require("")
 
 
+def test_five_perfect_films_per_side_never_pass():
+    """A bootstrap on 5 + 5 perfectly separated films gives [1, 1]; the small-sample guard keeps the
+    verdict from certifying a model on them."""
+    from osteo_edge.edge_runtime.site.labels import SiteLabels
+    from osteo_edge.edge_runtime.site.scoring import Operating, SiteScores, answer
+    from osteo_edge.edge_runtime.site.validate import estimates
+
+    y = np.array([0] * 5 + [2] * 5)
+    logits = np.where(np.eye(3)[y] > 0, 4.0, 0.0)
+    site = SiteLabels(Path("."), tuple(f"f{i}.png" for i in range(10)), y, np.array([f"f{i}" for i in range(10)], dtype=object),
+                      tuple(LABELS), "label", "l.csv", "0" * 64)
+    n = len(y)
+    scores = SiteScores(site, list(LABELS), "Normal", logits, np.ones(n, bool), [None] * n, np.full(n, np.nan), np.full(n, np.nan))
+    ans = answer(scores, Operating(1.0, {"low_bmd": 0.5}))
+    est = estimates(scores, ans, n_boot=200)
+    assert est["auroc"].value == 1.0 and est["sensitivity"].value == 1.0
+    assert est["auroc"].low < 0.6 and est["sensitivity"].low < 0.6  # Wilson(5, 5) = [0.57, 1]
+    assert judge(est, {"sensitivity": 0.85, "auroc": 0.75})[0] == "insufficient"
+
+
 def test_fit_temperature_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     z = rng.normal(size=(4000, 3)) * 3

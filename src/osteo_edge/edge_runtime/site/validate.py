@@ -1,7 +1,9 @@
 """Site validation: does this bundle work on this clinic's own labelled films?
 
 Figures, each with a 95% percentile-bootstrap interval (images resampled with replacement, or whole
-``group``s when the labels file has that column; :func:`osteo_edge.core.stats.bootstrap`):
+``group``s when the labels file has that column; :func:`osteo_edge.core.stats.bootstrap`), widened
+where it is narrower than the Wilson interval of the figure as a proportion of its effective count
+(a small-sample guard, :func:`estimates`):
 
 - ``gate_acceptance``: share of the labelled images the input gate accepts;
 - on the accepted images: ``accuracy``, ``macro_f1`` (over the classes present), ``sensitivity`` and
@@ -33,7 +35,7 @@ import numpy as np
 
 from ...artifact import Bundle, atomic_write_json, atomic_write_text
 from ...core.classification import binary_at_threshold, ece_score, fast_headline, reliability_bins
-from ...core.stats import Estimate, auroc, bootstrap, fmt_ci
+from ...core.stats import Estimate, auroc, bootstrap, fmt_ci, wilson_interval
 from ...errors import ConfigError, OsteoEdgeError
 from .scoring import Answers, SiteScores
 
@@ -114,14 +116,36 @@ def figures(scores: SiteScores, ans: Answers, idx: np.ndarray | None = None) -> 
     return out
 
 
+def effective_counts(scores: SiteScores, ans: Answers) -> dict[str, int]:
+    """How many films each figure is a proportion of (the small-sample guard's n): sensitivity the
+    accepted low-BMD films, specificity the accepted negative films, AUROC the smaller of the two,
+    gate acceptance every film, the others every accepted film. ECE has none (no guard)."""
+    a = ans.accepted
+    pos, neg = int(np.sum(a & (scores.y_low == 1))), int(np.sum(a & (scores.y_low == 0)))
+    n_acc = int(a.sum())
+    return {"accuracy": n_acc, "macro_f1": n_acc, "sensitivity": pos, "specificity": neg, "auroc": min(pos, neg),
+            "gate_acceptance": scores.n, "referral_rate": n_acc}
+
+
 def estimates(scores: SiteScores, ans: Answers, n_boot: int = N_BOOT, seed: int = 0) -> dict[str, Estimate]:
-    """Each figure with its 95% bootstrap interval (groups resampled whole)."""
+    """Each figure with its 95% bootstrap interval (groups resampled whole), widened where it is
+    narrower than the Wilson interval of the figure read as a proportion of its effective count
+    (:func:`effective_counts`). The guard matters on small samples: 5 of 5 low-BMD films found, or
+    5 Normal and 5 low-BMD films perfectly separated, give a bootstrap interval of [1, 1]; Wilson
+    gives [0.57, 1], and a verdict must not pass on five films."""
     point = figures(scores, ans)
     groups = scores.site.groups
     if n_boot <= 0:
         return {k: Estimate(v) for k, v in point.items()}
-    return bootstrap(point, lambda idx: figures(scores, ans, idx), scores.n, n_boot, seed,
-                     groups=groups if len(set(groups.tolist())) < scores.n else None)
+    est = bootstrap(point, lambda idx: figures(scores, ans, idx), scores.n, n_boot, seed,
+                    groups=groups if len(set(groups.tolist())) < scores.n else None)
+    for name, m in effective_counts(scores, ans).items():
+        e = est[name]
+        if m <= 0 or math.isnan(e.value) or math.isnan(e.low) or math.isnan(e.high):
+            continue
+        wl, wh = wilson_interval(int(round(e.value * m)), m)
+        est[name] = Estimate(e.value, min(e.low, wl), max(e.high, wh), n=e.n, valid_resamples=e.valid_resamples)
+    return est
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +305,8 @@ def build_report(scores: SiteScores, ans: Answers, bundle: Bundle, require: Mapp
         "verdict": verdict,
         "sample_size": sample_size(scores, ans, est),
         "bootstrap": {"replicates": n_boot, "seed": seed, "unit": "group" if len(set(site.groups.tolist())) < scores.n else "image",
-                      "interval": "95% percentile"},
+                      "interval": "95% percentile, widened to at least the Wilson interval of the figure as a proportion of its effective count",
+                      "effective_counts": effective_counts(scores, ans)},
         "min_per_class": MIN_PER_CLASS,
         "reliability": reliability_bins(ans.probs[ans.accepted], scores.y[ans.accepted]) if ans.accepted.any() else None,
         "per_image": [{"file": f, "label": scores.labels[int(y)], "status": s, "reason": r,
@@ -328,8 +353,8 @@ def report_markdown(r: Mapping[str, Any], plots: Sequence[str] = (), plot_note: 
         lines.append(f"- operating point: refitted in each of {len(op['per_fold'])} folds on the other folds' images (out-of-fold figures)")
     lines += ["", "## Counts per class", "", "| class | labelled | accepted by the gate |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {r['accepted_counts'][k]} |" for k, v in r["counts"].items()]
-    lines += ["", f"## Figures (95% intervals: {r['bootstrap']['interval']} bootstrap over {r['bootstrap']['unit']}s, "
-              f"{r['bootstrap']['replicates']} replicates)", "",
+    lines += ["", f"## Figures (95% intervals: percentile bootstrap over {r['bootstrap']['unit']}s, {r['bootstrap']['replicates']} "
+              "replicates, never narrower than the Wilson interval of the figure as a proportion of its films)", "",
               f"| figure | this site | model card ({claims['source']}) | requirement | result |", "|---|---|---|---|---|"]
     crit = {c["metric"]: c for c in r["criteria"]}
     for name, (title, _, _) in METRICS.items():
