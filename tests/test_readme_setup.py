@@ -65,9 +65,11 @@ def test_clinic_folder_is_ignored_by_git() -> None:
     assert ignored.returncode == 0  # the record and the DICOM spool hold patient data
 
 
-def test_skipped_tests_show_their_reason(tmp_path: Path) -> None:
+def test_skipped_tests_show_their_reason_and_failures_stay_listed(tmp_path: Path) -> None:
     (tmp_path / "test_x.py").write_text("import pytest\n\ndef test_y():\n    pytest.skip('gdcmconv is missing')\n")
+    (tmp_path / "test_z.py").write_text("def test_fails():\n    assert 1 == 2\n")
     res = subprocess.run([sys.executable, "-m", "pytest", "-c", str(REPO / "pyproject.toml"), "--rootdir", str(tmp_path),
-                          "-p", "no:cacheprovider", str(tmp_path / "test_x.py")], capture_output=True, text=True, cwd=tmp_path)
-    assert res.returncode == 0, res.stdout + res.stderr
+                          "-p", "no:cacheprovider", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+    assert res.returncode == 1, res.stdout + res.stderr
     assert re.search(r"SKIPPED \[1\] .*gdcmconv is missing", res.stdout), res.stdout
+    assert "FAILED test_z.py::test_fails" in res.stdout, res.stdout  # -rs alone would hide the failures' summary
