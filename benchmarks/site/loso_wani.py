@@ -1,13 +1,16 @@
 """Issue 28: what site validation and site calibration buy, with the SHIPPED default bundle and Wani as the site.
 
-    python benchmarks/site/loso_wani.py --split SPLIT.csv --groups AUDIT/groups.csv [--ks 10,20,40] [--draws 20]
+    python benchmarks/site/loso_wani.py --split SPLIT.csv --groups AUDIT/groups.csv [--site wani|kaggle] [--ks 10,20,40] [--draws 20]
+
+``--site kaggle`` runs the same protocol with the Kaggle folders as the site, for contrast: the source
+the model does see bone in (not leave-one-source-out: the model was trained on other Kaggle films).
 
 (``bash benchmarks/site/run.sh`` rebuilds the split and runs this.) No training.
 
-1. The pool: Wani radiographs the shipped model never saw. A Wani file is kept when its duplicate
-   group (audit ``groups.csv``) has no row in the split's ``train`` or ``val`` rows (the shipped
-   model's training rows, and the rows that chose its epoch, temperature and threshold). One file
-   per group; groups whose Wani files carry different labels are dropped. The split is checked to
+1. The pool: the site's radiographs the shipped model never saw. A file of the site's source(s) is
+   kept when its duplicate group (audit ``groups.csv``) has no row in the split's ``train`` or ``val``
+   rows (the shipped model's training rows, and the rows that chose its epoch, temperature and
+   threshold). One file per group; groups whose site files carry different labels are dropped. The split is checked to
    be the shipped model's: the bundle, run through the runtime on the split's test rows, must give
    the test accuracy and row count recorded in its manifest.
 2. For k in ``--ks`` and ``--draws`` random draws: k pool radiographs are the site's labelled
@@ -16,7 +19,8 @@
    :func:`osteo_edge.edge_runtime.site.calibrate.fit_operating`, the same code as ``site calibrate``).
    ``site validate`` on the k (default criteria, default minimum per class) gives a verdict, or
    refuses for too few images per class; it is compared with the verdict on the whole pool.
-3. Writes results.json, RESULTS.md and loso_wani.png next to this script (or ``--out``).
+3. Writes results.json, RESULTS.md and loso_wani.png next to this script (``--site kaggle``: in
+   ``kaggle/`` beside it; or ``--out``).
 """
 
 from __future__ import annotations
@@ -43,15 +47,16 @@ from osteo_edge.edge_runtime.site import score
 from osteo_edge.edge_runtime.site.calibrate import Target, fit_operating
 from osteo_edge.edge_runtime.site.labels import check_counts
 from osteo_edge.edge_runtime.site.scoring import answer, bundle_operating
-from osteo_edge.edge_runtime.site.validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, build_report, figures
+from osteo_edge.edge_runtime.site.validate import DEFAULT_REQUIRE, METRICS, MIN_PER_CLASS, build_report, figures, json_safe
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-WANI = REPO.parent / "shared" / "data" / "knee" / "wani-mendeley"
+KNEE = REPO.parent / "shared" / "data" / "knee"
+SITES = {"wani": ("Wani", ("wani-mendeley",)), "kaggle": ("Kaggle", ("2class-kaggle", "multiclass-kaggle"))}
 SHOWN = ("ece", "sensitivity", "specificity", "referral_rate", "accuracy", "auroc")
 
 
-def build_pool(split_csv: Path, groups_csv: Path, out_csv: Path) -> dict:
+def build_pool(split_csv: Path, groups_csv: Path, out_csv: Path, sources: tuple[str, ...], name: str) -> dict:
     split = list(csv.DictReader(split_csv.open()))
     seen: dict[str, set[str]] = defaultdict(set)
     for r in split:
@@ -63,34 +68,34 @@ def build_pool(split_csv: Path, groups_csv: Path, out_csv: Path) -> dict:
     by_group: dict[str, list[dict]] = defaultdict(list)
     status = Counter()
     for r in audit:
-        if r["source"] != "wani-mendeley":
+        if r["source"] not in sources:
             continue
         used = seen.get(r["group"], set())
         status["in train or val" if used & {"train", "val"} else "test" if "test" in used else "not in the split (label conflict)"] += 1
         if not used & {"train", "val"}:
             by_group[r["group"]].append(r)
     conflicts = [g for g, rs in by_group.items() if len({x["label"] for x in rs}) > 1]
-    other_labels: dict[str, set[str]] = defaultdict(set)  # labels of the group's copies in the Kaggle folders
+    other_labels: dict[str, set[str]] = defaultdict(set)  # labels of the group's copies in the other source
     for r in audit:
-        if r["source"] != "wani-mendeley":
+        if r["source"] not in sources:
             other_labels[r["group"]].add(r["label"])
     rows, kinds = [], Counter()
     for g, rs in sorted(by_group.items(), key=lambda kv: int(kv[0])):
         if g in conflicts:
             continue
         first = sorted(rs, key=lambda x: x["path"])[0]
-        rows.append((Path(first["path"]).relative_to(Path(first["path"]).parents[1]).as_posix(), first["label"], g))
+        rows.append((Path(first["path"]).relative_to(Path(first["path"]).parents[2]).as_posix(), first["label"], g))
         if "test" in seen.get(g, set()):
             kinds["held-out test radiograph"] += 1
         elif other_labels[g] - {first["label"]}:
-            kinds[f"Wani {first['label']}, Kaggle copy {'/'.join(sorted(other_labels[g]))} (dropped from the split as a label conflict)"] += 1
+            kinds[f"{name} {first['label']}, other source's copy {'/'.join(sorted(other_labels[g]))} (dropped from the split as a label conflict)"] += 1
         else:
             kinds["not in the split, other reason"] += 1
     with out_csv.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "label", "group"])
         w.writerows(rows)
-    return {"wani_files_by_split_status": dict(status), "groups_kept": len(rows), "groups_dropped_wani_label_conflict": len(conflicts),
+    return {"site_files_by_split_status": dict(status), "groups_kept": len(rows), "groups_dropped_site_label_conflict": len(conflicts),
             "counts": dict(Counter(lab for _, lab, _ in rows)), "kinds": dict(kinds)}
 
 
@@ -134,14 +139,16 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
-    ap.add_argument("--out", type=Path, default=HERE)
+    ap.add_argument("--site", choices=sorted(SITES), default="wani")
+    ap.add_argument("--out", type=Path, default=None, help="default: beside this script (wani) or kaggle/ beside it")
     args = ap.parse_args()
-    out = args.out
+    out = args.out or (HERE if args.site == "wani" else HERE / args.site)
     out.mkdir(parents=True, exist_ok=True)
     ks = [int(k) for k in args.ks.split(",")]
 
-    pool_csv = out / "wani_pool.csv"
-    pool = build_pool(args.split, args.groups, pool_csv)
+    name, sources = SITES[args.site]
+    pool_csv = out / f"{args.site}_pool.csv"
+    pool = build_pool(args.split, args.groups, pool_csv, sources, name)
     tmp = tempfile.TemporaryDirectory()
     bundle, trust = args.bundle, None
     if bundle is None:
@@ -151,7 +158,7 @@ def main() -> None:
         bundle = Path(tmp.name) / "default"
         shutil.copytree(default_bundle_path(), bundle)
         trust = TrustStore.package()
-    clf, scores = score(WANI, pool_csv, bundle, min_per_class=2, trust=trust)
+    clf, scores = score(KNEE, pool_csv, bundle, min_per_class=2, trust=trust)
     split_check = check_split(clf, args.split)
     if not split_check["same_split"]:
         raise SystemExit(f"the split does not reproduce the bundle's test figures: {split_check}")
@@ -163,7 +170,7 @@ def main() -> None:
             "verdict_minimum_2": verdict_on(scores, clf, base, 2, args.bootstrap, args.seed),
             "report": {k: v for k, v in build_report(scores, base_all, clf.bundle, DEFAULT_REQUIRE, n_boot=args.bootstrap,
                                                      seed=args.seed).items() if k in ("metrics", "criteria", "verdict", "counts")}}
-    # Osteopenia vs Osteoporosis inside the pool (the one within-Wani question the pool has cases for)
+    # Osteopenia vs Osteoporosis inside the pool (Wani: the one within-source question the pool has cases for)
     lab = scores.labels
     m = scores.y != scores.neg_index
     p = base_all.probs[m]
@@ -204,10 +211,11 @@ def main() -> None:
             "machine": f"{platform.machine()}, {platform.processor() or platform.platform()}, Python {platform.python_version()}",
             "bundle": {"path": "shipped default" if args.bundle is None else args.bundle.name, "seal": clf.bundle.seal, "temperature": base.temperature,
                        "low_bmd": base.low_bmd, "min_confidence": base.thresholds.get("min_confidence")},
-            "split_check": split_check, "pool": pool, "target": target.to_dict(), "require": DEFAULT_REQUIRE,
+            "site": name, "split_check": split_check, "pool": pool, "target": target.to_dict(), "require": DEFAULT_REQUIRE,
             "min_per_class": MIN_PER_CLASS}
     result = {"meta": meta, "full_pool": full, "table": table, "runs": runs}
-    (out / "results.json").write_text(json.dumps(result, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+    result = json_safe(result)  # NaN -> null
+    (out / "results.json").write_text(json.dumps(result, indent=1))
     (out / "RESULTS.md").write_text(markdown(result))
     plot(result, out / "loso_wani.png")
     print((out / "RESULTS.md").read_text())
@@ -224,16 +232,17 @@ def markdown(r: dict) -> str:
     pool = meta["pool"]
     fig = full["figures"]
     lines = [
-        "# Site validation and calibration, leave one source out: the shipped bundle, Wani as the site", "",
+        f"# Site validation and calibration: the shipped bundle, {meta['site']} as the site", "",
         f"`{meta['command']}` ({meta['machine']}; {meta['generated']}). No training.", "",
-        f"Pool: the Wani radiographs the shipped model never saw (duplicate group not in the split's train or val rows), one file per "
-        f"group, Wani-internal label conflicts dropped: **{pool['groups_kept']} radiographs: "
+        f"Pool: the {meta['site']} radiographs the shipped model never saw (duplicate group not in the split's train or val rows), one file per "
+        f"group, label conflicts inside the site dropped: **{pool['groups_kept']} radiographs: "
         + ", ".join(f"{v} {k}" for k, v in sorted(pool["counts"].items())) + "**. "
         "Of them: " + "; ".join(f"{v} {k}" for k, v in sorted(pool["kinds"].items(), key=lambda kv: -kv[1])) + ". "
         f"Split check: the bundle on the split's {meta['split_check']['test_rows']} test rows gives accuracy "
         f"{meta['split_check']['accuracy']:.4f}, as its manifest records ({meta['split_check']['manifest_accuracy']:.4f}): the same split.", "",
         f"The shipped bundle on the whole pool: " + ", ".join(f"{METRICS[f][0]} {fig[f]:.2f}" for f in SHOWN if fig.get(f) is not None and not math.isnan(fig[f]))
-        + f"; Osteopenia vs Osteoporosis AUROC {full['osteoporosis_vs_osteopenia_auroc']:.2f}. `site validate` on the whole pool: "
+        + (f"; Osteopenia vs Osteoporosis AUROC {full['osteoporosis_vs_osteopenia_auroc']:.2f}"
+           if full.get("osteoporosis_vs_osteopenia_auroc") is not None else "") + ". `site validate` on the whole pool: "
         f"**{full['verdict_default_minimum']}** (default minimum of {meta['min_per_class']} per side); with the minimum lowered to 2: "
         f"**{full['verdict_minimum_2']}**.", "",
         f"Each row: {table[0]['draws']} random draws of k radiographs as the site's labelled sample; figures on the rest of the pool "
