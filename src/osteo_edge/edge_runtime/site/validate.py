@@ -223,7 +223,7 @@ def sample_size(scores: SiteScores, ans: Answers, est: Mapping[str, Estimate], h
             out["text"] += f"; or about {extra} more {side} images alone."
             break
     else:
-        out["text"] += "."
+        out["text"] += f"; more {scores.negative if scarce_neg else 'low-BMD'} images alone would not get there."
     return out
 
 
