@@ -364,6 +364,18 @@ def test_cli_validate_and_refusals(tmp_path, bundle, site_csv):
     assert "unknown label 'osteo'" in res.output
 
 
+@pytest.mark.parametrize("extra,match", [
+    (["--require", "sharpness=0.9"], "unknown requirement 'sharpness'"),
+    (["--min-per-class", "1"], "--min-per-class must be at least 2"),
+    (["--target-sensitivity", "0.9", "--max-referral", "0.3"], "not both"),
+])
+def test_cli_option_errors_are_usage_errors(tmp_path, bundle, site_csv, keys, extra, match):
+    res = runner.invoke(app, ["site", "calibrate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out", str(tmp_path / "sb"),
+                              "--key", str(keys["site"]), *extra])
+    assert res.exit_code == 2 and match in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "sb").exists()
+
+
 def test_cli_calibrate_writes_a_signed_bundle_and_trust_file(tmp_path, bundle, site_csv, keys):
     trust = tmp_path / "trust.pem"
     res = runner.invoke(app, ["site", "calibrate", str(WANI), "--labels", str(site_csv), "--model", str(bundle), "--out", str(tmp_path / "sb"),

@@ -11,7 +11,7 @@ from typing import Annotated, List, Optional
 import typer
 
 from . import _output as out
-from ._common import TRUSTED_KEY_HELP, handle_errors, progress_enabled, trust_store
+from ._common import TRUSTED_KEY_HELP, handle_errors, progress_enabled, trust_store, usage_error
 
 site_app = typer.Typer(help="Validate a model bundle on a site's own labelled films, calibrate it to the site, and set the machine's trust.",
                        no_args_is_help=True)
@@ -31,6 +31,23 @@ def _arg(p: object) -> str:
 
 def _command(words: list[object]) -> str:
     return " ".join(shlex.quote(_arg(w)) for w in words if w is not None and w != "")
+
+
+def _checked(require: str, min_per_class: int, bootstrap: int, threads: int | None, folds: int = 2) -> dict:
+    """Option errors are usage errors (exit 2), found before any film is read."""
+    from ..edge_runtime.site import parse_require
+    from ..errors import ConfigError
+
+    try:
+        req = parse_require(require)
+    except ConfigError as exc:
+        raise usage_error(str(exc)) from None
+    for name, value, least in (("--min-per-class", min_per_class, 2), ("--bootstrap", bootstrap, 0), ("--folds", folds, 2)):
+        if value < least:
+            raise usage_error(f"{name} must be at least {least}, got {value}")
+    if threads is not None and threads < 1:
+        raise usage_error(f"--threads must be at least 1, got {threads}")
+    return req
 
 
 def _progress():
@@ -81,9 +98,9 @@ def validate(
     images on either side of the low-BMD question. Exit 0 only when the verdict is pass; 1 when it is
     fail or insufficient (the reports are written either way) or on an error. A screening aid, not a diagnosis.
     """
-    from ..edge_runtime.site import parse_require, validate_site
+    from ..edge_runtime.site import validate_site
 
-    req = parse_require(require)
+    req = _checked(require, min_per_class, bootstrap, threads)
     command = _command(["osteo-edge", "site", "validate", images, "--labels", labels, "--model" if model else None, model,
                         "--out", out_dir, "--require", require])
     with _progress() as progress:
@@ -129,12 +146,16 @@ def calibrate(
     bundle signed with the site's key. Its recorded figures are k-fold cross-validated inside the site's
     films (never fitted and scored on the same images); the model's weights are unchanged, so discrimination (AUROC) barely moves.
     """
-    from ..edge_runtime.site import Target, calibrate_site, parse_require
+    from ..edge_runtime.site import Target, calibrate_site
+    from ..errors import ConfigError
 
-    req = parse_require(require)
+    req = _checked(require, min_per_class, bootstrap, threads, folds)
     target = None
     if target_sensitivity is not None or max_referral is not None:
-        target = Target(target_sensitivity, max_referral)
+        try:
+            target = Target(target_sensitivity, max_referral)
+        except ConfigError as exc:
+            raise usage_error(str(exc)) from None
     command = _command(["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model", model, "--out", out_bundle,
                         "--site", site, "--target-sensitivity" if target_sensitivity is not None else None, target_sensitivity,
                         "--max-referral" if max_referral is not None else None, max_referral])
