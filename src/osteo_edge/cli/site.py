@@ -96,7 +96,7 @@ def validate(
 
     Refuses, with one line: unknown labels, files that cannot be read, fewer than --min-per-class
     images on either side of the low-BMD question. Exit 0 only when the verdict is pass; 1 when it is
-    fail or insufficient (the reports are written either way) or on an error. A screening aid, not a diagnosis.
+    fail or insufficient (the reports are written either way) or on an error; 2 on a usage error. A screening aid, not a diagnosis.
     """
     from ..edge_runtime.site import validate_site
 
