@@ -153,6 +153,34 @@ def golden_check(ref_logits: np.ndarray, cand_logits: np.ndarray, temperature: f
 # the export
 
 
+def _check_options(fmt: ModelFormat, split: Any, calib_size: int, golden_size: int, calibration: str) -> None:
+    if calib_size < 1 or golden_size < 1:
+        raise ConfigError(f"--calib-size and golden size must be positive, got {calib_size} and {golden_size}")
+    if calibration not in CALIBRATION_SOURCES:
+        raise choice_error("calibration source", calibration, CALIBRATION_SOURCES)
+    if fmt.precision == "int8" and split is None and calibration != "synthetic":
+        raise ConfigError(f"{fmt.name} needs calibration images: give --split SPLIT_CSV (its train rows), or "
+                          "--calibration synthetic to calibrate on synthetic images (not for a real model)")
+
+
+def _provenance(parent: Bundle, tmp: Path, command: str | None, split: str | None) -> dict[str, Any]:
+    provenance = parent.child_provenance(tmp, command).to_dict()
+    if split is not None:
+        provenance.setdefault("split_csv", split)
+    if provenance.get("split_csv") is not None:  # a bundle that travels names its split by content, not by path
+        provenance["split_csv"] = split_reference(provenance["split_csv"], provenance.get("split_sha256"))
+    return provenance
+
+
+def _fold_for(fmt: ModelFormat, model: Any, spec: PreprocessSpec, fold_gray: bool) -> tuple[Any, PreprocessSpec, dict[str, Any] | None]:
+    """(model, spec, fold record) to export: the gray stem fold for tflite-int8 when it applies."""
+    from .fidelity import fold_gray_stem, gray_foldable
+
+    if fmt.name == "tflite-int8" and fold_gray and gray_foldable(spec):
+        return fold_gray_stem(model, spec)
+    return model, spec, None
+
+
 @dataclass
 class ExportResult:
     bundle: Bundle
@@ -189,23 +217,15 @@ def export_model(
     int8 I/O) chooses which ops stay float (:func:`fidelity.budgeted_int8`)."""
     from ..modeling.loading import load_run
     from ..edge_runtime.backends import open_backend
-    from .fidelity import FidelityBudget, fold_gray_stem, gray_foldable
+    from .fidelity import FidelityBudget
 
     t0 = time.perf_counter()
     fmt = resolve_format(format_name)
-    if calib_size < 1 or golden_size < 1:
-        raise ConfigError(f"--calib-size and golden size must be positive, got {calib_size} and {golden_size}")
-    if calibration not in CALIBRATION_SOURCES:
-        raise choice_error("calibration source", calibration, CALIBRATION_SOURCES)
-    if fmt.precision == "int8" and split is None and calibration != "synthetic":
-        raise ConfigError(f"{fmt.name} needs calibration images: give --split SPLIT_CSV (its train rows), or "
-                          "--calibration synthetic to calibrate on synthetic images (not for a real model)")
+    _check_options(fmt, split, calib_size, golden_size, calibration)
     split = str(split) if split is not None else None
     budget = FidelityBudget() if budget == "default" else budget
     model, parent = load_run(run_dir)
-    export_net, export_spec, fold_info = model, parent.spec, None
-    if fmt.name == "tflite-int8" and fold_gray and gray_foldable(parent.spec):
-        export_net, export_spec, fold_info = fold_gray_stem(model, parent.spec)
+    export_net, export_spec, fold_info = _fold_for(fmt, model, parent.spec, fold_gray)
     spec_out = export_spec.with_layout(fmt.layout)
     (progress or no_progress)(f"exporting {fmt.name}")
     golden = golden_inputs(parent.spec.with_layout("NCHW"), split, n=golden_size, labels=parent.labels)
@@ -239,27 +259,12 @@ def export_model(
             test["evaluated_with"] = f"{runner.backend} {runner.version}"
             metrics["test"] = test
             result["test"] = test
-        provenance = parent.child_provenance(tmp, command).to_dict()
-        if split is not None:
-            provenance.setdefault("split_csv", split)
-        if provenance.get("split_csv") is not None:  # a bundle that travels names its split by content, not by path
-            provenance["split_csv"] = split_reference(provenance["split_csv"], provenance.get("split_sha256"))
-        seal(
-            tmp,
-            format=fmt.name,
-            model_file=model_file,
-            labels=parent.labels,
-            spec=spec_out,
-            temperature=parent.temperature,
-            thresholds=parent.thresholds,
-            metrics=metrics,
-            provenance=provenance,
-            versions=runtime_versions(("torch", "onnx", "onnxruntime", "ai-edge-litert", "tensorflow", "onnx2tf", "nncf")),
-            extra={
-                "arch": parent.arch.to_dict() if parent.arch else None,
-                "export": {"format": fmt.name, "precision": fmt.precision, "layout": fmt.layout, "golden_parity": check, **ctx.info},
-            },
-        )
+        seal(tmp, format=fmt.name, model_file=model_file, labels=parent.labels, spec=spec_out, temperature=parent.temperature,
+             thresholds=parent.thresholds, metrics=metrics, provenance=_provenance(parent, tmp, command, split),
+             versions=runtime_versions(("torch", "onnx", "onnxruntime", "ai-edge-litert", "tensorflow", "onnx2tf", "nncf")),
+             extra={"arch": parent.arch.to_dict() if parent.arch else None,
+                    "export": {"format": fmt.name, "precision": fmt.precision, "layout": fmt.layout, "golden_parity": check,
+                               **ctx.info}})
 
     write_bundle_dir(out, build)
     bundle = load_bundle(out)

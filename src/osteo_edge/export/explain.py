@@ -66,8 +66,14 @@ def _activations(it: Any, x: np.ndarray) -> dict[str, np.ndarray]:
             if not scale:
                 continue
             t = dequantize(t, scale, zero)
-        out[d["name"]] = np.asarray(t, np.float64)
+        out.setdefault(_key(d["name"]), np.asarray(t, np.float64))
     return out
+
+
+def _key(name: str) -> str:
+    """A tensor's match key: the first op of its (fused) name. Converters append different constant
+    names after the ';' (``Const_731`` vs ``.../Add/y1``) to the same activation."""
+    return name.split(";", 1)[0]
 
 
 def _op_order(it: Any) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
@@ -81,10 +87,13 @@ def _op_order(it: Any) -> tuple[list[str], dict[str, list[str]], dict[str, str]]
     for op in details:
         for o in op.get("outputs", []):
             n = names.get(int(o))
-            if n is None or n in inputs:
+            if n is None:
+                continue
+            n = _key(n)
+            if n in inputs:
                 continue
             order.append(n)
-            inputs[n] = [names[int(i)] for i in op.get("inputs", []) if int(i) in names]
+            inputs[n] = [_key(names[int(i)]) for i in op.get("inputs", []) if int(i) in names]
             ops[n] = op.get("op_name", "?")
     return order, inputs, ops
 
@@ -106,10 +115,11 @@ def layer_errors(reference_model: Path, candidate_model: Path, x_ref: np.ndarray
             var[name] = var.get(name, 0.0) + float(np.var(r))
     rel = {n: float(np.sqrt(sq[n] / max(var[n], 1e-30))) for n in sq}
     rows = []
+    produced = set(order)  # activations; constant inputs (weights) are not "fed" errors
     for n in order:
         if n not in rel:
             continue
-        fed = [rel[i] for i in inputs.get(n, []) if i in rel]
+        fed = [rel[i] for i in inputs.get(n, []) if i in rel and i in produced and i != n]
         rows.append({"tensor": n, "op": ops.get(n, "?"), "relative_error": rel[n],
                      "added": rel[n] - (max(fed) if fed else 0.0)})
     return rows
