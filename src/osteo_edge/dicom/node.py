@@ -32,7 +32,7 @@ from typing import Any
 from ..errors import ConfigError, OsteoEdgeError, require
 from .decode import accepted_syntaxes
 from .outbox import Destination, Forwarder, Outbox
-from .spool import Spool, durable_write, valid_uid
+from .spool import Spool, durable_write, fsync_dir, valid_uid
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "OSTEOEDGE"
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # preprocess.MAX_FILE_BYTES: the decoder refuses more anyway
 STREAM_SLACK = 1024 * 1024  # PDU/PDV headers and command sets on top of a dataset
+MAX_PDU = 1024 * 1024  # the largest PDU the node receives (pynetdicom's default: 16 KB)
 
 
 def stream_cap(max_bytes: int) -> int:
@@ -216,6 +217,7 @@ class Node:
         ae.require_calling_aet = list(cfg.allow_ae)
         ae.require_called_aet = True  # an association addressed to another AE title is refused
         ae.maximum_associations = 8
+        ae.maximum_pdu_size = MAX_PDU  # a radiograph in a few PDUs, not dozens of 16 KB ones: less Python per image
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 30
         return ae
 
@@ -349,34 +351,63 @@ class Node:
 
     # -- the worker ------------------------------------------------------------------------
     def _work(self) -> None:
+        """Answer the spool in order, in batches of what has arrived (up to BATCH): each image is
+        read, classified and given its SR on its own; the batch's files, record rows and spool
+        removals are then made durable together (one folder fsync, one SQLite transaction)."""
         while not self._stop.is_set():
             try:
-                path = self._queue.get(timeout=0.1)
+                batch = [self._queue.get(timeout=0.1)]
             except queue.Empty:
                 continue
-            try:
-                self._answer(path)
-            except Exception as exc:  # one bad instance never stops the node; it is kept in spool/failed
-                log.error("could not answer %s (%s: %s); kept in %s", path.stem, type(exc).__name__, _first_line(exc),
-                          self.spool.root / "failed")
-                log.debug("worker error", exc_info=True)
-                if path.exists():
-                    self.spool.fail(path)
+            while len(batch) < BATCH:
                 try:
-                    self.record.event(path.stem, "answer_failed", f"{type(exc).__name__}: {_first_line(exc)}; kept in spool/failed")
-                except Exception:  # the record itself failing: the log line above already says it
-                    log.debug("could not record the failure", exc_info=True)
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self._answer_batch(batch)
             finally:
-                self._queue.task_done()
+                for _ in batch:
+                    self._queue.task_done()
 
-    def _answer(self, path: Path) -> None:
-        from .record import InputIdentity, bundle_identity, header_uids
-        from .sr import build_sr, sr_bytes
+    def _failed(self, path: Path, exc: Exception) -> None:
+        """One bad instance never stops the node: it is kept in spool/failed, logged and recorded."""
+        log.error("could not answer %s (%s: %s); kept in %s", path.stem, type(exc).__name__, _first_line(exc), self.spool.root / "failed")
+        log.debug("worker error", exc_info=True)
+        if path.exists():
+            self.spool.fail(path)
+        try:
+            self.record.event(path.stem, "answer_failed", f"{type(exc).__name__}: {_first_line(exc)}; kept in spool/failed")
+        except Exception:  # the record itself failing: the log line above already says it
+            log.debug("could not record the failure", exc_info=True)
+
+    def _answer_batch(self, paths: list[Path]) -> None:
+        answers = []
+        for path in paths:
+            try:
+                answer = self._answer(path)
+            except Exception as exc:
+                self._failed(path, exc)
+                continue
+            if answer is not None:
+                answers.append(answer)
+        if not answers:
+            return
+        try:
+            self._commit(answers)
+        except Exception as exc:
+            for answer in answers:
+                self._failed(answer.path, exc)
+
+    def _answer(self, path: Path) -> "_Answer | None":
+        """Read, classify and build the SR of one spooled image (nothing written yet)."""
+        from .record import InputIdentity, header_uids
+        from .sr import result_sr
 
         try:
             raw = path.read_bytes()  # read once: header, pixels and sha256 all come from these bytes
         except FileNotFoundError:  # a duplicate already answered and removed
-            return
+            return None
         info = self.spool.info(path)
         header = _header(raw)
         uids = header_uids(header)
@@ -385,24 +416,55 @@ class Node:
         if str(path) in pred.message:  # a decoder message naming the spooled file: the UID says which image
             pred = dataclasses.replace(pred, message=pred.message.replace(str(path), uid))
         try:
-            sr = build_sr(pred, header, self.clf.bundle.seal)
-            data = sr_bytes(sr)
-        except Exception as exc:  # an image header highdicom cannot cite: the answer is still recorded
+            result_uid, data = result_sr(pred, header, self.clf.bundle.seal)
+        except Exception as exc:  # an image header the SR cannot cite: the answer is still recorded
             log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
-            sr = data = None
-        result_uid = str(sr.SOPInstanceUID) if sr is not None else None
-        if sr is not None and self.config.results is not None:
-            durable_write(self.config.results / f"{result_uid}.dcm", data)
-        if sr is not None and self.config.forward is not None and not self.record.delivered(uid, result_uid):
-            self.outbox.put(result_uid, data, uid)  # durable before the image leaves the spool
-            self.forwarder.notify()
+            result_uid = data = None
         who = InputIdentity(sha256=hashlib.sha256(raw).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
-        new = self.record.append(pred, who, bundle_identity(self.clf), "serve", result_uid=result_uid)
-        self.spool.done(path)
-        self.answered += 1
-        p = f" P(low BMD) {pred.low_bmd_probability:.2f}" if pred.low_bmd_probability is not None else ""
-        log.info("answered %s: %s %s%s, result %s%s", uid, pred.status, pred.label or pred.reason or "", p, result_uid or "none",
-                 "" if new else " (already recorded: not recorded again)")
+        return _Answer(path, uid, pred, who, result_uid, data)
+
+    def _commit(self, answers: list["_Answer"]) -> None:
+        """Results kept and queued for delivery, then recorded, then out of the spool: in that order,
+        so that a crash at any point leaves the image in the spool (answered again, the same SR)."""
+        from .record import bundle_identity
+
+        cfg = self.config
+        queued = False
+        for a in answers:
+            if a.data is None:
+                continue
+            if cfg.results is not None:
+                durable_write(cfg.results / f"{a.result_uid}.dcm", a.data, sync_dir=False)
+            if cfg.forward is not None and not self.record.delivered(a.uid, a.result_uid):
+                self.outbox.put(a.result_uid, a.data, a.uid, sync_dir=False)
+                queued = True
+        if cfg.results is not None:
+            fsync_dir(cfg.results)
+        if queued:
+            fsync_dir(self.outbox.root)
+            self.forwarder.notify()
+        bundle = bundle_identity(self.clf)
+        new = self.record.append_many([(a.pred, a.who, bundle, "serve", a.result_uid) for a in answers])
+        self.spool.done_many([a.path for a in answers])
+        for a, fresh in zip(answers, new):
+            self.answered += 1
+            pred = a.pred
+            p = f" P(low BMD) {pred.low_bmd_probability:.2f}" if pred.low_bmd_probability is not None else ""
+            log.info("answered %s: %s %s%s, result %s%s", a.uid, pred.status, pred.label or pred.reason or "", p,
+                     a.result_uid or "none", "" if fresh else " (already recorded: not recorded again)")
+
+
+@dataclass
+class _Answer:
+    path: Path
+    uid: str
+    pred: Any
+    who: Any
+    result_uid: str | None
+    data: bytes | None
+
+
+BATCH = 16  # images made durable together at most
 
 
 # ------------------------------------------------------------------------------------------------

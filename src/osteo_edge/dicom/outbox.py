@@ -61,12 +61,12 @@ class Outbox:
         for tmp in self.root.glob(".*.tmp"):  # a write a crash interrupted
             tmp.unlink(missing_ok=True)
 
-    def put(self, sr_uid: str, data: bytes, source_uid: str | None) -> Path:
+    def put(self, sr_uid: str, data: bytes, source_uid: str | None, sync_dir: bool = True) -> Path:
         """Keep one result durably until it is delivered (the same UIDs again replace it). One file,
         ``<SR UID>_<source UID>.dcm``: the name says which image it answers (one fsync, no side file)."""
         if not valid_uid(sr_uid) or (source_uid is not None and not valid_uid(source_uid)):
             raise ValueError(f"invalid UID {sr_uid[:80]!r} / {str(source_uid)[:80]!r}")
-        return durable_write(self.root / (f"{sr_uid}_{source_uid}.dcm" if source_uid else f"{sr_uid}.dcm"), data)
+        return durable_write(self.root / (f"{sr_uid}_{source_uid}.dcm" if source_uid else f"{sr_uid}.dcm"), data, sync_dir)
 
     def pending(self) -> list[Path]:
         files = []

@@ -134,14 +134,35 @@ class ClinicRecord:
     def append(self, pred: Prediction, who: InputIdentity, bundle: dict[str, Any], source: str,
                result_uid: str | None = None) -> bool:
         """Record one answer. False (nothing written) when a received instance is already recorded."""
-        row = {
+        return self._insert("predictions", self._row(pred, who, bundle, source, result_uid), ignore=source == "serve")
+
+    @staticmethod
+    def _row(pred: Prediction, who: InputIdentity, bundle: dict[str, Any], source: str, result_uid: str | None) -> dict[str, Any]:
+        return {
             "recorded_at": now_utc(), "source": source, "kind": "prediction", **who.__dict__,
             "bundle": bundle.get("bundle"), "bundle_format": bundle.get("format"), "bundle_seal": bundle.get("seal"),
             "model_sha256": bundle.get("model_sha256"), "status": pred.status, "label": pred.label,
             "probabilities": json.dumps(pred.probabilities, sort_keys=True), "low_bmd_probability": pred.low_bmd_probability,
             "reason": pred.reason, "message": pred.message, "latency_ms": pred.latency_ms, "result_uid": result_uid,
         }
-        return self._insert("predictions", row, ignore=source == "serve")
+
+    def append_many(self, answers: list[tuple[Prediction, InputIdentity, dict[str, Any], str, str | None]]) -> list[bool]:
+        """:meth:`append` for several answers in one transaction (one fsync); per answer, whether it was new."""
+        rows = [self._row(*a) for a in answers]
+        out = []
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for row, a in zip(rows, answers):
+                    verb = "INSERT OR IGNORE" if a[3] == "serve" else "INSERT"
+                    cur = self._db.execute(f"{verb} INTO predictions ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                                           list(row.values()))
+                    out.append(cur.rowcount == 1)
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return out
 
     def append_correction(self, row_id: int, label: str | None, status: str, note: str) -> int:
         """A correction of row ``row_id`` (e.g. a clinician's reading): a new row; the old one stays."""

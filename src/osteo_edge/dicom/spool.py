@@ -35,8 +35,13 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def durable_write(path: Path, data: bytes) -> Path:
-    """Write ``data`` to a temporary 0600 file beside ``path``, fsync, rename, fsync the folder."""
+def fsync_dir(path: Path) -> None:
+    _fsync_dir(path)
+
+
+def durable_write(path: Path, data: bytes, sync_dir: bool = True) -> Path:
+    """Write ``data`` to a temporary 0600 file beside ``path``, fsync, rename, fsync the folder
+    (``sync_dir=False``: the caller fsyncs the folder once for several files)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
@@ -47,7 +52,8 @@ def durable_write(path: Path, data: bytes) -> Path:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    if sync_dir:
+        _fsync_dir(path.parent)
     return path
 
 
@@ -71,7 +77,7 @@ class Spool:
         """Store one instance durably; returns its path. ``uid`` must be a valid DICOM UID."""
         if not valid_uid(uid):
             raise ConfigError(f"invalid SOP Instance UID {uid[:80]!r}")
-        durable_write(self.incoming / f"{uid}.json", json.dumps(info).encode())
+        durable_write(self.incoming / f"{uid}.json", json.dumps(info).encode(), sync_dir=False)  # the next fsync covers both
         return durable_write(self.incoming / f"{uid}.dcm", data)
 
     def pending(self) -> list[Path]:
@@ -88,6 +94,13 @@ class Spool:
     def done(self, path: Path) -> None:
         path.unlink(missing_ok=True)
         path.with_suffix(".json").unlink(missing_ok=True)
+        _fsync_dir(self.incoming)
+
+    def done_many(self, paths: list[Path]) -> None:
+        """Remove answered instances, one folder fsync for all."""
+        for path in paths:
+            path.unlink(missing_ok=True)
+            path.with_suffix(".json").unlink(missing_ok=True)
         _fsync_dir(self.incoming)
 
     def fail(self, path: Path) -> Path:

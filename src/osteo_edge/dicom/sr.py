@@ -24,7 +24,9 @@ from __future__ import annotations
 import copy
 import functools
 import re
+import struct
 import threading
+from dataclasses import dataclass
 from typing import Any
 
 from ..artifact import DISCLAIMER
@@ -145,47 +147,65 @@ def device_uid(seal: str | None) -> str:
 
 
 def build_sr(pred: Prediction, source: Any, seal: str | None) -> Any:
-    """The result SR (a pydicom Dataset) answering ``source`` (a pydicom header of the received image):
-    the highdicom SR of :func:`build_sr_highdicom`, made fast. highdicom takes 50-150 ms per SR on the
-    2-core machine (its validation walks and deep-copies the tree), more than the model; so highdicom
-    builds one template per result shape (labels, which items are present) with sentinel values, and
-    each answer is that template read back with the sentinels replaced (a few ms). ``tests`` check that
-    both give the same dataset."""
-    import datetime
+    """The result SR (a pydicom Dataset) answering ``source`` (a pydicom header of the received image);
+    what :func:`result_sr` encodes, read back."""
     import io
 
     import pydicom
 
-    key = _shape(pred, seal)
-    with _TEMPLATE_LOCK:
-        template = _TEMPLATES.get(key)
-        if template is None:
-            template = _TEMPLATES[key] = sr_bytes(build_sr_highdicom(_sentinel_prediction(pred), _sentinel_source(), seal))
-    ds = pydicom.dcmread(io.BytesIO(template))
+    return pydicom.dcmread(io.BytesIO(result_sr(pred, source, seal)[1]))
+
+
+def result_sr(pred: Prediction, source: Any, seal: str | None) -> tuple[str, bytes]:
+    """(SOP Instance UID, Part 10 bytes) of the result SR answering ``source``: the SR of
+    :func:`build_sr_highdicom`, made fast. highdicom takes 50-150 ms per SR on the loaded 2-core
+    machine (its checks walk and deep-copy the tree) and pydicom 20-40 ms to encode it: more than the
+    model. So highdicom builds one template per result shape (labels, which items are present) with
+    sentinel values; its sequences are encoded once, with undefined lengths, so that each answer only
+    replaces the sentinels' values (and their own length fields) in those bytes, and encodes the few
+    top-level elements (UIDs, patient and study, times). The tests check the result is highdicom's."""
+    import datetime
+
     source = evidence_header(source)
+    template = _template(pred, seal)
     series_uid, sop_uid = result_uids(str(source.StudyInstanceUID), str(source.SOPInstanceUID), seal)
     uids = {_S_SOP: str(source.SOPInstanceUID), _S_CLASS: str(source.SOPClassUID), _S_STUDY: str(source.StudyInstanceUID),
-            _S_SERIES: str(source.SeriesInstanceUID),
-            _tracking_uid(_S_SOP, seal): _tracking_uid(str(source.SOPInstanceUID), seal)}
+            _S_SERIES: str(source.SeriesInstanceUID), _tracking_uid(_S_SOP, seal): _tracking_uid(str(source.SOPInstanceUID), seal)}
     texts, numbers, codes = _sentinel_values(pred)
-    _patch(ds, uids, texts, numbers, codes)
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SeriesInstanceUID = series_uid
+    values = [*texts.values(), *codes.values()]
+    if not all(v.isascii() for v in values):  # the byte path writes ASCII values only
+        ds = _dataset_path(template, uids, texts, numbers, codes)
+    else:
+        ds = None
+    top = _fresh(template.top)
+    top.SOPInstanceUID = sop_uid
+    top.SeriesInstanceUID = series_uid
     for keyword in _patient_study_keywords(str(source.SOPClassUID)):  # what highdicom copies from the evidence
         if keyword in source:
-            ds[keyword] = copy.deepcopy(source[keyword])
+            top[keyword] = source[keyword]
     if "SpecificCharacterSet" in source:
-        ds.SpecificCharacterSet = source.SpecificCharacterSet
-    elif "SpecificCharacterSet" in ds:
-        del ds.SpecificCharacterSet
+        top.SpecificCharacterSet = source.SpecificCharacterSet
+    elif "SpecificCharacterSet" in top:
+        del top.SpecificCharacterSet
     now = datetime.datetime.now()
-    ds.ContentDate = ds.InstanceCreationDate = now.strftime("%Y%m%d")
-    ds.ContentTime = ds.InstanceCreationTime = now.strftime("%H%M%S.%f")
-    return ds
+    top.ContentDate = top.InstanceCreationDate = now.strftime("%Y%m%d")
+    top.ContentTime = top.InstanceCreationTime = now.strftime("%H%M%S.%f")
+    if ds is not None:  # non-ASCII text: the slower path through pydicom
+        for elem in top:
+            ds[elem.tag] = elem
+        ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+        return sop_uid, sr_bytes(ds)
+    swaps = _byte_swaps(uids, texts, numbers, codes)
+    sequences = {}
+    for tag, raw in template.sequences.items():
+        for old, new in swaps:
+            raw = raw.replace(old, new)
+        sequences[tag] = raw
+    return sop_uid, _encode(top, sequences, template.file_meta, sop_uid)
 
 
 # -- the template path --------------------------------------------------------------------------
-_TEMPLATES: dict[tuple, bytes] = {}
+_TEMPLATES: dict[tuple, Any] = {}
 _TEMPLATE_LOCK = threading.Lock()
 _S_SOP, _S_STUDY, _S_SERIES = (f"2.25.9{i:02d}{'0' * 30}1" for i in range(3))
 _S_CLASS = "1.2.840.10008.5.1.4.1.1.7"  # the template's source is a Secondary Capture image (highdicom wants a known IOD)
@@ -202,6 +222,124 @@ def _patient_study_keywords(sop_class: str) -> tuple[str, ...]:
     attrs = get_module_attribute_map()
     return tuple(str(item["keyword"]) for module in get_iod_module_map()[iod] if module["ie"] in ("Patient", "Study")
                  for item in attrs[module["key"]] if len(item["path"]) == 0)
+
+
+@dataclass
+class _Template:
+    top: Any  # the template's top-level elements that are not sequences (a pydicom Dataset)
+    sequences: dict[int, bytes]  # tag -> the encoded sequence element (Explicit VR Little Endian, undefined lengths)
+    file_meta: Any
+    dataset: bytes  # the whole template, for the pydicom path
+
+
+def _template(pred: Prediction, seal: str | None) -> _Template:
+    import io
+
+    import pydicom
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element
+
+    key = _shape(pred, seal)
+    with _TEMPLATE_LOCK:
+        found = _TEMPLATES.get(key)
+        if found is not None:
+            return found
+        data = sr_bytes(build_sr_highdicom(_sentinel_prediction(pred), _sentinel_source(), seal))
+        ds = pydicom.dcmread(io.BytesIO(data))
+        top, sequences = pydicom.Dataset(), {}
+        for elem in ds:
+            if elem.VR != "SQ":
+                top.add(elem)
+                continue
+            _undefined_lengths(elem)
+            fp = DicomBytesIO()
+            fp.is_little_endian, fp.is_implicit_VR = True, False
+            write_data_element(fp, elem, ["iso8859"])
+            sequences[int(elem.tag)] = fp.getvalue()
+        found = _TEMPLATES[key] = _Template(top, sequences, ds.file_meta, data)
+        return found
+
+
+def _fresh(ds: Any) -> Any:
+    """A copy of a flat dataset whose elements can be set without touching the template's."""
+    import pydicom
+
+    out = pydicom.Dataset()
+    for elem in ds:
+        out.add(copy.copy(elem))
+    return out
+
+
+def _undefined_lengths(elem: Any) -> None:
+    """Every sequence and item under ``elem`` with undefined length: a value may then change length
+    without any enclosing length field changing."""
+    elem.is_undefined_length = True
+    for item in elem.value:
+        item.is_undefined_length_sequence_item = True
+        for sub in item:
+            if sub.VR == "SQ":
+                _undefined_lengths(sub)
+
+
+def _pad(value: bytes, pad: bytes) -> bytes:
+    return value + pad if len(value) % 2 else value
+
+
+def _short(vr: bytes, value: bytes) -> bytes:
+    """An Explicit VR LE value with a 2-byte length: VR, length, value."""
+    return vr + struct.pack("<H", len(value)) + value
+
+
+def _byte_swaps(uids: dict[str, str], texts: dict[str, str], numbers: dict[float, float], codes: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    from pydicom.valuerep import DS
+
+    swaps = []
+    for old, new in uids.items():
+        swaps.append((_short(b"UI", _pad(old.encode(), b"\0")), _short(b"UI", _pad(new.encode(), b"\0"))))
+    for old, new in texts.items():  # TextValue is UT: VR, 2 reserved bytes, 4-byte length
+        o, n = _pad(old.encode(), b" "), _pad(new.encode(), b" ")
+        swaps.append((b"UT\0\0" + struct.pack("<I", len(o)) + o, b"UT\0\0" + struct.pack("<I", len(n)) + n))
+    for old, new in codes.items():
+        for vr in (b"SH", b"LO"):
+            swaps.append((_short(vr, _pad(old.encode(), b" ")), _short(vr, _pad(new.encode(), b" "))))
+    for old, new in numbers.items():
+        swaps.append((_short(b"FD", struct.pack("<d", old)), _short(b"FD", struct.pack("<d", new))))
+        o, n = str(DS(old, auto_format=True)).encode(), str(DS(new, auto_format=True)).encode()
+        swaps.append((_short(b"DS", _pad(o, b" ")), _short(b"DS", _pad(n, b" "))))
+    return swaps
+
+
+def _encode(top: Any, sequences: dict[int, bytes], file_meta: Any, sop_uid: str) -> bytes:
+    """Part 10 bytes: preamble, file meta, then the top-level elements and the ready sequences in tag order."""
+    from pydicom.charset import convert_encodings
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_data_element, write_file_meta_info
+
+    meta = copy.copy(file_meta)
+    meta.MediaStorageSOPInstanceUID = sop_uid
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, False
+    fp.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(fp, meta, enforce_standard=True)
+    encodings = convert_encodings(top.get("SpecificCharacterSet", "ISO_IR 6"))
+    elements = {int(e.tag): e for e in top}
+    for tag in sorted({*elements, *sequences}):
+        if tag in sequences:
+            fp.write(sequences[tag])
+        else:
+            write_data_element(fp, elements[tag], encodings)
+    return fp.getvalue()
+
+
+def _dataset_path(template: _Template, uids: dict[str, str], texts: dict[str, str], numbers: dict[float, float],
+                  codes: dict[str, str]) -> Any:
+    import io
+
+    import pydicom
+
+    ds = pydicom.dcmread(io.BytesIO(template.dataset))
+    _patch(ds, uids, texts, numbers, codes)
+    return ds
 
 
 def _shape(pred: Prediction, seal: str | None) -> tuple:
