@@ -141,10 +141,16 @@ def test_parity_explain_names_layers_between_two_tflite_bundles(converted: dict,
     """fp32 and budgeted int8 TFLite bundles of the same run; parity --explain, torch-free path."""
     from osteo_edge.export import export_model
 
+    from osteo_edge.artifact import load_bundle, seal
+
     c = converted
     fp32 = tmp_path / "fp32"
     int8 = tmp_path / "int8"
-    export_model(c["run"], "tflite", fp32, split=c["split"], golden_size=2, evaluate=False)
+    parent = load_bundle(c["run"])
+    fp32.mkdir()
+    (fp32 / "model.tflite").write_bytes(Path(c["fp32"]).read_bytes())  # the float graph of the folded model
+    seal(fp32, format="tflite", model_file="model.tflite", labels=parent.labels, spec=c["ctx"].spec,
+         temperature=parent.temperature, thresholds=parent.thresholds, metrics={}, provenance={"command": "tests: fp32 graph"})
     res = export_model(c["run"], "tflite-int8", int8, split=c["split"], calib_size=6, golden_size=2, evaluate=False)
     m = res.bundle.manifest
     assert m["spec"]["channels"] == 1 and m["export"]["gray_stem_fold"]["layer"] == "conv_stem"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -73,7 +74,10 @@ def _activations(it: Any, x: np.ndarray) -> dict[str, np.ndarray]:
 def _key(name: str) -> str:
     """A tensor's match key: the first op of its (fused) name. Converters append different constant
     names after the ';' (``Const_731`` vs ``.../Add/y1``) to the same activation."""
-    return name.split(";", 1)[0]
+    return _KERAS_SCOPE.sub("", name.split(";", 1)[0])
+
+
+_KERAS_SCOPE = re.compile(r"^model(_\d+)?/")  # keras numbers its model scope per conversion in a process
 
 
 def _op_order(it: Any) -> tuple[list[str], dict[str, list[str]], dict[str, str]]:
@@ -102,13 +106,14 @@ def layer_errors(reference_model: Path, candidate_model: Path, x_ref: np.ndarray
     """Per matched activation, in the candidate's execution order: relative error and what it adds."""
     ri, ci = _interpreter(reference_model), _interpreter(candidate_model)
     order, inputs, ops = _op_order(ci)
+    ref_name = _pairing(ri, ci, order, ops)
     sq: dict[str, float] = {}
     var: dict[str, float] = {}
     for k in range(len(x_ref)):
         ra = _activations(ri, x_ref[k : k + 1])
         ca = _activations(ci, x_cand[k : k + 1])
         for name, c in ca.items():
-            r = ra.get(name)
+            r = ra.get(ref_name.get(name, name))
             if r is None or r.shape != c.shape:
                 continue
             sq[name] = sq.get(name, 0.0) + float(np.mean((c - r) ** 2))
@@ -123,6 +128,29 @@ def layer_errors(reference_model: Path, candidate_model: Path, x_ref: np.ndarray
         rows.append({"tensor": n, "op": ops.get(n, "?"), "relative_error": rel[n],
                      "added": rel[n] - (max(fed) if fed else 0.0)})
     return rows
+
+
+_NOT_COMPUTE = {"QUANTIZE", "DEQUANTIZE", "DELEGATE"}
+
+
+def _pairing(ri: Any, ci: Any, cand_order: list[str], cand_ops: dict[str, str]) -> dict[str, str]:
+    """Candidate activation -> reference activation. By name when the converters kept the graph's op
+    names (separate conversions do); else in execution order, op type and shape (two conversions in
+    one process number TensorFlow's op names on from each other)."""
+    ref_order, _, ref_ops = _op_order(ri)
+    if len(set(cand_order) & set(ref_order)) >= len([n for n in cand_order if cand_ops[n] not in _NOT_COMPUTE]) // 2:
+        return {}
+    shapes_r = {_key(d["name"]): tuple(d["shape"]) for d in ri.get_tensor_details()}
+    shapes_c = {_key(d["name"]): tuple(d["shape"]) for d in ci.get_tensor_details()}
+    ref_seq = [n for n in ref_order if ref_ops[n] not in _NOT_COMPUTE]
+    pairs, j = {}, 0
+    for n in (n for n in cand_order if cand_ops[n] not in _NOT_COMPUTE):
+        k = j
+        while k < len(ref_seq) and (ref_ops[ref_seq[k]] != cand_ops[n] or shapes_r.get(ref_seq[k]) != shapes_c.get(n)):
+            k += 1
+        if k < len(ref_seq):
+            pairs[n], j = ref_seq[k], k + 1
+    return pairs
 
 
 def flip_margins(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, Any]:
