@@ -1,8 +1,10 @@
 """DICOM node benchmark: per-syntax decode time and end-to-end throughput of `osteo-edge serve`.
 
 End to end = from the first byte storescu (dcmtk) sends to the last answer in the clinic record
-(spooled with fsync, decoded, classified, SR built, recorded). Every syntax file is made from a real
-knee image by the third-party encoder of ``osteo_edge.dicom.decode.TRANSFER_SYNTAXES``.
+(spooled with fsync, decoded, classified, SR built and kept in --results with fsync, recorded). Every
+syntax file is made from a real knee image by the third-party encoder of
+``osteo_edge.dicom.decode.TRANSFER_SYNTAXES`` and sent as CR Image Storage. The load average is
+recorded before and after each run: the machine is shared.
 
     python benchmarks/dicom/bench_node.py --images 60 --out benchmarks/dicom
 
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pydicom
 
-from osteo_edge.benchmarks.bench import cpu_model
+from osteo_edge.benchmarks.bench import cpu_isa, cpu_model
 from osteo_edge.benchmarks.measure import timings
 from osteo_edge.dicom.decode import TRANSFER_SYNTAXES, get_syntax
 from osteo_edge.dicom.samples import all_syntaxes, storescu_config
@@ -48,9 +50,11 @@ def decode_times(files: dict[str, Path], runs: int) -> list[dict]:
 
 
 def copies(src: Path, n: int, out: Path) -> list[Path]:
-    """n copies of one DICOM file, each with a new SOP Instance UID (pixel data untouched)."""
+    """n copies of one DICOM file as CR images, each with a new SOP Instance UID (pixel data untouched)."""
     out.mkdir(parents=True, exist_ok=True)
     base = pydicom.dcmread(src)
+    base.SOPClassUID = base.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1"  # CR Image Storage
+    base.Modality = "CR"
     paths = []
     for i in range(n):
         ds = copy.deepcopy(base)
@@ -95,6 +99,7 @@ def end_to_end(name: str, src: Path, n: int, work: Path, threads: int) -> dict:
                 break
             time.sleep(0.2)
         args = storescu_config(ts.uid, work / f"{name}.cfg")
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         sent = subprocess.run(["storescu", "-aec", "OSTEOEDGE", *args, "127.0.0.1", str(port), *map(str, files)],
                               capture_output=True, timeout=600)
@@ -108,7 +113,8 @@ def end_to_end(name: str, src: Path, n: int, work: Path, threads: int) -> dict:
         proc.wait(timeout=60)
     got = _recorded(db)
     return {"syntax": name, "images": n, "recorded": got, "storescu_rc": sent.returncode, "send_s": round(t_sent, 2),
-            "end_to_end_s": round(total, 2), "images_per_s": round(got / total, 2), "file_kb": round(src.stat().st_size / 1024, 1)}
+            "end_to_end_s": round(total, 2), "images_per_s": round(got / total, 2), "file_kb": round(src.stat().st_size / 1024, 1),
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
 
 
 def machine() -> dict:
@@ -120,7 +126,7 @@ def machine() -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     dcmtk = [ln.strip("$ ").replace("dcmtk: ", "") for ln in subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()]
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
+    return {"cpu": cpu_model(), "isa": cpu_isa()["text"], "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
             "dcmtk": dcmtk[0] if dcmtk else None, "versions": versions}
 
 
@@ -129,18 +135,20 @@ def markdown(result: dict) -> str:
     lines = [
         "# DICOM node benchmark", "",
         f"Command: `{result['command']}`", "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['arch']}, Python {m['python']}; {m['dcmtk']}; "
+        f"Machine: {m['cpu']} ({m.get('isa', '?')}), {m['cores']} cores, {m['arch']}, Python {m['python']}; {m['dcmtk']}; "
         f"pydicom {m['versions']['pydicom']}, pynetdicom {m['versions']['pynetdicom']}, highdicom {m['versions']['highdicom']}, "
         f"pylibjpeg-libjpeg {m['versions']['pylibjpeg-libjpeg']}, pylibjpeg-openjpeg {m['versions']['pylibjpeg-openjpeg']}, "
         f"ai-edge-litert {m['versions']['ai-edge-litert']}. Model: the shipped tflite-int8 bundle, {result['threads']} inference thread(s).", "",
-        f"Image: a real knee radiograph ({KNEE.name}, 512x512), 8-bit for JPEG baseline, 12-bit (BitsStored 12) otherwise, "
-        "compressed by dcmtk / GDCM. The 2 cores are shared with other work and noisy: an earlier run of the same "
-        "command measured 9.3 images/s for explicit and 7.1 for jpeg-ls; compare syntaxes within one run.", "",
-        "## End to end: storescu -> spool (fsync) -> decode -> classify -> SR -> clinic record", "",
-        "| syntax | file KB | images | recorded | send s | end-to-end s | images/s |", "|---|---|---|---|---|---|---|",
+        f"Image: a real knee radiograph ({KNEE.name}, 512x512) sent as CR Image Storage, 8-bit for JPEG baseline, "
+        "12-bit (BitsStored 12) otherwise, compressed by dcmtk / GDCM. The 2 cores are shared with other work (the "
+        "load average, 1 minute, is in the table): compare syntaxes within one run.", "",
+        "## End to end: storescu -> spool (fsync) -> decode -> classify -> SR (kept, fsync) -> clinic record", "",
+        "| syntax | file KB | images | recorded | send s | end-to-end s | images/s | load before / after |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["end_to_end"]:
-        lines.append(f"| {r['syntax']} | {r['file_kb']} | {r['images']} | {r['recorded']} | {r['send_s']} | {r['end_to_end_s']} | **{r['images_per_s']}** |")
+        lines.append(f"| {r['syntax']} | {r['file_kb']} | {r['images']} | {r['recorded']} | {r['send_s']} | {r['end_to_end_s']} | "
+                     f"**{r['images_per_s']}** | {r.get('load_before', '?')} / {r.get('load_after', '?')} |")
     lines += ["", f"## Decode time per transfer syntax ({result['decode_runs']} runs after 3 warm-ups, `preprocess.decode_image`)", "",
               "| syntax | lossless | bits | file KB | p50 ms | p90 ms |", "|---|---|---|---|---|---|"]
     for r in result["decode"]:
