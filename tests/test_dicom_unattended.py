@@ -5,6 +5,7 @@ attributes, a study re-sent from the PACS with our own SR in it accepted whole."
 from __future__ import annotations
 
 import copy
+import stat
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -125,7 +126,9 @@ def test_missing_type2_attributes_are_written_empty(base8, tmp_path):
         wait_until(lambda: node.record.count_instances() == 1 and node.idle(), what="the answer")
         row = next(node.record.rows())
     assert row["result_uid"]
-    sr = pydicom.dcmread(tmp_path / "results" / f"{row['result_uid']}.dcm")
+    sr_path = tmp_path / "results" / f"{row['result_uid']}.dcm"
+    assert stat.S_IMODE(sr_path.stat().st_mode) == 0o600  # owner-only, like the record
+    sr = pydicom.dcmread(sr_path)
     for keyword in dropped:
         assert keyword in sr and not sr[keyword].value, keyword
     assert sr.PatientID == "ID-ANON"

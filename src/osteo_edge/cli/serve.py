@@ -77,8 +77,9 @@ def node_logging() -> None:
     delivered, refusals), each with a UTC time stamp; pynetdicom's association chatter only with -v,
     and then at INFO (its DEBUG dumps every PDU)."""
     logging.getLogger("osteo_edge.dicom").setLevel(logging.DEBUG if verbose() else logging.INFO)
-    if verbose():
-        logging.getLogger("pynetdicom").setLevel(logging.INFO)
+    if verbose():  # their INFO, not their DEBUG (a dump of every PDU, every attribute copied)
+        for name in ("pynetdicom", "highdicom"):
+            logging.getLogger(name).setLevel(logging.INFO)
     for handler in logging.getLogger().handlers:
         handler.setFormatter(_UtcFormatter("%(asctime)s %(levelname)s %(message)s"))
 
