@@ -43,6 +43,26 @@ log = logging.getLogger(__name__)
 METHODS = ("qat", "ptq")
 
 
+def refit_thresholds(parent: Bundle, val_logits: np.ndarray, y_val: np.ndarray, temperature: float) -> tuple[dict[str, float], dict[str, Any]]:
+    """The low-BMD threshold refitted for the tuned weights and their temperature, by the parent's own
+    rule (the highest threshold with validation sensitivity >= the parent's target): a threshold chosen
+    for other probabilities would not give the sensitivity the manifest promises."""
+    from ..core.classification import choose_low_bmd_threshold, low_bmd_probability
+    from ..core.stats import softmax
+
+    thresholds = dict(parent.thresholds or {})
+    p_low = low_bmd_probability(softmax(val_logits, temperature), parent.labels)
+    if p_low is None or "low_bmd" not in thresholds:
+        return thresholds, {"refitted": False}
+    target = parent.calibration.target_sensitivity
+    y_low = (np.asarray(y_val) != list(parent.labels).index("Normal")).astype(int)
+    choice = choose_low_bmd_threshold(y_low, p_low, target)
+    record = {"refitted": True, "parent_low_bmd": thresholds["low_bmd"], **choice, "fitted_on": "val",
+              "method": f"highest threshold with validation sensitivity >= {target:g} (the parent's rule)"}
+    thresholds["low_bmd"] = float(choice["threshold"])
+    return thresholds, record
+
+
 @dataclass
 class QuantizeResult:
     bundle: Bundle
@@ -153,9 +173,11 @@ def quantize_run(
     val_logits = predict_logits(model, data.val)
     val["baked_float"] = quick_metrics(val_logits, data.val.targets)
     temperature = fit_temperature(val_logits, data.val.targets)
+    thresholds, refit = refit_thresholds(parent, val_logits, data.val.targets, temperature)
 
     compression = _compression_record(nncf, method, cfg, folded, n_baked, n_calib, data.split_sha256, val, history)
-    _write_quantized(out, state, qmodel, parent, spec, split, data, temperature, compression, history, command)
+    compression["thresholds_refitted"] = refit
+    _write_quantized(out, state, qmodel, parent, spec, split, data, temperature, compression, history, command, thresholds)
     return QuantizeResult(bundle=load_bundle(out), method=method, val=val, history=history, seconds=time.perf_counter() - t0)
 
 
@@ -209,6 +231,7 @@ def _quantize_and_tune(
 def _write_quantized(
     out: str | os.PathLike, state: dict[str, Any], qmodel: Any, parent: Bundle, spec: Any, split: str | os.PathLike, data: Any,
     temperature: float, compression: dict[str, Any], history: list[dict[str, Any]], command: str | None,
+    thresholds: dict[str, float] | None = None,
 ) -> None:
     """Seal the tuned run (``model.pt``, ``nncf_state.pt``, history) in a temporary directory, then move it to ``out``."""
     import torch
@@ -224,7 +247,7 @@ def _write_quantized(
             "split_csv": str(split), "split_sha256": data.split_sha256, "protocol": data.protocol or provenance.get("protocol", ""),
         })
         seal(tmp, format="torch", model_file="model.pt", labels=parent.labels, spec=spec, temperature=temperature,
-             thresholds=parent.thresholds, metrics={"val": compression["val"], "parent": parent.metrics.raw}, provenance=provenance,
+             thresholds=thresholds if thresholds is not None else parent.thresholds, metrics={"val": compression["val"], "parent": parent.metrics.raw}, provenance=provenance,
              versions=runtime_versions(("torch", "timm", "nncf")),
              extra={"arch": parent.arch.to_dict() if parent.arch else None, "compression": compression,
                     **({"pruning": dict(parent.pruning)} if parent.pruning is not None else {})})
