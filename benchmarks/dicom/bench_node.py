@@ -6,7 +6,7 @@ syntax file is made from a real knee image by the third-party encoder of
 ``osteo_edge.dicom.decode.TRANSFER_SYNTAXES`` and sent as CR Image Storage. The load average is
 recorded before and after each run: the machine is shared.
 
-    python benchmarks/dicom/bench_node.py --images 60 --out benchmarks/dicom
+    python benchmarks/dicom/bench_node.py --images 60 --forward --out benchmarks/dicom
 
 Writes RESULTS.json and RESULTS.md (with the command and the machine) into --out.
 """
@@ -85,14 +85,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def end_to_end(name: str, src: Path, n: int, work: Path, threads: int) -> dict:
-    """Start `osteo-edge serve`, storescu n images over one association, wait for n recorded answers."""
+def end_to_end(name: str, src: Path, n: int, work: Path, threads: int, forward: bool = False) -> dict:
+    """Start `osteo-edge serve`, storescu n images over one association, wait for n recorded answers
+    (and, with ``forward``, for n result SRs at a dcmtk storescp playing the PACS)."""
     ts = get_syntax(name)
     files = copies(src, n, work / name)
     db, port = work / f"{name}.db", _free_port()
-    proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--record", str(db), "--port", str(port),
-                             "--threads", str(threads), "--results", str(work / f"{name}-results")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    argv = [sys.executable, "-c", CLI, "serve", "--record", str(db), "--port", str(port), "--threads", str(threads),
+            "--results", str(work / f"{name}-results")]
+    pacs, pacs_dir = None, work / f"{name}-pacs"
+    if forward:
+        pacs_dir.mkdir()
+        pacs_port = _free_port()
+        pacs = subprocess.Popen(["storescp", "-aet", "PACS", "-od", str(pacs_dir), str(pacs_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        argv += ["--forward", f"PACS@127.0.0.1:{pacs_port}"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    delivered = None
     try:
         for _ in range(300):  # up to 60 s for the node to listen
             if subprocess.run(["echoscu", "-aec", "OSTEOEDGE", "127.0.0.1", str(port)], capture_output=True).returncode == 0:
@@ -108,13 +117,22 @@ def end_to_end(name: str, src: Path, n: int, work: Path, threads: int) -> dict:
         while _recorded(db) < n and time.monotonic() < deadline:
             time.sleep(0.02)
         total = time.perf_counter() - t0
+        if forward:
+            while sum(1 for _ in pacs_dir.iterdir()) < n and time.monotonic() < deadline:
+                time.sleep(0.02)
+            delivered = time.perf_counter() - t0
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+        if pacs is not None:
+            pacs.terminate()
+            pacs.wait(timeout=30)
     got = _recorded(db)
     return {"syntax": name, "images": n, "recorded": got, "storescu_rc": sent.returncode, "send_s": round(t_sent, 2),
             "end_to_end_s": round(total, 2), "images_per_s": round(got / total, 2), "file_kb": round(src.stat().st_size / 1024, 1),
-            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2),
+            "delivered": sum(1 for _ in pacs_dir.iterdir()) if forward else None,
+            "all_delivered_s": round(delivered, 2) if delivered is not None else None}
 
 
 def machine() -> dict:
@@ -143,12 +161,16 @@ def markdown(result: dict) -> str:
         "12-bit (BitsStored 12) otherwise, compressed by dcmtk / GDCM. The 2 cores are shared with other work (the "
         "load average, 1 minute, is in the table): compare syntaxes within one run.", "",
         "## End to end: storescu -> spool (fsync) -> decode -> classify -> SR (kept, fsync) -> clinic record", "",
-        "| syntax | file KB | images | recorded | send s | end-to-end s | images/s | load before / after |",
-        "|---|---|---|---|---|---|---|---|",
+        "end-to-end s: until the last answer is recorded; all delivered s (with --forward): until the last result SR "
+        "is at the PACS (dcmtk storescp), delivered from the outbox by the node's forwarding thread.", "",
+        "| syntax | file KB | images | recorded | send s | end-to-end s | images/s | delivered | all delivered s | load before / after |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["end_to_end"]:
         lines.append(f"| {r['syntax']} | {r['file_kb']} | {r['images']} | {r['recorded']} | {r['send_s']} | {r['end_to_end_s']} | "
-                     f"**{r['images_per_s']}** | {r.get('load_before', '?')} / {r.get('load_after', '?')} |")
+                     f"**{r['images_per_s']}** | {r.get('delivered') if r.get('delivered') is not None else '-'} | "
+                     f"{r.get('all_delivered_s') if r.get('all_delivered_s') is not None else '-'} | "
+                     f"{r.get('load_before', '?')} / {r.get('load_after', '?')} |")
     lines += ["", f"## Decode time per transfer syntax ({result['decode_runs']} runs after 3 warm-ups, `preprocess.decode_image`)", "",
               "| syntax | lossless | bits | file KB | p50 ms | p90 ms |", "|---|---|---|---|---|---|"]
     for r in result["decode"]:
@@ -163,13 +185,14 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1, help="inference threads of the node (default 1)")
     ap.add_argument("--syntaxes", default="explicit,jpeg-ls,jpeg-lossless-sv1,j2k-lossless,jpeg-extended",
                     help="syntaxes for the end-to-end runs (comma-separated)")
+    ap.add_argument("--forward", action="store_true", help="also forward every result SR to a dcmtk storescp (the PACS) and time delivery")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/dicom"))
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="osteo-dicom-bench-") as tmp:
         work = Path(tmp)
         files = all_syntaxes(KNEE, work / "syntaxes")
         decode = decode_times(files, args.runs)
-        e2e = [end_to_end(name, files[name], args.images, work, args.threads) for name in args.syntaxes.split(",")]
+        e2e = [end_to_end(name, files[name], args.images, work, args.threads, args.forward) for name in args.syntaxes.split(",")]
     result = {"command": "python " + " ".join([Path(sys.argv[0]).as_posix(), *sys.argv[1:]]), "machine": machine(),
               "threads": args.threads, "decode_runs": args.runs, "decode": decode, "end_to_end": e2e}
     args.out.mkdir(parents=True, exist_ok=True)

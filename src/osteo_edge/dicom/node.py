@@ -277,9 +277,10 @@ class Node:
         return self.outbox is not None and len(self.outbox) == 0
 
     # -- the forwarder's callbacks (its thread) ----------------------------------------------
-    def _delivered(self, source_uid: str | None, sr_uid: str, dest: Destination) -> None:
-        self.record.event(source_uid, "delivered", f"{sr_uid} to {dest}")
-        log.info("delivered result %s (for %s) to %s", sr_uid, source_uid or "?", dest)
+    def _delivered(self, batch: list[tuple[str | None, str, Destination]]) -> None:
+        self.record.events_many([(source_uid, "delivered", f"{sr_uid} to {dest}") for source_uid, sr_uid, dest in batch])
+        for source_uid, sr_uid, dest in batch:
+            log.info("delivered result %s (for %s) to %s", sr_uid, source_uid or "?", dest)
 
     def _not_delivered(self, error: str, waiting: int) -> None:
         self.record.event(None, "forward_failed", f"{self.config.forward}: {error} ({waiting} waiting)")

@@ -88,20 +88,21 @@ class Outbox:
         sr_uid, _, source = path.stem.partition("_")
         return sr_uid, source or None
 
-    def done(self, path: Path) -> None:
-        path.unlink(missing_ok=True)
+    def done_many(self, paths: list[Path]) -> None:
+        for path in paths:
+            path.unlink(missing_ok=True)
         _fsync_dir(self.root)
 
 
 class Forwarder:
     """The thread that empties the :class:`Outbox` into ``dest``.
 
-    ``on_delivered(source_uid, sr_uid, dest)`` and ``on_failed(error, waiting)`` are called from this
-    thread (the node records them). ``timeout`` bounds every network wait (connect, association,
+    ``on_delivered([(source_uid, sr_uid, dest), ...])`` (a batch) and ``on_failed(error, waiting)`` are
+    called from this thread (the node records them). ``timeout`` bounds every network wait (connect, association,
     each C-STORE); ``retry`` is (first, longest) pause in seconds between failed attempts.
     """
 
-    def __init__(self, outbox: Outbox, dest: Destination, calling_ae: str, on_delivered: Callable[[str | None, str, Destination], None],
+    def __init__(self, outbox: Outbox, dest: Destination, calling_ae: str, on_delivered: Callable[[list[tuple[str | None, str, Destination]]], None],
                  on_failed: Callable[[str, int], None], timeout: float = 10.0, retry: tuple[float, float] = (1.0, 60.0),
                  batch: int = 64, linger: float = 2.0) -> None:
         self.outbox, self.dest, self.calling_ae = outbox, dest, calling_ae
@@ -116,6 +117,11 @@ class Forwarder:
         self.associations = 0
 
     def start(self) -> "Forwarder":
+        from pynetdicom import _config
+
+        # Send an outbox file's bytes as they are (pynetdicom otherwise reads the whole file into a
+        # dataset and encodes it again: ~25 ms per SR here). Applies to C-STOREs of files only.
+        _config.STORE_SEND_CHUNKED_DATASET = True
         self._thread = threading.Thread(target=self._run, name="osteo-edge-forwarder", daemon=True)
         self._thread.start()
         return self
@@ -167,12 +173,14 @@ class Forwarder:
 
         ae = AE(ae_title=self.calling_ae)
         for sop_class in ("1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.34"):
-            ae.add_requested_context(sop_class, list(SR_SYNTAXES))
+            for syntax in SR_SYNTAXES:  # one context per syntax: the file's own is always there to pick
+                ae.add_requested_context(sop_class, syntax)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = self.timeout
         ae.connection_timeout = self.timeout
         assoc = ae.associate(self.dest.host, self.dest.port, ae_title=self.dest.ae_title)
         if assoc.is_established:
             self.associations += 1
+            no_delay(assoc)
             return assoc, None
         if assoc.is_rejected:
             return None, "association rejected (check the PACS allows this node's AE title)"
@@ -182,7 +190,8 @@ class Forwarder:
 
     def _deliver_all(self) -> str | None:
         """Send everything the outbox holds over one association, lingering briefly for more;
-        None when the outbox is empty, else why it stopped."""
+        None when the outbox is empty, else why it stopped. Each batch's deliveries are recorded
+        together and then leave the outbox together (one transaction, one folder fsync)."""
         items = self.outbox.pending()
         if not items:
             return None
@@ -199,22 +208,40 @@ class Forwarder:
                     self._wake.wait(0.1)
                     self._wake.clear()
                     continue
-                for path in items:
-                    error = self._send_one(assoc, path)
-                    if error is not None:
-                        return error
+                sent: list[Path] = []
+                try:
+                    for path in items:
+                        error = self._send_one(assoc, path)
+                        if error is not None:
+                            return error
+                        sent.append(path)
+                finally:
+                    self._settle(sent)
                 idle_since = time.monotonic()
             return None
         finally:
             if assoc.is_established:
                 assoc.release()
 
+    def _settle(self, sent: list[Path]) -> None:
+        """Record the delivered results first, then remove them: a crash in between re-sends the same
+        SRs after the restart (at least once), never loses one."""
+        if not sent:
+            return
+        batch = []
+        for path in sent:
+            sr_uid, source = self.outbox.uids(path)
+            batch.append((source, sr_uid, self.dest))
+        self.on_delivered(batch)
+        self.outbox.done_many(sent)
+        self.delivered += len(sent)
+
     def _send_one(self, assoc: Any, path: Path) -> str | None:
-        if not path.exists():
-            return None
-        sr_uid, source = self.outbox.uids(path)
+        sr_uid, _ = self.outbox.uids(path)
         try:
             status = assoc.send_c_store(path)
+        except FileNotFoundError:  # delivered meanwhile (another batch)
+            return None
         except (OSError, ValueError, AttributeError) as exc:  # an unreadable file or no accepted context
             return f"{sr_uid}: {type(exc).__name__}: {str(exc)[:200]}"
         code = getattr(status, "Status", None)
@@ -222,7 +249,16 @@ class Forwarder:
             return f"no C-STORE response within {self.timeout:.0f} s (connection lost or PACS hung)"
         if int(code) not in STORED:
             return f"PACS answered status 0x{int(code):04X} for {sr_uid}"
-        self.on_delivered(source, sr_uid, self.dest)  # recorded first: a crash here re-sends the same SR, never loses it
-        self.outbox.done(path)
-        self.delivered += 1
         return None
+
+
+def no_delay(assoc: Any) -> None:
+    """TCP_NODELAY on an association's socket. pynetdicom leaves Nagle's algorithm on, and a C-STORE
+    is written in several sends: the peer's delayed ACK then holds each request or response for
+    ~40 ms (measured: 60 SRs to storescp took 8 s, about 0.1 s each)."""
+    import socket
+
+    try:
+        assoc.dul.socket.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError):  # no socket (yet), or not TCP: nothing to tune
+        log.debug("TCP_NODELAY not set", exc_info=True)

@@ -175,6 +175,19 @@ class ClinicRecord:
     def event(self, sop_instance_uid: str | None, event: str, detail: str = "") -> None:
         self._insert("events", {"recorded_at": now_utc(), "sop_instance_uid": sop_instance_uid, "event": event, "detail": detail})
 
+    def events_many(self, events: list[tuple[str | None, str, str]]) -> None:
+        """Several (sop_instance_uid, event, detail) in one transaction (one fsync)."""
+        at = now_utc()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT INTO events (recorded_at, sop_instance_uid, event, detail) VALUES (?, ?, ?, ?)",
+                                     [(at, *e) for e in events])
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
     def _insert(self, table: str, row: dict[str, Any], ignore: bool = False) -> bool:
         cols = ", ".join(row)
         marks = ", ".join("?" for _ in row)
