@@ -139,6 +139,8 @@ class Node:
         self._stop = threading.Event()
         self._server: Any = None
         self._worker: threading.Thread | None = None
+        self._committer: threading.Thread | None = None
+        self._commits: queue.Queue[tuple[list[_Answer], int]] = queue.Queue(maxsize=4)
         self.clf: Any = None
         self.record: Any = None
         self.spool: Spool | None = None
@@ -187,6 +189,8 @@ class Node:
             log.warning("%d results wait in %s and no --forward is given: they are not delivered", len(self.outbox), self.outbox.root)
         self._worker = threading.Thread(target=self._work, name="osteo-edge-worker", daemon=True)
         self._worker.start()
+        self._committer = threading.Thread(target=self._commit_loop, name="osteo-edge-committer", daemon=True)
+        self._committer.start()
         self.started_at = time.time()
         try:
             self._server = self._make_ae().start_server((cfg.bind, cfg.port), block=False, evt_handlers=self._handlers())
@@ -241,6 +245,8 @@ class Node:
         self._stop.set()
         if self._worker is not None:
             self._worker.join(timeout=10)
+        if self._committer is not None:
+            self._committer.join(timeout=10)
         if self.forwarder is not None:
             if drain and self.forwarder.failures == 0:
                 deadline = time.monotonic() + 5
@@ -353,8 +359,9 @@ class Node:
     # -- the worker ------------------------------------------------------------------------
     def _work(self) -> None:
         """Answer the spool in order, in batches of what has arrived (up to BATCH): each image is
-        read, classified and given its SR on its own; the batch's files, record rows and spool
-        removals are then made durable together (one folder fsync, one SQLite transaction)."""
+        read, classified and given its SR here; the committer thread then makes the batch durable
+        (result files, record rows, spool removal: one folder fsync, one SQLite transaction), while
+        this thread already classifies the next batch: the fsync waits overlap the model."""
         while not self._stop.is_set():
             try:
                 batch = [self._queue.get(timeout=0.1)]
@@ -365,10 +372,26 @@ class Node:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            answers: list[_Answer] = []
             try:
-                self._answer_batch(batch)
+                answers = self._answer_batch(batch)
             finally:
-                for _ in batch:
+                self._commits.put((answers, len(batch)))  # the committer marks the batch done, in order
+
+    def _commit_loop(self) -> None:
+        while not (self._stop.is_set() and self._commits.empty()):
+            try:
+                answers, n = self._commits.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            try:
+                if answers:
+                    self._commit(answers)
+            except Exception as exc:
+                for answer in answers:
+                    self._failed(answer.path, exc)
+            finally:
+                for _ in range(n):
                     self._queue.task_done()
 
     def _failed(self, path: Path, exc: Exception) -> None:
@@ -382,7 +405,7 @@ class Node:
         except Exception:  # the record itself failing: the log line above already says it
             log.debug("could not record the failure", exc_info=True)
 
-    def _answer_batch(self, paths: list[Path]) -> None:
+    def _answer_batch(self, paths: list[Path]) -> list["_Answer"]:
         answers = []
         for path in paths:
             try:
@@ -392,13 +415,7 @@ class Node:
                 continue
             if answer is not None:
                 answers.append(answer)
-        if not answers:
-            return
-        try:
-            self._commit(answers)
-        except Exception as exc:
-            for answer in answers:
-                self._failed(answer.path, exc)
+        return answers
 
     def _answer(self, path: Path) -> "_Answer | None":
         """Read, classify and build the SR of one spooled image (nothing written yet)."""
