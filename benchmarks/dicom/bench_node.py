@@ -6,7 +6,8 @@ syntax file is made from a real knee image by the third-party encoder of
 ``osteo_edge.dicom.decode.TRANSFER_SYNTAXES`` and sent as CR Image Storage. The load average is
 recorded before and after each run: the machine is shared.
 
-    python benchmarks/dicom/bench_node.py --images 60 --forward --out benchmarks/dicom
+    python benchmarks/dicom/bench_node.py --images 60 --out benchmarks/dicom
+    python benchmarks/dicom/bench_node.py --images 60 --forward --out benchmarks/dicom/forward
 
 Writes RESULTS.json and RESULTS.md (with the command and the machine) into --out.
 """
