@@ -19,7 +19,7 @@ TargetName = choices("TargetName", TARGETS)
 @handle_errors
 def bench(
     target: Annotated[TargetName, typer.Option("--target", help="Where to measure: host (this machine) or raspberrypi (a Pi over SSH: needs --host, or --emulate).")] = TargetName.host,
-    model: Annotated[Optional[List[Path]], typer.Option("--model", help="Model bundle directory (repeatable; default: the shipped bundle).")] = None,
+    model: Annotated[Optional[List[Path]], typer.Option("--model", help="Model bundle directory (repeatable; default: the shipped bundle, and models/default-fp32 beside it in a checkout).")] = None,
     host: Annotated[Optional[str], typer.Option("--host", help="user@address of the Raspberry Pi (SSH keys, no password prompt).")] = None,
     threads: Annotated[str, typer.Option("--threads", help="Inference threads, set explicitly for every backend; several in one run: 1,2 (host).")] = "2",
     runs: Annotated[int, typer.Option("--runs", help="Timed runs per model (batch 1) after warm-up.")] = 100,
@@ -57,6 +57,10 @@ def bench(
         open_bundle(b, trust)
     if not bundles and (default_bundle_path() / "manifest.json").is_file():
         bundles = [default_bundle_path()]
+        reference = Path("models") / "default-fp32"  # in a checkout: the shipped bundle's fp32 parent beside it
+        if (reference / "manifest.json").is_file():
+            open_bundle(reference, trust)
+            bundles.append(reference)
     counts = parse_threads(threads)
     req = BenchRequest(
         bundles=bundles, threads=counts[0], threads_list=counts, runs=runs, warmup=warmup, host=host, ssh_options=tuple(ssh_option or ()),
