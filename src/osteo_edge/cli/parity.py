@@ -66,7 +66,7 @@ def register(app: typer.Typer) -> None:
             for f in report.failures:
                 out.line(f"gate failed: {f}", stderr=True, style="red")
             if explain is None:
-                out.next_step(*after_parity_failed(reference, report.candidates[0].path, data))
+                out.next_step(*after_parity_failed(reference, candidate[0], data))
             raise typer.Exit(code=1)
         out.next_step(after_parity(report.candidates[0].path))
 
