@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import logging
 import re
 import signal
 import stat
@@ -127,8 +128,9 @@ def test_serve_logs_one_line_per_image_and_its_echoscu_line_works(base8, tmp_pat
     assert len(log.splitlines()) <= 3 * 2 + 4, log  # start-up and shutdown lines, nothing else
 
 
-def test_one_serve_per_record_and_the_called_ae_title_is_checked(tmp_path):
+def test_one_serve_per_record_and_the_called_ae_title_is_checked(tmp_path, caplog):
     require_programs("echoscu")
+    caplog.set_level(logging.INFO, logger="osteo_edge.dicom.node")
     with Node(NodeConfig(record=tmp_path / "r.db", port=0)) as node:
         try:  # the real CLI, in its own process: a second node on the record must exit at once
             res = subprocess.run([sys.executable, "-c", CLI, "serve", "--record", str(tmp_path / "r.db"), "--port", "0"],
@@ -140,6 +142,9 @@ def test_one_serve_per_record_and_the_called_ae_title_is_checked(tmp_path):
         assert subprocess.run([ECHOSCU, "-aec", "OSTEOEDGE", "127.0.0.1", str(node.port)], capture_output=True).returncode == 0
         wrong = subprocess.run([ECHOSCU, "-aec", "SOMEONE_ELSE", "127.0.0.1", str(node.port)], capture_output=True, text=True)
         assert wrong.returncode != 0 and "Rejected" in wrong.stdout + wrong.stderr
+        wait_until(lambda: any("SOMEONE_ELSE" in r.getMessage() for r in caplog.records), 10, "the refusal logged")
+        (line,) = [r.getMessage() for r in caplog.records if "SOMEONE_ELSE" in r.getMessage()]
+        assert "called AE 'SOMEONE_ELSE', not this node's 'OSTEOEDGE'" in line
     with Node(NodeConfig(record=tmp_path / "r.db", port=0)):  # the lock goes with the node
         pass
 

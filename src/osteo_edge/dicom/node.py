@@ -299,7 +299,13 @@ class Node:
     def _on_rejected(self, event: Any) -> None:
         allowed = self.config.allow_ae
         calling = str(event.assoc.requestor.ae_title or "").strip()
-        why = "is not in --allow-ae" if allowed and calling not in allowed else "(too many associations or a bad request)"
+        called = str(getattr(getattr(event.assoc.requestor, "primitive", None), "called_ae_title", "") or "").strip()
+        if allowed and calling not in allowed:
+            why = "is not in --allow-ae"
+        elif called and called != self.config.ae_title:
+            why = f"called AE {called!r}, not this node's {self.config.ae_title!r} (--ae-title)"
+        else:
+            why = "(too many associations or a bad request)"
         log.warning("association refused: calling AE %r (%s) %s", calling, event.assoc.requestor.address, why)
 
     def _on_data(self, event: Any) -> None:
