@@ -145,8 +145,9 @@ def test_one_serve_per_record_and_the_called_ae_title_is_checked(tmp_path, caplo
         wait_until(lambda: any("SOMEONE_ELSE" in r.getMessage() for r in caplog.records), 10, "the refusal logged")
         (line,) = [r.getMessage() for r in caplog.records if "SOMEONE_ELSE" in r.getMessage()]
         assert "called AE 'SOMEONE_ELSE', not this node's 'OSTEOEDGE'" in line
-    with Node(NodeConfig(record=tmp_path / "r.db", port=0)):  # the lock goes with the node
-        pass
+    with Node(NodeConfig(record=tmp_path / "r.db", port=0)) as node:  # the lock goes with the node
+        with pytest.raises(ConfigError, match="another osteo-edge serve uses this spool"):  # another record, the same spool
+            Node(NodeConfig(record=tmp_path / "other.db", port=0, spool=node.spool.root)).start()
 
 
 def test_record_status_shows_backlog_outbox_and_the_last_error(base8, tmp_path):

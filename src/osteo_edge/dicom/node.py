@@ -565,11 +565,13 @@ def problem_free_study(data: bytes) -> str | None:
 
 
 class NodeLock:
-    """One ``serve`` per record: an exclusive ``flock`` on ``RECORD.lock`` (released by the OS when the
-    process ends, however it ends), holding JSON about the node for ``record status``."""
+    """One ``serve`` per record and per spool: an exclusive ``flock`` on ``RECORD.lock`` (holding JSON
+    about the node for ``record status``) and on ``SPOOL/.lock``, released by the OS when the process
+    ends, however it ends."""
 
     def __init__(self, path: Path, fd: int, info: dict[str, Any]) -> None:
         self.path, self._fd, self.info = path, fd, info
+        self._spool_fd = -1
 
     @staticmethod
     def path_for(record: Path) -> Path:
@@ -594,6 +596,15 @@ class NodeLock:
                 "forward": str(cfg.forward) if cfg.forward else None, "started_at": time.time()}
         lock = cls(path, fd, info)
         lock._write()
+        spool_lock = cfg.spool / ".lock"
+        cfg.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        lock._spool_fd = os.open(spool_lock, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(lock._spool_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.release()
+            raise ConfigError(f"{cfg.spool}: another osteo-edge serve uses this spool (with another record); "
+                              "stop it first or give another --spool") from None
         return lock
 
     def update(self, **kw: Any) -> None:
@@ -607,10 +618,12 @@ class NodeLock:
     def release(self) -> None:
         import fcntl
 
-        if self._fd >= 0:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = -1
+        for name in ("_spool_fd", "_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+                setattr(self, name, -1)
 
 
 def read_lock(path: Path) -> dict[str, Any]:
