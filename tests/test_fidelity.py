@@ -250,3 +250,40 @@ def test_bench_names_whether_the_cpu_has_int8_dot_products() -> None:
     pi5 = cpu_isa("Features\t: fp asimd evtstrm aes crc32 atomics asimddp\n")
     assert pi5["vector"] == "NEON" and pi5["int8_dot_product"] == ["ARM dotprod"]
     assert "text" in machine_info()["isa"]
+
+
+# ------------------------------------------------------------------------------------------------
+# the shipped bundle and its fp32 parent in the repository (issue 22, point 7)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_the_shipped_bundle_can_be_rechecked_against_its_fp32_parent_from_a_clone(tmp_path: Path) -> None:
+    from osteo_edge.artifact import load_bundle
+    from osteo_edge.artifact.signing import TrustStore
+    from osteo_edge.edge_runtime.classifier import default_bundle_path
+    from osteo_edge.export.parity import run_parity
+
+    ref_dir = REPO / "models" / "default-fp32"
+    ref = load_bundle(ref_dir, trust=TrustStore.package())  # sealed and signed by a key the package ships
+    shipped = load_bundle(default_bundle_path(), trust=TrustStore.package())
+    assert ref.format == "tflite" and shipped.format == "tflite-int8" and ref.labels == shipped.labels
+    assert ref.provenance.to_dict()["parent"]["seal"] == shipped.provenance.to_dict()["parent"]["seal"]  # the same run
+    films = tmp_path / "films"
+    films.mkdir()
+    for f in [p for p in sorted((KNEE / "2class-kaggle").rglob("*")) if p.suffix.lower() in (".png", ".jpg", ".jpeg")][:4] + sorted((KNEE / "wani-mendeley" / "Normal").glob("N1*"))[:4]:
+        (films / f.name).write_bytes(f.read_bytes())
+    rep = run_parity(ref_dir, ["default"], images=films)
+    d = rep.candidates[0].pool["decisions"]
+    # eight films: the gates are judged on 726 (benchmarks/export/default_parity.json); here, that this
+    # really is the int8 file's float parent (another model moves probabilities far more)
+    assert d["n"] == 8 and d["agreement"]["value"] == 1.0 and d["mean_abs_dp"]["value"] <= 0.02 and d["max_abs_dp"]["value"] <= 0.12
+    # README, manifest and the benchmark file state the same pool figures
+    bench = json.loads((REPO / "benchmarks" / "export" / "default_parity.json").read_text())["candidates"][0]["pool"]
+    manifest = shipped.manifest["metrics"]["parity"]["pool"]
+    for key in ("agreement", "decision_agreement", "p95_abs_dp", "max_abs_dp"):
+        assert manifest["decisions"][key] == bench["decisions"][key]
+    readme = (REPO / "README.md").read_text()
+    assert f"{bench['decisions']['p95_abs_dp']['value']:.4f}" in readme and f"{bench['decisions']['max_abs_dp']['value']:.4f}" in readme
+    q = shipped.manifest["export"]["quantization"]
+    assert q["float_ops"] >= 1 and shipped.manifest["export"]["gray_stem_fold"]["layer"] == "conv_stem" and shipped.spec.channels == 1
