@@ -35,7 +35,8 @@ def int8_bundle(tmp_path_factory):
     seal(run, format="torch", model_file="model.pt", labels=LABELS, spec=spec, thresholds={"min_confidence": 0.0, "low_bmd": 0.5},
          extra={"arch": {"name": "cnn", "num_classes": 3, "width": 4}})
     out = root / "tflite-int8"
-    export_model(run, "tflite-int8", out, golden_size=4, calib_size=16, evaluate=False)
+    # the full-integer route (--all-int8: int8 I/O), calibrated on synthetic images by name (no split here)
+    export_model(run, "tflite-int8", out, golden_size=4, calib_size=16, evaluate=False, calibration="synthetic", budget=None)
     return model, out
 
 
