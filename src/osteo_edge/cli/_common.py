@@ -343,7 +343,8 @@ def tidy_help(app: typer.Typer) -> None:
 
 TRUSTED_KEY_HELP = (
     "Trusted publisher public key (PEM file, or a folder of *.pub; repeatable; also read from "
-    "OSTEO_EDGE_TRUSTED_KEYS). With any trusted key, unsigned bundles and bundles signed by other keys are refused."
+    "OSTEO_EDGE_TRUSTED_KEYS and from the clinic trust file written by 'site trust'). With any trusted key, "
+    "unsigned bundles and bundles signed by other keys are refused."
 )
 
 
