@@ -287,3 +287,13 @@ def test_the_shipped_bundle_can_be_rechecked_against_its_fp32_parent_from_a_clon
     assert f"{bench['decisions']['p95_abs_dp']['value']:.4f}" in readme and f"{bench['decisions']['max_abs_dp']['value']:.4f}" in readme
     q = shipped.manifest["export"]["quantization"]
     assert q["float_ops"] >= 1 and shipped.manifest["export"]["gray_stem_fold"]["layer"] == "conv_stem" and shipped.spec.channels == 1
+
+
+def test_export_hints_never_point_two_runs_at_the_same_bundle() -> None:
+    """Issue 23: following a `next:` hint from another run (a pruned or QAT run) never overwrites the
+    Quick start's bundle; the README's run still gets the README's bundle."""
+    from osteo_edge.cli._steps import after_evaluate
+
+    assert after_evaluate("runs/lite0", "out/split/split.csv").endswith("--out out/lite0-int8")
+    assert after_evaluate("runs/ship/pruned", "s.csv").endswith("--out out/pruned-int8")
+    assert after_evaluate("runs/qat", "s.csv").endswith("--out out/qat-int8")

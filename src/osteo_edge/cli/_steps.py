@@ -14,7 +14,6 @@ from typing import Any, Iterable
 # The README's names for what each step creates.
 SPLIT_DIR = "out/split"
 RUN_DIR = "runs/lite0"
-BUNDLE_DIR = "out/lite0-int8"
 KNEE = "path/to/knee.png"
 
 
@@ -40,9 +39,17 @@ def after_train(run: Any, split_csv: Any | None, folds: int = 0) -> str:
     return f"osteo-edge evaluate --model {_q(run)}{split}" + (f" --folds {folds}" if folds else "")
 
 
+def bundle_dir_for(run: Any) -> str:
+    """Where the next export of ``run`` goes: named after the run (``runs/lite0`` -> ``out/lite0-int8``,
+    the README's), so following a hint from another run never overwrites a bundle already made."""
+    from pathlib import Path
+
+    return f"out/{Path(str(run)).name or 'model'}-int8"
+
+
 def after_evaluate(run: Any, split_csv: Any | None) -> str:
     split = _q(split_csv) if split_csv else "SPLIT.csv"
-    return f"osteo-edge export --model {_q(run)} --format tflite --int8 --split {split} --out {BUNDLE_DIR}"
+    return f"osteo-edge export --model {_q(run)} --format tflite --int8 --split {split} --out {_q(bundle_dir_for(run))}"
 
 
 def after_export(run: Any, bundle: Any, split_csv: Any | None) -> str:

@@ -51,4 +51,4 @@ def register(app: typer.Typer) -> None:
             rows.append(("val accuracy after BatchNorm re-estimation", "", f"{a['val_after_bn_recalibration']['accuracy']:.4f}", ""))
         o.table(f"Pruning {ratio:.0%} of channels", [o.Col("what"), *(o.Col(c, right=True) for c in ("before", "after", "change"))], rows)
         o.line(f"wrote {out} in {res.seconds:.0f} s")
-        o.next_step(after_evaluate(out, split), "or quantize first: osteo-edge quantize --int8 --model " + f"{out} --split {split} --out runs/qat")
+        o.next_step(after_evaluate(out, split), "or quantize first: osteo-edge quantize --int8 --model " + f"{out} --split {split} --out {out}-qat")
