@@ -68,7 +68,7 @@ def register(app: typer.Typer) -> None:
             if explain is None:
                 out.next_step(*after_parity_failed(reference, candidate[0], data))
             raise typer.Exit(code=1)
-        out.next_step(after_parity(report.candidates[0].path))
+        out.next_step(after_parity(candidate[0] if candidate[0] == "default" else report.candidates[0].path))
 
 
 def _render(report: Any, reference: str) -> None:
