@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-REPORTS = ["ptq-vs-fp32.json", "ptq-calib-qat-vs-fp32.json", "qat-vs-qat-float.json", "../default_parity.json"]
+REPORTS = ["ptq-vs-fp32.json", "ptq-calib-qat-vs-fp32.json", "qat-vs-qat-float.json", "fast-vs-fast-fp32.json", "../default_parity.json"]
 WHAT = {
     "int8-old": "full int8 as shipped before (no fold, every op int8, int8 I/O)",
     "int8-fold": "gray stem fold, every op int8",
@@ -20,6 +20,7 @@ WHAT = {
     "int8-calib413": "the same, calibrated on all 413 training files",
     "qat-int8-old": "QAT run, full int8 as before",
     "qat-int8-budget": "QAT run, faithful route",
+    "fast": "pruned 30% (4 fine-tune epochs) + QAT, faithful route (the candidate fast bundle)",
     "default": "shipped default (QAT run, faithful route)",
 }
 
