@@ -322,6 +322,8 @@ def run_parity(
         chosen = Pool(files, f"every file under {images} ({len(files)}; no split given, so nothing is excluded as training data)")
     else:
         chosen = resolve_pool(images if images is not None else pool, table, pool_members)
+    if not chosen.paths:
+        raise ConfigError(f"no images to compare: {chosen.source}")
     ref, pool_info, ref_bundle = _reference(reference, split, subset, chosen, n_boot, threads, progress)
     scored = [_score_candidate(c, ref, split, subset, gates, threads, n_boot) for c in candidates]
     explained: dict[str, Any] = {}
