@@ -67,8 +67,9 @@ def after_parity_failed(reference: Any, candidate: Any, data: str) -> tuple[str,
     """What to try when a parity gate fails, and why: look before changing anything (no loop back
     into a command that would overwrite the bundle just measured)."""
     return (f"osteo-edge parity --reference {_q(reference)} --candidate {_q(candidate)} {data} --explain out/parity-explain",
-            "a gate failed: --explain names the layers the error comes from; then re-export to a NEW --out with a "
-            "tighter --max-p95-dp (more of those layers stay float), or read docs/export.md before shipping it")
+            "a gate failed: --explain names the layers the error comes from. What reached the gates for the shipped "
+            "model: QAT (osteo-edge quantize --int8 --method qat) exported to a NEW --out and compared with that QAT "
+            "run's own fp32 export; docs/export.md#faithful-int8-the-fidelity-budget")
 
 
 def after_predict(model: Any | None) -> str:
