@@ -47,16 +47,14 @@ def refit_thresholds(parent: Bundle, val_logits: np.ndarray, y_val: np.ndarray, 
     """The low-BMD threshold refitted for the tuned weights and their temperature, by the parent's own
     rule (the highest threshold with validation sensitivity >= the parent's target): a threshold chosen
     for other probabilities would not give the sensitivity the manifest promises."""
-    from ..core.classification import choose_low_bmd_threshold, low_bmd_probability
+    from ..core.classification import fit_low_bmd_threshold
     from ..core.stats import softmax
 
     thresholds = dict(parent.thresholds or {})
-    p_low = low_bmd_probability(softmax(val_logits, temperature), parent.labels)
-    if p_low is None or "low_bmd" not in thresholds:
-        return thresholds, {"refitted": False}
     target = parent.calibration.target_sensitivity
-    y_low = (np.asarray(y_val) != list(parent.labels).index("Normal")).astype(int)
-    choice = choose_low_bmd_threshold(y_low, p_low, target)
+    choice = fit_low_bmd_threshold(softmax(val_logits, temperature), y_val, parent.labels, target)
+    if choice is None or "low_bmd" not in thresholds:
+        return thresholds, {"refitted": False}
     record = {"refitted": True, "parent_low_bmd": thresholds["low_bmd"], **choice, "fitted_on": "val",
               "method": f"highest threshold with validation sensitivity >= {target:g} (the parent's rule)"}
     thresholds["low_bmd"] = float(choice["threshold"])

@@ -98,6 +98,16 @@ def choose_low_bmd_threshold(y_low: np.ndarray, p_low: np.ndarray, target_sensit
             "val_specificity": spec, "youden_threshold": youden}
 
 
+def fit_low_bmd_threshold(probs: np.ndarray, y: np.ndarray, labels: Sequence[str], target_sensitivity: float) -> dict[str, float] | None:
+    """:func:`choose_low_bmd_threshold` on calibrated probabilities and class indices (low BMD = not
+    Normal); ``None`` when the label set has no Normal class."""
+    p_low = low_bmd_probability(probs, labels)
+    if p_low is None:
+        return None
+    y_low = (np.asarray(y) != list(labels).index(NORMAL)).astype(int)
+    return choose_low_bmd_threshold(y_low, p_low, target_sensitivity)
+
+
 def classification_metrics(
     y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_bmd_threshold: float | None = None
 ) -> dict[str, Any]:

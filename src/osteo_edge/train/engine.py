@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from ..artifact import atomic_path, atomic_write_json, atomic_write_text, runtime_versions, seal
-from ..core.classification import NORMAL, choose_low_bmd_threshold, classification_metrics, headline, low_bmd_probability
+from ..core.classification import classification_metrics, fit_low_bmd_threshold, headline
 from ..core.progress import Progress
 from ..core.stats import softmax
 from ..errors import ConfigError, DataError, OsteoEdgeError, require
@@ -770,10 +770,8 @@ def calibrate_on_val(val_logits: np.ndarray, y_val: np.ndarray, labels: Sequence
     probs = softmax(val_logits, temperature)
     thresholds: dict[str, float] = {"min_confidence": float(min_confidence)}
     record: dict[str, Any] = {"temperature_fitted_on": "val", "val_n": int(len(y_val))}
-    p_low = low_bmd_probability(probs, labels)
-    if p_low is not None:
-        y_low = (np.asarray(y_val) != list(labels).index(NORMAL)).astype(int)
-        choice = choose_low_bmd_threshold(y_low, p_low, target_sensitivity)
+    choice = fit_low_bmd_threshold(probs, y_val, labels, target_sensitivity)
+    if choice is not None:
         thresholds["low_bmd"] = choice["threshold"]
         record["low_bmd"] = {**choice, "method": f"highest threshold with validation sensitivity >= {target_sensitivity:g}"}
     return temperature, thresholds, record
