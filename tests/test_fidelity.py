@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from test_export_fixtures import KNEE, LABELS, make_run, make_split
+from test_export_fixtures import KNEE, make_run, make_split
 
 pytestmark = pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
 

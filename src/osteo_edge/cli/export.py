@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from ..export.fidelity import FidelityBudget, parse_budget
+from ..export.fidelity import FidelityBudget
 from ..formats import FORMATS
 from ..export import CALIBRATION_SOURCES
 from . import _output as o
@@ -52,7 +52,7 @@ def register(app: typer.Typer) -> None:
         from ..export import export_model, resolve_format
 
         fmt = resolve_format(format.value, int8)
-        budget = None if all_int8 else parse_budget(max_p95_dp, max_abs_dp, max_float_ops)
+        budget = None if all_int8 else FidelityBudget(max_p95_dp=max_p95_dp, max_abs_dp=max_abs_dp, max_float_ops=max_float_ops)
         with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native():
             result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
                                   evaluate=evaluate, threads=threads, command=command_line(), progress=progress,

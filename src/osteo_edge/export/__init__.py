@@ -30,6 +30,7 @@ from ..core.progress import Progress, no_progress
 from ..errors import ConfigError, ParityError, choice_error
 from ..formats import FORMATS, ModelFormat, get_format
 from ..preprocess import PreprocessSpec
+from .fidelity import FidelityBudget
 from .golden import InputSet, calibration_inputs, golden_inputs
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ def export_model(
     command: str | None = None,
     progress: Progress | None = None,
     calibration: str = "split",
-    budget: Any = "default",
+    budget: FidelityBudget | None = FidelityBudget(),
     fold_gray: bool = True,
 ) -> ExportResult:
     """Export ``run_dir`` to ``format_name`` as the bundle ``out`` (replaced only when complete).
@@ -213,17 +214,14 @@ def export_model(
     int8 needs real calibration images (``split``); ``calibration="synthetic"`` calibrates on
     synthetic images instead, only when asked for by name. For ``tflite-int8``: ``fold_gray`` folds a
     replicated gray input into the stem (:func:`fidelity.fold_gray_stem`), and ``budget`` (a
-    :class:`fidelity.FidelityBudget`; ``"default"`` = its defaults; ``None`` = every op int8 with
+    :class:`fidelity.FidelityBudget`, frozen; ``None`` = every op int8 with
     int8 I/O) chooses which ops stay float (:func:`fidelity.budgeted_int8`)."""
     from ..modeling.loading import load_run
     from ..edge_runtime.backends import open_backend
-    from .fidelity import FidelityBudget
-
     t0 = time.perf_counter()
     fmt = resolve_format(format_name)
     _check_options(fmt, split, calib_size, golden_size, calibration)
     split = str(split) if split is not None else None
-    budget = FidelityBudget() if budget == "default" else budget
     model, parent = load_run(run_dir)
     export_net, export_spec, fold_info = _fold_for(fmt, model, parent.spec, fold_gray)
     spec_out = export_spec.with_layout(fmt.layout)

@@ -26,7 +26,7 @@ import io
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -165,6 +165,16 @@ def layer_errors(debugger: Any) -> list[dict[str, Any]]:
     return rows
 
 
+def representative_dataset(calib_nhwc: np.ndarray) -> Callable[[], Iterator[list[Any]]]:
+    """The TFLite converter's calibration callback: one image at a time, float32."""
+
+    def representative() -> Iterator[list[Any]]:
+        for i in range(len(calib_nhwc)):
+            yield [calib_nhwc[i : i + 1].astype(np.float32)]
+
+    return representative
+
+
 def _run_tflite(model_bytes: bytes, x: np.ndarray, workdir: Path, name: str) -> np.ndarray:
     from ..edge_runtime.backends import open_backend
 
@@ -187,10 +197,7 @@ def budgeted_int8(
     ``check_nhwc``, keeping as few of the worst layers in float as the budget allows."""
     tf = require("tensorflow", "tflite")
     progress = progress or no_progress
-
-    def representative() -> Iterator[list[Any]]:
-        for i in range(len(calib_nhwc)):
-            yield [calib_nhwc[i : i + 1].astype(np.float32)]
+    representative = representative_dataset(calib_nhwc)
 
     def converter() -> Any:
         conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
@@ -243,15 +250,5 @@ def budgeted_int8(
     return model, info
 
 
-def parse_budget(max_p95_dp: float | None, max_abs_dp: float | None, max_float_ops: int | None) -> FidelityBudget:
-    """The budget from CLI options (``None`` = the default of each)."""
-    d = FidelityBudget()
-    return FidelityBudget(
-        max_p95_dp=d.max_p95_dp if max_p95_dp is None else float(max_p95_dp),
-        max_abs_dp=d.max_abs_dp if max_abs_dp is None else float(max_abs_dp),
-        max_float_ops=d.max_float_ops if max_float_ops is None else int(max_float_ops),
-    )
-
-
 __all__ = ["FidelityBudget", "budgeted_int8", "dp_summary", "fold_gray_stem", "folded_spec", "gray_foldable", "layer_errors",
-           "parse_budget"]
+           "representative_dataset"]

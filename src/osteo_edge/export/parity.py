@@ -37,14 +37,12 @@ HEADLINE = ("accuracy", "macro_f1", "balanced_accuracy", "auroc_macro", "low_bmd
 
 
 def agreement_stats(ref_probs: np.ndarray, cand_probs: np.ndarray) -> dict[str, float]:
-    """Top-1 agreement and |delta probability| between two models on the same inputs."""
-    ref_probs, cand_probs = np.asarray(ref_probs, np.float64), np.asarray(cand_probs, np.float64)
-    delta = np.abs(ref_probs - cand_probs)
-    return {
-        "agreement": float(np.mean(ref_probs.argmax(1) == cand_probs.argmax(1))) if len(ref_probs) else float("nan"),
-        "max_abs_dp": float(delta.max()) if delta.size else 0.0,
-        "mean_abs_dp": float(delta.mean()) if delta.size else 0.0,
-    }
+    """Top-1 agreement and |delta probability| between two models on the same inputs
+    (:func:`osteo_edge.export.fidelity.dp_summary`, the one definition)."""
+    from .fidelity import dp_summary
+
+    s = dp_summary(ref_probs, cand_probs)
+    return {k: s[k] for k in ("agreement", "max_abs_dp", "mean_abs_dp")}
 
 
 def score(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], groups: Sequence[int], thresholds: dict[str, float] | None,

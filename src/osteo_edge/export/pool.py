@@ -167,9 +167,10 @@ def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray, groups: Sequen
     """Top-1 agreement with its 95% interval, and |delta p|, on the pool. The interval is Wilson's over
     files, or, with ``groups`` (several files per radiograph), a percentile bootstrap over radiographs."""
     n = int(len(ref_probs))
+    from .fidelity import dp_summary
+
     same = ref_probs.argmax(1) == cand_probs.argmax(1) if n else np.zeros(0, bool)
     agree = int(np.sum(same))
-    delta = np.abs(np.asarray(ref_probs, np.float64) - np.asarray(cand_probs, np.float64))
     out = {"n": n, "agree": agree, "agreement": agree / n if n else float("nan")}
     if groups is not None and n:
         k = len(set(groups))
@@ -179,10 +180,8 @@ def pool_agreement(ref_probs: np.ndarray, cand_probs: np.ndarray, groups: Sequen
     else:
         lo, hi = wilson_interval(agree, n)
         out.update({"ci95": [lo, hi], "ci_method": "wilson"})
-    out.update({
-        "max_abs_dp": float(delta.max()) if delta.size else 0.0, "mean_abs_dp": float(delta.mean()) if delta.size else 0.0,
-        "p95_abs_dp": float(np.percentile(delta.max(axis=1), 95)) if delta.size else 0.0,
-    })
+    s = dp_summary(ref_probs, cand_probs)
+    out.update({k: s[k] for k in ("max_abs_dp", "mean_abs_dp", "p95_abs_dp")})
     return out
 
 
@@ -197,43 +196,41 @@ class Answers:
     low_bmd: list[bool | None]  # P(low BMD) >= the bundle's threshold; None when rejected or no threshold
     undecodable: int = 0
 
-    def decisions(self) -> list[tuple[str, bool | None]]:
-        return list(zip(self.status, self.low_bmd))
-
 
 def pool_answers(bundle: Any, run: Callable[[np.ndarray], np.ndarray], paths: Sequence[str], strict: bool = False,
                  progress: Progress | None = None) -> Answers:
     """Every pool file through the runtime's path (decode, views, input gate, :func:`decide`) with
     ``bundle``'s spec, temperature, thresholds and gate, and the model ``run``. ``strict``: every file
     must decode (a candidate runs on the files that decoded for the reference)."""
-    from ..core.stats import softmax
-    from ..edge_runtime.classifier import decide
-    from ..edge_runtime.gate import Gate
-    from ..preprocess import decode_for, finalize, frames, to_gray
+    from types import SimpleNamespace
 
-    gate = Gate.from_record(bundle.gate)
-    spec, labels, thr = bundle.spec, list(bundle.labels), dict(bundle.thresholds or {})
-    neg = labels.index(bundle.negative_label) if bundle.negative_label in labels else None
+    from ..edge_runtime.classifier import EdgeClassifier, decide
+    from ..edge_runtime.gate import Gate
+    from ..preprocess import decode_for
+
+    labels, thr = list(bundle.labels), dict(bundle.thresholds or {})
+    # the runtime's classifier around any model function (a torch run too): its views, mean logits,
+    # temperature and low-BMD probability, as `predict` computes them
+    clf = EdgeClassifier(bundle, SimpleNamespace(run=run), Gate.from_record(bundle.gate), labels, bundle.spec,
+                         bundle.temperature, thr)
     ok, probs, status, low, bad = [], [], [], [], 0
     for i, p in enumerate(paths):
         try:
-            decoded = decode_for(p, spec)
-            views = np.stack([finalize(v, spec) for v in frames(to_gray(decoded), spec)]).astype(np.float32)
+            decoded = decode_for(p, clf.spec)
+            prob = clf.image_probabilities(decoded)
         except (OsteoEdgeError, OSError, ValueError) as exc:
             if strict:
                 raise OsteoEdgeError(f"{p}: decoded for the reference but not with this model's spec ({exc})") from exc
             bad += 1
             log.debug("pool: %s left out (%s)", p, exc)
             continue
-        prob = softmax(run(views).mean(axis=0, keepdims=True), bundle.temperature)[0]
-        verdict = gate.check(decoded)
-        p_low = None if neg is None else float(1.0 - prob[neg])
-        if not verdict.ok:
+        p_low = clf.low_bmd_probability(dict(zip(labels, map(float, prob))))
+        if not clf.gate.check(decoded).ok:
             st, flag = "rejected", None
         else:
             top = int(np.argmax(prob))
-            st = decide(labels[top], float(prob[top]), p_low, thr)[0]
-            flag = None if p_low is None or thr.get("low_bmd") is None else bool(p_low >= thr["low_bmd"])
+            st, _, reason = decide(labels[top], float(prob[top]), p_low, thr)
+            flag = None if p_low is None or thr.get("low_bmd") is None else "low_bmd" in (reason or "").split(",")
         ok.append(str(p))
         probs.append(prob)
         status.append(st)
@@ -255,29 +252,25 @@ def decision_parity(ref: Answers, cand: Answers, groups: Sequence[str] | None = 
     if ref.paths != cand.paths:
         raise OsteoEdgeError("candidate and reference answers do not cover the same pool files")
     n = len(ref.paths)
-    top1 = ref.probs.argmax(1) == cand.probs.argmax(1) if n else np.zeros(0, bool)
     st = np.array([a == b for a, b in zip(ref.status, cand.status)], bool)
     lb = np.array([a == b for a, b in zip(ref.low_bmd, cand.low_bmd)], bool)
     both = st & lb
-    dmax = np.abs(ref.probs - cand.probs).max(axis=1) if n else np.zeros(0)
-    dall = np.abs(ref.probs - cand.probs).mean(axis=1) if n else np.zeros(0)
 
     def figures(idx: np.ndarray) -> dict[str, float]:
-        return {"agreement": float(top1[idx].mean()), "status_agreement": float(st[idx].mean()),
+        s = dp_summary(ref.probs[idx], cand.probs[idx])
+        return {"agreement": s["agreement"], "status_agreement": float(st[idx].mean()),
                 "low_bmd_agreement": float(lb[idx].mean()), "decision_agreement": float(both[idx].mean()),
-                "mean_abs_dp": float(dall[idx].mean()), "p95_abs_dp": float(np.percentile(dmax[idx], 95)),
-                "max_abs_dp": float(dmax[idx].max())}
+                **{k: s[k] for k in ("mean_abs_dp", "p95_abs_dp", "max_abs_dp")}}
 
     if not n:
         return {"n": 0}
     point = figures(np.arange(n))
-    point.update({k: v for k, v in dp_summary(ref.probs, cand.probs).items() if k in ("mean_abs_dp", "p95_abs_dp", "max_abs_dp")})
     draws: dict[str, list[float]] = {k: [] for k in point}
     for idx in resample_indices(n, n_boot, seed, list(groups) if groups is not None else None):
         for k, v in figures(idx).items():
             draws[k].append(v)
     k_groups = len(set(groups)) if groups is not None else n
-    out: dict[str, Any] = {"n": n, "n_radiographs": k_groups, "flips": int(n - top1.sum()),
+    out: dict[str, Any] = {"n": n, "n_radiographs": k_groups, "flips": int(np.sum(ref.probs.argmax(1) != cand.probs.argmax(1))),
                            "decision_changes": int(n - both.sum()),
                            "ci_method": f"percentile bootstrap over {k_groups} radiographs ({n_boot} resamples)"}
     for k, v in point.items():

@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import numpy as np
 
@@ -107,16 +107,13 @@ def export_tflite(ctx: ExportContext) -> None:
 
 def full_integer_tflite(saved_model: Path, calib_nhwc: np.ndarray, io_dtype: str = "int8") -> bytes:
     """Full-integer int8 TFLite from a SavedModel: per-channel weights, builtins only, int8 I/O."""
+    from .fidelity import representative_dataset
+
     tf = require("tensorflow", "tflite")
-
-    def representative() -> Iterator[list[Any]]:
-        for i in range(len(calib_nhwc)):
-            yield [calib_nhwc[i : i + 1].astype(np.float32)]
-
     conv = tf.lite.TFLiteConverter.from_saved_model(str(saved_model))
     conv.optimizations = [tf.lite.Optimize.DEFAULT]
     conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    conv.representative_dataset = representative
+    conv.representative_dataset = representative_dataset(calib_nhwc)
     conv.inference_input_type = getattr(tf, io_dtype)
     conv.inference_output_type = getattr(tf, io_dtype)
     try:
