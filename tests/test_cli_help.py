@@ -3,7 +3,6 @@ inside a word, descriptions wrapped between words (no ragged hard-wrapped docstr
 
 from __future__ import annotations
 
-import re
 
 import pytest
 import typer.main

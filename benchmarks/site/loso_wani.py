@@ -240,7 +240,7 @@ def markdown(r: dict) -> str:
         "Of them: " + "; ".join(f"{v} {k}" for k, v in sorted(pool["kinds"].items(), key=lambda kv: -kv[1])) + ". "
         f"Split check: the bundle on the split's {meta['split_check']['test_rows']} test rows gives accuracy "
         f"{meta['split_check']['accuracy']:.4f}, as its manifest records ({meta['split_check']['manifest_accuracy']:.4f}): the same split.", "",
-        f"The shipped bundle on the whole pool: " + ", ".join(f"{METRICS[f][0]} {fig[f]:.2f}" for f in SHOWN if fig.get(f) is not None and not math.isnan(fig[f]))
+        "The shipped bundle on the whole pool: " + ", ".join(f"{METRICS[f][0]} {fig[f]:.2f}" for f in SHOWN if fig.get(f) is not None and not math.isnan(fig[f]))
         + (f"; Osteopenia vs Osteoporosis AUROC {full['osteoporosis_vs_osteopenia_auroc']:.2f}"
            if full.get("osteoporosis_vs_osteopenia_auroc") is not None else "") + ". `site validate` on the whole pool: "
         f"**{full['verdict_default_minimum']}** (default minimum of {meta['min_per_class']} per side); with the minimum lowered to 2: "
