@@ -5,7 +5,7 @@ relative or absolute. Layers (top-level units of ``osteo_edge``)::
 
     base     errors, preprocess, framing, formats, artifact, _torchcompat, core   -> base only
     data                                                                 -> base
-    edge_runtime                                                         -> errors, preprocess, formats, artifact, core
+    edge_runtime, api (the Python API)                                   -> errors, preprocess, formats, artifact, core
     modeling                                                             -> base, data
     stages   train, compress, export, benchmarks, tabular, demo, dicom   -> base, data, modeling, edge_runtime
                                                                             (never another stage; demo and dicom never
@@ -37,6 +37,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     **{b: BASE for b in BASE},
     "data": BASE | {"data"},
     "edge_runtime": frozenset({"errors", "preprocess", "formats", "artifact", "core", "edge_runtime"}),
+    "api": frozenset({"errors", "preprocess", "formats", "artifact", "core", "edge_runtime"}),  # the Python API: torch-free
     "modeling": BASE | {"data", "modeling"},
     **{s: BASE | {"data", "modeling", "edge_runtime", s} for s in STAGES - TORCH_FREE_STAGES},
     **{s: BASE | {"data", "edge_runtime", s} for s in TORCH_FREE_STAGES},
@@ -122,8 +123,8 @@ def check_source(source: str, module: str, file: str, is_package: bool = False) 
             elif target not in allowed:
                 bad.append(Violation(file, imp.line, f"{me} must not import {imp.target} ({target}); allowed: {', '.join(sorted(allowed))}"))
             continue
-        if me == "edge_runtime" and top in HEAVY_RUNTIME:
-            bad.append(Violation(file, imp.line, f"edge_runtime must never import {top} (torch-free runtime)"))
+        if me in ("edge_runtime", "api") and top in HEAVY_RUNTIME:
+            bad.append(Violation(file, imp.line, f"{me} must never import {top} (torch-free runtime)"))
         if me in TORCH_FREE_STAGES and top in {"torch", "timm", "torchvision"}:
             bad.append(Violation(file, imp.line, f"{me} must never import {top}"))
         if me == "core" and top not in sys.stdlib_module_names and top != "numpy" and top != "__future__":

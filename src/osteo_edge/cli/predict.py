@@ -55,9 +55,7 @@ def predict(
     for pred in clf.predict_many(inputs):
         preds.append(pred)
         if as_json:
-            row = {"path": pred.path, "status": pred.status, "label": pred.label, "probabilities": pred.probabilities, "message": pred.message,
-                   "low_bmd_probability": pred.low_bmd_probability, "reason": pred.reason, "latency_ms": round(pred.latency_ms or 0.0, 3)}
-            typer.echo(json.dumps(row))
+            typer.echo(json.dumps(pred.record()))
     if csv_out is not None:
         predictions_csv(preds, clf.labels, csv_out)
     if record is not None:

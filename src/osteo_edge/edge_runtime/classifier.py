@@ -55,6 +55,12 @@ class Prediction:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def record(self) -> dict[str, Any]:
+        """The answer as ``osteo-edge predict --json`` prints it (one home for that record)."""
+        return {"path": self.path, "status": self.status, "label": self.label, "probabilities": self.probabilities,
+                "message": self.message, "low_bmd_probability": self.low_bmd_probability, "reason": self.reason,
+                "latency_ms": round(self.latency_ms or 0.0, 3)}
+
 
 @dataclass
 class EdgeClassifier:
