@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from osteo_edge.edge_runtime.gate import Gate, OODModel, calibrate_gate, image_features
+from osteo_edge.edge_runtime.gate import Gate, OODModel, image_features
+from osteo_edge.edge_runtime.gate_fit import calibrate_gate, fit_ood
 from osteo_edge.errors import BundleError, InvalidImageError
 from osteo_edge.preprocess import MAX_PIXELS, decode_image
 
@@ -281,7 +282,7 @@ def test_gate_manifest_errors():
         Gate.from_record({"version": 99})
     with pytest.raises(BundleError):
         Gate.from_record({"version": 1, "ood": {"features": "other", "threshold": 1}})
-    m = OODModel.fit(np.random.default_rng(0).normal(size=(30, 102)), 4).to_dict()
+    m = fit_ood(np.random.default_rng(0).normal(size=(30, 102)), 4).to_dict()
     m["components"] = m["components"][:2]
     with pytest.raises(BundleError, match="inconsistent"):
         Gate.from_record({"version": 1, "ood": {**m, "threshold": 1.0}})
@@ -289,7 +290,7 @@ def test_gate_manifest_errors():
 
 def test_threshold_keeps_min_acceptance_within_every_source():
     """Pooled 99% acceptance can hide a small source whose knees are refused (the Wani films in issue 17)."""
-    from osteo_edge.edge_runtime.gate import choose_threshold
+    from osteo_edge.edge_runtime.gate_fit import choose_threshold
 
     big = np.linspace(0.0, 1.0, 200)  # source A: scores 0..1
     small = np.array([0.5, 0.6, 1.4, 1.6])  # source B: half of it above A's range
@@ -306,7 +307,7 @@ def test_crossfit_gate_accepts_every_source_and_refuses_other_radiographs():
     """The cross-fitted two-part gate (issue 17): its thresholds come from out-of-fold knee scores with
     min_accept in every source; unseen shapes and spine-like bars are refused by the knee-vs-other
     discriminator, and the whole gate (discriminator included) round-trips through the manifest."""
-    from osteo_edge.edge_runtime.gate import calibrate_gate_crossfit
+    from osteo_edge.edge_runtime.gate_fit import calibrate_gate_crossfit
 
     a, b = knee_images(30, "multiclass-kaggle"), knee_images(30, "wani-mendeley")
     knees = a + b

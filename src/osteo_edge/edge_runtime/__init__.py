@@ -10,7 +10,8 @@ opened, one backend. Never torch, timm, tensorflow or gradio::
 
 from .backends import BACKENDS, open_backend
 from .classifier import STATUSES, EdgeClassifier, Prediction, default_bundle_path, expand_inputs, scan_inputs
-from .gate import Gate, GateResult, calibrate_gate, write_gate
+from .gate import Gate, GateResult
+from .gate_fit import calibrate_gate, write_gate
 
 __all__ = [
     "BACKENDS",
