@@ -16,7 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from osteo_edge.artifact import load_bundle, seal
-from osteo_edge.benchmarks.bench import BenchRequest, TARGETS, accuracy_of, add_speedups, find_parent, run_bench
+from osteo_edge.bench.local import BenchRequest, accuracy_of, add_speedups, find_parent
+from osteo_edge.bench.targets import TARGETS, run_bench
 from osteo_edge.cli import app
 from osteo_edge.errors import ConfigError
 
@@ -79,7 +80,7 @@ def test_accuracy_prefers_test_macro_f1():
 
 
 def test_headline_metric_is_common_to_all_rows():
-    from osteo_edge.benchmarks.bench import choose_headline, parent_test_accuracy, test_metrics
+    from osteo_edge.bench.local import choose_headline, parent_test_accuracy, test_metrics
 
     child = _b({"metrics": {"test": {"accuracy": 0.79, "macro_f1": 0.78, "vs_parent": {"parent_accuracy": 0.81}}}})
     ref = {"role": "reference", "status": "ok", "test_metrics": {**test_metrics(_b({"metrics": {"val": {"macro_f1": 0.9}}})), "accuracy": parent_test_accuracy(child)}}
@@ -164,7 +165,7 @@ def test_bench_says_why_there_is_no_torch_reference(parent_and_export, tmp_path,
     report = run_bench("host", BenchRequest(bundles=[no_arch], runs=5, warmup=0, threads=1))
     assert not [r for r in report["results"] if r["role"] == "reference"]
     assert any("no architecture record" in n for n in report["notes"]), report["notes"]
-    import osteo_edge.benchmarks.bench as bench_mod
+    import osteo_edge.bench.local as bench_mod
 
     monkeypatch.setattr(bench_mod, "torch_available", lambda: False)
     orphan = _orphan(exp, tmp_path / "orphan", {"name": "cnn", "num_classes": 3, "width": 4})
@@ -175,7 +176,7 @@ def test_bench_says_why_there_is_no_torch_reference(parent_and_export, tmp_path,
 
 
 def test_threads_option_is_validated(tmp_path):
-    from osteo_edge.benchmarks.bench import parse_threads
+    from osteo_edge.bench.targets import parse_threads
 
     assert parse_threads("1,2") == (1, 2) and parse_threads("2") == (2,)
     for bad in ("0", "a", "", "1,-2"):
@@ -300,7 +301,7 @@ def test_ssh_errors_are_one_line(tmp_path):
 @pytest.mark.slow
 def test_raspberrypi_emulated_matches_host(tmp_path):
     """Runs only where the aarch64 kit exists (benchmarks/runtime/setup_arm64_emulation.sh)."""
-    from osteo_edge.benchmarks.emulate import kit_dir, kit_problem
+    from osteo_edge.bench.emulate import kit_dir, kit_problem
 
     kit = kit_dir(BenchRequest(bundles=[]))
     if kit_problem(kit):
@@ -316,7 +317,7 @@ def test_raspberrypi_emulated_matches_host(tmp_path):
 
 
 def test_mac_count_of_a_known_graph(tmp_path):
-    from osteo_edge.benchmarks.emulate import count_macs, pi_estimates
+    from osteo_edge.bench.emulate import count_macs, pi_estimates
 
     pytest.importorskip("onnx")
     from test_runtime_fixtures import tiny_torch_model

@@ -11,7 +11,7 @@ import typer
 from typer.testing import CliRunner
 
 from osteo_edge import formats
-from osteo_edge.benchmarks import bench
+from osteo_edge.bench import targets as bench
 from osteo_edge.modeling import models
 from osteo_edge.train import config
 

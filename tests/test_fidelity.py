@@ -241,7 +241,7 @@ def test_int8_export_without_calibration_images_is_refused_unless_synthetic_is_a
 
 
 def test_bench_names_whether_the_cpu_has_int8_dot_products() -> None:
-    from osteo_edge.benchmarks.bench import cpu_isa, machine_info
+    from osteo_edge.core.machine import cpu_isa, machine_info
 
     zen3 = cpu_isa("processor\t: 0\nflags\t\t: fpu sse4_2 avx2 fma\n")
     assert zen3["vector"] == "AVX2" and zen3["int8_dot_product"] == [] and "no int8 dot product" in zen3["text"]

@@ -7,9 +7,11 @@ relative or absolute. Layers (top-level units of ``osteo_edge``)::
     data                                                                 -> base
     edge_runtime, api (the Python API)                                   -> errors, preprocess, formats, artifact, core
     modeling                                                             -> base, data
-    stages   train, compress, export, benchmarks, tabular, demo, dicom   -> base, data, modeling, edge_runtime
+    stages   train, compress, export, bench, tabular, demo, dicom        -> base, data, modeling, edge_runtime
                                                                             (never another stage; demo and dicom never
                                                                             modeling or torch)
+    screen   (archive screening)                                         -> base, data, edge_runtime, dicom (torch-free)
+    release  (recipes that chain the stages)                             -> base, data, modeling, edge_runtime, stages
     cli                                                                  -> anything
 
 Third-party bans: ``edge_runtime`` never imports torch, timm, tensorflow, gradio or sklearn (not even
@@ -31,8 +33,8 @@ PKG = "osteo_edge"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
 BASE = frozenset({"errors", "preprocess", "framing", "formats", "artifact", "_torchcompat", "core"})
-STAGES = frozenset({"train", "compress", "export", "benchmarks", "tabular", "demo", "dicom"})
-TORCH_FREE_STAGES = frozenset({"demo", "dicom"})  # clinic-side: edge_runtime, never torch or modeling
+STAGES = frozenset({"train", "compress", "export", "bench", "tabular", "demo", "dicom"})
+TORCH_FREE_STAGES = frozenset({"demo", "dicom", "screen"})  # clinic-side: edge_runtime, never torch or modeling
 ALLOWED: dict[str, frozenset[str]] = {
     **{b: BASE for b in BASE},
     "data": BASE | {"data"},
@@ -41,6 +43,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     "modeling": BASE | {"data", "modeling"},
     **{s: BASE | {"data", "modeling", "edge_runtime", s} for s in STAGES - TORCH_FREE_STAGES},
     **{s: BASE | {"data", "edge_runtime", s} for s in TORCH_FREE_STAGES},
+    # archive screening answers into the clinic record of the DICOM node (torch-free, above dicom)
+    "screen": BASE | {"data", "edge_runtime", "dicom", "screen"},
+    "release": BASE | {"data", "modeling", "edge_runtime", "release"} | STAGES,  # the recipes that chain stages (release, CV scoring)
 }
 HEAVY_RUNTIME = frozenset({"torch", "timm", "tensorflow", "gradio", "sklearn", "torchvision", "tf_keras", "nncf"})
 CORE_LAZY_OK = frozenset({"sklearn", "matplotlib", "rich"})
@@ -217,7 +222,7 @@ def test_checker_flags_a_stage_importing_another_stage_inside_a_function():
 
 
 def test_checker_resolves_absolute_and_package_relative_imports():
-    assert check_source("import osteo_edge.compress.prune\n", "osteo_edge.benchmarks.measure", "m.py")
+    assert check_source("import osteo_edge.compress.prune\n", "osteo_edge.bench.measure", "m.py")
     assert check_source("from .. import train\n", "osteo_edge.demo.app", "m.py")  # osteo_edge.train
     assert check_source("from ..modeling import loading\n", "osteo_edge.demo.app", "m.py")  # demo never modeling
     # inside a package __init__, "from . import x" stays in the package

@@ -62,7 +62,8 @@ def test_int8_io_is_quantized_by_the_runtime(int8_bundle):
 
 
 def test_bench_measures_tflite_int8(int8_bundle):
-    from osteo_edge.benchmarks.bench import BenchRequest, run_bench
+    from osteo_edge.bench.local import BenchRequest
+    from osteo_edge.bench.targets import run_bench
 
     _, bundle = int8_bundle
     report = run_bench("host", BenchRequest(bundles=[bundle], runs=10, warmup=1, threads=1))

@@ -39,7 +39,7 @@ DATA = REPO.parent / "shared" / "data" / "knee"
 def machine() -> dict:
     from importlib import metadata
 
-    from osteo_edge.benchmarks.bench import cpu_model
+    from osteo_edge.core.machine import cpu_model
 
     versions = {}
     for pkg in ("osteo-edge", "gradio", "gradio_client", "onnxruntime", "ai-edge-litert", "numpy", "pillow"):

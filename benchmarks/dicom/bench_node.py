@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pydicom
 
-from osteo_edge.benchmarks.bench import cpu_isa, cpu_model
-from osteo_edge.benchmarks.measure import timings
+from osteo_edge.core.machine import cpu_isa, cpu_model
+from osteo_edge.bench.measure import timings
 from osteo_edge.dicom.decode import TRANSFER_SYNTAXES, get_syntax
 from osteo_edge.dicom.samples import all_syntaxes, storescu_config
 from osteo_edge.preprocess import decode_image

@@ -83,7 +83,7 @@ def forward(model, ds, batch: int = 32, flip: bool = False):
 def score(lever: str, runs: list[Path], eval_split: Path, note: str, flip: bool = False) -> dict:
     import torch
 
-    from osteo_edge.benchmarks.bench import cpu_model
+    from osteo_edge.core.machine import cpu_model
     from osteo_edge.core.stats import softmax
     from osteo_edge.data.split import read_split
     from osteo_edge.modeling.dataset import RadiographDataset

@@ -44,7 +44,7 @@ def summary(rep: dict) -> dict:
 
 
 def main() -> int:
-    from osteo_edge.benchmarks.bench import cpu_model
+    from osteo_edge.core.machine import cpu_model
     from osteo_edge.data.split import read_split
     from osteo_edge.edge_runtime import EdgeClassifier
     from osteo_edge.preprocess import decode_for

@@ -46,7 +46,7 @@ LABELS = ("Normal", "Osteopenia", "Osteoporosis")
 
 
 def machine() -> dict[str, str]:
-    from osteo_edge.benchmarks.bench import cpu_model
+    from osteo_edge.core.machine import cpu_model
 
     return {"cpu": cpu_model(), "cores": str(os.cpu_count()), "arch": platform.machine(), "python": platform.python_version(),
             "numpy": np.__version__}

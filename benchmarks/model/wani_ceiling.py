@@ -92,7 +92,7 @@ def main() -> None:
             key = str(size) if framing == "center_crop" else f"{size} {framing}"
             res[key] = probe(features(rows, size, framing), y, folds)
             print(key, json.dumps(res[key]))
-    from osteo_edge.benchmarks.bench import cpu_model
+    from osteo_edge.core.machine import cpu_model
 
     cpu = cpu_model()
     out = {"command": "python " + " ".join(sys.argv), "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

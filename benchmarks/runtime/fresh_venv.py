@@ -88,7 +88,7 @@ def main() -> int:
     py = venv / "bin" / "python"
     # build from a copy without the dev venv or caches
     src = tmp / "src"
-    # (benchmarks/, tests/ and docs/ of the repository root only: src/osteo_edge/benchmarks is a package)
+    # (benchmarks/, tests/ and docs/ of the repository root only: src/osteo_edge/bench is a package)
     top = shutil.ignore_patterns(".venv", ".git", "benchmarks", "tests", "docs", "build")
     anywhere = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(ROOT, src, ignore=lambda d, names: set(anywhere(d, names)) | (set(top(d, names)) if Path(d) == ROOT else set()))

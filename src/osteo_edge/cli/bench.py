@@ -7,7 +7,7 @@ from typing import Annotated, List, Optional
 
 import typer
 
-from ..benchmarks.bench import TARGETS
+from ..bench.targets import TARGETS
 from . import _output as out
 from ._steps import after_bench
 from ._common import TRUSTED_KEY_HELP, choices, handle_errors, trust_store, usage_error
@@ -38,7 +38,9 @@ def bench(
     Each model runs in its own process, all in this one run, so speed-ups against the torch fp32
     parent are ratios from the same run. Writes a table, and with --json a JSON report and a PNG.
     """
-    from ..benchmarks.bench import RASPBERRYPI_NEEDS_HOST, BenchRequest, parse_threads, plot_report, run_bench, write_json
+    from ..bench.targets import RASPBERRYPI_NEEDS_HOST, parse_threads, run_bench
+    from ..bench.local import BenchRequest
+    from ..bench.output import plot_report, write_json
     from ..edge_runtime import default_bundle_path
     from ..edge_runtime.classifier import open_bundle
 

@@ -6,7 +6,6 @@ import csv
 import io
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -25,15 +24,10 @@ TABLE_METRICS = ("accuracy", "macro_f1", "low_bmd_auroc", "low_bmd_sensitivity",
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version()}
+    from ..core.machine import machine_info as host
+
+    m = host(())
+    info = {"cpu": m["cpu"], "cores": m["cores"], "arch": m["arch"], "isa": m["isa"]["text"], "python": m["python"]}
     try:
         import torch
 

@@ -7,7 +7,7 @@ Steps, each one ``ssh`` call (``BatchMode=yes``: keys only, never a password pro
 2. install: ``python3 -m venv`` there and ``pip install`` the runtime requirements (the
    ``runtime`` extra plus the base dependencies; no torch). ``remote_python`` skips this step and
    uses an interpreter that already has them;
-3. run: ``python -m osteo_edge.benchmarks`` with ``PYTHONPATH`` on the copied package;
+3. run: ``python -m osteo_edge.bench`` with ``PYTHONPATH`` on the copied package;
 4. bring back: the JSON report is printed by the remote command and parsed here.
 """
 
@@ -118,7 +118,7 @@ def run_over_ssh(req: Any) -> dict[str, Any]:
     models = " ".join(f"--model {q(n)}" for n in names)
     out = _ssh(
         host, opts,
-        f"cd {q(rdir)} && PYTHONPATH=pkg {py} -m osteo_edge.benchmarks {models} --threads {int(req.threads)} --runs {int(req.runs)} --warmup {int(req.warmup)}",
+        f"cd {q(rdir)} && PYTHONPATH=pkg {py} -m osteo_edge.bench {models} --threads {int(req.threads)} --runs {int(req.runs)} --warmup {int(req.warmup)}",
         req.timeout_s, what="running the benchmark",
     )
     start = out.find("{")

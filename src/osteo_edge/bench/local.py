@@ -1,24 +1,14 @@
-"""`osteo-edge bench`: one table of targets, one report format.
+"""Measuring bundles on this machine: the request, each model in its own fresh subprocess
+(:mod:`osteo_edge.bench.measure`), one after the other in the same invocation, so load time and
+peak RSS belong to that model and speed-ups are ratios of latencies taken in one run; the torch
+fp32 reference; the report every target returns (:func:`report`).
 
-Every model is measured in its own fresh subprocess (:mod:`osteo_edge.benchmarks.measure`), one
-after the other in the same invocation, so load time and peak RSS belong to that model and
-speed-ups are ratios of latencies taken in one run. When torch is installed, a torch fp32 model is
-measured in the same run and is the reference of ``speedup_vs_torch_fp32`` (p50 of the reference /
-p50 of the model, at the same thread count): the bundle's parent training run when its provenance
-names one that is present, else a model of the same architecture rebuilt from the bundle's ``arch``
-record with random weights (labelled "same architecture, latency only": weights do not change
-latency, but that row has no accuracy). Several thread counts (``threads_list``) are measured in one
-run, every model at every count.
-
-Targets (:data:`TARGETS`, looked up by name):
-
-- ``host``: this machine.
-- ``raspberrypi``: with ``host="user@addr"``, the bundles and the runtime are copied to the Pi over
-  SSH, the runtime extra is installed there (no torch), the benchmark runs there and its JSON comes
-  back (:mod:`osteo_edge.benchmarks.remote`). With ``emulate=True`` instead (asked for by name;
-  without a host and without it the target refuses to run): the runtime runs under aarch64
-  emulation (:mod:`osteo_edge.benchmarks.emulate`); that timing is labelled "emulated, not a Pi
-  latency" and comes with an estimate for Pi 4 / Pi 5 from a documented model, marked as such.
+When torch is installed, a torch fp32 model is measured in the same run and is the reference of
+``speedup_vs_torch_fp32`` (p50 of the reference / p50 of the model, at the same thread count): the
+bundle's parent training run when its provenance names one that is present, else a model of the
+same architecture rebuilt from the bundle's ``arch`` record with random weights (labelled "same
+architecture, latency only": weights do not change latency, but that row has no accuracy). Several
+thread counts (``threads_list``) are measured in one run, every model at every count.
 """
 
 from __future__ import annotations
@@ -28,15 +18,15 @@ import importlib.util
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from ..artifact import Bundle, atomic_write_json, load_bundle
-from ..errors import BundleError, ConfigError, choice_error, install_hint
+from ..artifact import Bundle, load_bundle
+from ..core.machine import load_average, machine_info
+from ..errors import BundleError, ConfigError, install_hint
 
 log = logging.getLogger(__name__)
 
@@ -79,87 +69,6 @@ class BenchRequest:
     def thread_counts(self) -> tuple[int, ...]:
         """The thread counts to measure, in order, without repeats."""
         return tuple(dict.fromkeys(self.threads_list or (self.threads,)))
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    description: str
-    run: Callable[[BenchRequest], dict[str, Any]]
-
-
-# ------------------------------------------------------------------------------------------------
-# machine and model facts
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                key = line.split(":", 1)[0].strip().lower()
-                if key in ("model name", "hardware", "cpu model"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_isa(cpuinfo: str | None = None) -> dict[str, Any]:
-    """The CPU's vector ISA and whether it has int8 dot-product instructions, which decide whether an
-    int8 file is faster than fp32 at all (x86 AVX-512 VNNI / AVX-VNNI, ARM dotprod). ``cpuinfo``: the
-    text of /proc/cpuinfo (read here when None)."""
-    flags: set[str] = set()
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            cpuinfo = ""
-    for line in cpuinfo.splitlines():
-        key = line.split(":", 1)[0].strip().lower()
-        if key in ("flags", "features") and ":" in line:
-            flags = set(line.split(":", 1)[1].split())
-            break
-    dot = [name for flag, name in (("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("amx_int8", "AMX-INT8"),
-                                   ("asimddp", "ARM dotprod")) if flag in flags]
-    vec = next((name for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"), ("sse4_2", "SSE4.2"))
-                if flag in flags), "unknown")
-    if not flags and platform.machine() == "arm64":  # macOS on Apple silicon has dotprod
-        vec, dot = "NEON", ["ARM dotprod"]
-    text = f"{vec}, " + (f"int8 dot product: {' + '.join(dot)}" if dot else "no int8 dot product (int8 buys size, not speed)")
-    return {"vector": vec, "int8_dot_product": dot, "text": text}
-
-
-def machine_info() -> dict[str, Any]:
-    from importlib import metadata
-
-    versions = {}
-    for name in ("osteo-edge", "numpy", "pillow", "onnxruntime", "ai-edge-litert", "torch"):
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    try:
-        affinity = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not on Linux
-        affinity = os.cpu_count()
-    return {
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_available": affinity,
-        "arch": platform.machine(),
-        "isa": cpu_isa(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-        "load_average": _loadavg(),
-    }
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):  # pragma: no cover - not on every OS
-        return None
 
 
 def find_parent(bundle: Bundle, depth: int = 0) -> Path | None:
@@ -230,7 +139,7 @@ def torch_available() -> bool:
 def _measure_subprocess(path: Path, req: BenchRequest, torch_run: str | None = None, python: str | None = None, env: dict | None = None, prefix: Sequence[str] = ()) -> dict[str, Any]:
     """One model measured in a fresh process; ``torch_run``: None (a runtime bundle), "run" (a torch
     training run) or "arch" (a torch fp32 model rebuilt, random weights, from the bundle's arch record)."""
-    cmd = [*prefix, python or sys.executable, "-m", "osteo_edge.benchmarks.measure", str(path), "--threads", str(req.threads), "--runs", str(req.runs), "--warmup", str(req.warmup)]
+    cmd = [*prefix, python or sys.executable, "-m", "osteo_edge.bench.measure", str(path), "--threads", str(req.threads), "--runs", str(req.runs), "--warmup", str(req.warmup)]
     if torch_run:
         cmd.append({"run": "--torch", "arch": "--torch-arch"}[torch_run])
     run_env = dict(os.environ if env is None else env)
@@ -392,7 +301,7 @@ def reference_notes(req: BenchRequest, results: list[dict[str, Any]]) -> list[st
     return notes
 
 
-def _report(target: str, kind: str, req: BenchRequest, results: list[dict[str, Any]], machine: dict[str, Any], notes: list[str]) -> dict[str, Any]:
+def make_report(target: str, kind: str, req: BenchRequest, results: list[dict[str, Any]], machine: dict[str, Any], notes: list[str]) -> dict[str, Any]:
     if kind == "measured" and target == "host":
         notes = [*reference_notes(req, results), *notes]
     return {
@@ -411,111 +320,7 @@ def _report(target: str, kind: str, req: BenchRequest, results: list[dict[str, A
 def run_host(req: BenchRequest) -> dict[str, Any]:
     machine = machine_info()
     results = measure_local(req)
-    machine["load_average_after"] = _loadavg()
-    return _report("host", "measured", req, results, machine, [])
+    machine["load_average_after"] = load_average()
+    return make_report("host", "measured", req, results, machine, [])
 
 
-RASPBERRYPI_NEEDS_HOST = ("--target raspberrypi measures a real Pi over SSH: give --host user@address, "
-                          "or --emulate for aarch64 emulation on this machine (not a Pi latency)")
-
-
-def run_raspberrypi(req: BenchRequest) -> dict[str, Any]:
-    if len(req.thread_counts) > 1:
-        raise ConfigError("several --threads values are for --target host; give one thread count for raspberrypi")
-    if req.host and req.emulate:
-        raise ConfigError("give --host (measure a Pi over SSH) or --emulate (aarch64 emulation here), not both")
-    if req.host:
-        from .remote import run_over_ssh
-
-        report = run_over_ssh(req)
-        report["target"] = "raspberrypi"
-        return report
-    if not req.emulate:
-        raise ConfigError(RASPBERRYPI_NEEDS_HOST)
-    from .emulate import run_emulated
-
-    return run_emulated(req)
-
-
-TARGETS: dict[str, Target] = {
-    t.name: t
-    for t in (
-        Target("host", "this machine, measured", run_host),
-        Target("raspberrypi", "Raspberry Pi 4/5 (aarch64): over SSH with --host user@addr, or aarch64 emulation with --emulate (not a latency)", run_raspberrypi),
-    )
-}
-
-
-def parse_threads(text: str) -> tuple[int, ...]:
-    """``"2"`` or ``"1,2"``: the thread counts of ``--threads``, each a positive integer."""
-    try:
-        counts = tuple(int(t) for t in str(text).split(",") if t.strip())
-    except ValueError:
-        counts = ()
-    if not counts or any(c < 1 for c in counts):
-        raise ConfigError(f"--threads takes positive integers separated by commas (e.g. 2 or 1,2), got {text!r}")
-    return counts
-
-
-def get_target(name: str) -> Target:
-    try:
-        return TARGETS[name]
-    except KeyError:
-        raise choice_error("benchmark target", name, TARGETS) from None
-
-
-def run_bench(target: str, req: BenchRequest) -> dict[str, Any]:
-    req.validate()
-    return get_target(target).run(req)
-
-
-# ------------------------------------------------------------------------------------------------
-# outputs
-
-
-def write_json(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    return atomic_write_json(path, report)
-
-
-def plot_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
-    """PNG: p50 latency (x, log) vs accuracy (y; file size when no accuracy is recorded); marker area = file size."""
-    from ..core.plots import new_figure, save_figure
-
-    rows = [r for r in report["results"] if r.get("status") == "ok" and r.get("p50_ms")]
-    fig = new_figure(7.5, 4.8)
-    ax = fig.add_subplot(1, 1, 1)
-    has_acc = any(r.get("accuracy") for r in rows)
-    metric_names = sorted({r["accuracy"]["metric"] for r in rows if r.get("accuracy")})
-    placed = 0
-    several = isinstance(report.get("settings", {}).get("threads"), list)
-    for r in sorted(rows, key=lambda r: (r.get("accuracy") or {}).get("value", 0) if has_acc else r["p50_ms"]):
-        mb = r.get("file_mb") or 0.0
-        y = r["accuracy"]["value"] if has_acc and r.get("accuracy") else (None if has_acc else mb)
-        if y is None and r.get("reference_kind") == ARCH_REFERENCE:  # latency only: a line, no accuracy
-            ax.axvline(r["p50_ms"], color="tab:gray", ls="--", lw=1)
-            ax.annotate(f"{r.get('name')} ({r.get('threads')} thr)\n{ARCH_REFERENCE}", (r["p50_ms"], 0.02), xycoords=("data", "axes fraction"),
-                        textcoords="offset points", xytext=(4, 4), fontsize=7, color="tab:gray")
-        if y is None:
-            continue
-        colour = "tab:gray" if r.get("role") == "reference" else "tab:blue"
-        ax.scatter([r["p50_ms"]], [y], s=40 + 25 * mb, alpha=0.6, color=colour, edgecolors="black")
-        label = f"{r.get('name')} ({r.get('format')})" + (f" {r.get('threads')} thr" if several else "") + f"\n{mb:.1f} MB"
-        if r.get("speedup_vs_torch_fp32"):
-            label += f", x{r['speedup_vs_torch_fp32']:.1f} vs torch"
-        # neighbours alternate above / below their marker so that labels do not overlap
-        ax.annotate(label, (r["p50_ms"], y), textcoords="offset points", xytext=(7, 6 if placed % 2 == 0 else -24), fontsize=7.5)
-        placed += 1
-    ax.set_xscale("log")
-    from matplotlib.ticker import ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())
-    ax.xaxis.set_minor_formatter(ScalarFormatter())
-    ax.tick_params(axis="x", which="minor", labelsize=7)
-    ax.margins(x=0.25, y=0.15)
-    ax.set_xlabel("p50 latency per image, ms (log scale)" + (" — EMULATED, not a Pi latency" if report.get("kind") == "emulated" else ""))
-    ax.set_ylabel(", ".join(metric_names) if has_acc else "model file size, MB")
-    m = report.get("machine", {})
-    s = report.get("settings", {})
-    ax.set_title(f"{report.get('target')}: {m.get('cpu', '?')} ({m.get('arch', '?')}), {s.get('threads')} threads; marker area = file size", fontsize=9)
-    ax.grid(True, which="both", alpha=0.3)
-    return save_figure(fig, Path(path))

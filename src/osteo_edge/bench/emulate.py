@@ -18,7 +18,8 @@ from typing import Any
 
 from ..artifact import load_bundle
 from ..errors import ConfigError
-from .bench import BenchRequest, _report, find_parent, machine_info, measure_local
+from ..core.machine import cpu_flags, cpu_ghz, machine_info
+from .local import BenchRequest, find_parent, make_report, measure_local
 
 EMU_CPUS = {"pi4": "cortex-a72", "pi5": "cortex-a76"}
 
@@ -109,10 +110,7 @@ def count_macs(onnx_path: Path) -> int | None:
 
 
 def _host_isa() -> str:
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0]
-    except (OSError, IndexError):
-        return "other"
+    flags = cpu_flags()
     if "avx512f" in flags:
         return "avx512"
     if "avx2" in flags and "fma" in flags:
@@ -120,19 +118,9 @@ def _host_isa() -> str:
     return "other"
 
 
-def _host_ghz() -> float | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("cpu mhz"):
-                return float(line.split(":")[1]) / 1000
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def pi_estimates(host_row: dict[str, Any], macs: int, threads: int) -> list[dict[str, Any]]:
     """ESTIMATE of Pi latency: the efficiency (achieved / peak MAC rate) measured on this host is assumed on the Pi."""
-    ghz = _host_ghz()
+    ghz = cpu_ghz()
     prec = "int8" if host_row.get("precision") == "int8" else "fp32"
     if not ghz or not host_row.get("p50_ms") or not macs:
         return []
@@ -203,7 +191,7 @@ def run_emulated(req: BenchRequest) -> dict[str, Any]:
         notes.append("timings under qemu-user emulation are 300-1000x slower than a real core: proof that the model runs on ARM kernels and matches x86, never a latency")
     for r in host_rows:
         r["latency_note"] = "this host (x86), for the comparison"
-    report = _report("raspberrypi", "emulated", req, results + host_rows, machine, notes)
+    report = make_report("raspberrypi", "emulated", req, results + host_rows, machine, notes)
     report["estimates"] = estimates
     report["emulation_kit"] = str(kit)
     return report

@@ -1,6 +1,6 @@
 """Measuring one model in the current process: load time, latency percentiles, throughput, peak RSS.
 
-Run once per model in a fresh subprocess (``python -m osteo_edge.benchmarks.measure``), so that peak
+Run once per model in a fresh subprocess (``python -m osteo_edge.bench.measure``), so that peak
 RSS and load time belong to that model alone. Runtime bundles are measured torch-free (this module
 imports torch only for the fp32 reference: a torch training run, or a model rebuilt from a bundle's
 ``arch`` record with random weights when the run is not at hand).
@@ -164,7 +164,7 @@ def measure_arch(bundle_dir: str | os.PathLike, threads: int, runs: int, warmup:
 
 def main(argv: list[str] | None = None) -> int:
     """Subprocess entry: measure one model and print one JSON object on stdout."""
-    ap = argparse.ArgumentParser(prog="python -m osteo_edge.benchmarks.measure")
+    ap = argparse.ArgumentParser(prog="python -m osteo_edge.bench.measure")
     ap.add_argument("path")
     ap.add_argument("--torch", action="store_true", help="the path is a torch training run")
     ap.add_argument("--torch-arch", action="store_true", help="time a torch fp32 model of the bundle's arch record (random weights)")

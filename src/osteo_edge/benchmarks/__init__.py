@@ -1,1 +1,0 @@
-"""osteo_edge.benchmarks"""
