@@ -26,7 +26,7 @@ from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _SCHEMA = [
     """CREATE TABLE predictions (
   id INTEGER PRIMARY KEY,
@@ -45,6 +45,11 @@ _SCHEMA = [
   id INTEGER PRIMARY KEY, recorded_at TEXT NOT NULL, sop_instance_uid TEXT, event TEXT NOT NULL, detail TEXT)""",
     "CREATE TABLE schema (version INTEGER NOT NULL, applied_at TEXT NOT NULL)",
 ]
+# Version 2 (osteo-edge screen): one answer per image (SOP Instance UID, else the file's sha256) per model
+# seal among the rows a screening run writes (note = 'screen'), so that a rerun records nothing twice.
+SCREEN_NOTE = "screen"
+_V2 = ["""CREATE UNIQUE INDEX one_answer_per_screened_image ON predictions(coalesce(sop_instance_uid, sha256), bundle_seal)
+  WHERE note = 'screen' AND kind = 'prediction'"""]
 _TRIGGERS = [
     f"CREATE TRIGGER {t}_no_{op.lower()} BEFORE {op} ON {t} BEGIN "
     f"SELECT RAISE(ABORT, 'the clinic record is append-only: {op} refused (add a correction row instead)'); END;"
@@ -107,14 +112,15 @@ class ClinicRecord:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version == SCHEMA_VERSION:
             return
-        if version != 0:
+        if version not in (0, 1):
             raise ConfigError(f"{self.path}: record schema version {version}; this osteo-edge reads version {SCHEMA_VERSION}")
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
-            if self._db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:  # another process won
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version == SCHEMA_VERSION:  # another process won
                 self._db.execute("COMMIT")
                 return
-            for statement in [*_SCHEMA, *_TRIGGERS]:
+            for statement in [*_SCHEMA, *_TRIGGERS, *_V2] if version == 0 else _V2:  # 1 -> 2: the screen index
                 self._db.execute(statement)
             self._db.execute("INSERT INTO schema VALUES (?, ?)", (SCHEMA_VERSION, now_utc()))
             self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -196,7 +202,34 @@ class ClinicRecord:
             cur = self._db.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
         return cur.rowcount == 1
 
+    def append_screened(self, answers: list[tuple[Prediction, InputIdentity]], bundle: dict[str, Any]) -> int:
+        """``osteo-edge screen``: answers in one transaction (source ``predict``, note ``screen``); an image
+        already screened with this bundle seal is ignored (unique index). Returns how many were new."""
+        new = 0
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for pred, who in answers:
+                    row = {**self._row(pred, who, bundle, "predict", None), "note": SCREEN_NOTE}
+                    cur = self._db.execute(f"INSERT OR IGNORE INTO predictions ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})",
+                                           list(row.values()))
+                    new += cur.rowcount == 1
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return new
+
     # -- reading ---------------------------------------------------------------------------
+    def answered(self, seal: str) -> dict[str, tuple[str, str | None, float | None, str | None]]:
+        """Image key (SOP Instance UID, else sha256) -> (status, label, P(low BMD), reason) of its first
+        answer by the bundle with this seal, from any source: what a screening run skips."""
+        q = ("SELECT coalesce(sop_instance_uid, sha256), status, label, low_bmd_probability, reason FROM predictions "
+             "WHERE kind = 'prediction' AND bundle_seal = ? AND coalesce(sop_instance_uid, sha256) IS NOT NULL ORDER BY id DESC")
+        with self._lock:
+            found = self._db.execute(q, (seal,)).fetchall()
+        return {k: (s, lab, p, r) for k, s, lab, p, r in found}  # id DESC: the first answer wins
+
     def has_instance(self, sop_instance_uid: str) -> bool:
         q = "SELECT 1 FROM predictions WHERE sop_instance_uid = ? AND source = 'serve' AND kind = 'prediction'"
         with self._lock:

@@ -1,0 +1,237 @@
+"""The screening run: source -> engine (local processes or Ray) -> the one clinic record -> worklist.
+
+The driver alone writes the record: answers arrive from the workers, are buffered, and go in as one
+transaction every ``flush_every`` answers (or second). A SIGKILL loses at most the buffered answers
+(never half a transaction: SQLite WAL), and the rerun answers them again; the record's unique index
+on (image, seal) among screening rows means nothing is recorded twice. Images the record already
+answers for this bundle's seal are skipped by the workers (files: after hashing; a PACS: before
+fetching, from the C-FIND answers).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from ..core.progress import Progress, fmt_duration, no_progress
+from ..errors import ConfigError
+from .pacs import PacsQuery, PacsSource
+from .sources import ScreenItem, source_items
+from .work import WorkerConfig
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("local", "ray")
+REFER_ACTION = "refer for DEXA"
+WORKLIST_COLUMNS = ("patient_id", "accession_number", "study_instance_uid", "image", "file", "film_date",
+                    "p_low_bmd", "label", "reason", "action", "note")
+
+
+@dataclass(frozen=True)
+class ScreenJob:
+    """One screening run. ``source``: a folder tree or CSV file list; or ``pacs`` (``AE@HOST:PORT``) + ``query``."""
+
+    record: Path
+    source: Path | None = None
+    pacs: str | None = None
+    query: PacsQuery = field(default_factory=PacsQuery)
+    model: str | None = None
+    workers: int = 1
+    engine: str = "local"
+    worklist: Path | None = None  # default: <record>-referrals.csv beside the record
+    trusted_keys: tuple[str, ...] = ()
+    ray_address: str | None = None
+    spool: Path | None = None  # PACS files; default: <record folder>/screen-spool
+    batch: int = 32  # PACS images per C-GET association
+    calling_ae: str = "OSTEOEDGE-SCREEN"
+    flush_every: int = 32
+
+    def check(self) -> None:
+        if (self.source is None) == (self.pacs is None):
+            raise ConfigError("give SOURCE (a folder tree or a CSV list of files) or --pacs AE@HOST:PORT, not both")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be at least 1, got {self.workers}")
+        if self.engine not in ENGINES:
+            raise ConfigError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
+
+    def worklist_path(self) -> Path:
+        return self.worklist or self.record.with_name(self.record.stem + "-referrals.csv")
+
+
+@dataclass
+class ScreenResult:
+    engine: str
+    workers: int
+    inputs: int = 0
+    answered: Counter = field(default_factory=Counter)  # status -> count, answered in this run
+    already: Counter = field(default_factory=Counter)  # status -> count, answered before (skipped)
+    missing: int = 0  # listed, but no such file (nothing recorded)
+    not_fetched: int = 0  # the PACS did not deliver them (a rerun tries again)
+    duplicates: int = 0  # the same image again under another name in this run (recorded once)
+    left_out: int = 0  # hidden and side files in the folder tree
+    recorded: int = 0
+    worklist: Path | None = None
+    referrals: int = 0
+    seconds: float = 0.0
+    busy_seconds: float = 0.0  # sum over answered images of identify + decode + inference time in the workers
+    seal: str = ""
+
+    @property
+    def images_per_second(self) -> float:
+        n = sum(self.answered.values())
+        return n / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def ms_per_image(self) -> float:
+        n = sum(self.answered.values())
+        return 1000 * self.busy_seconds / n if n else 0.0
+
+
+class Recorder:
+    """The driver's side: buffer answers, record them in one transaction per flush, keep the worklist."""
+
+    def __init__(self, rec: Any, bundle: dict[str, Any], answered: dict[str, tuple], result: ScreenResult,
+                 progress: Progress, total: int | None, flush_every: int, release: Callable[[str], None]) -> None:
+        self.rec, self.bundle, self.known, self.result = rec, bundle, answered, result
+        self.progress, self.total, self.flush_every, self.release = progress, total, flush_every, release
+        self.buffer: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.referrals: dict[str, list[Any]] = {}
+        self.done = 0
+        self.t0 = self.last_flush = time.perf_counter()
+
+    def add(self, outcome: dict[str, Any]) -> None:
+        res, key, state = self.result, outcome.get("key"), outcome.get("state")
+        if state == "missing":
+            res.missing += 1
+        elif key in self.seen:
+            res.duplicates += 1
+        elif state == "skipped":
+            self.seen.add(key)
+            status, label, p, reason = self.known[key]
+            res.already[status] += 1
+            if status == "refer":
+                self._refer(outcome, key, label, p, reason)
+        else:
+            self.seen.add(key)
+            pred = outcome["prediction"]
+            res.answered[pred["status"]] += 1
+            res.busy_seconds += outcome["seconds"] + outcome["identify_seconds"]
+            if pred["status"] == "refer":
+                self._refer(outcome, key, pred["label"], pred["low_bmd_probability"], pred["reason"])
+        self.buffer.append(outcome)
+        self.done += 1
+        if len(self.buffer) >= self.flush_every or time.perf_counter() - self.last_flush > 1.0:
+            self.flush()
+
+    def _refer(self, outcome: dict[str, Any], key: str, label: Any, p: Any, reason: Any) -> None:
+        from ..edge_runtime.classifier import SHORT_DISCLAIMER
+
+        m = outcome.get("meta") or {}
+        file = outcome["path"] if self.release is _keep else ""  # a PACS's spooled copy is gone after the run
+        self.referrals[key] = [m.get("patient_id", ""), m.get("accession_number", ""), m.get("study_instance_uid", ""), key,
+                               file, m.get("film_date", ""), "" if p is None else round(float(p), 4),
+                               label or "", reason or "", REFER_ACTION, SHORT_DISCLAIMER]
+
+    def flush(self) -> None:
+        from ..dicom.record import InputIdentity
+        from ..edge_runtime import Prediction
+
+        new = [o for o in self.buffer if o.get("state") == "answered" and o.get("key")]
+        if new:
+            answers = [(Prediction(**o["prediction"]), InputIdentity(**o["identity"])) for o in new]
+            self.result.recorded += self.rec.append_screened(answers, self.bundle)
+        for o in self.buffer:
+            self.release(o["path"])
+        self.buffer.clear()
+        self.last_flush = time.perf_counter()
+        self._report()
+
+    def _report(self) -> None:
+        elapsed = time.perf_counter() - self.t0
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        info: dict[str, Any] = {"rate": f"{rate:.1f}/s"}
+        if self.total and rate > 0:
+            info["eta"] = fmt_duration((self.total - self.done) / rate)
+        self.progress("screening", self.done, self.total, **info)
+
+
+def _keep(path: str) -> None:
+    """Files of a folder or list stay where they are."""
+
+
+def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
+    """Run ``job``: every image of its source answered once per model seal in the record; see the module doc."""
+    from ..artifact.signing import TrustStore
+    from ..dicom.record import ClinicRecord, bundle_identity
+    from ..edge_runtime import EdgeClassifier
+
+    job.check()
+    clf = EdgeClassifier.load(job.model, threads=1, trust=TrustStore.from_env(list(job.trusted_keys)))
+    bundle = bundle_identity(clf)
+    res = ScreenResult(job.engine, job.workers, seal=clf.bundle.seal)
+    with ClinicRecord(job.record) as rec:
+        known = rec.answered(clf.bundle.seal)
+        items, before, release, pacs = _items(job, known, res)
+        config = WorkerConfig(None if job.model is None else str(Path(job.model).resolve()), clf.bundle.seal,
+                              frozenset(known), tuple(job.trusted_keys))
+        recorder = Recorder(rec, bundle, known, res, progress, res.inputs, job.flush_every, release)
+        for outcome in before:
+            recorder.add(outcome)
+        if pacs is not None:
+            items = pacs.fetch(items, before_batch=recorder.flush)
+        t0 = time.perf_counter()
+        _run_engine(job, items, config, recorder.add, clf)
+        recorder.flush()
+        res.seconds = time.perf_counter() - t0
+        if pacs is not None:
+            res.not_fetched = len(pacs.not_fetched)
+    res.referrals = len(recorder.referrals)
+    res.worklist = _write_worklist(job.worklist_path(), recorder.referrals.values())
+    return res
+
+
+def _items(job: ScreenJob, known: dict[str, tuple], res: ScreenResult) -> tuple[Iterable[Any], list[dict[str, Any]], Callable[[str], None], Any]:
+    """(items, or PACS instances to fetch; outcomes known without the engine; what to do with a file once
+    recorded; the PACS source or None)."""
+    if job.source is not None:
+        items, res.left_out = source_items(job.source)
+        res.inputs = len(items)
+        return items, [], _keep, None
+    spool = job.spool or job.record.parent / "screen-spool"
+    pacs = PacsSource(job.pacs, job.query, spool, job.calling_ae, job.batch)
+    found = pacs.find()
+    res.inputs = len(found)
+    todo, before = [], []
+    for inst in found:  # answered before: never fetched; their referrals still go on the worklist
+        if inst.sop_uid in known:
+            before.append({"path": "", "key": inst.sop_uid, "meta": inst.meta, "state": "skipped"})
+        else:
+            todo.append(inst)
+    return todo, before, pacs.release, pacs
+
+
+def _run_engine(job: ScreenJob, items: Iterable[ScreenItem], config: WorkerConfig, on_outcome: Callable, clf: Any) -> None:
+    if job.engine == "ray":
+        from .ray_engine import run_ray
+
+        run_ray(items, config, job.workers, on_outcome, address=job.ray_address)
+    else:
+        from .local import run_local
+
+        run_local(items, config, job.workers, on_outcome, clf=clf)
+
+
+def _write_worklist(path: Path, rows: Iterable[list[Any]]) -> Path:
+    """The referral worklist: one row per referred image, highest P(low BMD) first; owner-only (0600),
+    written atomically; formula-like cells neutralised."""
+    from ..core.csvsafe import csv_text
+    from ..dicom.record import owner_only_write
+
+    ordered = sorted(rows, key=lambda r: -(r[6] if isinstance(r[6], float) else -1.0))
+    return owner_only_write(path, csv_text(WORKLIST_COLUMNS, ordered).encode("utf-8"))
