@@ -333,3 +333,65 @@ def test_crossfit_gate_accepts_every_source_and_refuses_other_radiographs():
     d["discriminator"]["weights"] = d["discriminator"]["weights"][:5]
     with pytest.raises(BundleError, match="inconsistent"):
         Gate.from_record(d)
+
+
+# -- osteo-edge gate calibrate (the library function and the command) ---------------------------------
+
+
+def _fold_split(tmp, n_per_source=18):
+    """A split.csv with folds over real knees of two sources: 3 folds of non-test rows, a few test rows."""
+    import csv
+
+    rows = []
+    for src in ("multiclass-kaggle", "wani-mendeley"):
+        for i, p in enumerate(knee_images(n_per_source, src)):
+            split, fold = ("test", -1) if i % 6 == 5 else ("val" if i % 6 == 4 else "train", i % 3)
+            rows.append([str(p), p.parent.name, p.parent.name, src, len(rows), split, fold, ""])
+    path = tmp / "split.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "orig_label", "source", "group", "split", "fold", "sha256"])
+        w.writerows(rows)
+    return path
+
+
+def test_gate_calibrate_command_writes_a_crossfitted_gate_into_a_bundle(tmp_path):
+    from typer.testing import CliRunner
+
+    from osteo_edge.artifact import load_bundle
+    from osteo_edge.cli import app
+    from test_export_fixtures import make_run
+
+    split = _fold_split(tmp_path)
+    bundle = make_run(tmp_path / "run")
+    assert load_bundle(bundle).gate is None
+    res = CliRunner().invoke(app, ["gate", "calibrate", "--split", str(split), "--bundle", str(bundle), "--crossfit",
+                                   "--synthetic", "40", "--no-package-images", "--min-accept", "0.9", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    b = load_bundle(bundle)  # re-sealed through a recorded revision, and verifies
+    assert b.revisions[-1].step == "gate calibration"
+    gate = Gate.from_record(b.gate)
+    assert gate.discriminator is not None and np.isfinite(gate.ood.threshold)
+    report = json.loads((tmp_path / "g" / "gate_calibration.json").read_text())
+    assert report["sets"]["non_knee"]["synthetic_grey"] == 40 and report["sets"]["test_knee"] == 6
+    assert "cross-fitted" in report["calibration"]["protocol"] and report["threshold"] == pytest.approx(gate.ood.threshold)
+    assert json.loads((tmp_path / "g" / "gate.json").read_text()) == b.gate
+    by_source = report["calibration"]["calibration_sets"]["in_distribution_by_source"]
+    assert set(by_source) == {"multiclass-kaggle", "wani-mendeley"} and "wani-mendeley" in res.output
+
+
+def test_gate_calibrate_refuses_bad_input_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from osteo_edge.cli import app
+
+    split = _fold_split(tmp_path, 6)
+    runner = CliRunner()
+    res = runner.invoke(app, ["gate", "calibrate", "--split", str(split), "--bundle", str(tmp_path / "nothing")])
+    assert res.exit_code == 1 and "not a model bundle" in res.output and "Traceback" not in res.output
+    res = runner.invoke(app, ["gate", "calibrate", "--split", str(split), "--non-knee", str(tmp_path / "missing")])
+    assert res.exit_code == 1 and "no such folder" in res.output
+    flat = tmp_path / "flat.csv"  # no folds: --crossfit cannot work
+    flat.write_text(split.read_text().replace(",0,\n", ",-1,\n").replace(",1,\n", ",-1,\n").replace(",2,\n", ",-1,\n"))
+    res = runner.invoke(app, ["gate", "calibrate", "--split", str(flat), "--crossfit", "--synthetic", "40", "--no-package-images"])
+    assert res.exit_code == 1 and "folds" in res.output
