@@ -394,3 +394,131 @@ def test_site_modules_are_torch_free():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ""
+
+
+# ------------------------------------------------------------------------------------------------
+# a bundle with one low-BMD label: site labels it lacks are mapped onto its low-BMD question
+
+
+@pytest.fixture(scope="module")
+def binary_bundle(tmp_path_factory) -> Path:
+    return make_onnx_bundle(tmp_path_factory.mktemp("bin") / "tiny2", labels=["Normal", "LowBMD"], seed=3,
+                            thresholds={"min_confidence": 0.0, "low_bmd": 0.5})
+
+
+def test_binary_bundle_maps_osteopenia_and_osteoporosis_onto_its_low_bmd_label(tmp_path, binary_bundle, site_csv):
+    s = read_labels(WANI, site_csv, ["Normal", "LowBMD"], "Normal")
+    assert s.counts() == {"Normal": 7, "LowBMD": 9} and s.site_counts() == {"Normal": 7, "Osteopenia": 5, "Osteoporosis": 4}
+    assert dict(s.mapping) == {"Osteopenia": "LowBMD", "Osteoporosis": "LowBMD"} and "mapped onto its low-BMD label" in s.mapping_note()
+    r = validate_site(WANI, site_csv, binary_bundle, out=tmp_path / "rep", n_boot=50)
+    assert r.report["counts"] == {"Normal": 7, "LowBMD": 9}
+    assert r.report["label_mapping"]["site_counts"]["Osteopenia"] == 5
+    assert "Labels mapped" in (tmp_path / "rep" / "report.md").read_text()
+    # the same through the CLI: the note is printed, no refusal
+    res = runner.invoke(app, ["site", "validate", str(WANI), "--labels", str(site_csv), "--model", str(binary_bundle),
+                              "--out", str(tmp_path / "cli"), "--bootstrap", "20", "--no-plots"], env={"COLUMNS": "200"})
+    assert res.exit_code in (0, 1) and "mapped onto its low-BMD label" in res.output, res.output
+    # a T-score column maps the same way; a label that is not a low-BMD name is still refused
+    t = tmp_path / "t.csv"
+    t.write_text("file,tscore\n" + "".join(f"{r.split(',')[0]},{'-0.3' if r.endswith('Normal') else '-2.0'}\n"
+                                            for r in site_csv.read_text().splitlines()[1:]))
+    assert read_labels(WANI, t, ["Normal", "LowBMD"], "Normal").counts() == {"Normal": 7, "LowBMD": 9}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("file,label\nNormal/N1.JPEG,Arthritis\n")
+    with pytest.raises(ConfigError, match="unknown label 'Arthritis'"):
+        read_labels(WANI, bad, ["Normal", "LowBMD"], "Normal")
+
+
+def test_three_label_bundle_does_not_map_a_coarser_site_label(tmp_path):
+    if not WANI.is_dir():
+        pytest.skip("no shared data")
+    csv = tmp_path / "l.csv"
+    csv.write_text("file,label\nNormal/N1.JPEG,LowBMD\n")
+    with pytest.raises(ConfigError, match="unknown label 'LowBMD'"):
+        read_labels(WANI, csv, LABELS, "Normal")
+
+
+# ------------------------------------------------------------------------------------------------
+# --head: a linear head on the model file's embedding output
+
+
+def _two_output_bundle(root: Path, seed: int = 0) -> Path:
+    """The tiny model exported with a second output (its pooled embedding), as 'export --embedding-output' does."""
+    import warnings
+
+    import torch
+
+    from osteo_edge.artifact import seal
+    from osteo_edge.export.embedding import with_embedding
+    from osteo_edge.preprocess import PreprocessSpec
+    from test_runtime_fixtures import SIZE, tiny_torch_model
+
+    root.mkdir(parents=True, exist_ok=True)
+    wrapped = with_embedding(tiny_torch_model(seed, 3), (1, 3, SIZE, SIZE))
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapped, torch.zeros(1, 3, SIZE, SIZE), str(root / "model.onnx"), dynamo=False, opset_version=17,
+                          input_names=["input"], output_names=["logits", "embedding"],
+                          dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}, "embedding": {0: "batch"}})
+    seal(root, format="onnx", model_file="model.onnx", labels=LABELS, spec=PreprocessSpec(input_size=SIZE, resize="center_crop"),
+         temperature=1.0, thresholds={"min_confidence": 0.4, "low_bmd": 0.5}, metrics={"test": {"accuracy": 0.6}},
+         provenance={"command": "tests"})
+    return root
+
+
+def test_fit_head_separates_what_the_embedding_separates():
+    from osteo_edge.core.stats import auroc
+    from osteo_edge.edge_runtime.site.head import cross_fitted_logits, fit_head
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(size=200)
+    u /= np.linalg.norm(u)  # the low-BMD question lies along one direction of the 200-wide embedding
+    y = np.repeat([0, 1, 2], 12)
+    emb = rng.normal(size=(36, 200)) + 4.0 * (y > 0)[:, None] * u
+    head = fit_head(emb, y, 3)
+    y_new = np.repeat([0, 1, 2], 30)
+    new = rng.normal(size=(90, 200)) + 4.0 * (y_new > 0)[:, None] * u
+    z = head(new)
+    p_low = 1 - np.exp(z[:, 0]) / np.exp(z).sum(axis=1)
+    assert auroc((y_new > 0).astype(int), p_low) > 0.85
+    oof = cross_fitted_logits(emb, y, 3)
+    assert oof.shape == (36, 3) and not np.allclose(oof, head(emb))  # out of fold, not the in-sample fit
+    noise = fit_head(rng.normal(size=(36, 200)), y, 3)  # no signal: near-flat logits on new data
+    assert np.ptp(noise(new), axis=0).max() < 3.0
+
+
+def test_head_site_bundle_answers_from_its_head(tmp_path, site_csv, keys):
+    from osteo_edge.edge_runtime import EdgeClassifier
+    from osteo_edge.edge_runtime.backends import open_backend
+
+    base = _two_output_bundle(tmp_path / "emb")
+    r1 = open_backend(base / "model.onnx", "onnx")
+    assert r1.embedding_dim == 8
+    from test_runtime_fixtures import SIZE
+
+    x = np.random.default_rng(1).random((2, 3, SIZE, SIZE), dtype=np.float32)
+    z, e = r1.run_with_embedding(x)
+    assert np.allclose(r1.run(x), z) and e.shape == (2, 8)  # .run still returns the logits of a two-output file
+    out = tmp_path / "site-head"
+    res = calibrate_site(WANI, site_csv, base, out=out, key=keys["site"], site="head-clinic", folds=3, n_boot=50, head_l2=1.0)
+    assert "a linear head on the embedding" in res.report["protocol"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["site"]["head"]["dim"] == 8 and np.asarray(m["site"]["head"]["weights"]).shape == (8, 3)
+    clf = EdgeClassifier.load(out)
+    assert clf.head is not None
+    assert np.allclose(clf.logits(x), clf.head(e), atol=1e-5) and not np.allclose(clf.logits(x), z)
+    pred = clf.predict(WANI / site_csv.read_text().splitlines()[1].split(",")[0])
+    assert pred.status in ("ok", "refer") and abs(sum(pred.probabilities.values()) - 1) < 1e-5
+    # a one-output base is refused for --head in one line, before any film is scored
+    one = make_onnx_bundle(tmp_path / "one")
+    with pytest.raises(ConfigError, match="--head needs the model's embedding"):
+        calibrate_site(WANI, site_csv, one, out=tmp_path / "x", key=keys["site"], head_l2=1.0, n_boot=0)
+    # a head whose shapes do not fit the model file, or a head on a one-output file, is refused at load
+    from osteo_edge.edge_runtime.classifier import LinearHead
+
+    bad = json.loads(json.dumps(m))
+    bad["site"]["head"]["bias"] = [0.0, 0.0]
+    with pytest.raises(BundleError, match="shapes do not fit"):
+        LinearHead.from_manifest(bad, 3, r1, out)
+    with pytest.raises(BundleError, match="no embedding output"):
+        LinearHead.from_manifest(m, 3, open_backend(one / "model.onnx", "onnx"), out)

@@ -12,7 +12,8 @@ from ..export.fidelity import FidelityBudget
 from ..formats import FORMATS
 from ..export import CALIBRATION_SOURCES
 from . import _output as o
-from ._common import choices, handle_errors, progress_console, quiet_native
+from ..export.embedding import FORMATS as EMBEDDING_FORMATS, embedding_output as embedding_output_ctx
+from ._common import choices, handle_errors, progress_console, quiet_native, usage_error
 from ._steps import after_export
 
 
@@ -44,6 +45,7 @@ def register(app: typer.Typer) -> None:
         max_float_ops: Annotated[int, typer.Option("--max-float-ops", help="tflite-int8: at most this many of the worst layers kept float to meet the budget.")] = FidelityBudget.max_float_ops,
         all_int8: Annotated[bool, typer.Option("--all-int8", help="tflite-int8: every op int8 with int8 input/output, no fidelity budget (for int8-only accelerators).")] = False,
         gray_fold: Annotated[bool, typer.Option(help="tflite-int8: fold a replicated gray input into the stem (one input channel; exact on gray images).")] = True,
+        embedding_output: Annotated[bool, typer.Option("--embedding-output", help="fp32 tflite: a second output, the pooled embedding (for 'site calibrate --head').")] = False,
     ) -> None:
         """Export to ONNX or TFLite (fp32 or int8), check it numerically against torch, write a bundle.
 
@@ -52,8 +54,10 @@ def register(app: typer.Typer) -> None:
         from ..export import export_model, resolve_format
 
         fmt = resolve_format(format.value, int8)
+        if embedding_output and fmt.name not in EMBEDDING_FORMATS:
+            raise usage_error(f"--embedding-output is for {', '.join(EMBEDDING_FORMATS)} (fp32), not {fmt.name}")
         budget = None if all_int8 else FidelityBudget(max_p95_dp=max_p95_dp, max_abs_dp=max_abs_dp, max_float_ops=max_float_ops)
-        with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native():
+        with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native(), embedding_output_ctx(embedding_output):
             result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
                                   evaluate=evaluate, threads=threads, command=command_line(), progress=progress,
                                   calibration=calibration.value, budget=budget, fold_gray=gray_fold)

@@ -70,6 +70,8 @@ def _figures(report: dict, title: str) -> None:
     out.table(title, [out.Col("figure"), out.Col("this site [95% CI]", right=True), out.Col("model card", right=True),
                       out.Col("requirement"), out.Col("result")], rows,
               caption=f"model card: {report['claims']['source']}")
+    if report.get("label_mapping"):
+        out.line(f"note: {report['label_mapping']['note']}")
     counts = ", ".join(f"{k} {v}" for k, v in report["counts"].items())
     out.line(f"{report['images']} images ({counts}); gate accepted {report['gate']['accepted']}, answers "
              + ", ".join(f"{k} {v}" for k, v in report["answers"].items()))
@@ -134,6 +136,9 @@ def calibrate(
     folds: Annotated[int, typer.Option("--folds", help="Cross-validation folds for the recorded figures (lowered to the smaller class's count).")] = 5,
     min_accept: Annotated[float, typer.Option("--min-accept", help="Loosen the gate's score thresholds (never tighten) to accept at least this share of the site's films.")] = 0.98,
     require: Annotated[str, typer.Option("--require", help=REQUIRE_HELP)] = "sensitivity=0.85,auroc=0.75",
+    head: Annotated[bool, typer.Option("--head", help="Also fit a linear head on the model's frozen embedding (numpy; the model file "
+                                       "needs an embedding output: 'export --format tflite --embedding-output'); the one refit that can change AUROC.")] = False,
+    head_l2: Annotated[float, typer.Option("--head-l2", help="--head: L2 penalty on the head's weights (standardised embedding).")] = 10.0,
     trust_file: Annotated[Optional[Path], typer.Option("--trust-file", help="Also write this machine's trust file here (the shipped publisher's key + this site's key), "
                                                        "e.g. ~/.config/osteo-edge/trusted-keys.pem; then every entry point refuses other bundles.")] = None,
     min_per_class: Annotated[int, typer.Option("--min-per-class", help="Refuse fewer images than this on either side of the low-BMD question.")] = 5,
@@ -144,12 +149,15 @@ def calibrate(
 ) -> None:
     """Refit a bundle's temperature, low-BMD threshold and gate on the site's labelled films into a new
     bundle signed with the site's key. Its recorded figures are k-fold cross-validated inside the site's
-    films (never fitted and scored on the same images); the model's weights are unchanged, so discrimination (AUROC) barely moves.
+    films (never fitted and scored on the same images); the model's weights are unchanged, so discrimination (AUROC) barely moves,
+    unless --head fits a linear head on the model's embedding (fp32 TFLite bundles exported with --embedding-output).
     """
     from ..edge_runtime.site import Target, calibrate_site
     from ..errors import ConfigError
 
     req = _checked(require, min_per_class, bootstrap, threads, folds)
+    if head_l2 <= 0:
+        raise usage_error(f"--head-l2 must be positive, got {head_l2}")
     target = None
     if target_sensitivity is not None or max_referral is not None:
         try:
@@ -158,11 +166,12 @@ def calibrate(
             raise usage_error(str(exc)) from None
     command = _command(["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model", model, "--out", out_bundle,
                         "--site", site, "--target-sensitivity" if target_sensitivity is not None else None, target_sensitivity,
-                        "--max-referral" if max_referral is not None else None, max_referral])
+                        "--max-referral" if max_referral is not None else None, max_referral, "--head" if head else None,
+                        "--head-l2" if head else None, head_l2 if head else None])
     with _progress() as progress:
         r = calibrate_site(images, labels, model, out=out_bundle, key=key, site=site, target=target, folds=folds, min_accept=min_accept,
                            require=req, trust=trust_store(trusted_key), threads=threads, n_boot=bootstrap, seed=seed,
-                           min_per_class=min_per_class, command=command, progress=progress)
+                           min_per_class=min_per_class, command=command, progress=progress, head_l2=head_l2 if head else None)
     b, op, base = r.bundle, r.operating, r.base_operating
     _figures(r.report, f"site {site}: cross-validated ({len(r.report['folds'])} folds) figures of the calibrated bundle")
     out.line(f"verdict (cross-validated): {r.report['verdict']}", style="bold")
@@ -170,6 +179,7 @@ def calibrate(
         ("temperature", f"{base.temperature:.3g} -> {op.temperature:.3g}"),
         ("low-BMD threshold", f"{base.low_bmd if base.low_bmd is not None else float('nan'):.3g} -> {op.low_bmd:.3g}"),
         ("gate thresholds", f"density {base.ood_threshold:.3g} -> {op.ood_threshold:.3g}, knee-vs-other {base.other_threshold:.3g} -> {op.other_threshold:.3g}"),
+        *([("head", f"linear, on the {op.head.mean.size}-wide embedding (L2 {head_l2:g})")] if op.head is not None else []),
     ])
     if r.report["fitted_on_all"]["fit"].get("temperature_at_bound"):
         out.line(f"note: the fitted temperature is at its upper bound ({op.temperature:.3g}): the site's labels are fitted best by a "

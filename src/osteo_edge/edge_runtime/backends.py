@@ -6,6 +6,11 @@ how to open a model file. :func:`open_backend` looks the format up in
 ``.run(x)`` takes a float32 batch in the spec layout (NCHW for ONNX, NHWC for TFLite) and returns
 float32 logits ``(batch, classes)``.
 
+A model file may have a second output, the pooled embedding (``export --embedding-output``): the
+logits are then the output with the fewest values per image, the embedding the one with the most;
+``.run`` still returns the logits, ``.run_with_embedding(x)`` returns ``(logits, embedding)`` and
+``.embedding_dim`` is its width (None for a one-output file).
+
 Full-integer TFLite models may have int8/uint8 input and output tensors: the runner quantizes the
 float input with the input tensor's scale/zero-point and dequantizes the output with the output
 tensor's, so callers always see float32.
@@ -39,6 +44,33 @@ class Runner(Protocol):
     input_dtype: str
 
     def run(self, x: np.ndarray) -> np.ndarray: ...
+
+
+def _per_image(shape: Any) -> int:
+    dims = [d for d in list(shape)[1:] if isinstance(d, (int, np.integer)) and d > 0]
+    return int(np.prod(dims)) if dims else 0
+
+
+def pick_outputs(outputs: list[Any], shape_of: Callable[[Any], Any]) -> tuple[Any, Any | None]:
+    """``(logits output, embedding output or None)``: with several outputs, the fewest values per image are the logits."""
+    if len(outputs) == 1:
+        return outputs[0], None
+    ranked = sorted(outputs, key=lambda o: _per_image(shape_of(o)))
+    return ranked[0], ranked[-1]
+
+
+def _both_in_chunks(x: np.ndarray, fixed_batch: int | None, run_one: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    if fixed_batch is None or x.shape[0] == fixed_batch:
+        return run_one(x)
+    if fixed_batch != 1:
+        raise ConfigError(f"model has a fixed batch size of {fixed_batch}; got a batch of {x.shape[0]}")
+    parts = [run_one(x[i : i + 1]) for i in range(x.shape[0])]
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _no_embedding(path: Path) -> BundleError:
+    return BundleError(f"{path}: the model file has one output, no embedding; export it with --embedding-output")
 
 
 def _check_threads(threads: int | None) -> int | None:
@@ -106,7 +138,10 @@ class OnnxRuntimeRunner:
             raise BundleError(f"{model_path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {_first_line(exc)})") from exc
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
-        self._output_name = self._session.get_outputs()[0].name
+        out, emb = pick_outputs(self._session.get_outputs(), lambda o: o.shape)
+        self._output_name = out.name
+        self._embedding_name = emb.name if emb is not None else None
+        self.embedding_dim = _per_image(emb.shape) if emb is not None else None
         self.input_shape = tuple(d if isinstance(d, int) else None for d in inp.shape)
         self.input_dtype = str(inp.type)
         self._path = model_path
@@ -119,6 +154,17 @@ class OnnxRuntimeRunner:
     def run(self, x: np.ndarray) -> np.ndarray:
         x = _as_batch(x, self.input_shape, self._path)
         return _in_chunks(x, self.input_shape[0], self._run_one)
+
+    def run_with_embedding(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._embedding_name is None:
+            raise _no_embedding(self._path)
+        x = _as_batch(x, self.input_shape, self._path)
+
+        def one(xb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            z, e = self._session.run([self._output_name, self._embedding_name], {self._input_name: xb})
+            return _logits(z), _logits(e)
+
+        return _both_in_chunks(x, self.input_shape[0], one)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -200,7 +246,8 @@ class LiteRTRunner:
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError for bad flatbuffers
             raise BundleError(f"{model_path}: LiteRT cannot load the model ({type(exc).__name__}: {_first_line(exc)})") from exc
         self._in = self._interp.get_input_details()[0]
-        self._out = self._interp.get_output_details()[0]
+        self._out, self._emb = pick_outputs(self._interp.get_output_details(), lambda o: o["shape"])
+        self.embedding_dim = _per_image(self._emb["shape"]) if self._emb is not None else None
         self.input_shape = tuple(int(d) for d in self._in["shape"])
         sig = self._in.get("shape_signature")
         if sig is not None and len(sig) and int(sig[0]) == -1:
@@ -209,10 +256,14 @@ class LiteRTRunner:
         self.input_dtype = np.dtype(self._in["dtype"]).name
         self._in_q = _quant_params(self._in)
         self._out_q = _quant_params(self._out)
+        self._emb_q = _quant_params(self._emb) if self._emb is not None else None
         if self._in_q is None and np.dtype(self._in["dtype"]) != np.float32:
             raise BundleError(f"{model_path}: TFLite input is {self.input_dtype}; the runtime feeds float32, int8 or uint8")
 
     def _run_one(self, x: np.ndarray) -> np.ndarray:
+        return self._invoke(x)[0]
+
+    def _invoke(self, x: np.ndarray, embedding: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         if x.shape[0] != self._batch:
             self._interp.resize_tensor_input(self._in["index"], list(x.shape))
             self._interp.allocate_tensors()
@@ -224,13 +275,24 @@ class LiteRTRunner:
         out = self._interp.get_tensor(self._out["index"])
         if self._out_q is not None:
             out = dequantize(out, *self._out_q)
-        return _logits(out)
+        if not embedding or self._emb is None:
+            return _logits(out), None
+        emb = self._interp.get_tensor(self._emb["index"])
+        if self._emb_q is not None:
+            emb = dequantize(emb, *self._emb_q)
+        return _logits(out), _logits(emb)
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = _as_batch(x, self.input_shape, self._path)
         # A dynamic batch dimension is resized per call; a fixed one is run one image at a time.
         fixed = None if self.input_shape[0] is None else self.input_shape[0]
         return _in_chunks(x, fixed, self._run_one)
+
+    def run_with_embedding(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._emb is None:
+            raise _no_embedding(self._path)
+        x = _as_batch(x, self.input_shape, self._path)
+        return _both_in_chunks(x, self.input_shape[0], lambda xb: self._invoke(xb, embedding=True))  # type: ignore[arg-type,return-value]
 
 
 def _first_line(exc: BaseException) -> str:

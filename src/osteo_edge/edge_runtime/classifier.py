@@ -4,7 +4,8 @@ Everything that shapes a prediction comes from the bundle manifest: labels (orde
 the preprocessing spec, the temperature (probabilities = softmax(logits / T)), the thresholds
 (``min_confidence``: below it the status is ``refer``; ``low_bmd``: P(low BMD) = 1 - P(Normal) at or
 above it is ``refer`` too, "low BMD suspected: refer for DEXA"; see :func:`decide`) and the input gate
-(``gate``).
+(``gate``). A site bundle may carry a linear head on the model's embedding (``site.head``, from
+``site calibrate --head``): its logits then replace the model's (:class:`LinearHead`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,36 @@ class Prediction:
                 "latency_ms": round(self.latency_ms or 0.0, 3)}
 
 
+@dataclass(frozen=True)
+class LinearHead:
+    """A site's linear head on the model file's embedding output: logits = ((e - mean) / scale) @ weights + bias."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray  # (dim, classes)
+    bias: np.ndarray
+
+    @classmethod
+    def from_manifest(cls, manifest: Any, n_labels: int, runner: Runner, root: Path) -> "LinearHead | None":
+        site = manifest.get("site") if hasattr(manifest, "get") else None
+        rec = site.get("head") if hasattr(site, "get") else None
+        if not rec:
+            return None
+        try:
+            head = cls(*(np.asarray(rec[k], dtype=np.float64) for k in ("mean", "scale", "weights", "bias")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{root}: the site head in the manifest is malformed ({exc})") from None
+        dim = getattr(runner, "embedding_dim", None)
+        if dim is None:
+            raise BundleError(f"{root}: the bundle has a site head but its model file has no embedding output")
+        if head.weights.shape != (dim, n_labels) or head.mean.shape != (dim,) or head.scale.shape != (dim,) or head.bias.shape != (n_labels,):
+            raise BundleError(f"{root}: the site head's shapes do not fit the model's embedding ({dim}) and {n_labels} labels")
+        return head
+
+    def __call__(self, embedding: np.ndarray) -> np.ndarray:
+        return (((np.asarray(embedding, dtype=np.float64) - self.mean) / self.scale) @ self.weights + self.bias).astype(np.float32)
+
+
 @dataclass
 class EdgeClassifier:
     bundle: Bundle
@@ -72,6 +103,7 @@ class EdgeClassifier:
     temperature: float = 1.0
     thresholds: dict[str, float] = field(default_factory=dict)
     load_ms: float = 0.0
+    head: LinearHead | None = None
 
     @classmethod
     def load(cls, bundle_dir: str | os.PathLike | None = None, threads: int | None = None,
@@ -92,7 +124,8 @@ class EdgeClassifier:
             raise BundleError(f"{root}: spec layout {spec.layout} does not match format {fmt.name} ({fmt.layout})")
         runner = open_backend(bundle.model_path, fmt.name, threads)
         gate = Gate.from_record(bundle.gate)
-        self = cls(bundle, runner, gate, bundle.labels, spec, bundle.temperature, bundle.thresholds)
+        head = LinearHead.from_manifest(bundle.manifest, len(bundle.labels), runner, root)
+        self = cls(bundle, runner, gate, bundle.labels, spec, bundle.temperature, bundle.thresholds, head=head)
         probe = self.logits(np.zeros((1, *spec.input_shape[1:]), dtype=np.float32))
         if probe.shape != (1, len(self.labels)):
             raise BundleError(f"{root}: model outputs {probe.shape[1:]} values, the manifest lists {len(self.labels)} labels")
@@ -103,8 +136,17 @@ class EdgeClassifier:
 
     # -- arrays ----------------------------------------------------------------------------
     def logits(self, x: np.ndarray) -> np.ndarray:
-        """Raw logits (batch, classes) for a float32 batch in the spec layout."""
+        """Raw logits (batch, classes) for a float32 batch in the spec layout (the site head's, when the bundle has one)."""
+        if self.head is not None:
+            return self.head(self.runner.run_with_embedding(x)[1])  # type: ignore[attr-defined]
         return self.runner.run(x)
+
+    def model_outputs(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(logits as :meth:`logits` gives them, the model file's embedding or None without an embedding output)``."""
+        if getattr(self.runner, "embedding_dim", None) is None:
+            return self.runner.run(x), None
+        z, e = self.runner.run_with_embedding(x)  # type: ignore[attr-defined]
+        return (self.head(e) if self.head is not None else z), e
 
     def probabilities(self, x: np.ndarray) -> np.ndarray:
         """Calibrated probabilities softmax(logits / T), (batch, classes)."""

@@ -101,6 +101,9 @@ def _tail(text: str, n: int = 300) -> str:
 
 @register_exporter("tflite")
 def export_tflite(ctx: ExportContext) -> None:
+    from .embedding import wrap_context
+
+    wrap_context(ctx)  # export --embedding-output: a second output, the pooled embedding (issue 28 site --head)
     _, flt = saved_model_from_onnx(ctx)
     shutil.copyfile(flt, ctx.out_file)
 
@@ -124,6 +127,10 @@ def full_integer_tflite(saved_model: Path, calib_nhwc: np.ndarray, io_dtype: str
 
 @register_exporter("tflite-int8")
 def export_tflite_int8(ctx: ExportContext) -> None:
+    from .embedding import requested
+
+    if requested():
+        raise ExportError("--embedding-output is for the fp32 tflite export (the int8 routes' fidelity checks know one output)")
     tf_dir, _ = saved_model_from_onnx(ctx)
     calib = ctx.calibration().as_layout(ctx.spec)  # NHWC, already normalised by the spec
     common = {"weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",

@@ -55,7 +55,7 @@ class CalibrationResult:
 
 def score(images: str | os.PathLike, labels_csv: str | os.PathLike, model: str | os.PathLike | None = None, *,
           trust: Any = None, threads: int | None = None, min_per_class: int = MIN_PER_CLASS,
-          progress: Progress | None = None) -> tuple[Any, SiteScores]:
+          progress: Progress | None = None, need_embedding: bool = False) -> tuple[Any, SiteScores]:
     """Load the bundle (verified: seal, checksums, signature, trust), read and check the labels and
     run every labelled image once. Returns ``(EdgeClassifier, SiteScores)``."""
     from .. import EdgeClassifier
@@ -63,9 +63,14 @@ def score(images: str | os.PathLike, labels_csv: str | os.PathLike, model: str |
     if min_per_class < 2:
         raise ConfigError(f"--min-per-class must be at least 2, got {min_per_class}")
     clf = EdgeClassifier.load(model, threads=threads, trust=trust)
+    if need_embedding and getattr(clf.runner, "embedding_dim", None) is None:
+        raise ConfigError(f"{clf.bundle.path}: --head needs the model's embedding, and this model file has one output; export the "
+                          "base model with 'osteo-edge export --model RUN --format tflite --embedding-output ...'")
     if clf.bundle.negative_label is None:
         raise ConfigError(f"{clf.bundle.path}: the bundle names no negative label (e.g. Normal), so it has no low-BMD question to validate")
-    site = read_labels(images, labels_csv, clf.labels)
+    site = read_labels(images, labels_csv, clf.labels, clf.bundle.negative_label)
+    if site.mapping:
+        log.warning("%s", site.mapping_note())
     check_counts(site, clf.bundle.negative_label, min_per_class)
     return clf, score_site(clf, site, progress)
 
@@ -89,27 +94,30 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
                    folds: int = FOLDS, min_accept: float = MIN_ACCEPT, require: Mapping[str, float] | None = None,
                    trust: Any = None, threads: int | None = None, n_boot: int = N_BOOT, seed: int = 0,
                    min_per_class: int = MIN_PER_CLASS, plots: bool = True, command: str = "",
-                   progress: Progress | None = None) -> CalibrationResult:
+                   progress: Progress | None = None, head_l2: float | None = None) -> CalibrationResult:
     """Refit temperature, low-BMD threshold and gate on the site's images into a new bundle signed with
-    ``key``, with the out-of-fold (k-fold) site validation report recorded in it."""
+    ``key``, with the out-of-fold (k-fold) site validation report recorded in it. With ``head_l2`` also a
+    linear head on the model's embedding (:mod:`.head`; the model file needs an embedding output)."""
     from ...artifact.signing import sign_seal
 
     sign_seal("0" * 64, key)  # a bad key is refused before any work
     if not site.strip():
         raise ConfigError("--site must name the site")
-    clf, scores = score(images, labels_csv, model, trust=trust, threads=threads, min_per_class=min_per_class, progress=progress)
+    clf, scores = score(images, labels_csv, model, trust=trust, threads=threads, min_per_class=min_per_class, progress=progress,
+                        need_embedding=head_l2 is not None)
     base = bundle_operating(clf)
     if target is None:
         target = Target(target_sensitivity=clf.bundle.calibration.target_sensitivity)
     require = DEFAULT_REQUIRE if require is None else require
-    cv_answers, fold_details = cross_validate(scores, base, target, folds, seed, min_accept)
+    cv_answers, fold_details = cross_validate(scores, base, target, folds, seed, min_accept, head_l2)
     k = len(fold_details)
     protocol = (f"{k}-fold cross-validation inside the site's images (stratified by the low-BMD question"
                 f"{', whole groups together' if len(set(scores.site.groups.tolist())) < scores.n else ''}, seed {seed}): each fold answered by "
-                f"the temperature, low-BMD threshold ({target.text()}) and gate thresholds fitted on the other folds only")
+                f"{'a linear head on the embedding, ' if head_l2 is not None else ''}the temperature, low-BMD threshold "
+                f"({target.text()}) and gate thresholds fitted on the other folds only")
     report = build_report(scores, cv_answers, clf.bundle, require, n_boot=n_boot, seed=seed, protocol=protocol, command=command)
     report["folds"] = fold_details
-    op, details = fit_operating(scores, np.arange(scores.n), base, target, min_accept)
+    op, details = fit_operating(scores, np.arange(scores.n), base, target, min_accept, head_l2, seed)
     report["fitted_on_all"] = {**op.to_dict(), "fit": details}
     # the report files that travel inside the bundle
     files: dict[str, bytes] = {}
@@ -127,12 +135,18 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
         "labels_file": {"name": scores.site.csv_name, "sha256": scores.site.csv_sha256, "truth_from": scores.site.truth_from},
         "images": scores.n,
         "counts": scores.site.counts(),
+        "label_mapping": {"site_counts": scores.site.site_counts(), "mapped": dict(scores.site.mapping), "note": scores.site.mapping_note()}
+        if scores.site.mapping else None,
         "operating_point": target.to_dict(),
         "fitted": {**op.to_dict(), "fit": details, "min_accept": min_accept},
         "cross_validated": {k2: report[k2] for k2 in ("protocol", "metrics", "require", "criteria", "verdict", "sample_size",
                                                      "counts", "accepted_counts", "gate", "answers", "bootstrap")},
         "report": f"{REPORT_DIR}/report.md",
     }
+    if op.head is not None:
+        from .head import head_record
+
+        record["head"] = head_record(op.head, float(head_l2), scores.n)  # type: ignore[arg-type]
     headline = {METRICS[k2][2]: v for k2, v in report["metrics"].items()}
     cv_headline = {"headline": headline, "n_images": scores.n, "protocol": protocol, "verdict": report["verdict"]}
     bundle = write_site_bundle(clf.bundle, out, op, base, details, json_safe(record), json_safe(cv_headline), key, files, command)

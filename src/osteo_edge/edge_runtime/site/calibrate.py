@@ -35,7 +35,7 @@ import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -138,9 +138,13 @@ def fit_low_bmd(scores: SiteScores, idx: np.ndarray, probs: np.ndarray, p_low: n
     return 1.0, {"fitted_referral_rate": rate, "cap_met": False}
 
 
-def fit_operating(scores: SiteScores, idx: np.ndarray, base: Operating, target: Target, min_accept: float = MIN_ACCEPT) -> tuple[Operating, dict[str, Any]]:
-    """Gate, temperature, then low-BMD threshold, fitted on rows ``idx`` only."""
+def fit_operating(scores: SiteScores, idx: np.ndarray, base: Operating, target: Target, min_accept: float = MIN_ACCEPT,
+                  head_l2: float | None = None, seed: int = 0) -> tuple[Operating, dict[str, Any]]:
+    """Gate, temperature, then low-BMD threshold, fitted on rows ``idx`` only. With ``head_l2`` a linear
+    head on the embedding first (:mod:`.head`); temperature and threshold then on its cross-fitted logits."""
     idx = np.asarray(idx, dtype=int)
+    if head_l2 is not None:
+        return _fit_with_head(scores, idx, base, target, min_accept, head_l2, seed)
     t_ood, t_other = fit_gate(scores, idx, base, min_accept)
     op = base.with_(ood_threshold=t_ood, other_threshold=t_other)
     acc, _ = gate_accepts(scores, op)
@@ -157,6 +161,24 @@ def fit_operating(scores: SiteScores, idx: np.ndarray, base: Operating, target: 
     details.update({"images": int(idx.size), "accepted": int(a.size), "gate_acceptance": float(a.size / idx.size),
                     "uncertain_rate": uncertain, "temperature_at_bound": bool(temperature >= 0.99 * T_RANGE[1])})
     return op, details
+
+
+def _fit_with_head(scores: SiteScores, idx: np.ndarray, base: Operating, target: Target, min_accept: float, l2: float,
+                   seed: int) -> tuple[Operating, dict[str, Any]]:
+    from .head import cross_fitted_logits, fit_head
+
+    if scores.embeddings is None:
+        raise ConfigError("--head needs the model's embedding: export the base model with 'osteo-edge export ... --embedding-output'")
+    emb = np.nan_to_num(scores.embeddings)
+    k = len(scores.labels)
+    head = fit_head(emb[idx], scores.y[idx], k, l2)
+    z = head(emb).astype(np.float64)
+    z[idx] = cross_fitted_logits(emb[idx], scores.y[idx], k, l2, seed)  # calibrate on logits of heads that never saw the row
+    crossfit = replace(scores, logits=z)
+    op, details = fit_operating(crossfit, idx, base.with_(head=None), target, min_accept)
+    details["head"] = {"l2": l2, "images": int(idx.size), "dim": int(emb.shape[1]),
+                       "temperature_and_threshold_on": "cross-fitted head logits (inner folds)"}
+    return op.with_(head=head), details
 
 
 def make_folds(scores: SiteScores, k: int = FOLDS, seed: int = 0) -> np.ndarray:
@@ -182,13 +204,13 @@ def make_folds(scores: SiteScores, k: int = FOLDS, seed: int = 0) -> np.ndarray:
 
 
 def cross_validate(scores: SiteScores, base: Operating, target: Target, folds: int = FOLDS, seed: int = 0,
-                   min_accept: float = MIN_ACCEPT) -> tuple[Answers, list[dict[str, Any]]]:
+                   min_accept: float = MIN_ACCEPT, head_l2: float | None = None) -> tuple[Answers, list[dict[str, Any]]]:
     """Out-of-fold answers: every fold answered by the operating point fitted on the other folds."""
     fold = make_folds(scores, folds, seed)
     parts, details = [], []
     for f in range(int(fold.max()) + 1):
         test, train = np.flatnonzero(fold == f), np.flatnonzero(fold != f)
-        op, d = fit_operating(scores, train, base, target, min_accept)
+        op, d = fit_operating(scores, train, base, target, min_accept, head_l2, seed + f)
         parts.append((test, answer(scores.subset(test), op)))
         details.append({"fold": f, "train": int(train.size), "test": int(test.size), **op.to_dict(), "fit": d})
     return merge_answers(scores.n, parts), details

@@ -29,6 +29,7 @@ from ...errors import ConfigError
 WHO_LABELS = ("Normal", "Osteopenia", "Osteoporosis")
 WHO_NORMAL_MIN = -1.0  # T >= -1: Normal
 WHO_OSTEOPOROSIS_MAX = -2.5  # T <= -2.5: Osteoporosis; in between: Osteopenia
+LOW_BMD_NAMES = ("Osteopenia", "Osteoporosis", "LowBMD")  # site labels that mean "low BMD" (the binary split's name)
 
 
 def who_class(t: float) -> str:
@@ -52,6 +53,8 @@ class SiteLabels:
     truth_from: str  # "label" | "tscore"
     csv_name: str
     csv_sha256: str
+    site_labels: tuple[str, ...] = ()  # the label each row had in the labels file (before any mapping)
+    mapping: tuple[tuple[str, str], ...] = ()  # (site label, bundle label) pairs applied; empty: none
 
     @property
     def paths(self) -> list[Path]:
@@ -62,7 +65,33 @@ class SiteLabels:
 
     def subset(self, idx: np.ndarray) -> "SiteLabels":
         return SiteLabels(self.images, tuple(self.files[i] for i in idx), self.y[idx], self.groups[idx], self.labels,
-                          self.truth_from, self.csv_name, self.csv_sha256)
+                          self.truth_from, self.csv_name, self.csv_sha256,
+                          tuple(self.site_labels[i] for i in idx) if self.site_labels else (), self.mapping)
+
+    def site_counts(self) -> dict[str, int]:
+        """Rows per label as the labels file gave them (before any mapping onto the bundle's labels)."""
+        names = self.site_labels or tuple(self.labels[int(i)] for i in self.y)
+        return {lab: names.count(lab) for lab in dict.fromkeys(sorted(names))}
+
+    def mapping_note(self) -> str | None:
+        """One sentence on the labels mapped onto the bundle's, or None."""
+        if not self.mapping:
+            return None
+        counts = self.site_counts()
+        pairs = "; ".join(f"{a} ({counts.get(a, 0)} images) -> {b}" for a, b in self.mapping)
+        return (f"the bundle's labels are {', '.join(self.labels)}: it answers only the low-BMD question, so site labels it does "
+                f"not have were mapped onto its low-BMD label ({pairs}); accuracy and macro-F1 are of the bundle's labels")
+
+
+def label_mapping(site_values: Sequence[str], bundle_labels: Sequence[str], negative: str | None) -> dict[str, str]:
+    """Site labels the bundle lacks -> the bundle's label, when the bundle has exactly one low-BMD label
+    (every label but ``negative``): Osteopenia, Osteoporosis and LowBMD map onto it. Any other unknown
+    label (or a bundle with several low-BMD labels) maps nowhere and is refused by :func:`read_labels`."""
+    labels = list(bundle_labels)
+    positive = [lab for lab in labels if lab != negative]
+    if negative is None or negative not in labels or len(positive) != 1:
+        return {}
+    return {v: positive[0] for v in dict.fromkeys(site_values) if v not in labels and v in LOW_BMD_NAMES}
 
 
 def _first(items: Sequence[tuple[int, str]], n: int = 3) -> str:
@@ -70,8 +99,11 @@ def _first(items: Sequence[tuple[int, str]], n: int = 3) -> str:
     return shown + (f" and {len(items) - n} more" if len(items) > n else "")
 
 
-def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle_labels: Sequence[str]) -> SiteLabels:
-    """Read and check a labels file against the bundle's labels; one-line ConfigError on any problem."""
+def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle_labels: Sequence[str],
+                negative: str | None = None) -> SiteLabels:
+    """Read and check a labels file against the bundle's labels; one-line ConfigError on any problem.
+    With ``negative`` (the bundle's negative label) site labels the bundle lacks are mapped onto its
+    low-BMD label where :func:`label_mapping` allows it."""
     images, path = Path(images), Path(labels_csv)
     if not images.is_dir():
         raise ConfigError(f"{images}: no such images folder")
@@ -88,12 +120,16 @@ def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle
     if "file" not in cols or truth is None:
         raise ConfigError(f"{path}: a labels file needs a 'file' column and a 'label' or 'tscore' column; found {cols or 'no header'}")
     labels = [str(x) for x in bundle_labels]
-    if truth == "tscore" and not set(WHO_LABELS) <= set(labels):
+    mapping = label_mapping(WHO_LABELS, labels, negative) if truth == "tscore" else {}
+    if truth == "tscore" and not set(WHO_LABELS) <= set(labels) | set(mapping):
         raise ConfigError(f"{path}: a 'tscore' column gives the WHO classes {', '.join(WHO_LABELS)}, but the bundle's labels are {', '.join(labels)}")
-    files, ys, groups = [], [], []
+    rows = list(reader)
+    if truth == "label":
+        mapping = label_mapping([(r.get("label") or "").strip() for r in rows], labels, negative)
+    files, ys, groups, originals = [], [], [], []
     unknown, bad_t, empty, seen_twice, missing = [], [], [], [], []
     seen: set[str] = set()
-    for line, row in enumerate(reader, start=2):
+    for line, row in enumerate(rows, start=2):
         f = (row.get("file") or "").strip()
         value = (row.get(truth) or "").strip()
         if not f and not value:
@@ -102,7 +138,7 @@ def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle
             empty.append((line, value))
             continue
         if truth == "label":
-            if value not in labels:
+            if value not in labels and value not in mapping:
                 unknown.append((line, value))
                 continue
             lab = value
@@ -122,7 +158,8 @@ def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle
         if not (images / f).is_file():
             missing.append((line, f))
         files.append(f)
-        ys.append(labels.index(lab))
+        originals.append(lab)
+        ys.append(labels.index(mapping.get(lab, lab)))
         groups.append((row.get("group") or "").strip() or f)
     if unknown:
         raise ConfigError(f"{path}: unknown label {_first(unknown)}; valid: {', '.join(labels)}")
@@ -136,8 +173,9 @@ def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle
         raise ConfigError(f"{path}: {len(missing)} file(s) not found under {images}: {_first(missing)}")
     if not files:
         raise ConfigError(f"{path}: no rows")
+    used = tuple((a, b) for a, b in mapping.items() if a in originals)
     return SiteLabels(images, tuple(files), np.asarray(ys, dtype=int), np.asarray(groups, dtype=object), tuple(labels), truth,
-                      path.name, sha256_file(path))
+                      path.name, sha256_file(path), tuple(originals), used)
 
 
 def check_counts(site: SiteLabels, negative: str, min_per_class: int) -> dict[str, int]:

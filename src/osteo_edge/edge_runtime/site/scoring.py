@@ -38,6 +38,7 @@ class Operating:
     thresholds: Mapping[str, float]
     ood_threshold: float = math.inf  # the gate's density threshold (inf: no density check)
     other_threshold: float = math.inf  # the gate's knee-vs-other threshold (inf: no such check)
+    head: Any = None  # a LinearHead on the embedding (site calibrate --head): its logits replace the model's
 
     @property
     def low_bmd(self) -> float | None:
@@ -47,7 +48,8 @@ class Operating:
     def to_dict(self) -> dict[str, Any]:
         return {"temperature": self.temperature, "thresholds": dict(self.thresholds),
                 "gate_ood_threshold": None if math.isinf(self.ood_threshold) else self.ood_threshold,
-                "gate_other_threshold": None if math.isinf(self.other_threshold) else self.other_threshold}
+                "gate_other_threshold": None if math.isinf(self.other_threshold) else self.other_threshold,
+                **({"head": f"linear head on the {self.head.mean.size}-wide embedding"} if self.head is not None else {})}
 
     def with_(self, **kw: Any) -> "Operating":
         return replace(self, **kw)
@@ -74,6 +76,7 @@ class SiteScores:
     ood: np.ndarray  # density score (NaN without a density model or when the rules refused)
     other: np.ndarray  # knee-vs-other score (NaN without one or when the rules refused)
     extra: dict[str, Any] = field(default_factory=dict)
+    embeddings: np.ndarray | None = None  # (n, dim): mean embedding over the views, when the model file has that output
 
     @property
     def n(self) -> int:
@@ -94,7 +97,16 @@ class SiteScores:
     def subset(self, idx: np.ndarray) -> "SiteScores":
         idx = np.asarray(idx, dtype=int)
         return SiteScores(self.site.subset(idx), self.labels, self.negative, self.logits[idx], self.rules_ok[idx],
-                          [self.rule_codes[i] for i in idx], self.ood[idx], self.other[idx], dict(self.extra))
+                          [self.rule_codes[i] for i in idx], self.ood[idx], self.other[idx], dict(self.extra),
+                          None if self.embeddings is None else self.embeddings[idx])
+
+    def logits_for(self, op: "Operating") -> np.ndarray:
+        """The logits an operating point answers from: its head's on the embeddings, else the model's."""
+        if op.head is None:
+            return np.nan_to_num(self.logits)
+        if self.embeddings is None:
+            raise ConfigError("a head needs the model's embedding; this bundle's model file has no embedding output")
+        return op.head(np.nan_to_num(self.embeddings)).astype(np.float64)
 
 
 def score_site(clf: EdgeClassifier, site: SiteLabels, progress: Progress | None = None) -> SiteScores:
@@ -109,6 +121,8 @@ def score_site(clf: EdgeClassifier, site: SiteLabels, progress: Progress | None 
     ok = np.zeros(n, dtype=bool)
     codes: list[str | None] = [None] * n
     ood, other = np.full(n, np.nan), np.full(n, np.nan)
+    dim = getattr(clf.runner, "embedding_dim", None)
+    emb = np.full((n, dim), np.nan) if dim else None
     unreadable: list[str] = []
     for i, (name, path) in enumerate(zip(site.files, site.paths)):
         progress("scoring", i, n)
@@ -127,12 +141,15 @@ def score_site(clf: EdgeClassifier, site: SiteLabels, progress: Progress | None 
             ood[i] = gate.ood.score(feats)
             if gate.discriminator is not None:
                 other[i] = gate.discriminator.score(feats)
-        logits[i] = clf.logits(clf.inputs_for(decoded)).mean(axis=0)
+        z, e = clf.model_outputs(clf.inputs_for(decoded))
+        logits[i] = z.mean(axis=0)
+        if emb is not None and e is not None:
+            emb[i] = e.mean(axis=0)
     progress("scoring", n, n)
     if unreadable:
         more = f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else ""
         raise ConfigError(f"{len(unreadable)} labelled file(s) cannot be read as images: {', '.join(unreadable[:3])}{more}")
-    return SiteScores(site, list(clf.labels), str(clf.bundle.negative_label), logits, ok, codes, ood, other)
+    return SiteScores(site, list(clf.labels), str(clf.bundle.negative_label), logits, ok, codes, ood, other, embeddings=emb)
 
 
 @dataclass(frozen=True)
@@ -162,7 +179,7 @@ def gate_accepts(scores: SiteScores, op: Operating) -> tuple[np.ndarray, list[st
 def answer(scores: SiteScores, op: Operating) -> Answers:
     """Answer every image under ``op``, with the runtime's own decision rule (:func:`decide`)."""
     acc, reasons = gate_accepts(scores, op)
-    z = np.nan_to_num(scores.logits)
+    z = scores.logits_for(op)
     probs = softmax(z, op.temperature)
     p_low = 1.0 - probs[:, scores.neg_index]
     thr = op.low_bmd

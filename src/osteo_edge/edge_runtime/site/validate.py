@@ -295,6 +295,8 @@ def build_report(scores: SiteScores, ans: Answers, bundle: Bundle, require: Mapp
         "images": scores.n,
         "groups": int(len(set(site.groups.tolist()))),
         "counts": site.counts(),
+        "label_mapping": {"site_counts": site.site_counts(), "mapped": dict(site.mapping), "note": site.mapping_note()}
+        if site.mapping else None,
         "accepted_counts": {lab: int(np.sum((scores.y == i) & ans.accepted)) for i, lab in enumerate(scores.labels)},
         "gate": {"accepted": int(ans.accepted.sum()), "rejected": int((~ans.accepted).sum()), "rejected_by_reason": reasons},
         "answers": {s: ans.status.count(s) for s in ("ok", "refer", "rejected")},
@@ -351,6 +353,9 @@ def report_markdown(r: Mapping[str, Any], plots: Sequence[str] = (), plot_note: 
                      + ", ".join(f"{k} {v:.3g}" for k, v in op["thresholds"].items()))
     else:
         lines.append(f"- operating point: refitted in each of {len(op['per_fold'])} folds on the other folds' images (out-of-fold figures)")
+    if r.get("label_mapping"):
+        lines += ["", f"**Labels mapped:** {r['label_mapping']['note']}. The labels file's own counts: "
+                  + ", ".join(f"{k} {v}" for k, v in r["label_mapping"]["site_counts"].items()) + "."]
     lines += ["", "## Counts per class", "", "| class | labelled | accepted by the gate |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {r['accepted_counts'][k]} |" for k, v in r["counts"].items()]
     lines += ["", f"## Figures (95% intervals: percentile bootstrap over {r['bootstrap']['unit']}s, {r['bootstrap']['replicates']} "
