@@ -99,8 +99,13 @@ def _render(res: Any, record: Path) -> None:
         if n:
             out.line(f"{n} {what}")
     out.line(f"recorded {res.recorded} new answers in {record}")
-    out.line(f"throughput: {res.images_per_second:.2f} images/s ({sum(res.answered.values())} answered in {res.seconds:.1f} s wall; "
-             f"{res.ms_per_image:.1f} ms per image in a worker: hashing, decoding and inference)")
+    n = sum(res.answered.values())
+    if n:
+        steady = f", {res.steady_images_per_second:.2f}/s after the first answer" if n > 1 and res.steady_images_per_second else ""
+        out.line(f"throughput: {res.images_per_second:.2f} images/s ({n} answered in {res.seconds:.1f} s wall, start-up "
+                 f"{res.startup_seconds:.1f} s{steady}; {res.ms_per_image:.1f} ms per image in a worker: hashing, decoding, inference)")
+    else:
+        out.line("nothing new to answer: every input is already in the record for this model")
     out.line(f"referral worklist: {res.referrals} image{'s' if res.referrals != 1 else ''} to refer for DEXA -> {res.worklist}")
     out.line("status: ok = a result, nothing to act on; refer = uncertain or low BMD suspected, refer for DEXA; "
              "rejected = not a usable knee radiograph (reason in the record).", dim=True)

@@ -80,6 +80,14 @@ class ScreenResult:
     seconds: float = 0.0
     busy_seconds: float = 0.0  # sum over answered images of identify + decode + inference time in the workers
     seal: str = ""
+    startup_seconds: float = 0.0  # engine start to the first answer (worker start-up, model load, Ray start)
+
+    @property
+    def steady_images_per_second(self) -> float:
+        """Answers after the first one, over the time after it: the rate once every worker is up."""
+        n = sum(self.answered.values())
+        span = self.seconds - self.startup_seconds
+        return (n - 1) / span if n > 1 and span > 0 else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -103,10 +111,13 @@ class Recorder:
         self.seen: set[str] = set()
         self.referrals: dict[str, list[Any]] = {}
         self.done = 0
+        self.first: float | None = None  # when the first answer arrived
         self.t0 = self.last_flush = time.perf_counter()
 
     def add(self, outcome: dict[str, Any]) -> None:
         res, key, state = self.result, outcome.get("key"), outcome.get("state")
+        if state == "answered" and self.first is None:
+            self.first = time.perf_counter()
         if state == "missing":
             res.missing += 1
         elif key in self.seen:
@@ -189,6 +200,7 @@ def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
         _run_engine(job, items, config, recorder.add, clf)
         recorder.flush()
         res.seconds = time.perf_counter() - t0
+        res.startup_seconds = (recorder.first - t0) if recorder.first is not None else 0.0
         if pacs is not None:
             res.not_fetched = len(pacs.not_fetched)
     res.referrals = len(recorder.referrals)

@@ -1,0 +1,241 @@
+"""`osteo-edge screen`: a whole archive into the clinic record, resumable, on processes or Ray.
+
+Answers equal `predict --json` for the same files; an undecodable file is recorded rejected and the
+run goes on; a rerun skips what is answered and records nothing twice; a run killed with SIGKILL
+loses nothing and records nothing twice when rerun; a PACS (a real Orthanc) is queried with C-FIND
+and fetched with C-GET through a spool that is empty afterwards; Ray (a local instance, slow) gives
+the same record as the local engine.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from osteo_edge.cli import app
+
+from dicom_support import Orthanc, require_knee, require_programs, wait_until
+from test_runtime_fixtures import knee_images
+
+runner = CliRunner()
+OSTEO_EDGE = Path(sys.executable).with_name("osteo-edge")
+
+
+def _folder(tmp_path: Path, n: int, name: str = "archive") -> Path:
+    """n real knee films (symlinks: the data is never copied) in a small tree, distinct by content."""
+    root = tmp_path / name
+    (root / "2024" / "01").mkdir(parents=True)
+    seen, files = set(), []
+    for f in knee_images(4 * n):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        if digest not in seen:
+            seen.add(digest)
+            files.append(f)
+        if len(files) == n:
+            break
+    assert len(files) == n, "not enough distinct films in the shared data"
+    for i, f in enumerate(files):
+        (root / ("2024/01" if i % 2 else "") / f"{i:03d}-{f.name}").symlink_to(f)
+    return root
+
+
+def _rows(db: Path) -> list[dict]:
+    con = sqlite3.connect(db)
+    con.row_factory = sqlite3.Row
+    rows = [dict(r) for r in con.execute("SELECT * FROM predictions WHERE note = 'screen' ORDER BY id")]
+    con.close()
+    return rows
+
+
+def _answers(rows: list[dict]) -> dict[str, tuple]:
+    """image key -> what was answered (no times): the comparable part of a record."""
+    return {r["sop_instance_uid"] or r["sha256"]: (r["status"], r["label"], r["probabilities"], r["low_bmd_probability"], r["reason"],
+                                                  r["bundle_seal"]) for r in rows}
+
+
+def test_screen_equals_predict_records_rejects_and_reruns_without_duplicates(tmp_path):
+    archive = _folder(tmp_path, 3)
+    (archive / "2024" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (archive / "notes.txt").write_text("a side file, left out")
+    db = tmp_path / "clinic" / "record.db"
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "4 inputs" in res.output and "1 hidden or side files left out" in res.output and "refer for DEXA" in res.output
+    rows = _rows(db)
+    assert len(rows) == 4 and {r["source"] for r in rows} == {"predict"}
+    by_name = {r["input_name"]: r for r in rows}
+    broken = by_name.pop("broken.png")
+    assert broken["status"] == "rejected" and broken["reason"] == "invalid_image" and broken["sha256"]
+
+    # the same files through predict --json: the same answers
+    pred = runner.invoke(app, ["predict", *sorted(str(p) for p in archive.rglob("*") if p.suffix.lower() in (".jpeg", ".jpg", ".png")), "--json"])
+    assert pred.exit_code == 0, pred.output
+    answers = [json.loads(line) for line in pred.stdout.splitlines() if line.startswith("{")]
+    assert len(answers) == 4
+    for a in answers:
+        r = by_name.get(Path(a["path"]).name) or broken
+        assert r["status"] == a["status"] and r["label"] == a["label"] and r["reason"] == a["reason"], a["path"]
+        assert json.loads(r["probabilities"]) == a["probabilities"] and r["low_bmd_probability"] == a["low_bmd_probability"]
+
+    # the worklist: one row per referred film, owner-only, identifiers and P(low BMD)
+    worklist = db.with_name("record-referrals.csv")
+    listed = list(csv.DictReader(worklist.open()))
+    refer = [r for r in rows if r["status"] == "refer"]
+    assert len(listed) == len(refer) and stat.S_IMODE(worklist.stat().st_mode) == 0o600
+    assert all(w["action"] == "refer for DEXA" and "not a diagnosis" in w["note"] for w in listed)
+    assert {w["image"] for w in listed} == {r["sha256"] for r in refer}
+
+    # a rerun answers nothing again and records nothing twice; its worklist still lists the referrals
+    again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert again.exit_code == 0, again.output
+    assert "recorded 0 new answers" in again.output and "nothing new to answer" in again.output
+    assert _rows(db) == rows
+    assert len(list(csv.DictReader(worklist.open()))) == len(refer)
+
+
+def test_resume_after_sigkill_loses_nothing_and_records_nothing_twice(tmp_path):
+    n = 40
+    archive = _folder(tmp_path, n)
+    db = tmp_path / "record.db"
+    argv = [str(OSTEO_EDGE), "screen", str(archive), "--record", str(db), "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_until(lambda: db.exists() and _count(db) > 0, 120, "the first recorded answers", step=0.01)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its worker processes, mid-run
+        proc.wait(timeout=30)
+    before = _rows(db)
+    assert 0 < len(before) < n, f"killed after {len(before)} of {n}: not mid-run"
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert f"recorded {n - len(before)} new answers" in res.stdout
+    after = _rows(db)
+    keys = [r["sha256"] for r in after]
+    assert len(after) == n and len(set(keys)) == n  # nothing lost, nothing twice
+    assert after[: len(before)] == before  # what was recorded before the kill is untouched
+    # and the answers are those of an uninterrupted run
+    fresh = tmp_path / "fresh.db"
+    assert runner.invoke(app, ["screen", str(archive), "--record", str(fresh)]).exit_code == 0
+    assert _answers(_rows(fresh)) == _answers(after)
+
+
+def _count(db: Path) -> int:
+    try:
+        con = sqlite3.connect(db, timeout=1)
+        try:
+            return con.execute("SELECT count(*) FROM predictions").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:  # the schema is not there yet
+        return 0
+
+
+def test_csv_list_missing_files_and_bad_sources(tmp_path):
+    archive = _folder(tmp_path, 2)
+    films = sorted(p for p in archive.rglob("*") if p.is_symlink())
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,patient_id,film_date\n"
+                       f"{films[0]},=HYPERLINK(\"x\"),2024-01-02\n"
+                       f"{films[1].relative_to(tmp_path)},P-2,2024-01-03\n"
+                       "archive/no-such-film.png,P-3,\n")
+    db = tmp_path / "r.db"
+    res = runner.invoke(app, ["screen", str(listing), "--record", str(db), "--worklist", str(tmp_path / "w.csv")])
+    assert res.exit_code == 0, res.output
+    assert "1 listed but not found (not recorded)" in res.output
+    assert len(_rows(db)) == 2
+    text = (tmp_path / "w.csv").read_text()
+    if "P-2" not in text:  # the second film was not referred: no row for it
+        assert all(r["status"] != "refer" for r in _rows(db) if r["input_name"] == films[1].name)
+    assert "=HYPERLINK" not in text.replace("'=HYPERLINK", "")  # a formula cell is neutralised
+    for argv, msg in [([str(tmp_path / "nothing-here"), "--record", str(db)], "no such folder"),
+                      ([str(films[0]), "--record", str(db)], "predict"),
+                      ([str(archive), "--pacs", "PACS@127.0.0.1:4242", "--record", str(db)], "not both"),
+                      (["--pacs", "PACS@nowhere", "--record", str(db)], "AE@HOST:PORT"),
+                      (["--pacs", "PACS@127.0.0.1:4242", "--since", "last week", "--record", str(db)], "YYYY-MM-DD"),
+                      ([str(archive), "--record", str(db), "--workers", "0"], "--workers")]:
+        bad = runner.invoke(app, ["screen", *argv])
+        assert bad.exit_code == 1, (argv, bad.output)
+        assert msg in bad.output and "Traceback" not in bad.output
+
+
+def _pacs_films(tmp_path: Path) -> list[tuple[Path, str, bool]]:
+    """Four DICOM films (dcmtk's img2dcm from real knees): (file, SOP Instance UID, selected by the query)."""
+    import pydicom
+
+    from osteo_edge.dicom.samples import base_images
+
+    specs = [("P1", "20240110", "KNEE", True), ("P2", "20240220", "KNEE", True), ("P3", "20240115", "CHEST", False),
+             ("P4", "20190101", "KNEE", False)]
+    out = []
+    for i, (img, (pid, date, part, selected)) in enumerate(zip(knee_images(4), specs)):
+        ds = pydicom.dcmread(base_images(img, tmp_path / f"src{i}")[8])
+        ds.PatientID, ds.StudyDate, ds.BodyPartExamined, ds.AccessionNumber = pid, date, part, f"ACC{i}"
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        f = tmp_path / f"film{i}.dcm"
+        ds.save_as(f)
+        out.append((f, str(ds.SOPInstanceUID), selected))
+    return out
+
+
+def test_pacs_query_c_find_then_c_get_against_orthanc(tmp_path):
+    require_programs("Orthanc", "img2dcm")
+    require_knee()
+    films = _pacs_films(tmp_path)
+    db, spool = tmp_path / "clinic" / "record.db", tmp_path / "spool"
+    # Orthanc answers C-FIND / C-GET from AE titles it knows; C-GET needs no route back (port unused)
+    with Orthanc(tmp_path, {"screen": ("OSTEOEDGE-SCREEN", 1)}) as pacs:
+        for f, _, _ in films:
+            pacs.post("/instances", f.read_bytes())
+        argv = ["screen", "--pacs", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--since", "2024-01-01", "--until", "2024-12-31",
+                "--record", str(db), "--spool", str(spool), "--batch", "1"]
+        res = runner.invoke(app, argv)
+        assert res.exit_code == 0, res.output
+        rows = _rows(db)
+        assert {r["sop_instance_uid"] for r in rows} == {uid for _, uid, sel in films if sel}  # date and body part filters
+        assert list(spool.iterdir()) == []  # the spool is emptied as answers are recorded
+        # the answer for a fetched film is the answer for the file itself
+        pred = runner.invoke(app, ["predict", *(str(f) for f, _, sel in films if sel), "--json"])
+        direct = {uid: json.loads(line) for (f, uid, sel), line in zip([x for x in films if x[2]], pred.stdout.splitlines())}
+        for r in rows:
+            d = direct[r["sop_instance_uid"]]
+            assert (r["status"], r["label"], json.loads(r["probabilities"])) == (d["status"], d["label"], d["probabilities"])
+        listed = {w["image"]: w for w in csv.DictReader(db.with_name("record-referrals.csv").open())}
+        for r in rows:
+            if r["status"] == "refer":
+                assert listed[r["sop_instance_uid"]]["patient_id"] in ("P1", "P2") and listed[r["sop_instance_uid"]]["film_date"].startswith("2024")
+        # a rerun fetches nothing and records nothing
+        again = runner.invoke(app, argv)
+        assert again.exit_code == 0 and "recorded 0 new answers" in again.output, again.output
+        assert _rows(db) == rows
+
+
+@pytest.mark.slow  # Ray's start-up alone is 20-30 s on the 2-core development machine
+def test_ray_engine_gives_the_same_record_as_the_local_engine(tmp_path):
+    pytest.importorskip("ray.data", reason="the cluster extra (ray[data]) is not installed")
+    import ray
+
+    archive = _folder(tmp_path, 4)
+    (archive / "broken.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    local, on_ray = tmp_path / "local.db", tmp_path / "ray.db"
+    assert runner.invoke(app, ["screen", str(archive), "--record", str(local), "--workers", "2"]).exit_code == 0
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        res = runner.invoke(app, ["screen", str(archive), "--record", str(on_ray), "--engine", "ray", "--workers", "2"])
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 0, res.output
+    assert "engine ray" in res.output
+    assert len(_rows(on_ray)) == 5 and _answers(_rows(on_ray)) == _answers(_rows(local))
