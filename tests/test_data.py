@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from osteo_edge.data.audit import audit_sources, read_groups_csv, write_audit
+from osteo_edge.data.audit import audit_sources, read_groups_csv
+from osteo_edge.data.report import write_audit
 from osteo_edge.data.sources import scan_sources
 from osteo_edge.data.split import SplitOptions, make_split, read_split, split_sources, write_split
 from osteo_edge.errors import ConfigError, DataError

@@ -37,7 +37,8 @@ def audit(
     plots: Annotated[bool, typer.Option(help="Write the PNG figures.")] = True,
 ) -> None:
     """Find exact and near duplicates, label conflicts, cross-source overlap and unreadable files."""
-    from ..data.audit import audit_sources, write_audit
+    from ..data.audit import audit_sources
+    from ..data.report import write_audit
 
     with TerminalProgress("hashing") as progress:
         result = audit_sources(sources, phash_threshold, progress=progress)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..artifact import atomic_write_json, atomic_write_text, sha256_file
+from ..artifact import atomic_write_text, sha256_file
 from ..core.progress import Progress
 from ..errors import ConfigError, InvalidImageError, require
 from ..preprocess import decode_image, to_gray
@@ -279,24 +279,3 @@ def read_groups_csv(path: str | os.PathLike) -> list[FileInfo]:
                 )
             )
     return out
-
-
-def write_audit(result: AuditResult, out: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
-    """Write audit.json, groups.csv, report.md and the PNGs into ``out``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = {
-        "audit.json": atomic_write_json(out / "audit.json", result.summary),
-    }
-    write_groups_csv(out / "groups.csv", result.files)
-    written["groups.csv"] = out / "groups.csv"
-    pngs: dict[str, Path] = {}
-    if plots:
-        from .report import write_audit_plots
-
-        pngs = write_audit_plots(result, out)
-        written.update(pngs)
-    from .report import audit_markdown
-
-    written["report.md"] = atomic_write_text(out / "report.md", audit_markdown(result, pngs))
-    return written

@@ -1,20 +1,33 @@
-"""Audit report: a readable markdown page and its PNGs (matplotlib's object API, no pyplot state)."""
+"""Audit report: the audit's files (audit.json, groups.csv), a readable markdown page and its PNGs
+(matplotlib's object API, no pyplot state). The audit itself (:mod:`.audit`) computes; this writes."""
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..artifact import atomic_write_json, atomic_write_text
 from ..core.plots import new_figure, save_figure
-
-if TYPE_CHECKING:
-    from .audit import AuditResult
+from .audit import AuditResult, write_groups_csv
 
 
-def write_audit_plots(result: "AuditResult", out: Path, contact_groups: int = 6) -> dict[str, Path]:
+def write_audit(result: AuditResult, out: str | os.PathLike, plots: bool = True) -> dict[str, Path]:
+    """Write audit.json, groups.csv, report.md and the PNGs into ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = {"audit.json": atomic_write_json(out / "audit.json", result.summary)}
+    write_groups_csv(out / "groups.csv", result.files)
+    written["groups.csv"] = out / "groups.csv"
+    pngs = write_audit_plots(result, out) if plots else {}
+    written.update(pngs)
+    written["report.md"] = atomic_write_text(out / "report.md", audit_markdown(result, pngs))
+    return written
+
+
+def write_audit_plots(result: AuditResult, out: Path, contact_groups: int = 6) -> dict[str, Path]:
     s = result.summary
     labels = s["labels"]
     sources = list(s["per_source"])
@@ -82,7 +95,7 @@ def write_audit_plots(result: "AuditResult", out: Path, contact_groups: int = 6)
     return written
 
 
-def audit_markdown(result: "AuditResult", pngs: dict[str, Path]) -> str:
+def audit_markdown(result: AuditResult, pngs: dict[str, Path]) -> str:
     s = result.summary
     lines = [
         "# Data audit",
