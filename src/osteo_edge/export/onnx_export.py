@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError, require
-from . import ExportContext, register_exporter
+from .context import ExportContext, register_exporter
 
 log = logging.getLogger(__name__)
 

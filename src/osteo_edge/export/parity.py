@@ -80,7 +80,7 @@ def evaluate_runner(
     out["subset"] = subset
     out["protocol"] = read_split(split).info.get("protocol", "")
     if reference is not None:
-        from . import torch_logits
+        from .context import torch_logits
 
         ref_in = split_inputs(split, reference_spec or spec, subset=subset, labels=labels)
         ref_probs = softmax(torch_logits(reference, ref_in.x), temperature)
@@ -163,7 +163,7 @@ def _candidate_runner(bundle: Bundle, threads: int | None) -> tuple[Callable[[np
         import torch
 
         from ..modeling.loading import load_run
-        from . import torch_logits
+        from .context import torch_logits
 
         if threads is not None:
             torch.set_num_threads(threads)

@@ -26,7 +26,7 @@ from typing import Iterator
 import numpy as np
 
 from ..errors import ExportError, require
-from . import ExportContext, register_exporter
+from .context import ExportContext, register_exporter
 from .onnx_export import INPUT_NAME, to_onnx
 
 log = logging.getLogger(__name__)
@@ -140,7 +140,7 @@ def export_tflite_int8(ctx: ExportContext) -> None:
         ctx.info["quantization"] = {"quantizer": "TFLiteConverter full-integer (TFLITE_BUILTINS_INT8)", **common,
                                     "io": "int8 input and output (the runtime quantizes/dequantizes)", "float_ops": 0}
         return
-    from . import torch_logits
+    from .context import torch_logits
     from .fidelity import budgeted_int8
 
     check = ctx.check_inputs()
