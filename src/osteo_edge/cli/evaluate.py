@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, List, Optional
 
 import typer
 
@@ -14,6 +14,9 @@ from ._steps import after_evaluate, after_split
 from .train import command_line
 
 
+CV = "Out-of-fold scoring (--cv)"
+
+
 class Subset(str, Enum):
     test = "test"
     val = "val"
@@ -21,8 +24,8 @@ class Subset(str, Enum):
 
 @handle_errors
 def evaluate_cmd(
-    model: Annotated[Path, typer.Option("--model", help="Run directory from 'osteo-edge train' (or a --folds directory).")],
-    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv.", show_default="the run's own split")] = None,
+    model: Annotated[Optional[Path], typer.Option("--model", help="Run directory from 'osteo-edge train' (or a --folds directory).", show_default=False)] = None,
+    split: Annotated[Optional[Path], typer.Option("--split", help="split.csv (with --cv: the evaluation split with the runs' folds).", show_default="the run's own split")] = None,
     subset: Annotated[Subset, typer.Option(help="Which split to evaluate.")] = Subset.test,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Output directory.", show_default="RUN/eval/SUBSET")] = None,
     metadata: Annotated[Optional[Path], typer.Option(help="Metadata CSV for subgroup metrics (joined on the image file stem).")] = None,
@@ -33,9 +36,20 @@ def evaluate_cmd(
     seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda.")] = "auto",
     threads: Annotated[int, typer.Option(help="CPU threads.")] = 2,
+    cv: Annotated[Optional[List[Path]], typer.Option("--cv", help="Score a k-fold run directory (train --folds) out of fold, per source, with CIs; repeat for an ensemble.", rich_help_panel=CV)] = None,
+    flip: Annotated[bool, typer.Option("--flip", help="--cv: average each image's logits with its mirror's.", rich_help_panel=CV)] = False,
+    name: Annotated[Optional[str], typer.Option("--name", help="--cv: the recipe's name in the scores file.", show_default="the run directory's name", rich_help_panel=CV)] = None,
+    tscore_csv: Annotated[Optional[Path], typer.Option("--tscore-csv", help="--cv: wani_patient_details.csv, for the correlation of P(Normal) with the T-score.", rich_help_panel=CV)] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="--cv: the scores file (for compare --paired and release recipes).", show_default="RUN/eval/oof_scores.json", rich_help_panel=CV)] = None,
 ) -> None:
     """Evaluate a trained run; writes metrics.json, report.md, predictions.csv and PNGs, and stores the
-    validation-fitted temperature and low-BMD threshold in the bundle."""
+    validation-fitted temperature and low-BMD threshold in the bundle. With --cv: a k-fold run
+    directory scored out of fold, per source, beside the shortcut baselines (no bundle is changed)."""
+    if cv:
+        _evaluate_cv(cv, split, flip=flip, name=name, tscore_csv=tscore_csv, json_out=json_out)
+        return
+    if model is None:
+        raise typer.BadParameter("give --model RUN (or --cv CV_DIR)", param_hint="--model")
     from ..train.cv import evaluate_folds, fold_dirs, is_cv_dir
     from ..train.evaluate import evaluate_run, fmt_mean_sd
 
@@ -81,6 +95,53 @@ def _render(model: Path, subset: str, r) -> None:
     out.line(f"temperature {m['temperature']:.3f}; thresholds {out.mapping_text(m['thresholds'], '{:.3f}')} "
              f"(fitted on validation, stored in {model})")
     out.wrote(r.files.values())
+
+
+def _evaluate_cv(runs: List[Path], split: Optional[Path], *, flip: bool, name: Optional[str], tscore_csv: Optional[Path],
+                 json_out: Optional[Path]) -> None:
+    import shlex
+    import sys
+
+    from ..artifact import atomic_write_json, atomic_write_text
+    from ..release.oof import score_cv
+
+    if split is None:
+        raise typer.BadParameter("--cv needs --split: the evaluation split whose folds the runs were trained on", param_hint="--split")
+    res = score_cv(runs, split, name=name, flip=flip, tscore_csv=tscore_csv,
+                   command="osteo-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    path = json_out or Path(runs[0]) / "eval" / "oof_scores.json"
+    rep = res["report"]
+    verdict = {v["source"]: v for v in rep["verdicts"]}
+    rows = [[s["source"], str(s["n"]), _acc_ci(s), f"{s['macro_f1']:.3f}",
+             _num(verdict.get(s["source"], {}).get("shortcut_accuracy")), _num(verdict.get(s["source"], {}).get("margin_points"), "{:+.1f}"),
+             _num(rep["within_source_low_bmd_auroc"].get(s["source"]))] for s in rep["per_source"]]
+    rows.append(["pooled", str(res["n"]), _num(rep["pooled_accuracy"]), _num(rep["pooled_macro_f1"]), "-", "-", "-"])
+    out.table(f"{res['lever']}: out of fold, per source (95% CI)",
+              [out.Col("source"), *(out.Col(c, right=True) for c in ("n", "accuracy [95% CI]", "macro-F1", "shortcut acc",
+                                                                     "margin (pts)", "low-BMD AUROC"))], rows)
+    probe = res["source_probe"]["auroc_mean_over_fold_models"]
+    out.line(f"source probe AUROC (lower is better): {_num(probe)}; protocol: {res['protocol']}")
+    written = [atomic_write_json(path, res)]
+    written.append(atomic_write_text(path.with_suffix(".md"), f"# {res['lever']}\n\n`{res['command']}`\n\n{res['protocol']}\n\n"
+                                     + _markdown(res) + "\n"))
+    out.wrote(written)
+    out.next_step(f"osteo-edge compare --paired OTHER_SCORES.json {shlex.quote(str(path))}", "compare two recipes on the same radiographs")
+
+
+def _markdown(res: dict) -> str:
+    rep = res["report"]
+    lines = ["| source | n | accuracy [95% CI] | macro-F1 |", "|---|---|---|---|"]
+    lines += [f"| {s['source']} | {s['n']} | {_acc_ci(s)} | {s['macro_f1']:.3f} |" for s in rep["per_source"]]
+    return "\n".join(lines)
+
+
+def _num(v, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None or v != v else fmt.format(v)
+
+
+def _acc_ci(s: dict) -> str:
+    ci = s.get("accuracy_ci95") or {}
+    return f"{_num(s.get('accuracy'))} [{_num(ci.get('lo'))}, {_num(ci.get('hi'))}]"
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,304 @@
+"""`osteo-edge release`: the whole recipe that built the shipped bundle, from a split and a recipe to a
+sealed, signed, path-free bundle pair, resumable per step.
+
+Steps (:func:`release_steps`; each skipped when its output exists and matches the step log, see
+:mod:`.steps`):
+
+1. ``train``: the fp32 run on the split's train rows (val rows select the epoch and calibrate T and
+   the low-BMD threshold) -> ``OUT/runs/fp32``;
+2. ``quantize``: NNCF QAT of that run (temperature and low-BMD threshold refitted on validation) ->
+   ``OUT/runs/qat``; the recipe's ``quantize: null`` exports the fp32 run itself;
+3. ``export-reference``: the float graph as an fp32 TFLite bundle (the reference the int8 file must be
+   faithful to) -> ``--reference-dir`` (default ``OUT/reference``);
+4. ``export-int8``: int8 TFLite through the faithful route (gray stem fold, the fewest worst layers
+   kept float within the fidelity budget) -> ``--bundle-dir`` (default ``OUT/bundle``);
+5. ``gate``: the input gate (cross-fitted by default) fitted on the evaluation split and written into
+   both bundles (``OUT/gate/``);
+6. ``parity``: the int8 bundle against the fp32 reference, torch-free, on the pool -> ``OUT/parity.json``;
+7. ``per-source``: both bundles per source on the evaluation split's test radiographs, written into
+   their manifests with the parity figures (int8) and the recipe's CV row (``cv_result``);
+8. ``strip-paths``: the build machine's absolute paths out of both manifests;
+9. ``sign``: both bundles signed with ``key``;
+10. ``card``: the model card of the int8 bundle -> ``OUT/MODEL_CARD.md``;
+11. ``verify``: both bundles verified against the trusted keys (always run).
+
+Nothing is written outside ``OUT``, ``--bundle-dir`` and ``--reference-dir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..artifact import atomic_write_json, atomic_write_text, build_machine_paths, load_bundle, sha256_file
+from ..core.progress import Progress, no_progress
+from ..errors import ConfigError
+from .recipe import Recipe
+from .steps import Outcome, Step, StepLog, run_steps
+
+
+@dataclass
+class ReleasePaths:
+    out: Path
+    bundle: Path
+    reference: Path
+
+    @property
+    def fp32_run(self) -> Path:
+        return self.out / "runs" / "fp32"
+
+    @property
+    def qat_run(self) -> Path:
+        return self.out / "runs" / "qat"
+
+    @property
+    def parity_json(self) -> Path:
+        return self.out / "parity.json"
+
+    @property
+    def card(self) -> Path:
+        return self.out / "MODEL_CARD.md"
+
+
+@dataclass
+class ReleaseResult:
+    paths: ReleasePaths
+    outcomes: list[Outcome]
+    parity_passed: bool | None
+    parity_failures: list[str] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _rel(p: Path) -> str:
+    """A path as a person in this working directory would type it (commands recorded in manifests)."""
+    try:
+        return os.path.relpath(p)
+    except ValueError:  # another drive (Windows)
+        return str(p)
+
+
+def _fresh(folder: Path) -> None:
+    """An output folder of a step that is about to run again: what is there is stale."""
+    if folder.exists():
+        shutil.rmtree(folder)
+
+
+def _train(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progress) -> str:
+    from ..train.config import resolve_config
+    from ..train.engine import train
+
+    cfg = resolve_config(None, {**recipe.train, "split": str(split)})
+    _fresh(paths.fp32_run)
+    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.train.items())
+    r = train(cfg, paths.fp32_run, progress=progress,
+              command=f"osteo-edge train --split {_rel(split)} --out {_rel(paths.fp32_run)} {opts}".strip())
+    return f"best epoch {r.best_epoch} of {r.epochs_run}; val macro-F1 {r.val_metrics.get('macro_f1', float('nan')):.3f}"
+
+
+def _quantize(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progress) -> str:
+    from ..compress.quantize import quantize_run
+
+    q = dict(recipe.quantize or {})
+    _fresh(paths.qat_run)
+    opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in q.items())
+    res = quantize_run(paths.fp32_run, split, paths.qat_run, progress=progress, **q,
+                       command=f"osteo-edge quantize --int8 --model {_rel(paths.fp32_run)} --split {_rel(split)} --out {_rel(paths.qat_run)} {opts}".strip())
+    final = res.val.get("baked_float") or res.val.get("int8_simulated") or {}
+    return f"{res.method} in {res.seconds:.0f} s; val accuracy {final.get('accuracy', float('nan')):.3f}"
+
+
+def _export(parent: Path, out: Path, int8: bool, eval_split: Path, recipe: Recipe, progress: Progress) -> str:
+    from ..export import export_model
+    from ..export.fidelity import FidelityBudget
+
+    e = dict(recipe.export)
+    budget = FidelityBudget(**{k: e[k] for k in ("max_p95_dp", "max_abs_dp", "max_float_ops") if k in e})
+    fmt = "tflite-int8" if int8 else "tflite"
+    words = [f"--{k.replace('_', '-')} {v}" for k, v in e.items() if int8 or k not in ("max_p95_dp", "max_abs_dp", "max_float_ops", "gray_fold")]
+    command = (f"osteo-edge export --model {_rel(parent)} --format tflite{' --int8' if int8 else ''} --split {_rel(eval_split)} "
+               f"--out {_rel(out)} {' '.join(words)}").strip()
+    res = export_model(parent, fmt, out, split=eval_split, calib_size=int(e.get("calib_size", 128)), golden_size=int(e.get("golden", 8)),
+                       threads=e.get("threads", 2), command=command, progress=progress, calibration=str(e.get("calibration", "split")),
+                       budget=budget, fold_gray=bool(e.get("gray_fold", True)))
+    return f"{fmt}: {res.size_bytes / 1e6:.2f} MB, golden max |dp| {res.golden['max_abs_dp']:.1e}"
+
+
+def _gate(eval_split: Path, recipe: Recipe, paths: ReleasePaths) -> str:
+    from .gate import calibrate_gate_from_split
+
+    g = recipe.gate
+    res = calibrate_gate_from_split(eval_split, bundles=[paths.reference, paths.bundle], crossfit=bool(g.get("crossfit", True)),
+                                    non_knee=list(g.get("non_knee") or []), synthetic=int(g.get("synthetic", 120)),
+                                    package_images=bool(g.get("package_images", True)), min_accept=float(g.get("min_accept", 0.99)),
+                                    out=paths.out / "gate", command=f"osteo-edge release (gate step of {paths.out})")
+    return f"threshold {res.report['threshold']:.3f}; written into both bundles"
+
+
+def _parity(eval_split: Path, recipe: Recipe, paths: ReleasePaths) -> str:
+    from ..export.parity import Gates, run_parity, write_parity
+
+    p = dict(recipe.parity)
+    gates = Gates(**{k: float(p[k]) for k in ("max_drop", "min_agreement", "min_decision_agreement", "max_p95_dp", "max_abs_dp") if k in p})
+    explain = paths.out / "parity_explain" if p.get("explain") else None
+    report = run_parity(str(paths.reference), [str(paths.bundle)], eval_split, subset=str(p.get("subset", "test")), gates=gates,
+                        threads=p.get("threads", 2), pool=p.get("pool"), pool_members=str(p.get("pool_members", "one")), explain=explain)
+    write_parity(report, paths.parity_json, paths.parity_json.with_suffix(".png"))
+    if not report.passed and p.get("must_pass"):
+        raise ConfigError(f"parity gate failed ({'; '.join(report.failures)}); see {paths.parity_json}")
+    return "PASS" if report.passed else "FAIL: " + "; ".join(report.failures)
+
+
+def _cv_row(recipe: Recipe) -> dict[str, Any] | None:
+    if not recipe.cv_result:
+        return None
+    from .oof import summary_row
+
+    path = Path(recipe.cv_result)
+    if not path.is_file():
+        raise ConfigError(f"recipe cv_result {path}: no such file (write it with osteo-edge evaluate --cv)")
+    res = json.loads(path.read_text(encoding="utf-8"))
+    return {"lever": res.get("lever"), "command": res.get("command"), "protocol": res.get("protocol"), **summary_row(res)}
+
+
+def _per_source(eval_split: Path, recipe: Recipe, paths: ReleasePaths) -> str:
+    from .per_source import bundle_per_source, parity_metrics, write_release_metrics
+
+    cv = _cv_row(recipe)
+    parity = json.loads(paths.parity_json.read_text(encoding="utf-8"))
+    lines = []
+    for name, bundle, par in (("reference", paths.reference, None),
+                              ("bundle", paths.bundle, parity_metrics(parity, paths.bundle, paths.parity_json.name))):
+        res = bundle_per_source(bundle, eval_split, threads=int(recipe.parity.get("threads", 2)))
+        stem = "per_source" if name == "bundle" else "per_source_reference"
+        atomic_write_json(paths.out / f"{stem}.json", {k: v for k, v in res.items() if k != "markdown"})
+        atomic_write_text(paths.out / f"{stem}.md", f"# {name} per source\n\n{res['report']['protocol']}\n\n"
+                          f"Input gate: {res['gate_accepted']}/{res['n']} accepted.\n\n{res['markdown']}\n")
+        write_release_metrics(bundle, res, parity=par, cv=cv)
+        lines.append(f"{name} pooled accuracy {res['report']['pooled_accuracy']:.3f} (n={res['n']})")
+    return "; ".join(lines)
+
+
+def _strip(paths: ReleasePaths) -> str:
+    from .portable import strip_build_paths
+
+    removed = [len(strip_build_paths(b)) for b in (paths.reference, paths.bundle)]
+    return f"{sum(removed)} absolute path(s) removed"
+
+
+def _key_id(key: Path) -> str:
+    """The key id of a private key (refused in one line when the file is not one)."""
+    from ..artifact.signing import sign_seal
+
+    return sign_seal("0" * 64, key).key_id
+
+
+def _sign(paths: ReleasePaths, key: Path) -> str:
+    from ..artifact import sign_bundle
+
+    for b in (paths.reference, paths.bundle):
+        sign_bundle(b, key)
+    return f"signed with key id {_key_id(key)}"
+
+
+def _signed_by(paths: ReleasePaths, key: Path) -> bool:
+    want = _key_id(key)
+    return all((s := load_bundle(b).signature) is not None and s.key_id == want for b in (paths.reference, paths.bundle))
+
+
+def _card(paths: ReleasePaths) -> str:
+    from ..demo.card import model_card_markdown
+
+    atomic_write_text(paths.card, model_card_markdown(load_bundle(paths.bundle)) + "\n")
+    return f"{paths.card.name} from the int8 bundle's manifest"
+
+
+def _verify(paths: ReleasePaths, key: Path, trusted: Sequence[Path]) -> str:
+    from ..artifact.signing import TrustStore
+
+    trust = TrustStore.from_paths(trusted) if trusted else TrustStore(frozenset({_key_id(key)}), (str(key),))
+    for b in (paths.reference, paths.bundle):
+        bundle = load_bundle(b, trust=trust)
+        bundle.verify_lineage()
+        left = build_machine_paths(bundle.manifest)
+        if left:
+            raise ConfigError(f"{b}: build-machine paths remain in the manifest: {left}")
+    return f"both bundles verify against {len(trust.keys)} trusted key(s)"
+
+
+def _file_digest(path: str | None) -> str | None:
+    return sha256_file(path) if path and Path(path).is_file() else None
+
+
+def release_steps(split: Path, eval_split: Path, recipe: Recipe, paths: ReleasePaths, key: Path, trusted: Sequence[Path],
+                  progress: Progress) -> list[Step]:
+    """The release's steps in order, each with the options and upstream steps its fingerprint covers."""
+    both = (paths.reference, paths.bundle)
+    data = {"split_sha256": sha256_file(split), "eval_split_sha256": sha256_file(eval_split)}
+    parent = paths.qat_run if recipe.quantize is not None else paths.fp32_run
+    steps = [Step("train", [paths.fp32_run], lambda: _train(split, recipe, paths, progress),
+                  {"train": recipe.train, "split_sha256": data["split_sha256"]})]
+    if recipe.quantize is not None:
+        steps.append(Step("quantize", [paths.qat_run], lambda: _quantize(split, recipe, paths, progress),
+                          {"quantize": recipe.quantize, "split_sha256": data["split_sha256"]}, ("train",)))
+    up = (steps[-1].name,)
+    steps += [
+        Step("export-reference", [paths.reference], lambda: _export(parent, paths.reference, False, eval_split, recipe, progress),
+             {"export": recipe.export, **data}, up),
+        Step("export-int8", [paths.bundle], lambda: _export(parent, paths.bundle, True, eval_split, recipe, progress),
+             {"export": recipe.export, **data}, up),
+        Step("gate", list(both), lambda: _gate(eval_split, recipe, paths), {"gate": recipe.gate, **data},
+             ("export-reference", "export-int8")),
+        Step("parity", [paths.parity_json], lambda: _parity(eval_split, recipe, paths), {"parity": recipe.parity, **data}, ("gate",)),
+        Step("per-source", list(both), lambda: _per_source(eval_split, recipe, paths),
+             {"cv_result": recipe.cv_result, "cv_result_sha256": _file_digest(recipe.cv_result), **data}, ("gate", "parity")),
+        Step("strip-paths", list(both), lambda: _strip(paths), {}, ("per-source",)),
+        Step("sign", list(both), lambda: _sign(paths, key), {"key_id": _key_id(key)}, ("strip-paths",),
+             done=lambda: _signed_by(paths, key)),
+        Step("card", [paths.card], lambda: _card(paths), {}, ("sign",)),
+    ]
+    verify = Step("verify", [], lambda: _verify(paths, key, trusted), {}, ("sign",), done=lambda: False)  # always checked
+    return [*steps, verify]
+
+
+def release(
+    split: str | os.PathLike,
+    out: str | os.PathLike,
+    key: str | os.PathLike,
+    *,
+    recipe: Recipe | None = None,
+    eval_split: str | os.PathLike | None = None,
+    bundle_dir: str | os.PathLike | None = None,
+    reference_dir: str | os.PathLike | None = None,
+    trusted_keys: Sequence[str | os.PathLike] = (),
+    progress: Progress | None = None,
+) -> ReleaseResult:
+    """Build (or finish building) a release in ``out`` from ``split`` and ``recipe``; see the module docstring.
+
+    ``eval_split`` (default ``split``): export calibration and golden rows, the gate, parity and the
+    per-source figures (the shipped bundle: a ``--members per-source`` split of the same seed as the
+    training split). ``key``: the Ed25519 private key that signs both bundles; ``trusted_keys``: the
+    public keys the final check trusts (default: the key's own public half)."""
+    recipe = recipe or Recipe()
+    split, key = Path(split), Path(key)
+    eval_split = Path(eval_split) if eval_split is not None else split
+    for what, p in (("--split", split), ("--eval-split", eval_split), ("--key", key)):
+        if not p.is_file():
+            raise ConfigError(f"{what} {p}: no such file")
+    _key_id(key)  # a wrong key file is refused before hours of training
+    out = Path(out)
+    paths = ReleasePaths(out, Path(bundle_dir) if bundle_dir else out / "bundle", Path(reference_dir) if reference_dir else out / "reference")
+    if paths.bundle.resolve() == paths.reference.resolve():
+        raise ConfigError("--bundle-dir and --reference-dir must be two different folders")
+    step_log = StepLog(out)
+    step_log.meta = {"recipe": recipe.to_dict(), "split": str(split), "eval_split": str(eval_split),
+                     "bundle": str(paths.bundle), "reference": str(paths.reference)}
+    step_log.save()
+    outcomes = run_steps(release_steps(split, eval_split, recipe, paths, key, [Path(t) for t in trusted_keys], progress or no_progress),
+                         step_log)
+    parity = json.loads(paths.parity_json.read_text(encoding="utf-8"))
+    files = {"release.json": step_log.path, "steps.log": step_log.text, "parity.json": paths.parity_json, "MODEL_CARD.md": paths.card}
+    return ReleaseResult(paths, outcomes, bool(parity.get("passed")), list(parity.get("failures") or []), files)

@@ -1,0 +1,93 @@
+"""osteo-edge evaluate --cv (out-of-fold per-source scoring of a k-fold run directory) and
+osteo-edge compare --paired (two recipes on the same radiographs, paired bootstrap)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from test_export_fixtures import KNEE, make_run
+
+pytestmark = pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+
+
+@pytest.fixture(scope="module")
+def cv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from test_train import make_tiny_split
+
+    root = tmp_path_factory.mktemp("oof")
+    split = make_tiny_split(root / "split", {"train": 4, "val": 2, "test": 2})  # non-test rows in folds 0 and 1
+    a, c = root / "A", root / "C"
+    make_run(a / "fold0", seed=0)
+    make_run(a / "fold1", seed=1)
+    make_run(c / "fold0", seed=0)  # C: the same fold-0 model as A, another fold-1 model
+    make_run(c / "fold1", seed=1, flip=True)
+    return {"root": root, "split": split, "A": a, "C": c}
+
+
+def _invoke(*args: str):
+    from osteo_edge.cli import app
+
+    return CliRunner().invoke(app, list(args))
+
+
+def test_evaluate_cv_scores_every_radiograph_by_the_model_that_did_not_train_on_it(cv: dict[str, Path]) -> None:
+    from osteo_edge.data.split import read_split
+
+    ja, jc = cv["root"] / "a.json", cv["root"] / "c.json"
+    res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(cv["split"]), "--json", str(ja), "--name", "A")
+    assert res.exit_code == 0, res.output
+    assert "out of fold" in res.output and "wani-mendeley" in res.output and "multiclass-kaggle" in res.output
+    res = _invoke("evaluate", "--cv", str(cv["C"]), "--split", str(cv["split"]), "--json", str(jc), "--name", "C")
+    assert res.exit_code == 0, res.output
+    a, c = json.loads(ja.read_text()), json.loads(jc.read_text())
+    table = read_split(cv["split"])
+    non_test = [r for r in table.rows if r.split != "test"]
+    assert a["n"] == len(non_test) == len(a["oof"]["probs"]) and a["lever"] == "A"
+    assert {s["source"] for s in a["report"]["per_source"]} == {"multiclass-kaggle", "wani-mendeley"}
+    assert "accuracy_ci95" in a["report"]["per_source"][0] and "2-fold group CV" in a["protocol"]
+    fold = {r.group: r.fold for r in non_test}
+    pa, pc = np.array(a["oof"]["probs"]), np.array(c["oof"]["probs"])
+    assert a["oof"]["group"] == c["oof"]["group"]
+    in_fold0 = np.array([fold[g] == 0 for g in a["oof"]["group"]])
+    # fold-0 radiographs were scored by fold 0's model (the same in A and C), fold-1 ones by fold 1's (different)
+    assert np.allclose(pa[in_fold0], pc[in_fold0]) and not np.allclose(pa[~in_fold0], pc[~in_fold0])
+    assert ja.with_suffix(".md").is_file()
+
+
+def test_compare_paired_differences_with_an_interval(cv: dict[str, Path]) -> None:
+    ja, jc = cv["root"] / "a.json", cv["root"] / "c.json"
+    if not ja.is_file():
+        test_evaluate_cv_scores_every_radiograph_by_the_model_that_did_not_train_on_it(cv)
+    res = _invoke("compare", "--paired", str(ja), str(jc), "--out", str(cv["root"] / "cmp"), "--bootstrap", "200")
+    assert res.exit_code == 0, res.output
+    out = json.loads((cv["root"] / "cmp" / "paired.json").read_text())
+    assert out["a"] == "A" and out["b"] == "C" and out["n_boot"] == 200
+    kag = out["by_source"]["multiclass-kaggle"]
+    assert kag["n"] == 12 and kag["difference"] == pytest.approx(kag["auroc_b"] - kag["auroc_a"])
+    same = _invoke("compare", "--paired", str(ja), str(ja), "--out", str(cv["root"] / "same"), "--bootstrap", "200")
+    assert same.exit_code == 0, same.output
+    k = json.loads((cv["root"] / "same" / "paired.json").read_text())["by_source"]["multiclass-kaggle"]
+    assert k["difference"] == 0 and k["ci95"] == [0, 0]
+
+
+def test_cv_and_paired_refuse_bad_input_in_one_line(cv: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke("evaluate", "--cv", str(tmp_path), "--split", str(cv["split"]))
+    assert res.exit_code == 1 and "fold0" in res.output and "Traceback" not in res.output
+    flat = tmp_path / "flat.csv"
+    lines = cv["split"].read_text().splitlines()
+    head = lines[0].split(",")
+    i = head.index("fold")
+    flat.write_text("\n".join([lines[0], *(",".join(c if j != i else "-1" for j, c in enumerate(row.split(","))) for row in lines[1:])]) + "\n")
+    res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(flat))
+    assert res.exit_code == 1 and "no folds" in res.output
+    not_scores = tmp_path / "x.json"
+    not_scores.write_text("{}")
+    res = _invoke("compare", "--paired", str(not_scores), str(not_scores), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 1 and "out-of-fold" in res.output
+    res = _invoke("compare", "--paired", str(not_scores), "--out", str(tmp_path / "o"))
+    assert res.exit_code != 0 and "two scores files" in res.output and "Traceback" not in res.output

@@ -1,0 +1,211 @@
+"""osteo-edge release: the step runner's skipping (fast), the recipe's validation, stripping build paths,
+and a tiny model released end to end (train -> QAT -> fp32 + int8 TFLite -> gate -> parity -> per-source
+-> strip paths -> sign -> card -> verify), then released again with every step skipped."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from test_export_fixtures import KNEE, LABELS
+
+# -- the step runner: skipped when its sealed output exists and matches ---------------------------------
+
+
+def _tiny_bundle(folder: Path, value: float = 0.5) -> Path:
+    from osteo_edge.artifact import atomic_write_bytes, seal
+    from osteo_edge.preprocess import PreprocessSpec
+
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(folder / "model.bin", b"weights")
+    seal(folder, format="onnx", model_file="model.bin", labels=LABELS, spec=PreprocessSpec(input_size=32),
+         temperature=1.0, thresholds={"min_confidence": value, "low_bmd": 0.5}, metrics={}, provenance={"command": "tests"})
+    return folder
+
+
+_MADE = itertools.count()
+
+
+def _steps(tmp: Path, calls: list[str], option: int = 1):
+    from osteo_edge.artifact import reseal
+    from osteo_edge.release.steps import Step
+
+    a, b = tmp / "a", tmp / "b.txt"
+
+    def make_a() -> str:
+        calls.append("make")
+        _tiny_bundle(a, value=0.5 + 0.01 * next(_MADE))  # a new bundle each time it runs
+        return "made"
+
+    def touch_a() -> str:  # an in-place step: re-seals the bundle the first step made
+        calls.append("touch")
+        reseal(a, step="touch", thresholds={"min_confidence": 0.7, "low_bmd": 0.5})
+        return "touched"
+
+    def write_b() -> str:
+        calls.append("write")
+        b.write_text(f"report {option}")
+        return "written"
+
+    return [Step("make", [a], make_a, {"option": 0}), Step("touch", [a], touch_a, {}, ("make",)),
+            Step("write", [b], write_b, {"option": option}, ("touch",))]
+
+
+def test_steps_run_once_then_skip_and_rerun_what_changed(tmp_path: Path) -> None:
+    from osteo_edge.release.steps import StepLog, run_steps
+
+    calls: list[str] = []
+    out = [o.status for o in run_steps(_steps(tmp_path, calls), StepLog(tmp_path))]
+    assert out == ["ran", "ran", "ran"] and calls == ["make", "touch", "write"]
+    log = json.loads((tmp_path / "release.json").read_text())
+    assert set(log["steps"]) == {"make", "touch", "write"}
+    # the same steps again: every output is there and matches (the bundle's earlier seal is a recorded revision)
+    calls.clear()
+    assert [o.status for o in run_steps(_steps(tmp_path, calls), StepLog(tmp_path))] == ["skipped"] * 3 and calls == []
+    assert "skip make" in (tmp_path / "steps.log").read_text()
+    # a changed option reruns that step only
+    assert [o.status for o in run_steps(_steps(tmp_path, calls, option=2), StepLog(tmp_path))] == ["skipped", "skipped", "ran"]
+    assert calls == ["write"]
+    # an output edited by hand reruns it; a bundle that no longer verifies reruns its step and every step after it
+    calls.clear()
+    (tmp_path / "b.txt").write_text("edited")
+    assert [o.status for o in run_steps(_steps(tmp_path, calls, option=2), StepLog(tmp_path))] == ["skipped", "skipped", "ran"]
+    calls.clear()
+    (tmp_path / "a" / "model.bin").write_bytes(b"tampered")
+    assert [o.status for o in run_steps(_steps(tmp_path, calls, option=2), StepLog(tmp_path))] == ["ran", "ran", "ran"]
+    assert calls == ["make", "touch", "write"]
+
+
+def test_a_step_that_leaves_no_valid_output_is_an_error(tmp_path: Path) -> None:
+    from osteo_edge.errors import OsteoEdgeError
+    from osteo_edge.release.steps import Step, StepLog, run_steps
+
+    with pytest.raises(OsteoEdgeError, match="no valid output"):
+        run_steps([Step("nothing", [tmp_path / "never"], lambda: "ok")], StepLog(tmp_path))
+    assert "nothing" not in json.loads((tmp_path / "release.json").read_text())["steps"] if (tmp_path / "release.json").exists() else True
+
+
+# -- the recipe and the build paths -------------------------------------------------------------------------
+
+
+def test_recipe_reads_yaml_and_refuses_unknown_options(tmp_path: Path) -> None:
+    from osteo_edge.errors import ConfigError
+    from osteo_edge.release.recipe import Recipe, read_recipe
+
+    assert read_recipe(None) == Recipe() and Recipe().quantize == {"method": "qat", "epochs": 3, "lr": 1e-5}
+    p = tmp_path / "r.yaml"
+    p.write_text("name: x\ntrain: {arch: cnn, epochs: 1}\nquantize: null\ngate: {synthetic: 40}\n")
+    r = read_recipe(p)
+    assert r.name == "x" and r.quantize is None and r.gate == {"crossfit": True, "synthetic": 40} and r.train["epochs"] == 1
+    for text, msg in (("train: {arhc: cnn}\n", "arhc"), ("quantize: {epochz: 1}\n", "epochz"), ("shipping: {}\n", "shipping"),
+                      ("train: {split: s.csv}\n", "--split"), ("gate: null\n", "gate"), ("train: {arch: nope}\n", "nope")):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            read_recipe(p)
+    p.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid yaml"):
+        read_recipe(p)
+
+
+def test_strip_build_paths_names_the_split_by_content(tmp_path: Path) -> None:
+    from osteo_edge.artifact import build_machine_paths, load_bundle, reseal
+    from osteo_edge.release.portable import strip_build_paths
+
+    b = _tiny_bundle(tmp_path / "b")
+    split = tmp_path / "split.csv"
+    split.write_text("path,label,group,split\n")
+    from osteo_edge.artifact import sha256_file
+
+    reseal(b, step="test", provenance={"command": f"osteo-edge export --split {split} --out b", "split_csv": str(split),
+                                       "split_sha256": sha256_file(split), "lineage": [f"osteo-edge train --split {split}"]})
+    assert build_machine_paths(load_bundle(b).manifest)
+    removed = strip_build_paths(b)
+    assert {p for _, p in removed} == {str(split)}
+    m = load_bundle(b).manifest
+    assert not build_machine_paths(m) and m["provenance"]["split_csv"]["name"] == "split.csv"
+    assert m["provenance"]["lineage"] == ["osteo-edge train --split split.csv"]
+    assert strip_build_paths(b) == []  # nothing left: no re-seal
+
+
+def test_release_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
+    from osteo_edge.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["release", "--split", str(tmp_path / "none.csv"), "--out", str(tmp_path / "o"), "--key", str(tmp_path / "k")])
+    assert res.exit_code == 1 and "no such file" in res.output and "Traceback" not in res.output
+    bad = tmp_path / "r.json"
+    bad.write_text('{"quantize": {"bits": 4}}')
+    res = runner.invoke(app, ["release", "--split", str(bad), "--out", str(tmp_path / "o"), "--key", str(bad), "--recipe", str(bad)])
+    assert res.exit_code == 1 and "bits" in res.output
+    assert not (tmp_path / "o").exists()
+
+
+# -- a tiny model released end to end --------------------------------------------------------------------------
+
+TINY_RECIPE = {
+    "name": "tiny",
+    "train": {"arch": "cnn", "img_size": 32, "epochs": 1, "batch_size": 8, "weights": "none", "threads": 1, "patience": 1},
+    "quantize": {"method": "qat", "epochs": 1, "calib_size": 4, "lr": 1e-4},
+    "export": {"calib_size": 8, "golden": 2, "threads": 1},
+    "gate": {"crossfit": True, "synthetic": 40, "package_images": False, "min_accept": 0.9},
+    "parity": {"threads": 1},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.tflite
+@pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+def test_release_builds_a_signed_path_free_bundle_pair_and_resumes(tmp_path: Path) -> None:
+    from osteo_edge.artifact import build_machine_paths, load_bundle
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.cli import app
+    from osteo_edge.edge_runtime import EdgeClassifier
+    from test_train import make_tiny_split
+
+    split = make_tiny_split(tmp_path / "split", {"train": 8, "val": 2, "test": 2})
+    key, pub = generate_keypair(tmp_path / "keys", "release-test")
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps(TINY_RECIPE))
+    out = tmp_path / "rel"
+    args = ["release", "--split", str(split), "--out", str(out), "--key", str(key), "--recipe", str(recipe)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 1), res.output  # 1: the tiny int8 file failed a parity gate (reported, bundles built)
+    log = json.loads((out / "release.json").read_text())
+    assert list(log["steps"]) == ["train", "quantize", "export-reference", "export-int8", "gate", "parity", "per-source",
+                                  "strip-paths", "sign", "card", "verify"]
+    from osteo_edge.artifact.signing import TrustStore
+
+    trust = TrustStore.from_paths([pub])
+    for folder, fmt in ((out / "bundle", "tflite-int8"), (out / "reference", "tflite")):
+        b = load_bundle(folder, trust=trust)  # signed by the release key, sealed, no build-machine path
+        assert b.format == fmt and b.gate is not None and not build_machine_paths(b.manifest)
+        assert "test_per_source" in b.manifest["metrics"]
+        assert {"gate calibration", "per-source metrics"} <= {r.step for r in b.revisions}
+    assert "parity" in load_bundle(out / "bundle").manifest["metrics"]
+    parity = json.loads((out / "parity.json").read_text())
+    assert Path(parity["candidates"][0]["path"]).resolve() == (out / "bundle").resolve()
+    assert parity["passed"] == (res.exit_code == 0)
+    assert (out / "MODEL_CARD.md").read_text().strip() and (out / "per_source.md").is_file()
+    assert EdgeClassifier.load(out / "bundle").labels == LABELS
+    # again: every step but the final check is skipped, and nothing changes
+    seal = load_bundle(out / "bundle").seal
+    res2 = CliRunner().invoke(app, args)
+    assert res2.exit_code == res.exit_code, res2.output
+    assert load_bundle(out / "bundle").seal == seal
+    text = (out / "steps.log").read_text()
+    for step in ("train", "quantize", "export-int8", "gate", "parity", "sign"):
+        assert f"skip {step}:" in text
+    # a changed gate section reruns the gate and what reads it, not the training, QAT or exports
+    from osteo_edge.release.pipeline import release
+    from osteo_edge.release.recipe import Recipe
+
+    changed = Recipe.from_dict({**TINY_RECIPE, "gate": {**TINY_RECIPE["gate"], "synthetic": 44}})
+    again = release(split, out, key, recipe=changed)
+    status = {o.name: o.status for o in again.outcomes}
+    assert [n for n, s in status.items() if s == "skipped"] == ["train", "quantize", "export-reference", "export-int8"]
+    b = load_bundle(out / "bundle", trust=trust)
+    assert b.seal != seal and [r.step for r in b.revisions].count("gate calibration") == 2
