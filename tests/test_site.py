@@ -522,3 +522,27 @@ def test_head_site_bundle_answers_from_its_head(tmp_path, site_csv, keys):
         LinearHead.from_manifest(bad, 3, r1, out)
     with pytest.raises(BundleError, match="no embedding output"):
         LinearHead.from_manifest(m, 3, open_backend(one / "model.onnx", "onnx"), out)
+
+
+def test_shipped_default_on_a_small_never_seen_wani_sample_does_not_pass(tmp_path):
+    """The issue's check: the shipped bundle, on Wani films it never saw (benchmarks/site/wani_pool.csv:
+    3 Normal among them), gives no 'pass': refused at the default minimum, not 'pass' below it."""
+    import shutil
+
+    from osteo_edge.artifact.signing import TrustStore
+    from osteo_edge.edge_runtime import default_bundle_path
+
+    pool = Path(__file__).resolve().parents[1] / "benchmarks" / "site" / "wani_pool.csv"
+    if not (default_bundle_path() / "manifest.json").is_file() or not WANI.is_dir():
+        pytest.skip("no shipped bundle or no shared data")
+    rows = pool.read_text().splitlines()[1:]
+    normal = [r for r in rows if r.split(",")[1] == "Normal"]
+    sample = normal + [r for r in rows if r.split(",")[1] != "Normal"][: 20 - len(normal)]
+    csv = tmp_path / "wani20.csv"
+    csv.write_text("file,label,group\n" + "\n".join(sample) + "\n")
+    copy = tmp_path / "default"  # a byte-for-byte copy, checked against the package key (as benchmarks/site does)
+    shutil.copytree(default_bundle_path(), copy)
+    with pytest.raises(ConfigError, match="too few images per class"):
+        validate_site(WANI.parent, csv, copy, trust=TrustStore.package(), n_boot=0)
+    r = validate_site(WANI.parent, csv, copy, trust=TrustStore.package(), n_boot=300, min_per_class=2)
+    assert r.report["counts"]["Normal"] == len(normal) and r.report["verdict"] in ("fail", "insufficient")

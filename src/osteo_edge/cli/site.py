@@ -20,7 +20,8 @@ REQUIRE_HELP = ("Acceptance criteria, NAME=VALUE pairs separated by commas, judg
                 "gate_acceptance need their lower bound >= VALUE; ece, referral_rate their upper bound <= VALUE.")
 Images = Annotated[Path, typer.Argument(help="Folder of the site's images; the labels file names files relative to it.", show_default=False)]
 Labels = Annotated[Path, typer.Option("--labels", help="CSV with columns 'file' and 'label' (one of the bundle's labels) or 'tscore' "
-                                      "(WHO classes: T >= -1 Normal, -2.5 < T < -1 Osteopenia, T <= -2.5 Osteoporosis); optional 'group' (e.g. patient).")]
+                                      "(WHO classes: T >= -1 Normal, -2.5 < T < -1 Osteopenia, T <= -2.5 Osteoporosis); optional 'group' (e.g. patient). "
+                                      "A bundle with one low-BMD label (e.g. Normal / LowBMD) takes Osteopenia and Osteoporosis as that label, saying so.")]
 
 
 def _arg(p: object) -> str:
