@@ -121,18 +121,11 @@ def _evaluate_cv(runs: List[Path], split: Optional[Path], *, flip: bool, name: O
                                                                      "margin (pts)", "low-BMD AUROC"))], rows)
     probe = res["source_probe"]["auroc_mean_over_fold_models"]
     out.line(f"source probe AUROC (lower is better): {_num(probe)}; protocol: {res['protocol']}")
+    markdown = res.pop("markdown")
     written = [atomic_write_json(path, res)]
-    written.append(atomic_write_text(path.with_suffix(".md"), f"# {res['lever']}\n\n`{res['command']}`\n\n{res['protocol']}\n\n"
-                                     + _markdown(res) + "\n"))
+    written.append(atomic_write_text(path.with_suffix(".md"), f"# {res['lever']}\n\n`{res['command']}`\n\n{res['protocol']}\n\n{markdown}\n"))
     out.wrote(written)
     out.next_step(f"osteo-edge compare --paired OTHER_SCORES.json {shlex.quote(str(path))}", "compare two recipes on the same radiographs")
-
-
-def _markdown(res: dict) -> str:
-    rep = res["report"]
-    lines = ["| source | n | accuracy [95% CI] | macro-F1 |", "|---|---|---|---|"]
-    lines += [f"| {s['source']} | {s['n']} | {_acc_ci(s)} | {s['macro_f1']:.3f} |" for s in rep["per_source"]]
-    return "\n".join(lines)
 
 
 def _num(v, fmt: str = "{:.3f}") -> str:

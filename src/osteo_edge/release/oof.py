@@ -98,12 +98,13 @@ def score_cv(
     """Score k-fold run directories out of fold, per source (see the module docstring).
 
     Returns the scores record (JSON-ready): protocol, the per-source report with intervals and
-    shortcut baselines, the source probe, the Wani T-score correlation (with ``tscore_csv``) and every
-    out-of-fold probability (``oof``), which :func:`paired_comparison` reads."""
+    shortcut baselines (and as Markdown), the source probe, the Wani T-score correlation (with
+    ``tscore_csv``) and every out-of-fold probability (``oof``), which :func:`paired_comparison` reads."""
     from ..core.machine import machine_info
     from ..core.stats import softmax
     from ..data.split import read_split
     from ..train.per_source import per_source_report
+    from ..train.source_markdown import format_report
 
     t0 = time.perf_counter()
     runs = [Path(r) for r in runs]
@@ -132,6 +133,7 @@ def score_cv(
         "wani_tscore": tscore_correlation(oof_rows, probs, labels, normal, tscore_csv),
         "source_probe": {"auroc_mean_over_fold_models": float(np.mean([p.auroc for p in probes])) if probes else None,
                          "per_fold_model": [p.auroc for p in probes]},
+        "markdown": format_report(report),  # the full per-source report as Markdown (kept out of the JSON by its writers)
         "oof": {"labels": list(labels), "group": [int(r.group) for r in oof_rows], "source": [r.domain for r in oof_rows],
                 "label": [r.label for r in oof_rows], "probs": np.round(probs, 5).tolist()},
     }
