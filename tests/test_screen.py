@@ -70,8 +70,9 @@ def test_screen_equals_predict_records_rejects_and_reruns_without_duplicates(tmp
     (archive / "2024" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     (archive / "notes.txt").write_text("a side file, left out")
     db = tmp_path / "clinic" / "record.db"
-    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db), "--progress-every", "0"])
     assert res.exit_code == 0, res.output
+    assert "screening: 4/4 images, rate" in res.output  # the one-line progress of a log (stderr is no terminal)
     assert "4 inputs" in res.output and "1 hidden or side files left out" in res.output and "refer for DEXA" in res.output
     rows = _rows(db)
     assert len(rows) == 4 and {r["source"] for r in rows} == {"predict"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
@@ -9,7 +10,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from . import _output as out
-from ._common import TRUSTED_KEY_HELP, choices, handle_errors, progress_enabled, verbose
+from ._common import TRUSTED_KEY_HELP, choices, handle_errors, progress_console, progress_enabled, quiet_native, verbose
 
 Engine = choices("Engine", ("local", "ray"))
 
@@ -68,13 +69,15 @@ def screen(
     job = ScreenJob(record=record, source=source, pacs=pacs, query=query, model=None if model is None else str(model), workers=workers,
                     engine=eng, worklist=worklist, trusted_keys=tuple(str(k) for k in trusted_key or ()), ray_address=ray_address,
                     spool=spool, batch=batch, calling_ae=ae_title)
-    if eng == "ray" and not verbose():
+    quiet = eng == "ray" and not verbose()  # Ray's native and Python logs: only with --verbose
+    if quiet:
         _quiet_ray()
-    if progress_enabled():
-        with TerminalProgress("screening") as bar:
-            res = run_screen(job, progress=bar)
-    else:
-        res = run_screen(job, progress=ProgressLines(progress_every))
+    with quiet_native() if quiet else contextlib.nullcontext():
+        if progress_enabled():
+            with TerminalProgress("screening", console=progress_console()) as bar:
+                res = run_screen(job, progress=bar)
+        else:
+            res = run_screen(job, progress=ProgressLines(progress_every))
     _render(res, record)
     out.line(DISCLAIMER, style="bold")
     out.next_step(f"osteo-edge record stats --record {record}")
@@ -101,9 +104,9 @@ def _render(res: Any, record: Path) -> None:
     out.line(f"recorded {res.recorded} new answers in {record}")
     n = sum(res.answered.values())
     if n:
-        steady = f", {res.steady_images_per_second:.2f}/s after the first answer" if n > 1 and res.steady_images_per_second else ""
-        out.line(f"throughput: {res.images_per_second:.2f} images/s ({n} answered in {res.seconds:.1f} s wall, start-up "
-                 f"{res.startup_seconds:.1f} s{steady}; {res.ms_per_image:.1f} ms per image in a worker: hashing, decoding, inference)")
+        out.line(f"throughput: {res.images_per_second:.2f} images/s ({n} answered in {res.seconds:.1f} s wall, the first after "
+                 f"{res.startup_seconds:.1f} s; per image in a worker: {res.ms_per_image:.1f} ms, {res.cpu_ms_per_image:.1f} ms CPU "
+                 "for hashing, decoding and inference)")
     else:
         out.line("nothing new to answer: every input is already in the record for this model")
     out.line(f"referral worklist: {res.referrals} image{'s' if res.referrals != 1 else ''} to refer for DEXA -> {res.worklist}")

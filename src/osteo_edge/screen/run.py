@@ -80,14 +80,14 @@ class ScreenResult:
     seconds: float = 0.0
     busy_seconds: float = 0.0  # sum over answered images of identify + decode + inference time in the workers
     seal: str = ""
-    startup_seconds: float = 0.0  # engine start to the first answer (worker start-up, model load, Ray start)
+    startup_seconds: float = 0.0  # engine start to the first answer back (worker start-up, model load, Ray start)
+    cpu_seconds: float = 0.0  # sum over answered images of the workers' CPU time for them
 
     @property
-    def steady_images_per_second(self) -> float:
-        """Answers after the first one, over the time after it: the rate once every worker is up."""
+    def cpu_ms_per_image(self) -> float:
+        """CPU time one image costs a worker (hashing, header, decode, inference): what a free core takes."""
         n = sum(self.answered.values())
-        span = self.seconds - self.startup_seconds
-        return (n - 1) / span if n > 1 and span > 0 else 0.0
+        return 1000 * self.cpu_seconds / n if n else 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -133,6 +133,7 @@ class Recorder:
             pred = outcome["prediction"]
             res.answered[pred["status"]] += 1
             res.busy_seconds += outcome["seconds"] + outcome["identify_seconds"]
+            res.cpu_seconds += outcome.get("cpu_seconds", 0.0)
             if pred["status"] == "refer":
                 self._refer(outcome, key, pred["label"], pred["low_bmd_probability"], pred["reason"])
         self.buffer.append(outcome)
@@ -197,8 +198,10 @@ def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
         if pacs is not None:
             items = pacs.fetch(items, before_batch=recorder.flush)
         t0 = time.perf_counter()
-        _run_engine(job, items, config, recorder.add, clf)
-        recorder.flush()
+        try:
+            _run_engine(job, items, config, recorder.add, clf)
+        finally:  # Ctrl+C or an engine error: the answers already back are kept (a rerun does the rest)
+            recorder.flush()
         res.seconds = time.perf_counter() - t0
         res.startup_seconds = (recorder.first - t0) if recorder.first is not None else 0.0
         if pacs is not None:

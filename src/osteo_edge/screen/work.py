@@ -6,7 +6,8 @@ seal. An outcome is a plain dict (it crosses process and Ray boundaries as JSON)
 
     {"path", "key", "identity": {sha256, sop_instance_uid, ...}, "meta": {patient_id, ...},
      "state": "answered" | "skipped" | "missing", "prediction": Prediction.to_dict() | None,
-     "seconds": decode + inference time, "identify_seconds": hashing + header time}
+     "seconds": decode + inference time, "identify_seconds": hashing + header time,
+     "cpu_seconds": this process's CPU time for the whole image (unaffected by other load)}
 """
 
 from __future__ import annotations
@@ -109,11 +110,11 @@ class Screener:
         self.clf = clf if clf is not None else load_classifier(config)
 
     def __call__(self, item: ScreenItem) -> dict[str, Any]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         who, meta = identify(item)
         key = item.key or who.get("sop_instance_uid") or who.get("sha256")
         out: dict[str, Any] = {"path": item.path, "key": key, "identity": who, "meta": meta, "prediction": None,
-                               "identify_seconds": time.perf_counter() - t0, "seconds": 0.0}
+                               "identify_seconds": time.perf_counter() - t0, "seconds": 0.0, "cpu_seconds": 0.0}
         if key is None:
             out["state"] = "missing"
             return out
@@ -123,6 +124,7 @@ class Screener:
         t1 = time.perf_counter()
         out["prediction"] = self._predict(item.path).to_dict()
         out["seconds"] = time.perf_counter() - t1
+        out["cpu_seconds"] = time.process_time() - c0  # this process's CPU time: what the image costs a free core
         out["state"] = "answered"
         return out
 
@@ -150,7 +152,7 @@ def crashed(item: ScreenItem, why: str) -> dict[str, Any]:
             "low_bmd_probability": None, "reason": "invalid_image", "ood_score": None,
             "message": f"rejected: unreadable image ({why}). {SHORT_DISCLAIMER}"}
     return {"path": item.path, "key": key, "identity": who, "meta": meta, "prediction": pred,
-            "state": "answered" if key else "missing", "seconds": 0.0, "identify_seconds": 0.0}
+            "state": "answered" if key else "missing", "seconds": 0.0, "identify_seconds": 0.0, "cpu_seconds": 0.0}
 
 
 __all__ = ["META_FIELDS", "Screener", "WorkerConfig", "crashed", "header_meta", "identify", "load_classifier"]
