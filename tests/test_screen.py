@@ -2,7 +2,8 @@
 
 Answers equal `predict --json` for the same files; an undecodable file is recorded rejected and the
 run goes on; a rerun skips what is answered and records nothing twice; a run killed with SIGKILL
-loses nothing and records nothing twice when rerun; a PACS (a real Orthanc) is queried with C-FIND
+loses nothing and records nothing twice when rerun; a film that kills its worker process is answered
+rejected while the others are answered; a PACS (a real Orthanc) is queried with C-FIND
 and fetched with C-GET through a spool that is empty afterwards; Ray (a local instance, slow) gives
 the same record as the local engine.
 """
@@ -240,3 +241,41 @@ def test_ray_engine_gives_the_same_record_as_the_local_engine(tmp_path):
     assert res.exit_code == 0, res.output
     assert "engine ray" in res.output
     assert len(_rows(on_ray)) == 5 and _answers(_rows(on_ray)) == _answers(_rows(local))
+
+
+_CRASHER = '''
+import os
+if os.environ.get("OSTEO_EDGE_TEST_CRASH"):  # only in this test's worker processes
+    import osteo_edge.screen.work as _w
+    _answer = _w.Screener.__call__
+    def _crash(self, item):
+        if "crash-me" in item.path:
+            os._exit(139)  # as a native decoder's segfault would end the worker
+        return _answer(self, item)
+    _w.Screener.__call__ = _crash
+'''
+
+
+def test_a_film_that_kills_its_worker_is_recorded_rejected_and_the_run_goes_on(tmp_path, monkeypatch):
+    from osteo_edge.edge_runtime import EdgeClassifier
+    from osteo_edge.screen.local import run_local
+    from osteo_edge.screen.sources import ScreenItem
+    from osteo_edge.screen.work import WorkerConfig
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(_CRASHER)  # loaded at start-up by the spawned workers only
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("OSTEO_EDGE_TEST_CRASH", "1")
+    films = knee_images(2)
+    crash = tmp_path / "crash-me.jpeg"
+    crash.symlink_to(films[0])
+    items = [ScreenItem(str(films[1])), ScreenItem(str(crash)), ScreenItem(str(films[0]))]
+    seal = EdgeClassifier.load().bundle.seal
+    got = []
+    run_local(items, WorkerConfig(None, seal), 2, got.append)
+    by_path = {o["path"]: o for o in got}
+    assert sorted(by_path) == sorted(i.path for i in items)  # every film answered once
+    dead = by_path[str(crash)]["prediction"]
+    assert dead["status"] == "rejected" and "crashed its worker process twice" in dead["message"]
+    assert all(by_path[str(f)]["prediction"]["status"] in ("ok", "refer") for f in films)

@@ -84,9 +84,14 @@ def screen(
 
 
 def _quiet_ray() -> None:
+    """Ray Data sets up its loggers when imported: import it first, then keep them to errors."""
     import logging
 
-    for name in ("ray", "ray.data", "ray.train", "ray.tune"):
+    try:
+        import ray.data  # noqa: F401
+    except ImportError:  # the library says which extra to install, in one line
+        return
+    for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
