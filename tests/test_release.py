@@ -144,6 +144,28 @@ def test_release_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+def test_release_plan_names_each_steps_inputs(tmp_path: Path) -> None:
+    """Without QAT the exports read the fp32 run; every in-place step reads the step before it, so a rerun
+    of one reruns what follows; verify is always checked."""
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.core.progress import no_progress
+    from osteo_edge.release.pipeline import ReleasePaths, release_steps
+    from osteo_edge.release.recipe import Recipe
+
+    split = tmp_path / "split.csv"
+    split.write_text("path,label,group,split\n")
+    key, _ = generate_keypair(tmp_path, "k")
+    paths = ReleasePaths(tmp_path / "out", tmp_path / "out" / "bundle", tmp_path / "out" / "reference")
+    plan = release_steps(split, split, Recipe.from_dict({"quantize": None}), paths, key, [], no_progress)
+    by = {s.name: s for s in plan}
+    assert [s.name for s in plan] == ["train", "export-reference", "export-int8", "gate", "parity", "per-source", "strip-paths",
+                                      "sign", "card", "verify"]
+    assert by["export-int8"].inputs == ("train",) and by["gate"].inputs == ("export-reference", "export-int8")
+    assert by["sign"].inputs == ("strip-paths",) and by["verify"].done() is False
+    with_qat = release_steps(split, split, Recipe(), paths, key, [], no_progress)
+    assert [s.name for s in with_qat][:2] == ["train", "quantize"] and with_qat[2].inputs == ("quantize",)
+
+
 # -- a tiny model released end to end --------------------------------------------------------------------------
 
 TINY_RECIPE = {
