@@ -233,9 +233,10 @@ def _items(job: ScreenJob, known: dict[str, tuple], res: ScreenResult) -> tuple[
 
 def _run_engine(job: ScreenJob, items: Iterable[ScreenItem], config: WorkerConfig, on_outcome: Callable, clf: Any) -> None:
     if job.engine == "ray":
-        from .ray_engine import run_ray
+        from .ray_engine import CHUNK, run_ray
 
-        run_ray(items, config, job.workers, on_outcome, address=job.ray_address)
+        # a PACS: one Ray Data pipeline per fetched batch, so the spool stays bounded
+        run_ray(items, config, job.workers, on_outcome, address=job.ray_address, chunk=job.batch if job.pacs else CHUNK)
     else:
         from .local import run_local
 
