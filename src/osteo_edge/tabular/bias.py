@@ -16,7 +16,6 @@ CI (independent bootstrap of the two disjoint sets) and says "differs" only when
 from __future__ import annotations
 
 import logging
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..artifact import DISCLAIMER, atomic_write_text, sha256_file
+from ..core.age_bands import AGE_EDGES, age_band, band_order
 from ..core.csvsafe import safe_frame
 from ..core.stats import Estimate
 from ..errors import ConfigError, DataError, require
@@ -35,7 +35,6 @@ from .table import read_table, resolve_column
 
 log = logging.getLogger(__name__)
 
-DEFAULT_AGE_EDGES = (40.0, 50.0, 60.0, 70.0)
 MIN_N = 30
 MIN_CLASS = 5
 SEX_NAMES = ("sex", "gender")
@@ -43,7 +42,7 @@ SEX_NAMES = ("sex", "gender")
 
 def parse_edges(text: str | None) -> tuple[float, ...]:
     if not text:
-        return DEFAULT_AGE_EDGES
+        return AGE_EDGES
     try:
         edges = tuple(float(t) for t in text.split(",") if t.strip())
     except ValueError as exc:
@@ -51,27 +50,6 @@ def parse_edges(text: str | None) -> tuple[float, ...]:
     if not edges or list(edges) != sorted(set(edges)):
         raise ConfigError(f"--age-bands must be increasing ages like 40,50,60,70, got {text!r}")
     return edges
-
-
-def age_band(age: Any, edges: Sequence[float]) -> str:
-    try:
-        a = float(age)
-    except (TypeError, ValueError):
-        return "unknown"
-    if math.isnan(a):
-        return "unknown"
-    fmt = lambda v: f"{v:g}"  # noqa: E731
-    if a < edges[0]:
-        return f"<{fmt(edges[0])}"
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        if lo <= a < hi:
-            return f"{fmt(lo)}-{fmt(hi - 1) if float(hi).is_integer() and float(lo).is_integer() else fmt(hi)}"
-    return f"{fmt(edges[-1])}+"
-
-
-def band_order(edges: Sequence[float]) -> list[str]:
-    probe = [edges[0] - 1] + list(edges)
-    return [age_band(a, edges) for a in probe] + ["unknown"]
 
 
 @dataclass
@@ -239,7 +217,7 @@ def analyse(
 def bias_report(
     out: str | os.PathLike,
     cohorts: Sequence[Cohort],
-    edges: Sequence[float] = DEFAULT_AGE_EDGES,
+    edges: Sequence[float] = AGE_EDGES,
     n_boot: int = DEFAULT_BOOTSTRAP,
     seed: int = 0,
     min_n: int = MIN_N,
