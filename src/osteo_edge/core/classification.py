@@ -155,27 +155,38 @@ def classification_metrics(
 # bootstrap
 
 
+def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
+    """Macro-F1 over the classes present in ``y`` (a class absent from the rows has no recall and is
+    left out, as in :func:`classification_metrics`); nan for no rows. Plain numpy (bootstrap-fast)."""
+    y, pred = np.asarray(y), np.asarray(pred)
+    f1s = []
+    for c in np.unique(y):
+        tp = np.sum((pred == c) & (y == c))
+        fp = np.sum((pred == c) & (y != c))
+        fn = np.sum((pred != c) & (y == c))
+        prec = tp / (tp + fp) if tp + fp else 0.0
+        rec = tp / (tp + fn) if tp + fn else 0.0
+        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
+    return float(np.mean(f1s)) if f1s else float("nan")
+
+
 def fast_headline(y: np.ndarray, probs: np.ndarray, labels: Sequence[str], low_bmd_threshold: float | None = None) -> dict[str, float]:
     """The headline metrics of :func:`classification_metrics` in plain numpy (for the bootstrap)."""
     k = len(labels)
     pred = probs.argmax(axis=1)
     present = np.unique(y)
-    f1s, recalls, aucs = [], [], []
+    recalls, aucs = [], []
     for c in range(k):
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
         if c in present:
-            prec = tp / (tp + fp) if tp + fp else 0.0
-            rec = tp / (tp + fn) if tp + fn else 0.0
-            f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
-            recalls.append(rec)
+            tp = np.sum((pred == c) & (y == c))
+            fn = np.sum((pred != c) & (y == c))
+            recalls.append(tp / (tp + fn) if tp + fn else 0.0)
         a = auroc((y == c).astype(int), probs[:, c])
         if not math.isnan(a):
             aucs.append(a)
     out = {
         "accuracy": float((pred == y).mean()),
-        "macro_f1": float(np.mean(f1s)) if f1s else float("nan"),
+        "macro_f1": macro_f1(y, pred),
         "balanced_accuracy": float(np.mean(recalls)) if len(recalls) > 1 else float("nan"),
         "auroc_macro": float(np.mean(aucs)) if aucs else float("nan"),
         "ece": ece_score(probs, y),
