@@ -46,6 +46,13 @@ class WeightsUnavailableError(OsteoEdgeError):
     """Pretrained weights were asked for and cannot be had."""
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message, at most ``limit`` characters ("" when it has none):
+    what a one-line error quotes of a library's exception."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else ""
+
+
 def choice_error(what: str, value: object, valid: Iterable[object]) -> ConfigError:
     """A ConfigError naming the bad value and the valid ones."""
     options = ", ".join(str(v) for v in valid)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import ConfigError, choice_error, require
+from ..errors import ConfigError, choice_error, first_line, require
 from ..preprocess import RESIZE_POLICIES
 
 SCHEDULES = ("cosine", "onecycle")
@@ -170,7 +170,7 @@ def read_config_yaml(path: str | os.PathLike) -> dict[str, Any]:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({first_line(exc)})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
