@@ -96,6 +96,15 @@ class SplitTable:
             return [r for r in self.rows if r.fold == fold]
         return [r for r in self.rows if r.fold >= 0 and r.fold != fold]
 
+    def train_val(self, fold: int = -1) -> tuple[list[SplitRow], list[SplitRow]]:
+        """The training and validation rows: the 'train' and 'val' splits, or with ``fold >= 0``
+        (k-fold) the other folds and fold ``fold``; the test split is in neither."""
+        if fold < 0:
+            return self.subset("train"), self.subset("val")
+        if self.folds <= fold:
+            raise ConfigError(f"fold {fold} asked for, but the split has {self.folds} folds (make one with 'data split --folds K')")
+        return self.subset("train", fold), self.subset("val", fold)
+
     @property
     def sha256(self) -> str:
         if self.path is not None and self.path.exists():
@@ -144,17 +153,6 @@ def _resolve_groups(infos: list[FileInfo], opts: SplitOptions) -> tuple[dict[int
             dropped["other_label_groups"] += 1
             del labels[g]
     return labels, dict(dropped)
-
-
-def _cut(n: int, fractions: Sequence[float]) -> list[int]:
-    """Integer sizes for n items split by fractions (largest remainder), in order."""
-    raw = [n * f for f in fractions]
-    sizes = [int(x) for x in raw]
-    rest = n - sum(sizes)
-    order = sorted(range(len(raw)), key=lambda i: raw[i] - sizes[i], reverse=True)
-    for i in order[:rest]:
-        sizes[i] += 1
-    return sizes
 
 
 def assign_splits(
