@@ -13,7 +13,8 @@ from __future__ import annotations
 import sys
 
 from osteo_edge.artifact import load_bundle, reseal
-from osteo_edge.compress.finetune import load_split_data, predict_logits
+from osteo_edge.compress.finetune import load_split_data
+from osteo_edge.modeling.inference import predict_logits
 from osteo_edge.compress.quantize import refit_thresholds
 from osteo_edge.modeling.loading import load_run
 

@@ -29,22 +29,13 @@ HERE = Path(__file__).resolve().parent
 
 
 def features(rows, size: int, framing: str = "center_crop") -> np.ndarray:
-    import torch
-
     from osteo_edge.modeling.dataset import RadiographDataset
+    from osteo_edge.modeling.inference import view_outputs
     from osteo_edge.modeling.models import build_model, get_arch
 
     model = build_model("efficientnet_lite0", 3, weights="imagenet").eval()
-    from osteo_edge.modeling.dataset import mean_by_owner
-
     ds = RadiographDataset(rows, ["Normal", "Osteopenia", "Osteoporosis"], get_arch("efficientnet_lite0").spec(size, resize=framing))
-    xs, owner = ds.all_view_arrays()
-    out = []
-    with torch.inference_mode():
-        for s in range(0, len(xs), 16):
-            x = torch.from_numpy(np.stack(xs[s : s + 16]))
-            out.append(model.forward_head(model.forward_features(x), pre_logits=True).numpy())
-    return mean_by_owner(np.concatenate(out), owner, len(ds))
+    return view_outputs(ds, lambda x: model.forward_head(model.forward_features(x), pre_logits=True), batch_size=16)
 
 
 def probe(X: np.ndarray, y: np.ndarray, folds: np.ndarray) -> dict:

@@ -54,7 +54,6 @@ class SplitData:
     val: Any
     labels: list[str]
     train_groups: np.ndarray
-    val_groups: np.ndarray
     protocol: str
     split_sha256: str
     split_csv: str
@@ -66,7 +65,7 @@ def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: A
     from ..modeling.dataset import RadiographDataset, build_augmentation
 
     table = read_split(split_csv)
-    train_rows, val_rows = table.subset("train"), table.subset("val")
+    train_rows, val_rows = table.train_val()
     if not train_rows:
         raise DataError(f"{split_csv}: the train subset is empty")
     if not val_rows:
@@ -75,27 +74,9 @@ def load_split_data(split_csv: str | os.PathLike, labels: Sequence[str], spec: A
     val = RadiographDataset(val_rows, labels, spec, augment=None)
     return SplitData(
         train=train, val=val, labels=list(labels),
-        train_groups=np.array([r.group for r in train_rows]), val_groups=np.array([r.group for r in val_rows]),
+        train_groups=np.array([r.group for r in train_rows]),
         protocol=table.info.get("protocol", ""), split_sha256=table.sha256, split_csv=str(split_csv),
     )
-
-
-def predict_logits(model: Any, dataset: Any, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-    """Logits of every item (an item with several views, one per knee, gets their mean)."""
-    torch = require("torch", "train")
-    from ..modeling.dataset import mean_by_owner
-
-    model.eval()
-    xs, owner = dataset.all_view_arrays()
-    outs = []
-    with torch.no_grad():
-        for i in range(0, len(xs), batch_size):
-            outs.append(model(torch.from_numpy(np.stack(xs[i : i + batch_size]))).float().numpy())
-            if progress:
-                progress("predicting", min(i + batch_size, len(xs)), len(xs))
-    if not outs:
-        return np.zeros((0, len(dataset.labels)), np.float32)
-    return mean_by_owner(np.concatenate(outs, axis=0), owner, len(dataset))
 
 
 def quick_metrics(logits: np.ndarray, targets: np.ndarray) -> dict[str, float]:
@@ -130,6 +111,7 @@ def finetune(
     """
     torch = require("torch", "train")
     from ..modeling.dataset import class_weights
+    from ..modeling.inference import predict_logits
     from .surgery import freeze_batchnorm
 
     history: list[dict[str, Any]] = []

@@ -23,7 +23,8 @@ from typing import Any, Callable
 from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
 from ..core.progress import Progress
 from ..errors import ConfigError, ExportError, require
-from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, predict_logits, quick_metrics, recalibrate_batchnorm
+from ..modeling.inference import predict_logits
+from .finetune import FinetuneConfig, finetune, latency_ms, load_split_data, quick_metrics, recalibrate_batchnorm
 from ..modeling.loading import load_run
 from .quantize import history_csv
 

@@ -34,7 +34,8 @@ import numpy as np
 from ..artifact import Bundle, atomic_path, atomic_write_text, load_bundle, runtime_versions, seal, write_bundle_dir
 from ..core.progress import Progress
 from ..errors import ConfigError, ExportError, choice_error, require
-from .finetune import FinetuneConfig, finetune, load_split_data, predict_logits, quick_metrics
+from ..modeling.inference import predict_logits
+from .finetune import FinetuneConfig, finetune, load_split_data, quick_metrics
 from ..modeling.loading import load_run
 from .surgery import fold_batchnorm
 
