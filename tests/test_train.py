@@ -491,3 +491,76 @@ def test_train_with_tscore_aux_on_a_tiny_timm_run(tmp_path):
     assert bundle.arch.name == "efficientnet_lite0"
     state = torch.load(tmp_path / "run" / "model.pt", weights_only=True)
     assert not any("aux" in k for k in state) and model.get_classifier().out_features == 3
+
+
+# ------------------------------------------------------------------------------------------------
+# the pieces of the loop: per-view inference, the loss terms, model selection
+
+
+def test_per_view_inference_averages_each_items_views_and_mirrors():
+    """modeling.inference is the one per-view inference: mean over an item's views, across batches."""
+    from osteo_edge.modeling.inference import predict_logits, view_outputs
+
+    class Views:  # item 0 has two views (scale 1 and 3), item 1 one view (scale 5)
+        labels = ["a", "b"]
+
+        def __init__(self, scales, owner):
+            self.scales, self.owner = scales, owner
+
+        def __len__(self):
+            return len(set(self.owner))
+
+        def all_view_arrays(self):
+            base = np.array([[[1.0, 2.0], [3.0, 4.0]]], dtype=np.float32)
+            return [base * s for s in self.scales], np.array(self.owner)
+
+    class SumAndLeft(torch.nn.Module):  # logits: (sum, left-column sum): a mirror changes the second
+        def forward(self, x):
+            return torch.stack([x.sum((1, 2, 3)), x[..., 0].sum((1, 2))], 1)
+
+    ds = Views([1, 3, 5], [0, 0, 1])
+    np.testing.assert_allclose(predict_logits(SumAndLeft(), ds, batch_size=2), [[20, 8], [50, 20]])
+    np.testing.assert_allclose(predict_logits(SumAndLeft(), ds, batch_size=2, mirror=True), [[20, 10], [50, 25]])
+    a, b = view_outputs(ds, lambda x: (x.sum((1, 2, 3)), x.reshape(len(x), -1)), batch_size=1)
+    assert a.shape == (2, 1) and b.shape == (2, 4) and float(a[1, 0]) == 50
+    assert predict_logits(SumAndLeft(), Views([], [])).shape == (0, 2)
+
+
+def test_loss_terms_are_cross_entropy_until_a_lever_is_asked_for():
+    """LossTerms: weighted, smoothed cross-entropy alone without levers; group DRO reduces it when the
+    rows' indices come with the batch, and saves and records its weights."""
+    import torch.nn.functional as F
+    from types import SimpleNamespace
+
+    from osteo_edge.train.losses import LossTerms, check_levers
+
+    rows = [SimpleNamespace(domain=d, label=lab) for d, lab in [("w", "Normal"), ("k", "Normal"), ("w", "Osteopenia"), ("k", "Osteoporosis")]]
+    targets = np.array([0, 0, 1, 2])
+    cfg = TrainConfig(split="x", balance="weighted", label_smoothing=0.1)
+    torch.manual_seed(0)
+    model, x, y = torch.nn.Linear(3, 3), torch.randn(4, 3), torch.from_numpy(targets)
+    plain = LossTerms.build(cfg, rows, targets, LABELS, "cpu")
+    assert plain.levers == [] and not plain.needs_index and plain.state() == {} and plain.record() == {}
+    _, loss = plain(model, model, x, y)
+    assert torch.allclose(loss, F.cross_entropy(model(x), y, weight=plain.class_weight, label_smoothing=0.1))
+    dro = LossTerms.build(cfg.replace(group_dro=0.5), rows, targets, LABELS, "cpu")
+    assert dro.needs_index and dro.attach(model, "cpu") == []
+    _, same = dro(model, model, x, y)  # no row indices: no lever can act
+    assert torch.allclose(same, loss)
+    _, mixed = dro(model, model, x, y, torch.arange(4))
+    q = dro.state()["dro_q"]
+    assert not torch.allclose(mixed, loss) and len(q) == 4 and len(set(q)) > 1
+    assert sorted(dro.record()["group_dro"]["final_weights"]) == ["k|Normal", "k|Osteoporosis", "w|Normal", "w|Osteopenia"]
+    check_levers(cfg, LABELS, [])  # nothing to check without distillation
+
+
+def test_early_stopping_selects_by_score_and_reads_checkpoints_saved_before_the_rename():
+    from osteo_edge.train.selection import EarlyStopping
+
+    s = EarlyStopping(2)
+    assert s.update(0, 0.5, 1.0, counts=False)
+    assert not s.update(1, 0.5, 1.2, counts=True) and s.bad_epochs == 1
+    assert s.update(2, 0.5, 0.9, counts=True) and s.best_epoch == 3  # a tie on the score: the lower loss wins
+    assert s.state() == {"best_score": 0.5, "best_loss": 0.9, "best_epoch": 3, "bad_epochs": 0}
+    old = {"best_f1": 0.7, "best_loss": 0.3, "best_epoch": 4, "bad_epochs": 1}  # a last.pt from before
+    assert EarlyStopping.from_state(3, old) == EarlyStopping(3, 0.7, 0.3, 4, 1)

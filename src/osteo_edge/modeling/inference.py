@@ -4,6 +4,7 @@ An item of :class:`~osteo_edge.modeling.dataset.RadiographDataset` may have seve
 knee with the ``knee`` resize policy); every stage scores an item by the mean over its views. Training
 (validation, sealing, evaluation, teacher logits), compression (fine-tuning's validation) and the
 benchmark scripts all go through :func:`view_outputs`; :func:`predict_logits` is its common case.
+:func:`resolve_device` turns ``--device auto`` into the device a model runs on.
 """
 
 from __future__ import annotations
@@ -14,7 +15,19 @@ from typing import Any
 import numpy as np
 
 from ..core.progress import Progress
+from ..errors import ConfigError
 from .dataset import mean_by_owner
+
+
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; ``cuda`` without one is a one-line error."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
+    return name
 
 
 def view_outputs(

@@ -7,14 +7,15 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 from ..artifact import atomic_write_json, atomic_write_text
 from ..core.classification import HEADLINE
 from ..core.progress import Progress
 from ..errors import ConfigError
 from .config import TrainConfig
-from .engine import LAST, TrainResult, train
+from .engine import TrainResult, train
+from .finish import LAST
 from .evaluate import EvalResult, evaluate_run, fmt_mean_sd, summarize_folds
 
 log = logging.getLogger(__name__)
@@ -104,7 +105,3 @@ def render_cv_report(s: Mapping[str, Any]) -> str:
         h = f["headline"]
         lines.append(f"| {f['fold']} | {f['n']} | {fmt_ci(h.get('accuracy'))} | {fmt_ci(h.get('macro_f1'))} | {fmt_ci(h.get('low_bmd_auroc'))} | {fmt_ci(h.get('ece'))} |")
     return "\n".join(lines) + "\n"
-
-
-def summarize_names(results: Sequence[TrainResult]) -> str:
-    return ", ".join(f"{r.run_dir.name}: val macro-F1 {r.best_val_macro_f1:.3f}" for r in results)

@@ -28,7 +28,8 @@ from ..core.classification import HEADLINE, NORMAL, bootstrap_ci, classification
 from ..core.stats import fmt_ci, softmax
 from ..modeling.dataset import RadiographDataset
 from ..modeling.loading import load_run
-from .engine import calibrate_on_val, predict_logits, resolve_device, split_provenance, split_rows
+from ..modeling.inference import predict_logits, resolve_device
+from .finish import calibrate_on_val, split_provenance
 
 log = logging.getLogger(__name__)
 
@@ -221,13 +222,13 @@ def score_run(
         sel = _select_rows(run_dir, bundle, split, subset)
         labels, spec = bundle.labels, bundle.spec
         val_ds = RadiographDataset(sel.val_rows, labels, spec)
-        val_logits = predict_logits(model, val_ds, batch_size, dev, spec.channels > 1)
+        val_logits = predict_logits(model, val_ds, batch_size, dev, channels_last=spec.channels > 1)
         temperature, thresholds, calib = _calibrate(bundle, val_logits, val_ds.targets)
         if subset == "val":
             ds, logits = val_ds, val_logits
         else:
             ds = RadiographDataset(sel.rows, labels, spec)
-            logits = predict_logits(model, ds, batch_size, dev, spec.channels > 1)
+            logits = predict_logits(model, ds, batch_size, dev, channels_last=spec.channels > 1)
     y = ds.targets
     p_raw, p_cal = softmax(logits, 1.0), softmax(logits, temperature)
     metrics = compute_metrics(y, p_raw, p_cal, sel.rows, labels, thresholds.get("low_bmd"), n_boot, seed)
@@ -266,12 +267,12 @@ def _select_rows(run_dir: Path, bundle: Any, split: str | os.PathLike | None, su
     fold = prov.fold
     overlap = 0
     if own is not None:  # calibrate on the run's own validation rows, whatever split is scored
-        _, val_rows = split_rows(own, fold)
+        _, val_rows = own.train_val(fold)
         calib_rows_from = "the run's own validation split"
     else:
-        _, val_rows = split_rows(table, -1)
+        _, val_rows = table.train_val()
         calib_rows_from = "the evaluated split's validation rows (the run's own split file is not available)"
-    rows = (val_rows if same_split else split_rows(table, -1)[1]) if subset == "val" else table.subset("test")
+    rows = (val_rows if same_split else table.train_val()[1]) if subset == "val" else table.subset("test")
     if not same_split:
         if own is not None:
             seen = {r.sha256 for r in own.rows if r.split != "test" and r.sha256}

@@ -80,7 +80,6 @@ def check_teacher_leakage(teacher: Path, bundle: Any, held_out: Sequence[Any]) -
     """Refuse a teacher whose training rows share a duplicate group with the student's held-out rows
     (validation and test): read the teacher's own split and fold from its provenance."""
     from ..data.split import read_split
-    from .engine import split_rows
 
     prov = bundle.provenance
     if not isinstance(prov.split_csv, str) or not Path(prov.split_csv).is_file():
@@ -89,7 +88,7 @@ def check_teacher_leakage(teacher: Path, bundle: Any, held_out: Sequence[Any]) -
     table = read_split(prov.split_csv)
     if prov.split_sha256 and table.sha256 != prov.split_sha256:
         raise ConfigError(f"--teacher {teacher}: its split file {prov.split_csv} changed since it trained (sha256 differs)")
-    seen = {r.group for r in split_rows(table, prov.fold)[0]}
+    seen = {r.group for r in table.train_val(prov.fold)[0]}
     leak = sorted({r.group for r in held_out} & seen)
     if leak:
         raise ConfigError(f"--teacher {teacher}: it trained on {len(leak)} duplicate group(s) that are in the student's "
@@ -116,22 +115,14 @@ def check_teachers(spec: str, fold: int, labels: Sequence[str], held_out: Sequen
 def teacher_logits(dirs: Sequence[Path], rows: Sequence[Any], labels: Sequence[str], batch_size: int = 32) -> np.ndarray:
     """Mean logits of the teacher ensemble ``dirs`` (as :func:`check_teachers` returned them: ``train``
     checks them before the run starts) on ``rows``: every teacher, every view, and each view's mirror."""
-    import torch
-
-    from ..modeling.dataset import RadiographDataset, mean_by_owner
+    from ..modeling.dataset import RadiographDataset
+    from ..modeling.inference import predict_logits
     from ..modeling.loading import load_run
 
     total = np.zeros((len(rows), len(labels)), dtype=np.float64)
     for d in dirs:
         model, bundle = load_run(d)
-        ds = RadiographDataset(rows, labels, bundle.spec)
-        xs, owner = ds.all_view_arrays()
-        outs = []
-        with torch.inference_mode():
-            for start in range(0, len(xs), batch_size):
-                x = torch.from_numpy(np.stack(xs[start : start + batch_size]))
-                outs.append(((model(x) + model(torch.flip(x, dims=[-1]))) / 2).float().numpy())
-        total += mean_by_owner(np.concatenate(outs), owner, len(rows))
+        total += predict_logits(model, RadiographDataset(rows, labels, bundle.spec), batch_size, mirror=True)
     return (total / len(dirs)).astype(np.float32)
 
 
