@@ -162,10 +162,42 @@ def test_kfold_train_and_evaluate(tmp_path):
 
 
 def test_subgroup_bands_with_repeated_values():
-    from osteo_edge.train.evaluate import _band
+    from osteo_edge.train.subgroups import subgroup_names
 
-    ages = ["65", "54", "65", "70", "65", "49", ""]
-    assert _band("Age", ages) == {"65": "60-69", "54": "50-59", "70": "70+", "49": "<50", "": "missing"}
-    assert _band("Gender", ["male", "female", "male"]) == {"male": "male", "female": "female"}
+    ages = ["65", "54", "65", "70", "65", "49", "39", ""]
+    assert subgroup_names("Age", ages) == {"65": "60-69", "54": "50-59", "70": "70+", "49": "40-49", "39": "<40", "": "missing"}
+    assert subgroup_names("Gender", ["male", "female", "male"]) == {"male": "male", "female": "female"}
     bmi = [str(x) for x in np.linspace(18, 35, 30)] * 2
-    assert len(set(_band("BMI:", bmi).values())) == 3  # tertiles of a numeric column
+    assert len(set(subgroup_names("BMI:", bmi).values())) == 3  # tertiles of a numeric column
+
+
+def test_age_bands_have_one_home():
+    """Training's evaluation and the tabular bias analysis name ages with one definition (core.age_bands)."""
+    from osteo_edge.core.age_bands import AGE_EDGES, age_band
+    from osteo_edge.tabular import bias
+    from osteo_edge.train.subgroups import subgroup_names
+
+    ages = ["17", "40", "49.5", "50", "69", "70", "107"]
+    assert list(subgroup_names("age", ages).values()) == [age_band(a) for a in ages] == [bias.age_band(a, AGE_EDGES) for a in ages]
+    assert bias.parse_edges(None) == AGE_EDGES
+
+
+def test_macro_f1_has_one_home_over_the_classes_present():
+    """core.classification.macro_f1 serves the bootstrap headline and the per-source report; it is
+    sklearn's macro-F1 over the classes present in y (a class only predicted does not count)."""
+    import math
+
+    from sklearn.metrics import f1_score
+
+    from osteo_edge.core.classification import classification_metrics, fast_headline, macro_f1
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)  # class 2 never true
+    pred = rng.integers(0, 3, 60)
+    want = f1_score(y, pred, labels=[0, 1], average="macro", zero_division=0)
+    probs = np.full((60, 3), 0.1)
+    probs[np.arange(60), pred] = 0.8
+    assert macro_f1(y, pred) == pytest.approx(want)
+    assert fast_headline(y, probs, LABELS)["macro_f1"] == macro_f1(y, pred)
+    assert classification_metrics(y, probs, LABELS)["macro_f1"] == pytest.approx(want)
+    assert math.isnan(macro_f1(np.array([], dtype=int), np.array([], dtype=int)))

@@ -17,14 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from osteo_edge.train.sources import (
-    WANI,
-    format_report,
-    group_source,
-    per_source_report,
-    source_probe,
-    wilson_interval,
-)
+from osteo_edge.core.stats import wilson_interval
+from osteo_edge.data.sources import WANI, group_source
+from osteo_edge.train.per_source import per_source_report
+from osteo_edge.train.source_markdown import format_report
+from osteo_edge.train.source_probe import source_probe
 
 LABELS = ["Normal", "Osteopenia", "Osteoporosis"]
 FOLDERS = ("2class-kaggle", "multiclass-kaggle", WANI)

@@ -38,7 +38,10 @@ import numpy as np
 from osteo_edge.data.audit import audit_sources
 from osteo_edge.artifact import sha256_file
 from osteo_edge.data.split import SplitOptions, SplitRow, SplitTable, make_split, write_split
-from osteo_edge.train.sources import format_report, group_source, per_source_report, source_probe
+from osteo_edge.data.sources import group_source
+from osteo_edge.train.per_source import per_source_report
+from osteo_edge.train.source_markdown import format_report
+from osteo_edge.train.source_probe import source_probe
 
 KNEE = ("multiclass-kaggle", "wani-mendeley", "2class-kaggle")  # the README's order (the split depends on it)
 CV_SPLIT_SHA256 = "f6fd92a4d915666a7e65484263a380ed6f49ff3691fb4df1c325424d9796796d"  # runs/splits/knee-one (cv5 runs)

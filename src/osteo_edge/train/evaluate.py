@@ -14,7 +14,6 @@ import io
 import logging
 import math
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,12 +29,11 @@ from ..modeling.dataset import RadiographDataset
 from ..modeling.loading import load_run
 from ..modeling.inference import predict_logits, resolve_device
 from .finish import calibrate_on_val, split_provenance
+from .subgroups import label_counts, subgroup_metrics
 
 log = logging.getLogger(__name__)
 
 SUBSETS = ("test", "val")
-SUBGROUP_ALIASES = {"sex": ("gender", "sex"), "age": ("age",), "bmi": ("bmi",)}
-AGE_BANDS = ((0, 50, "<50"), (50, 60, "50-59"), (60, 70, "60-69"), (70, 200, "70+"))
 EVAL_FILES = ("metrics.json", "report.md", "predictions.csv", "confusion.png", "roc.png", "reliability.png")
 
 
@@ -45,94 +43,6 @@ class EvalResult:
     subset: str
     metrics: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
-
-
-# ------------------------------------------------------------------------------------------------
-# metadata / subgroups
-
-
-def _norm_col(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
-
-
-def read_metadata(path: str | os.PathLike, key: str) -> tuple[dict[str, dict[str, str]], list[str]]:
-    """Rows of a metadata CSV keyed by ``key`` (matched to image file stems, case-insensitive)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: no such metadata file")
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        cols = list(reader.fieldnames or [])
-        match = [c for c in cols if _norm_col(c) == _norm_col(key)]
-        if not match:
-            raise ConfigError(f"--key {key!r} is not a column of {path.name}; columns: {', '.join(c.strip() for c in cols)}")
-        table = {}
-        for row in reader:
-            k = (row.get(match[0]) or "").strip().lower()
-            if k:
-                table[k] = row
-    return table, cols
-
-
-def _resolve_column(name: str, cols: Sequence[str]) -> str:
-    want = _norm_col(name)
-    for cand in (want, *SUBGROUP_ALIASES.get(want, ())):
-        for c in cols:
-            if _norm_col(c) == cand:
-                return c
-    for cand in (want, *SUBGROUP_ALIASES.get(want, ())):
-        hits = [c for c in cols if _norm_col(c).startswith(cand)]
-        if len(hits) == 1:
-            return hits[0]
-    raise ConfigError(f"subgroup {name!r} matches no metadata column; columns: {', '.join(c.strip() for c in cols)}")
-
-
-def _band(column: str, values: list[str]) -> dict[str, str]:
-    """Map raw values to subgroup names: age bands, tertiles for other numbers, else the value."""
-    nums = {}
-    for v in values:
-        try:
-            nums[v] = float(v)
-        except (TypeError, ValueError):
-            pass
-    filled = [v for v in values if v.strip()]
-    mostly_numeric = bool(nums) and sum(v in nums for v in filled) >= 0.8 * len(filled)
-    if mostly_numeric and _norm_col(column).startswith("age"):
-        return {v: next((b for lo, hi, b in AGE_BANDS if lo <= nums[v] < hi), "missing") if v in nums else "missing" for v in values}
-    if not (mostly_numeric and len(set(nums.values())) > 6):
-        return {v: (v.strip().lower() or "missing") for v in values}
-    q1, q2 = np.percentile(list(nums.values()), [100 / 3, 200 / 3])
-    name = _norm_col(column)
-
-    def tertile(x: float) -> str:
-        return f"{name} <= {q1:.3g}" if x <= q1 else f"{name} {q1:.3g}-{q2:.3g}" if x <= q2 else f"{name} > {q2:.3g}"
-
-    return {v: tertile(nums[v]) if v in nums else "missing" for v in values}
-
-
-def subgroup_metrics(
-    rows: Sequence[Any], y: np.ndarray, probs: np.ndarray, labels: Sequence[str], metadata: str | os.PathLike,
-    key: str, subgroups: Sequence[str], low_bmd_threshold: float | None, n_boot: int, seed: int,
-) -> dict[str, Any]:
-    table, cols = read_metadata(metadata, key)
-    stems = [Path(r.path).stem.strip().lower() for r in rows]
-    matched = np.array([s in table for s in stems])
-    out: dict[str, Any] = {"metadata": str(metadata), "key": key, "matched": int(matched.sum()), "unmatched": int((~matched).sum()), "by": {}}
-    groups = np.array([r.group for r in rows])
-    for sg in subgroups:
-        col = _resolve_column(sg, cols)
-        raw = [(table[s].get(col) or "") if m else "" for s, m in zip(stems, matched)]
-        mapping = _band(col, [v for v, m in zip(raw, matched) if m])
-        names = np.array([mapping.get(v, "missing") if m else "unmatched" for v, m in zip(raw, matched)])
-        res = {}
-        for name in sorted(set(names.tolist())):
-            if name == "unmatched":
-                continue
-            m = names == name
-            ci = bootstrap_ci(y[m], probs[m], labels, groups[m], low_bmd_threshold, n_boot=n_boot, seed=seed)
-            res[name] = {"n": int(m.sum()), "labels": _label_counts(y[m], labels), **ci}
-        out["by"][sg] = {"column": col.strip(), "groups": res}
-    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -303,7 +213,7 @@ def compute_metrics(
     for src in sorted({r.source for r in rows}):
         m = np.array([r.source == src for r in rows])
         per_source[src] = {
-            "n": int(m.sum()), "labels": _label_counts(y[m], labels),
+            "n": int(m.sum()), "labels": label_counts(y[m], labels),
             **bootstrap_ci(y[m], p_cal[m], labels, groups[m], thr, n_boot=n_boot, seed=seed),
             "confusion": classification_metrics(y[m], p_cal[m], labels, thr)["confusion"],
         }
@@ -321,7 +231,8 @@ def source_report(y: np.ndarray, p_cal: np.ndarray, sel: _EvalRows, labels: Sequ
                   n_boot: int, seed: int) -> dict[str, Any] | None:
     """Per source of each duplicate group (Wani rule) beside the shortcut baselines counted on the
     run's training rows (one per group): the numbers a source-reading model cannot fake."""
-    from .sources import format_report, per_source_report
+    from .per_source import per_source_report
+    from .source_markdown import format_report
 
     if negative is None:
         return None
@@ -383,11 +294,6 @@ def _write_plots(s: EvalScores, out: Path, run_name: str) -> dict[str, Path]:
         "roc.png": roc_png(y, s.p_cal, labels, out / "roc.png", title, p_low, y_low, op),
         "reliability.png": reliability_png(y, s.p_raw, s.p_cal, s.temperature, s.ece_raw, point["ece"], out / "reliability.png", title),
     }
-
-
-def _label_counts(y: np.ndarray, labels: Sequence[str]) -> dict[str, int]:
-    c = Counter(int(i) for i in y)
-    return {lab: c[i] for i, lab in enumerate(labels) if c[i]}
 
 
 def _own_split(prov: Provenance) -> Any:

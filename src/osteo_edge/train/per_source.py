@@ -1,20 +1,17 @@
-"""Evaluation that cannot be fooled by the source: per-source metrics beside the shortcut baselines.
+"""Per-source evaluation that cannot be fooled by the source: per-source metrics beside the shortcut baselines.
 
 Class and source are confounded in the public knee data (every Osteopenia knee comes from
 ``wani-mendeley``; the Kaggle sources hold only Normal and Osteoporosis). A model can therefore
 score well pooled by recognising the scanner, the exposure or the aspect ratio. This module puts
 each model number next to what the source alone achieves on the same rows:
+:func:`per_source_report` gives pooled and per-source accuracy / macro-F1 / confusion, recall of
+every (source, class) cell as ``k of n`` with a 95% interval, within-source AUROCs, two shortcut
+baselines (per-source majority class; source-only class distribution) and a per-source verdict.
 
-- :func:`group_source`: the source of a duplicate group ("wani-mendeley" if any member is from
-  Wani, because the Kaggle folders hold byte-identical copies of Wani images).
-- :func:`per_source_report`: pooled and per-source accuracy / macro-F1 / confusion, recall of every
-  (source, class) cell as ``k of n`` with a 95% interval, within-source AUROCs, two shortcut
-  baselines (per-source majority class; source-only class distribution) and a per-source verdict.
-- :func:`source_probe`: how well feature vectors predict the source (group-aware k-fold logistic
-  regression; lower is better).
-- :func:`format_report`: markdown for a report.md.
-
-numpy only at import time; scikit-learn is imported inside the functions that need it. No torch.
+The source of a row is its duplicate group's source (:func:`osteo_edge.data.sources.group_source`,
+the Wani rule). How well features predict the source: ``source_probe.py``; markdown of either
+result: ``source_markdown.py``. numpy only at import time; scikit-learn inside the functions that
+need it. No torch.
 """
 
 from __future__ import annotations
@@ -22,30 +19,19 @@ from __future__ import annotations
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ..data.sources import WANI, group_source  # noqa: F401  (re-exported: part of this module's API)
-from ..errors import ConfigError
-from ..core.classification import bootstrap_ci
+from ..core.classification import bootstrap_ci, macro_f1
 from ..core.stats import auroc as _auc
 from ..core.stats import wilson_interval
+from ..data.sources import WANI
+from ..errors import ConfigError
 
 NORMAL = "Normal"
 OSTEOPENIA = "Osteopenia"
 OSTEOPOROSIS = "Osteoporosis"
-Z95 = 1.959963984540054
-
-
-# ------------------------------------------------------------------------------------------------
-# the source of a duplicate group
-
-
-def _field(row: Any, name: str) -> Any:
-    if isinstance(row, Mapping):
-        return row[name]
-    return getattr(row, name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,32 +144,16 @@ class SourceReport:
         raise KeyError(f"no cell ({source!r}, {label!r})")
 
     def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
+        return jsonable(asdict(self))
 
 
-@dataclass(frozen=True)
-class ProbeResult:
-    """Out-of-fold source prediction from features. Lower is better (0.5 = the source is not there)."""
-
-    auroc: float  # pooled out-of-fold AUROC (one-vs-rest macro when more than two sources)
-    auroc_per_fold: tuple[float, ...]
-    auroc_fold_mean: float
-    sources: tuple[str, ...]
-    n: int
-    n_groups: int
-    folds: int
-    seed: int
-    method: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
 
 
-def _jsonable(x: Any) -> Any:
+def jsonable(x: Any) -> Any:
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, (np.floating, float)):
         v = float(x)
         return None if math.isnan(v) else v
@@ -212,19 +182,6 @@ def _as_index(values: Sequence[Any], labels: Sequence[str], what: str) -> np.nda
     return out
 
 
-def _macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Macro-F1 over the classes present in ``y`` (a class absent from the subset has no recall)."""
-    if len(y) == 0:
-        return float("nan")
-    f1s = []
-    for c in np.unique(y):
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        prec = tp / (tp + fp) if tp + fp else 0.0
-        rec = tp / (tp + fn) if tp + fn else 0.0
-        f1s.append(2 * prec * rec / (prec + rec) if prec + rec else 0.0)
-    return float(np.mean(f1s))
 
 
 def _proportion_ci(correct: np.ndarray, groups: np.ndarray | None, k_classes: int, n_boot: int, seed: int) -> Interval:
@@ -317,7 +274,7 @@ def per_source_report(
     return SourceReport(
         labels=tuple(r.labels), normal_label=normal_label, n=r.n,
         n_groups=int(len(np.unique(r.grp))) if r.grp is not None else r.n,
-        pooled_accuracy=float(r.correct.mean()), pooled_macro_f1=_macro_f1(r.y, r.pred),
+        pooled_accuracy=float(r.correct.mean()), pooled_macro_f1=macro_f1(r.y, r.pred),
         pooled_low_bmd_auroc=_auc(r.y_low, r.p_low) if r.p_low is not None else float("nan"),
         per_source=tuple(per_source), worst_source=worst.source, worst_source_accuracy=worst.accuracy,
         cells=tuple(_cells(r, n_boot, seed)), within_source_low_bmd_auroc=within_auc,
@@ -410,7 +367,7 @@ def _per_source_metrics(r: _Rows, n_boot: int, seed: int) -> tuple[list[SourceMe
             class_counts={r.labels[c]: int(np.sum(ys == c)) for c in range(r.k) if np.any(ys == c)},
             accuracy=float(r.correct[m].mean()),
             accuracy_ci95=_proportion_ci(r.correct[m], r.groups_in(m), r.k, n_boot, seed),
-            macro_f1=_macro_f1(ys, ps), confusion=tuple(tuple(int(v) for v in row) for row in conf),
+            macro_f1=macro_f1(ys, ps), confusion=tuple(tuple(int(v) for v in row) for row in conf),
             low_bmd_auroc=auc,
         ))
     return per_source, within_auc
@@ -471,166 +428,6 @@ def _shortcut_baselines(r: _Rows, train_y: Sequence[Any] | None, train_sources: 
     so_pred = dist_rows.argmax(axis=1)
     return ShortcutBaselines(
         basis=basis, per_source=tuple(shortcuts), majority_accuracy=float(np.mean(maj_pred == r.y)),
-        source_only_accuracy=float(np.mean(so_pred == r.y)), source_only_macro_f1=_macro_f1(r.y, so_pred),
+        source_only_accuracy=float(np.mean(so_pred == r.y)), source_only_macro_f1=macro_f1(r.y, so_pred),
         source_only_low_bmd_auroc=_auc(r.y_low, 1.0 - dist_rows[:, r.ni]),
     )
-
-
-# ------------------------------------------------------------------------------------------------
-# source probe
-
-
-def _ovr_macro_auc(y: np.ndarray, scores: np.ndarray, classes: Sequence[int]) -> float:
-    if len(classes) == 2:
-        return _auc((y == classes[1]).astype(int), scores[:, 1])
-    aucs = [_auc((y == c).astype(int), scores[:, j]) for j, c in enumerate(classes)]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
-
-
-def source_probe(
-    features: np.ndarray, sources: Sequence[str], groups: Sequence[Any], folds: int = 5, seed: int = 0
-) -> ProbeResult:
-    """How well the features predict the source: group-aware k-fold logistic regression.
-
-    Standardised features, L2 logistic regression, ``StratifiedGroupKFold`` (shuffled with ``seed``)
-    so copies of one radiograph never sit on both sides of a fold. AUROC is computed on the held-out
-    fold (one-vs-rest macro over the sources present in that fold when there are more than two) and
-    on all out-of-fold predictions pooled. 0.5: the features do not carry the source; 1.0: they
-    identify it. Lower is better for a model meant to read bone.
-    """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedGroupKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    X = np.asarray(features, dtype=np.float64)
-    if X.ndim != 2:
-        raise ConfigError(f"features must be a 2-D array (rows x dims), got shape {X.shape}")
-    names = sorted(set(str(s) for s in sources))
-    if len(names) < 2:
-        raise ConfigError(f"source_probe needs at least two sources, got {names}")
-    s = np.asarray([names.index(str(v)) for v in sources])
-    g = np.asarray([str(v) for v in groups])
-    if not (len(s) == len(g) == len(X)):
-        raise ConfigError(f"features, sources and groups must have one length, got {len(X)}, {len(s)}, {len(g)}")
-    n_groups = len(np.unique(g))
-    if folds < 2 or folds > n_groups:
-        raise ConfigError(f"folds must be between 2 and the number of groups ({n_groups}), got {folds}")
-    cv = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    oof = np.zeros((len(s), len(names)))
-    per_fold = []
-    for tr, te in cv.split(X, s, g):
-        classes = np.unique(s[tr])
-        model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        model.fit(X[tr], s[tr])
-        p = model.predict_proba(X[te])
-        full = np.zeros((len(te), len(names)))
-        full[:, classes] = p
-        oof[te] = full
-        present = [c for c in range(len(names)) if np.any(s[te] == c)]
-        if len(present) >= 2:
-            sub = full[:, present]
-            if len(present) == 2:
-                sub = np.column_stack([1 - sub[:, 1] / np.clip(sub.sum(axis=1), 1e-12, None), sub[:, 1] / np.clip(sub.sum(axis=1), 1e-12, None)])
-            per_fold.append(_ovr_macro_auc(s[te], sub, present))
-        else:
-            per_fold.append(float("nan"))
-    pooled = _ovr_macro_auc(s, oof, list(range(len(names))))
-    valid = [a for a in per_fold if not math.isnan(a)]
-    return ProbeResult(
-        auroc=pooled, auroc_per_fold=tuple(per_fold), auroc_fold_mean=float(np.mean(valid)) if valid else float("nan"),
-        sources=tuple(names), n=len(s), n_groups=n_groups, folds=folds, seed=seed,
-        method="StandardScaler + LogisticRegression, StratifiedGroupKFold over duplicate groups"
-        + (", one-vs-rest macro AUROC" if len(names) > 2 else ""),
-    )
-
-
-# ------------------------------------------------------------------------------------------------
-# markdown
-
-
-def _f(x: float, d: int = 3) -> str:
-    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
-
-
-def _ci(iv: Interval) -> str:
-    return f"[{_f(iv.lo)}, {_f(iv.hi)}]"
-
-
-def format_report(result: SourceReport | ProbeResult) -> str:
-    """Markdown tables (for a report.md) of a :class:`SourceReport` or a :class:`ProbeResult`."""
-    if isinstance(result, ProbeResult):
-        folds = ", ".join(_f(a) for a in result.auroc_per_fold)
-        return (
-            "## Source probe (lower is better)\n\n"
-            f"Out-of-fold AUROC of predicting the source ({', '.join(result.sources)}) from the features: "
-            f"**{_f(result.auroc)}** (per fold: {folds}; mean {_f(result.auroc_fold_mean)}). "
-            f"{result.n} rows, {result.n_groups} groups, {result.folds} folds, seed {result.seed}; {result.method}. "
-            "0.5 = the source cannot be read from the features.\n"
-        )
-    r = result
-    b = r.baselines
-    sc = {s.source: s for s in b.per_source}
-    out = [
-        "## Per source, beside the shortcut\n",
-        f"{r.n} rows ({r.n_groups} groups). Intervals: {r.interval_method}. "
-        f"Shortcut majorities counted on the {b.basis}.\n",
-        "| | n | accuracy [95% CI] | macro-F1 | low-BMD AUROC (within) | majority class | majority acc. | shortcut bar | margin (points) | beats shortcut | CI clears bar |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-        f"| **pooled** | {r.n} | {_f(r.pooled_accuracy)} | {_f(r.pooled_macro_f1)} | {_f(r.pooled_low_bmd_auroc)} (pooled) | per source | "
-        f"{_f(b.majority_accuracy)} | | | | |",
-    ]
-    for s in r.per_source:
-        v = r.verdict(s.source)
-        c = sc[s.source]
-        out.append(
-            f"| {s.source} | {s.n} | {_f(s.accuracy)} {_ci(s.accuracy_ci95)} | {_f(s.macro_f1)} | {_f(s.low_bmd_auroc)} | "
-            f"{c.majority_label} | {_f(c.majority_accuracy)} | {_f(v.shortcut_accuracy)} | {v.margin_points:+.1f} | "
-            f"{'yes' if v.beats_shortcut else '**no**'} | {'yes' if v.ci_clears_bar else 'no'} |"
-        )
-    out += [
-        "",
-        f"Worst source: **{r.worst_source}** (accuracy {_f(r.worst_source_accuracy)}). "
-        "The shortcut bar is the higher of the majority accuracy and the best constant answer on these rows, "
-        "so a model that only reads the source cannot beat it. \"CI clears bar\": the lower 95% bound of the model's "
-        "accuracy on the source is above the bar as well (a margin inside the noise does not).\n",
-        "## Recall per (source, class)\n",
-        "| source | class | k of n | recall | 95% CI | groups | interval |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for c in r.cells:
-        out.append(f"| {c.source} | {c.label} | {c.k} of {c.n} | {_f(c.recall)} | {_ci(c.ci95)} | {c.n_groups} | {c.ci95.method} |")
-    out += [
-        "",
-        "## Within-source discrimination\n",
-        "| source | low-BMD AUROC (Normal vs rest, inside the source) |",
-        "|---|---|",
-    ]
-    for s in r.per_source:
-        out.append(f"| {s.source} | {_f(s.low_bmd_auroc)} |")
-    out += [
-        "",
-        f"Within Wani, Osteopenia vs Osteoporosis AUROC (score P(Osteoporosis) / (P(Osteopenia) + P(Osteoporosis))): "
-        f"{_f(r.wani_osteopenia_vs_osteoporosis_auroc)}.\n",
-        "## Shortcut baselines\n",
-        f"Source-only classifier (answers P(class | source), counted on the {b.basis}): accuracy {_f(b.source_only_accuracy)} "
-        f"(equal to the per-source majority by construction), macro-F1 {_f(b.source_only_macro_f1)}, "
-        f"pooled low-BMD AUROC from P(low BMD | source) alone {_f(b.source_only_low_bmd_auroc)}. "
-        f"Compare the model's pooled low-BMD AUROC {_f(r.pooled_low_bmd_auroc)}.\n",
-        "| source | P(class \\| source) | majority | best constant on these rows |",
-        "|---|---|---|---|",
-    ]
-    for c in b.per_source:
-        dist = ", ".join(f"{k} {v:.2f}" for k, v in c.distribution.items() if v > 0)
-        out.append(f"| {c.source} | {dist} | {c.majority_label} ({_f(c.majority_accuracy)}) | {c.best_constant_label} ({_f(c.best_constant_accuracy)}) |")
-    conf = ["", "## Confusion per source (rows true, columns predicted)\n"]
-    for s in r.per_source:
-        conf.append(f"**{s.source}**\n")
-        conf.append("| true \\ pred | " + " | ".join(r.labels) + " |")
-        conf.append("|---|" + "---|" * len(r.labels))
-        for lab, row in zip(r.labels, s.confusion):
-            if sum(row):
-                conf.append(f"| {lab} | " + " | ".join(str(v) for v in row) + " |")
-        conf.append("")
-    return "\n".join(out + conf) + "\n"
