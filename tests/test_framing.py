@@ -84,7 +84,7 @@ def test_real_films_framed_per_source(shared_data):
 
 def test_runtime_answers_a_bilateral_film_from_both_knees(tmp_path):
     """The torch-free runtime runs every view and answers softmax(mean logits / T): the same rule as
-    training's evaluation (engine.predict_logits)."""
+    training's evaluation (modeling.inference.predict_logits)."""
     from osteo_edge.core.stats import softmax
     from osteo_edge.edge_runtime import EdgeClassifier
     from osteo_edge.preprocess import DecodedImage, finalize
