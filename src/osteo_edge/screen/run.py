@@ -113,6 +113,7 @@ class Recorder:
         self.done = 0
         self.first: float | None = None  # when the first answer arrived
         self.t0 = self.last_flush = time.perf_counter()
+        self.progress("screening", 0, total)
 
     def add(self, outcome: dict[str, Any]) -> None:
         res, key, state = self.result, outcome.get("key"), outcome.get("state")
@@ -140,6 +141,7 @@ class Recorder:
         self.done += 1
         if len(self.buffer) >= self.flush_every or time.perf_counter() - self.last_flush > 1.0:
             self.flush()
+        self._report()  # per answer: a bar redraws at its own pace, a log line prints every N seconds
 
     def _refer(self, outcome: dict[str, Any], key: str, label: Any, p: Any, reason: Any) -> None:
         from ..edge_runtime.classifier import SHORT_DISCLAIMER
@@ -162,7 +164,6 @@ class Recorder:
             self.release(o["path"])
         self.buffer.clear()
         self.last_flush = time.perf_counter()
-        self._report()
 
     def _report(self) -> None:
         elapsed = time.perf_counter() - self.t0
