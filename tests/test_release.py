@@ -144,6 +144,27 @@ def test_release_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+def test_release_refuses_what_a_later_step_would_fail_on_before_training(tmp_path: Path) -> None:
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.cli import app
+    from test_export_fixtures import make_split
+
+    split = make_split(tmp_path / "split")  # no folds: a cross-fitted gate cannot be fitted on it
+    key, _ = generate_keypair(tmp_path, "k")
+    args = ["release", "--split", str(split), "--out", str(tmp_path / "o"), "--key", str(key)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 1 and "--crossfit needs a split with folds" in res.output
+    recipe = tmp_path / "r.json"
+    for section, msg in (({"gate": {"crossfit": False, "non_knee": [str(tmp_path / "none")]}}, "no such folder"),
+                         ({"gate": {"crossfit": False}, "parity": {"pool_members": "some"}}, "pool_members"),
+                         ({"gate": {"crossfit": False}, "cv_result": str(tmp_path / "none.json")}, "evaluate --cv")):
+        recipe.write_text(json.dumps(section))
+        res = CliRunner().invoke(app, [*args, "--recipe", str(recipe)])
+        assert res.exit_code == 1 and msg in res.output, res.output
+    assert not (tmp_path / "o").exists()  # nothing trained, nothing written
+
+
 def test_release_plan_names_each_steps_inputs(tmp_path: Path) -> None:
     """Without QAT the exports read the fp32 run; every in-place step reads the step before it, so a rerun
     of one reruns what follows; verify is always checked."""

@@ -157,14 +157,20 @@ def _protocol(where: str, crossfit: bool, min_accept: float) -> str:
             f"set (max Youden J with knee acceptance >= {min_accept} within every source folder); rates on its test rows and the other halves")
 
 
+def check_crossfit_folds(table: Any) -> list[Any]:
+    """The non-test rows of a split, refused in one line unless every one has a fold (at least two folds)."""
+    knees = [r for r in table.rows if r.split != "test"]
+    if len({r.fold for r in knees if r.fold >= 0}) < 2 or any(r.fold < 0 for r in knees):
+        raise ConfigError(f"{table.path}: --crossfit needs a split with folds on every non-test row (osteo-edge data split --folds K)")
+    return knees
+
+
 def _fit(table: Any, calib_ood: dict, test_ood: dict, crossfit: bool, min_accept: float, protocol: str) -> tuple[Gate, int, int]:
     """The gate, and the numbers of fitting and calibration knees."""
     test_rows = table.subset("test")
     test = [r.path for r in test_rows]
     if crossfit:
-        knees = [r for r in table.rows if r.split != "test"]
-        if len({r.fold for r in knees if r.fold >= 0}) < 2 or any(r.fold < 0 for r in knees):
-            raise ConfigError(f"{table.path}: --crossfit needs a split with folds on every non-test row (osteo-edge data split --folds K)")
+        knees = check_crossfit_folds(table)
         gate = calibrate_gate_crossfit(
             [r.path for r in knees], [r.source for r in knees], [r.fold for r in knees], calib_ood, test, test_ood,
             min_accept=min_accept, protocol=protocol, test_in_sources=[r.source for r in test_rows])

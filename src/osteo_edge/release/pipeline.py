@@ -229,6 +229,29 @@ def _verify(paths: ReleasePaths, key: Path, trusted: Sequence[Path]) -> str:
     return f"both bundles verify against {len(trust.keys)} trusted key(s)"
 
 
+def _preflight(split: Path, eval_split: Path, recipe: Recipe) -> None:
+    """What the later steps will need, refused in one line now rather than after hours of training."""
+    from ..data.split import read_split
+    from ..export.pool import POOL_MEMBERS
+    from .gate import check_crossfit_folds
+
+    read_split(split)
+    table = read_split(eval_split)
+    if recipe.gate.get("crossfit", True):
+        check_crossfit_folds(table)
+    for folder in recipe.gate.get("non_knee") or []:
+        if not Path(folder).is_dir():
+            raise ConfigError(f"recipe gate.non_knee {folder}: no such folder")
+    pool = recipe.parity.get("pool")
+    if pool and not Path(pool).exists():
+        raise ConfigError(f"recipe parity.pool {pool}: no such file or folder")
+    members = str(recipe.parity.get("pool_members", "one"))
+    if members not in POOL_MEMBERS:
+        raise ConfigError(f"recipe parity.pool_members {members!r}; valid: {', '.join(POOL_MEMBERS)}")
+    if recipe.cv_result and not Path(recipe.cv_result).is_file():
+        raise ConfigError(f"recipe cv_result {recipe.cv_result}: no such file (write it with osteo-edge evaluate --cv)")
+
+
 def _file_digest(path: str | None) -> str | None:
     return sha256_file(path) if path and Path(path).is_file() else None
 
@@ -289,6 +312,7 @@ def release(
         if not p.is_file():
             raise ConfigError(f"{what} {p}: no such file")
     _key_id(key)  # a wrong key file is refused before hours of training
+    _preflight(split, eval_split, recipe)
     out = Path(out)
     paths = ReleasePaths(out, Path(bundle_dir) if bundle_dir else out / "bundle", Path(reference_dir) if reference_dir else out / "reference")
     if paths.bundle.resolve() == paths.reference.resolve():
