@@ -252,3 +252,18 @@ def test_release_builds_a_signed_path_free_bundle_pair_and_resumes(tmp_path: Pat
     assert [n for n, s in status.items() if s == "skipped"] == ["train", "quantize", "export-reference", "export-int8"]
     b = load_bundle(out / "bundle", trust=trust)
     assert b.seal != seal and [r.step for r in b.revisions].count("gate calibration") == 2
+
+
+def test_a_killed_training_is_resumed_only_with_the_same_config(tmp_path: Path) -> None:
+    from osteo_edge.release.pipeline import _same_config
+    from osteo_edge.train.config import config_yaml_text, resolve_config
+
+    cfg = resolve_config(None, {"arch": "cnn", "epochs": 1, "split": "s.csv"})
+    run = tmp_path / "fp32"
+    assert not _same_config(run, cfg)
+    run.mkdir()
+    (run / "config.yaml").write_text(config_yaml_text(cfg))
+    assert _same_config(run, cfg)
+    assert not _same_config(run, resolve_config(None, {"arch": "cnn", "epochs": 2, "split": "s.csv"}))
+    (run / "config.yaml").write_text("epochs: [broken\n")
+    assert not _same_config(run, cfg)

@@ -92,11 +92,32 @@ def _train(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progress)
     from ..train.engine import train
 
     cfg = resolve_config(None, {**recipe.train, "split": str(split)})
-    _fresh(paths.fp32_run)
+    resume = _same_config(paths.fp32_run, cfg)  # a run killed mid-way with this very config continues from its checkpoint
+    if not resume:
+        _fresh(paths.fp32_run)
     opts = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in recipe.train.items())
-    r = train(cfg, paths.fp32_run, progress=progress,
-              command=f"osteo-edge train --split {_rel(split)} --out {_rel(paths.fp32_run)} {opts}".strip())
+    command = f"osteo-edge train --split {_rel(split)} --out {_rel(paths.fp32_run)} {opts}".strip()
+    try:
+        r = train(cfg, paths.fp32_run, resume=resume, progress=progress, command=command)
+    except ConfigError:
+        if not resume:
+            raise
+        _fresh(paths.fp32_run)  # nothing to resume (killed before its first checkpoint)
+        r = train(cfg, paths.fp32_run, progress=progress, command=command)
     return f"best epoch {r.best_epoch} of {r.epochs_run}; val macro-F1 {r.val_metrics.get('macro_f1', float('nan')):.3f}"
+
+
+def _same_config(run: Path, cfg: Any) -> bool:
+    """Whether ``run`` holds a started training run with exactly the config ``cfg``."""
+    from ..errors import OsteoEdgeError
+    from ..train.config import TrainConfig, read_config_yaml
+
+    if not (run / "config.yaml").is_file():
+        return False
+    try:
+        return TrainConfig.from_dict(read_config_yaml(run / "config.yaml"), source=str(run / "config.yaml")) == cfg
+    except OsteoEdgeError:
+        return False
 
 
 def _quantize(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progress) -> str:
