@@ -3,7 +3,8 @@
 Why C-GET and not C-MOVE: C-GET returns the images on the association this machine opened, so the
 screening laptop needs no inbound port, no firewall opening and no entry (AE title, host, port) in the
 PACS's list of move destinations; C-MOVE would make the PACS open a second association back to us.
-(A PACS may still list the AE titles it answers queries from: ask for ``--ae-title`` to be allowed.)
+(Most PACS, Orthanc by default, answer queries only from AE titles they list: ask for ``--ae-title``
+to be listed; for C-GET its port is never used.)
 
 The query is hierarchical (Study Root): studies in the date range with the modalities, their series
 with the body part and modality, their images; the answers are checked again here (a PACS that
@@ -127,7 +128,8 @@ class PacsSource:
         for status, ident in assoc.send_c_find(ds, FIND):
             code = getattr(status, "Status", None)
             if code is None:
-                raise ConfigError(f"--pacs {self.target}: C-FIND at {level} level got no answer (timeout or aborted)")
+                raise ConfigError(f"--pacs {self.target}: C-FIND at {level} level got no answer (aborted or timed out: "
+                                  f"does the PACS answer queries from AE title {self.calling_ae}?)")
             if code in (0xFF00, 0xFF01) and ident is not None:
                 found.append(ident)
             elif code not in (0x0000, 0xFF00, 0xFF01):
