@@ -125,7 +125,7 @@ class PacsSource:
         for k, v in keys.items():
             setattr(ds, k, v)
         found = []
-        for status, ident in assoc.send_c_find(ds, FIND):
+        for status, ident in _guarded(lambda: assoc.send_c_find(ds, FIND), f"--pacs {self.target}: C-FIND"):
             code = getattr(status, "Status", None)
             if code is None:
                 raise ConfigError(f"--pacs {self.target}: C-FIND at {level} level got no answer (aborted or timed out: "
@@ -218,7 +218,7 @@ class PacsSource:
                 ds = Dataset()
                 ds.QueryRetrieveLevel = "IMAGE"
                 ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID = inst.study_uid, inst.series_uid, inst.sop_uid
-                for status, _ in assoc.send_c_get(ds, GET):
+                for status, _ in _guarded(lambda: assoc.send_c_get(ds, GET), f"--pacs {self.target}: C-GET"):
                     code = getattr(status, "Status", None)
                     if code is not None and code not in (0x0000, 0xFF00, 0xFF01, 0xB000):
                         log.warning("C-GET of an instance of study %s: status 0x%04X", inst.study_uid[-12:], code)
@@ -231,6 +231,14 @@ class PacsSource:
         p = Path(path)
         if p.parent == self.spool:
             p.unlink(missing_ok=True)
+
+
+def _guarded(answers: Callable[[], Iterator[Any]], what: str) -> Iterator[Any]:
+    """A DIMSE exchange's answers; a context the PACS did not accept is a one-line error, not a traceback."""
+    try:
+        yield from answers()
+    except (ValueError, RuntimeError) as exc:
+        raise ConfigError(f"{what} not possible: {exc}") from exc
 
 
 def _date_in(date: str, rng: str) -> bool:
