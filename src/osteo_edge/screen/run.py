@@ -11,7 +11,6 @@ fetching, from the C-FIND answers).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
