@@ -278,3 +278,28 @@ def test_a_film_that_kills_its_worker_is_recorded_rejected_and_the_run_goes_on(t
     dead = by_path[str(crash)]["prediction"]
     assert dead["status"] == "rejected" and "crashed its worker process twice" in dead["message"]
     assert all(by_path[str(f)]["prediction"]["status"] in ("ok", "refer") for f in films)
+
+
+def test_a_version_1_record_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
+    from osteo_edge.dicom.record import SCHEMA_VERSION, ClinicRecord, InputIdentity
+    from osteo_edge.edge_runtime import Prediction
+
+    db = tmp_path / "record.db"
+    bundle = {"bundle": "b", "format": "tflite-int8", "seal": "s" * 64, "model_sha256": "m" * 64}
+    pred = Prediction("x.png", "refer", "Osteopenia", {"Normal": 0.2, "Osteopenia": 0.7, "Osteoporosis": 0.1}, "m", 1.0, 0.8, "low_bmd")
+    with ClinicRecord(db) as rec:
+        rec.append(pred, InputIdentity(sha256="a" * 64), bundle, "predict")
+    raw = sqlite3.connect(db)  # back to what a version-1 osteo-edge wrote: no screening index
+    raw.execute("DROP INDEX one_answer_per_screened_image")
+    raw.execute("PRAGMA user_version = 1")
+    raw.commit()
+    raw.close()
+    with ClinicRecord(db) as rec:
+        assert rec.answered("s" * 64) == {"a" * 64: ("refer", "Osteopenia", 0.8, "low_bmd")}  # a predict row counts as answered
+        who = InputIdentity(sha256="b" * 64)
+        assert rec.append_screened([(pred, who), (pred, who)], bundle) == 1  # the index is back: once per (image, seal)
+        assert rec.append_screened([(pred, who)], {**bundle, "seal": "t" * 64}) == 1  # another model: its own row
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    assert [v for (v,) in raw.execute("SELECT version FROM schema ORDER BY rowid")] == [2, 2]
+    assert raw.execute("SELECT count(*) FROM predictions").fetchone()[0] == 3
