@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError, OsteoEdgeError, require
+from ..errors import ConfigError, OsteoEdgeError, first_line, require
 from .decode import accepted_syntaxes
 from .outbox import Destination, Forwarder, Outbox
 from .spool import Spool, durable_write, fsync_dir, valid_uid
@@ -402,12 +402,12 @@ class Node:
 
     def _failed(self, path: Path, exc: Exception) -> None:
         """One bad instance never stops the node: it is kept in spool/failed, logged and recorded."""
-        log.error("could not answer %s (%s: %s); kept in %s", path.stem, type(exc).__name__, _first_line(exc), self.spool.root / "failed")
+        log.error("could not answer %s (%s: %s); kept in %s", path.stem, type(exc).__name__, first_line(exc), self.spool.root / "failed")
         log.debug("worker error", exc_info=True)
         if path.exists():
             self.spool.fail(path)
         try:
-            self.record.event(path.stem, "answer_failed", f"{type(exc).__name__}: {_first_line(exc)}; kept in spool/failed")
+            self.record.event(path.stem, "answer_failed", f"{type(exc).__name__}: {first_line(exc)}; kept in spool/failed")
         except Exception:  # the record itself failing: the log line above already says it
             log.debug("could not record the failure", exc_info=True)
 
@@ -442,7 +442,7 @@ class Node:
         try:
             result_uid, data = result_sr(pred, header, self.clf.bundle.seal)
         except Exception as exc:  # an image header the SR cannot cite: the answer is still recorded
-            log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, _first_line(exc))
+            log.warning("no result SR for %s (%s: %s)", uid, type(exc).__name__, first_line(exc))
             result_uid = data = None
         who = InputIdentity(sha256=hashlib.sha256(raw).hexdigest(), calling_ae=info.get("calling_ae"), **uids)
         return _Answer(path, uid, pred, who, result_uid, data)
@@ -512,10 +512,6 @@ def _class_name(uid: str) -> str:
     return f"{name} ({uid})" if name != uid else uid
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""
-
 
 def _header(data: bytes) -> Any:
     import pydicom
@@ -536,7 +532,7 @@ def check_dataset(data: bytes, sop_class: str, uid: str) -> tuple[str, str] | No
             ds = pydicom.dcmread(io.BytesIO(data))
             pixels = ds.get("PixelData")
         except Exception as exc:  # pydicom raises many types for damaged data
-            return "cannot_understand", f"unreadable dataset ({type(exc).__name__}: {_first_line(exc)})"
+            return "cannot_understand", f"unreadable dataset ({type(exc).__name__}: {first_line(exc)})"
     worry = [str(w.message) for w in caught if "end of file" in str(w.message).lower() or "truncat" in str(w.message).lower()]
     if worry:
         return "cannot_understand", f"truncated dataset ({worry[0][:120]})"

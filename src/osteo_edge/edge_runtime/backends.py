@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from ..errors import BundleError, ConfigError, DependencyError, install_hint, require
+from ..errors import BundleError, ConfigError, DependencyError, first_line, install_hint, require
 from ..formats import FORMATS, get_format
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ class OnnxRuntimeRunner:
         try:
             self._session = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # ORT raises its own exception types for bad graphs
-            raise BundleError(f"{model_path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {_first_line(exc)})") from exc
+            raise BundleError(f"{model_path}: ONNX Runtime cannot load the model ({type(exc).__name__}: {first_line(exc, 300)})") from exc
         inp = self._session.get_inputs()[0]
         self._input_name = inp.name
         out, emb = pick_outputs(self._session.get_outputs(), lambda o: o.shape)
@@ -244,7 +244,7 @@ class LiteRTRunner:
                 self._interp = litert.Interpreter(model_path=str(model_path), num_threads=threads)
                 self._interp.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError for bad flatbuffers
-            raise BundleError(f"{model_path}: LiteRT cannot load the model ({type(exc).__name__}: {_first_line(exc)})") from exc
+            raise BundleError(f"{model_path}: LiteRT cannot load the model ({type(exc).__name__}: {first_line(exc, 300)})") from exc
         self._in = self._interp.get_input_details()[0]
         self._out, self._emb = pick_outputs(self._interp.get_output_details(), lambda o: o["shape"])
         self.embedding_dim = _per_image(self._emb["shape"]) if self._emb is not None else None
@@ -294,10 +294,6 @@ class LiteRTRunner:
         x = _as_batch(x, self.input_shape, self._path)
         return _both_in_chunks(x, self.input_shape[0], lambda xb: self._invoke(xb, embedding=True))  # type: ignore[arg-type,return-value]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else ""
 
 
 # ------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 from ..artifact import Bundle, load_bundle
 from ..artifact.signing import TrustStore
 from ..core.stats import softmax
-from ..errors import BundleError, InvalidImageError
+from ..errors import BundleError, InvalidImageError, first_line
 from ..formats import get_format
 from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, frames, resize, to_gray
 from .backends import Runner, backend_for, open_backend
@@ -186,7 +186,7 @@ class EdgeClassifier:
             # Last guard for a decoder error the preprocess module does not yet translate: the file
             # is still answered (rejected, with the error's type), never a traceback.
             log.debug("unexpected decoder error for %s", path, exc_info=True)
-            return self._rejected(path, "invalid_image", f"unreadable image ({type(exc).__name__}: {_first_line(exc)})", t0)
+            return self._rejected(path, "invalid_image", f"unreadable image ({type(exc).__name__}: {first_line(exc)})", t0)
         verdict = self.gate.check(decoded)
         if not verdict.ok:
             return self._rejected(path, verdict.code, verdict.reason or "rejected by the input gate", t0, verdict.ood_score)
@@ -262,10 +262,6 @@ def open_bundle(bundle_dir: str | os.PathLike | None = None, trust: TrustStore |
         return bundle
     return load_bundle(Path(bundle_dir), trust=trust if trust is not None else TrustStore.from_env())
 
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0][:200] if lines else ""
 
 
 def _strip_name(msg: str, path: str) -> str:
