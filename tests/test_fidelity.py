@@ -128,6 +128,45 @@ def test_budget_keeps_the_worst_layers_float_until_it_is_met(converted: dict) ->
     assert again["p95_abs_dp"] == pytest.approx(info["achieved"]["p95_abs_dp"], abs=1e-6)
 
 
+def test_per_channel_weight_quantization_rounds_within_half_a_step() -> None:
+    from osteo_edge.export.weight_only import quantize_per_channel
+
+    w = np.random.default_rng(0).normal(size=(8, 3, 3, 5)).astype(np.float32)
+    w[3] *= 40.0  # channels of very different ranges each get their own scale
+    q, scale = quantize_per_channel(w, axis=0)
+    assert q.dtype == np.int8 and scale.shape == (8,) and np.abs(q).max() == 127
+    assert np.allclose(scale, np.abs(w).reshape(8, -1).max(1) / 127)
+    err = np.abs(q * scale[:, None, None, None] - w)
+    assert (err <= scale[:, None, None, None] / 2 + 1e-6).all()
+
+
+@pytest.mark.tflite
+def test_weight_only_int8_keeps_the_float_answers_at_int8_size(converted: dict) -> None:
+    from ai_edge_litert.interpreter import Interpreter
+
+    from osteo_edge.core.stats import softmax
+    from osteo_edge.edge_runtime.backends import open_backend
+    from osteo_edge.export.fidelity import dp_summary
+    from osteo_edge.export.weight_only import MIN_ELEMENTS, weight_only_int8
+
+    out = converted["root"] / "wo.tflite"
+    info = weight_only_int8(converted["fp32"], out)
+    assert info["quantized_weights"] > 20 and out.stat().st_size < converted["fp32"].stat().st_size / 2.5
+    it = Interpreter(model_path=str(out))
+    int8 = [t for t in it.get_tensor_details() if t["dtype"] == np.int8]
+    assert len(int8) == info["quantized_weights"]
+    assert all(len(t["quantization_parameters"]["scales"]) > 1 and np.prod(t["shape"]) >= MIN_ELEMENTS for t in int8)
+    ops = {op["op_name"] for op in it._get_ops_details()}
+    assert "DEQUANTIZE" in ops and not any(o.startswith("Flex") for o in ops)
+    assert it.get_input_details()[0]["dtype"] == np.float32  # float I/O: the runtime feeds it like the fp32 file
+    T = converted["T"]
+    ref = softmax(converted["float_logits"], T)
+    s = dp_summary(ref, softmax(open_backend(out, "tflite-int8", threads=1).run(converted["check"]), T))
+    full = dp_summary(ref, softmax(open_backend(converted["fp32"], "tflite", threads=1).run(converted["check"]), T))
+    assert s["max_abs_dp"] < 0.02 and s["agreement"] == 1.0, s
+    assert full["max_abs_dp"] <= s["max_abs_dp"] + 1e-6  # the rounding of the weights is the only new error
+
+
 @pytest.mark.tflite
 def test_an_unreachable_budget_is_refused_in_one_line(converted: dict) -> None:
     from osteo_edge.errors import ExportError

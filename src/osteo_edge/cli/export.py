@@ -43,6 +43,7 @@ def register(app: typer.Typer) -> None:
         max_p95_dp: Annotated[float, typer.Option("--max-p95-dp", help="tflite-int8 fidelity budget: p95 over the split's val images of the largest |delta p| against the float graph.")] = FidelityBudget.max_p95_dp,
         max_abs_dp: Annotated[float, typer.Option("--max-abs-dp", help="tflite-int8 fidelity budget: largest |delta p| allowed on those images.")] = FidelityBudget.max_abs_dp,
         max_float_ops: Annotated[int, typer.Option("--max-float-ops", help="tflite-int8: at most this many of the worst layers kept float to meet the budget.")] = FidelityBudget.max_float_ops,
+        weights_only: Annotated[bool, typer.Option("--weights-only", help="tflite-int8: int8 weights, float activations: the float model's answers at int8 size, fp32 speed (as fast as full int8 on CPUs without int8 dot product: AVX2, Pi 4).")] = False,
         all_int8: Annotated[bool, typer.Option("--all-int8", help="tflite-int8: every op int8 with int8 input/output, no fidelity budget (for int8-only accelerators).")] = False,
         gray_fold: Annotated[bool, typer.Option(help="tflite-int8: fold a replicated gray input into the stem (one input channel; exact on gray images).")] = True,
         embedding_output: Annotated[bool, typer.Option("--embedding-output", help="fp32 tflite: a second output, the pooled embedding (for 'site calibrate --head').")] = False,
@@ -56,7 +57,10 @@ def register(app: typer.Typer) -> None:
         fmt = resolve_format(format.value, int8)
         if embedding_output and fmt.name not in EMBEDDING_FORMATS:
             raise usage_error(f"--embedding-output is for {', '.join(EMBEDDING_FORMATS)} (fp32), not {fmt.name}")
-        budget = None if all_int8 else FidelityBudget(max_p95_dp=max_p95_dp, max_abs_dp=max_abs_dp, max_float_ops=max_float_ops)
+        if weights_only and (all_int8 or fmt.name != "tflite-int8"):
+            raise usage_error("--weights-only is for tflite-int8 (--format tflite --int8), without --all-int8")
+        budget = None if all_int8 else FidelityBudget(max_p95_dp=max_p95_dp, max_abs_dp=max_abs_dp, max_float_ops=max_float_ops,
+                                                      weights_only=weights_only)
         with TerminalProgress(f"export {fmt.name}", console=progress_console()) as progress, quiet_native(), embedding_output_ctx(embedding_output):
             result = export_model(model, fmt.name, out, split=split, calib_size=calib_size, golden_size=golden,
                                   evaluate=evaluate, threads=threads, command=command_line(), progress=progress,
@@ -84,7 +88,8 @@ def _render(result, fmt_name: str, out: Path) -> None:
     fid = q.get("fidelity")
     if fid:
         a = fid["achieved"]
-        rows += [("float ops (fidelity budget)", f"{fid['float_ops']} of {fid['n_quantized_layers']} layers kept float"),
+        rows += [("float ops (fidelity budget)", f"{fid['float_ops']} of {fid['n_quantized_layers']} layers kept float") if "n_quantized_layers" in fid
+                 else ("weight-only int8", f"{fid['quantized_weights']} weight tensors int8, {fid['float_weights']} small ones float; activations float"),
                  (f"vs float graph ({fid['check_images']} val images)",
                   f"p95 |dp| {a['p95_abs_dp']:.4f} (<= {fid['budget']['max_p95_dp']}), max {a['max_abs_dp']:.4f} "
                   f"(<= {fid['budget']['max_abs_dp']}), agreement {a['agreement']:.3f}")]

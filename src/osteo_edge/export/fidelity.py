@@ -126,6 +126,7 @@ class FidelityBudget:
     max_p95_dp: float = 0.04
     max_abs_dp: float = 0.12
     max_float_ops: int = 24
+    weights_only: bool = False  # int8 weights, float activations (export/weight_only.py): no layer search
 
     def __post_init__(self) -> None:
         if not (0 < self.max_p95_dp <= 1 and 0 < self.max_abs_dp <= 1):
@@ -175,7 +176,7 @@ def representative_dataset(calib_nhwc: np.ndarray) -> Callable[[], Iterator[list
     return representative
 
 
-def _run_tflite(model_bytes: bytes, x: np.ndarray, workdir: Path, name: str) -> np.ndarray:
+def run_tflite(model_bytes: bytes, x: np.ndarray, workdir: Path, name: str) -> np.ndarray:
     from ..edge_runtime.backends import open_backend
 
     path = workdir / name
@@ -228,7 +229,7 @@ def budgeted_int8(
         except Exception as exc:  # a denylist the converter cannot honour: say so, try the next
             log.info("int8 with %d float op(s) not converted: %s", k, " ".join(str(exc).split())[:200])
             continue
-        s = dp_summary(ref, softmax(_run_tflite(model, check_nhwc, workdir, f"int8-{k}.tflite"), temperature))
+        s = dp_summary(ref, softmax(run_tflite(model, check_nhwc, workdir, f"int8-{k}.tflite"), temperature))
         trials.append({"float_ops": k, **{key: s[key] for key in ("agreement", "mean_abs_dp", "p95_abs_dp", "max_abs_dp")}})
         log.info("int8 with %d float op(s): p95 |dp| %.4f, max %.4f, agreement %.4f", k, s["p95_abs_dp"], s["max_abs_dp"], s["agreement"])
         if budget.met(s):

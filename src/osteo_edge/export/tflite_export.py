@@ -131,6 +131,8 @@ def export_tflite_int8(ctx: ExportContext) -> None:
 
     if requested():
         raise ExportError("--embedding-output is for the fp32 tflite export (the int8 routes' fidelity checks know one output)")
+    if ctx.budget is not None and ctx.budget.weights_only:
+        return _weight_only(ctx)
     tf_dir, _ = saved_model_from_onnx(ctx)
     calib = ctx.calibration().as_layout(ctx.spec)  # NHWC, already normalised by the spec
     common = {"weights": "int8 symmetric per-channel", "activations": "int8 asymmetric per-tensor",
@@ -154,4 +156,32 @@ def export_tflite_int8(ctx: ExportContext) -> None:
         "io": "float32 input and output", "fidelity": {**info, "check_source": check.source,
                                                       "reference": "the float graph (torch) on the check images"},
         "float_ops": info["float_ops"],
+    }
+
+
+def _weight_only(ctx: ExportContext) -> None:
+    """int8 weights, float activations (:mod:`.weight_only`), checked against the fidelity budget."""
+    from ..core.stats import softmax
+    from .context import torch_logits
+    from .fidelity import dp_summary, run_tflite
+    from .weight_only import weight_only_int8
+
+    _, flt = saved_model_from_onnx(ctx)
+    info = weight_only_int8(flt, ctx.out_file)
+    check = ctx.check_inputs()
+    t = ctx.parent.temperature
+    ref = softmax(torch_logits(ctx.model, check.as_layout(ctx.torch_spec)), t)
+    s = dp_summary(ref, softmax(run_tflite(ctx.out_file.read_bytes(), check.as_layout(ctx.spec), ctx.workdir, "wo.tflite"), t))
+    achieved = {k: s[k] for k in ("agreement", "mean_abs_dp", "p95_abs_dp", "max_abs_dp")}
+    if not ctx.budget.met(s):
+        raise ExportError(f"weight-only int8 is outside the fidelity budget (p95 |dp| {s['p95_abs_dp']:.4f} <= "
+                          f"{ctx.budget.max_p95_dp}, max {s['max_abs_dp']:.4f} <= {ctx.budget.max_abs_dp})")
+    ctx.info["quantization"] = {
+        "quantizer": "weight-only int8: the fp32 TFLite file's weights rewritten to int8 + DEQUANTIZE (builtins only)",
+        "scheme": "weight-only", "weights": f"int8 symmetric per-channel (tensors of {info['min_elements']}+ values)",
+        "activations": "float32 (XNNPACK unpacks the int8 weights to float at load)", "io": "float32 input and output",
+        "fidelity": {"budget": ctx.budget.to_dict(), "check_images": int(len(check.x)), "check_source": check.source,
+                     "reference": "the float graph (torch) on the check images", "achieved": achieved,
+                     "float_ops": "all (activations float)", **info},
+        "float_ops": "all",
     }
