@@ -202,11 +202,14 @@ def test_pacs_query_c_find_then_c_get_against_orthanc(tmp_path):
             pacs.post("/instances", f.read_bytes())
         argv = ["screen", "--pacs", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--since", "2024-01-01", "--until", "2024-12-31",
                 "--record", str(db), "--spool", str(spool), "--batch", "1"]
+        spool.mkdir()
+        (spool / "1.2.3.4.dcm").write_bytes(b"left by a killed run")  # named as the spool names files: removed
+        (spool / "notes.txt").write_text("not the spool's: kept")
         res = runner.invoke(app, argv)
         assert res.exit_code == 0, res.output
         rows = _rows(db)
         assert {r["sop_instance_uid"] for r in rows} == {uid for _, uid, sel in films if sel}  # date and body part filters
-        assert list(spool.iterdir()) == []  # the spool is emptied as answers are recorded
+        assert [f.name for f in spool.iterdir()] == ["notes.txt"]  # the spool is emptied as answers are recorded
         # the answer for a fetched film is the answer for the file itself
         pred = runner.invoke(app, ["predict", *(str(f) for f, _, sel in films if sel), "--json"])
         direct = {uid: json.loads(line) for (f, uid, sel), line in zip([x for x in films if x[2]], pred.stdout.splitlines())}

@@ -44,7 +44,7 @@ def screen(
     modality: Annotated[Optional[List[str]], typer.Option("--modality", help="PACS: modalities (repeatable). [default: CR, DX]")] = None,
     body_part: Annotated[str, typer.Option("--body-part", help="PACS: Body Part Examined of the series ('any': no filter).")] = "KNEE",
     ae_title: Annotated[str, typer.Option("--ae-title", help="PACS: our calling AE title.")] = "OSTEOEDGE-SCREEN",
-    spool: Annotated[Optional[Path], typer.Option("--spool", help="PACS: folder for fetched images, emptied as answers are recorded. [default: screen-spool beside the record]")] = None,
+    spool: Annotated[Optional[Path], typer.Option("--spool", help="PACS: a folder of its own for fetched images, emptied as answers are recorded. [default: screen-spool beside the record]")] = None,
     batch: Annotated[int, typer.Option("--batch", help="PACS: images fetched per C-GET association (the spool holds at most this plus the images in flight).")] = 32,
     worklist: Annotated[Optional[Path], typer.Option("--worklist", help="Referral worklist CSV. [default: RECORD-referrals.csv beside the record]")] = None,
     ray_address: Annotated[Optional[str], typer.Option("--ray-address", help="ray: the cluster to join (auto, ray://HOST:10001); default RAY_ADDRESS, else a local Ray instance.")] = None,

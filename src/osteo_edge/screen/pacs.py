@@ -182,6 +182,7 @@ class PacsSource:
         """C-GET ``instances`` in batches into the spool and yield each fetched file as an item.
         ``before_batch`` (the driver's flush) runs before each batch, so answered files are gone first."""
         self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._clear_leftovers()
         for batch in chunks(instances, self.batch):
             before_batch()
             got = self._get(batch)
@@ -225,6 +226,21 @@ class PacsSource:
         finally:
             assoc.release()
         return got
+
+    def _clear_leftovers(self) -> None:
+        """Files a killed run fetched (named by their SOP Instance UID): answered ones are done, the others
+        are fetched again. Only files named as this module names them are touched."""
+        from ..dicom.spool import valid_uid
+
+        for f in self.spool.iterdir():
+            if f.name.startswith(".") and f.name.endswith(".tmp"):
+                uid = f.name[1:-4]
+            elif f.name.endswith(".dcm"):
+                uid = f.name[:-4]
+            else:
+                continue
+            if f.is_file() and valid_uid(uid):
+                f.unlink(missing_ok=True)
 
     def release(self, path: str) -> None:
         """Remove a spooled file once its answer is recorded (or it was skipped)."""
