@@ -1,6 +1,7 @@
 """Model bundles: sealed, optionally signed directories that leave nothing to guess.
 
-``atomic`` (atomic writes, hashing), ``manifest`` (the manifest, its seal, reading and verifying),
+``atomic`` (atomic writes, hashing), ``manifest`` (the manifest, its seal, reading and verifying), ``sealing``
+(building, sealing, re-sealing and signing),
 ``records`` (typed records of the manifest's fields) and ``signing`` (Ed25519 signatures and trust).
 """
 
@@ -11,11 +12,10 @@ from .atomic import (
     write_dir_atomically,
 )
 from .manifest import (
-    BUNDLE_KIND, DISCLAIMER, MANIFEST, MANIFEST_VERSION, Bundle, build_machine_paths, build_manifest, canonical_json, check_seal,
-    hash_files, list_files, load_bundle, read_manifest, reseal, seal, seal_digest, sign_bundle,
-    verify_files,
-    write_bundle_dir,
+    BUNDLE_KIND, DISCLAIMER, MANIFEST, MANIFEST_VERSION, Bundle, canonical_json, check_seal, hash_files, list_files, load_bundle,
+    read_manifest, seal_digest, verify_files,
 )
+from .sealing import build_machine_paths, build_manifest, reseal, seal, sign_bundle, write_bundle_dir
 from .records import (
     NORMAL_LABEL, ArchRef, Calibration, Metrics, ParentRef, Provenance, Revision, SignatureRecord, SplitMetrics,
     VsParent, split_reference,
