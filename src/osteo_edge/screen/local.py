@@ -10,7 +10,6 @@ the one that kills a worker again is answered rejected, so the run goes on.
 from __future__ import annotations
 
 import logging
-from collections import deque
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, Callable, Iterable, Iterator
@@ -26,6 +25,7 @@ Outcome = dict[str, Any]
 
 class ScreenError(OsteoEdgeError):
     """A screening run that cannot go on (its workers do not start)."""
+
 
 _SCREENER: Screener | None = None
 
@@ -69,9 +69,8 @@ def run_local(items: Iterable[ScreenItem], config: WorkerConfig, workers: int, o
         return
     window = window or 4 * workers
     source = iter(items)
-    retry: deque[ScreenItem] = deque()
     while True:
-        suspects = _drain(_pool(config, workers), source, retry, window, on_outcome)
+        suspects = _drain(_pool(config, workers), source, window, on_outcome)
         if suspects is None:
             return
         log.warning("a worker process died (a native decoder crash?); retrying its %d image(s) one by one", len(suspects))
@@ -79,13 +78,7 @@ def run_local(items: Iterable[ScreenItem], config: WorkerConfig, workers: int, o
             _isolate(config, item, on_outcome)
 
 
-def _feed(source: Iterator[ScreenItem], retry: deque[ScreenItem]) -> ScreenItem | None:
-    if retry:
-        return retry.popleft()
-    return next(source, None)
-
-
-def _drain(pool: ProcessPoolExecutor, source: Iterator[ScreenItem], retry: deque[ScreenItem], window: int,
+def _drain(pool: ProcessPoolExecutor, source: Iterator[ScreenItem], window: int,
            on_outcome: Callable[[Outcome], None]) -> list[ScreenItem] | None:
     """Run the pool until the source is empty (None) or the pool breaks (the items then in flight)."""
     flight: dict[Future, ScreenItem] = {}
@@ -93,7 +86,7 @@ def _drain(pool: ProcessPoolExecutor, source: Iterator[ScreenItem], retry: deque
     try:
         while True:
             while not done_source and len(flight) < window:
-                item = _feed(source, retry)
+                item = next(source, None)
                 if item is None:
                     done_source = True
                     break
