@@ -144,13 +144,13 @@ class Screener:
 
 def crashed(item: ScreenItem, why: str) -> dict[str, Any]:
     """The outcome of an image whose decoding killed its worker process twice: rejected, with why."""
+    from ..edge_runtime import Prediction
     from ..edge_runtime.classifier import SHORT_DISCLAIMER
 
     who, meta = identify(item)
     key = item.key or who.get("sop_instance_uid") or who.get("sha256")
-    pred = {"path": item.path, "status": "rejected", "label": None, "probabilities": {}, "latency_ms": None,
-            "low_bmd_probability": None, "reason": "invalid_image", "ood_score": None,
-            "message": f"rejected: unreadable image ({why}). {SHORT_DISCLAIMER}"}
+    pred = Prediction(path=item.path, status="rejected", label=None, probabilities={}, reason="invalid_image",
+                      message=f"rejected: unreadable image ({why}). {SHORT_DISCLAIMER}").to_dict()
     return {"path": item.path, "key": key, "identity": who, "meta": meta, "prediction": pred,
             "state": "answered" if key else "missing", "seconds": 0.0, "identify_seconds": 0.0, "cpu_seconds": 0.0}
 
