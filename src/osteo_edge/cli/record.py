@@ -86,7 +86,7 @@ def status(
     import dataclasses
     import json
 
-    from ..dicom.node import node_status
+    from ..dicom.nodelock import node_status
 
     st = node_status(record, spool)
     problem = st.failed > 0 or (st.oldest_waiting_s or 0) > 600

@@ -15,62 +15,27 @@ AE titles, never a patient's name. One node per record: a lock file beside it.
 from __future__ import annotations
 
 import hashlib
-import io
 import ipaddress
-import json
-import os
 import logging
 import queue
 import threading
 import time
-import warnings
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, OsteoEdgeError, first_line, require
+from .admission import (  # noqa: F401 (RADIOGRAPH_SOP_CLASSES, STATUS: the node's table, handed on)
+    NON_IMAGE_CLASSES, RADIOGRAPH_SOP_CLASSES, STATUS, check_dataset, class_name, non_image, problem_free_study, read_header,
+)
 from .decode import accepted_syntaxes
+from .nodelock import NodeLock
 from .outbox import Destination, Forwarder, Outbox
 from .spool import Spool, durable_write, fsync_dir, valid_uid
 
 log = logging.getLogger(__name__)
 
-RADIOGRAPH_SOP_CLASSES = {
-    "1.2.840.10008.5.1.4.1.1.1": "CR Image Storage",
-    "1.2.840.10008.5.1.4.1.1.1.1": "DX Image Storage - For Presentation",
-    "1.2.840.10008.5.1.4.1.1.1.1.1": "DX Image Storage - For Processing",
-    "1.2.840.10008.5.1.4.1.1.7": "Secondary Capture Image Storage",
-}
-# Objects a study sent from a PACS carries beside its images (our own result SR among them): accepted
-# and ignored, so that a study-level send succeeds. SR (every SR class, Key Object Selection
-# included) and presentation states, by UID prefix.
-NON_IMAGE_PREFIXES = {
-    "1.2.840.10008.5.1.4.1.1.88.": "Structured Report / Key Object Selection",
-    "1.2.840.10008.5.1.4.1.1.11.": "Presentation State",
-}
-NON_IMAGE_CLASSES = (
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22", "1.2.840.10008.5.1.4.1.1.88.33",
-    "1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",
-    "1.2.840.10008.5.1.4.1.1.11.1", "1.2.840.10008.5.1.4.1.1.11.2", "1.2.840.10008.5.1.4.1.1.11.3",
-    "1.2.840.10008.5.1.4.1.1.11.4",
-)
-
-
-def non_image(sop_class: str) -> str | None:
-    """What a non-image object is (accepted and ignored), or None for anything else."""
-    return next((name for prefix, name in NON_IMAGE_PREFIXES.items() if sop_class.startswith(prefix)), None)
-
-
-# C-STORE statuses (PS3.4 B.2.3, PS3.7 C): one name per refusal the node gives.
-STATUS = {
-    "success": 0x0000,
-    "sop_class_not_supported": 0x0122,
-    "out_of_resources": 0xA700,
-    "dataset_does_not_match": 0xA900,
-    "cannot_understand": 0xC000,
-    "processing_failure": 0x0110,
-}
 DEFAULT_PORT = 11112
 DEFAULT_AE_TITLE = "OSTEOEDGE"
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024  # preprocess.MAX_FILE_BYTES: the decoder refuses more anyway
@@ -341,7 +306,7 @@ class Node:
             log.info("ignored %s (%s) from %s: not an image", uid, kind, who)
             return STATUS["success"]
         if sop_class not in RADIOGRAPH_SOP_CLASSES:
-            return _refuse("sop_class_not_supported", f"C-STORE {uid} from {who}: SOP class {_class_name(sop_class)} is not a radiograph (CR, DX, SC)")
+            return _refuse("sop_class_not_supported", f"C-STORE {uid} from {who}: SOP class {class_name(sop_class)} is not a radiograph (CR, DX, SC)")
         size = req.DataSet.getbuffer().nbytes
         if size > self.config.max_bytes:
             return _refuse("out_of_resources", f"C-STORE {uid} from {who}: dataset of {size} bytes is over the "
@@ -433,7 +398,7 @@ class Node:
         except FileNotFoundError:  # a duplicate already answered and removed
             return None
         info = self.spool.info(path)
-        header = _header(raw)
+        header = read_header(raw)
         uids = header_uids(header)
         uid = uids.get("sop_instance_uid") or path.stem
         pred = self.clf.predict(raw, name=uid)
@@ -505,198 +470,3 @@ def _peer(event: Any) -> str:
     return f"{r.ae_title.strip()}@{r.address}"
 
 
-def _class_name(uid: str) -> str:
-    from pydicom.uid import UID
-
-    name = UID(uid).name
-    return f"{name} ({uid})" if name != uid else uid
-
-
-
-def _header(data: bytes) -> Any:
-    import pydicom
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
-
-
-def check_dataset(data: bytes, sop_class: str, uid: str) -> tuple[str, str] | None:
-    """(status name, reason) when a received dataset is unreadable, truncated or not what the
-    command said it is; None when it is a whole radiograph instance."""
-    import pydicom
-
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data))
-            pixels = ds.get("PixelData")
-        except Exception as exc:  # pydicom raises many types for damaged data
-            return "cannot_understand", f"unreadable dataset ({type(exc).__name__}: {first_line(exc)})"
-    worry = [str(w.message) for w in caught if "end of file" in str(w.message).lower() or "truncat" in str(w.message).lower()]
-    if worry:
-        return "cannot_understand", f"truncated dataset ({worry[0][:120]})"
-    if pixels is None or "Rows" not in ds or "Columns" not in ds:
-        return "cannot_understand", "no pixel data (or no Rows/Columns)"
-    if str(ds.get("SOPInstanceUID", "")) != uid or str(ds.get("SOPClassUID", "")) != sop_class:
-        return "dataset_does_not_match", "SOP Class/Instance UID in the dataset differ from the C-STORE request"
-    if not ds.file_meta.TransferSyntaxUID.is_encapsulated:
-        need = int(ds.Rows) * int(ds.Columns) * int(ds.get("SamplesPerPixel", 1)) * int(ds.get("BitsAllocated", 8)) // 8
-        if len(pixels) < need:
-            return "cannot_understand", f"truncated pixel data ({len(pixels)} of {need} bytes)"
-    return None
-
-
-def problem_free_study(data: bytes) -> str | None:
-    """The Study Instance UID of a received dataset, for the log line (header only, quietly)."""
-    import pydicom
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            uid = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=["StudyInstanceUID"]).get("StudyInstanceUID")
-    except Exception:  # already checked by check_dataset; a log line never fails a C-STORE
-        return None
-    return str(uid) if uid else None
-
-
-class NodeLock:
-    """One ``serve`` per record and per spool: an exclusive ``flock`` on ``RECORD.lock`` (holding JSON
-    about the node for ``record status``) and on ``SPOOL/.lock``, released by the OS when the process
-    ends, however it ends."""
-
-    def __init__(self, path: Path, fd: int, info: dict[str, Any]) -> None:
-        self.path, self._fd, self.info = path, fd, info
-        self._spool_fd = -1
-
-    @staticmethod
-    def path_for(record: Path) -> Path:
-        return record.with_name(record.name + ".lock")
-
-    @classmethod
-    def acquire(cls, cfg: NodeConfig) -> "NodeLock":
-        import fcntl
-
-        path = cls.path_for(cfg.record)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            other = read_lock(path)
-            who = f"pid {other.get('pid')}, {other.get('ae_title')} on port {other.get('port')}" if other else "another process"
-            raise ConfigError(f"{cfg.record}: another osteo-edge serve is running on this record ({who}); "
-                              "stop it first or give another --record") from None
-        info = {"pid": os.getpid(), "ae_title": cfg.ae_title, "bind": cfg.bind, "port": cfg.port, "spool": str(cfg.spool),
-                "forward": str(cfg.forward) if cfg.forward else None, "started_at": time.time()}
-        lock = cls(path, fd, info)
-        lock._write()
-        spool_lock = cfg.spool / ".lock"
-        cfg.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
-        lock._spool_fd = os.open(spool_lock, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(lock._spool_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            lock.release()
-            raise ConfigError(f"{cfg.spool}: another osteo-edge serve uses this spool (with another record); "
-                              "stop it first or give another --spool") from None
-        return lock
-
-    def update(self, **kw: Any) -> None:
-        self.info.update(kw)
-        self._write()
-
-    def _write(self) -> None:
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, json.dumps(self.info).encode(), 0)
-
-    def release(self) -> None:
-        import fcntl
-
-        for name in ("_spool_fd", "_fd"):
-            fd = getattr(self, name)
-            if fd >= 0:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-                os.close(fd)
-                setattr(self, name, -1)
-
-
-def read_lock(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text() or "{}")
-    except (OSError, ValueError):
-        return {}
-
-
-def node_running(record: Path) -> dict[str, Any] | None:
-    """The running node's lock information (pid, port, start time) when a ``serve`` holds ``record``."""
-    import fcntl
-
-    path = NodeLock.path_for(record)
-    if not path.exists():
-        return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError:
-        return read_lock(path) or {"pid": None}
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return None
-    finally:
-        os.close(fd)
-
-
-@dataclass(frozen=True)
-class NodeStatus:
-    """What ``osteo-edge record status`` shows: is a node running, what waits, what went wrong last."""
-
-    record: Path
-    running: bool
-    pid: int | None
-    listening: str | None
-    forward: str | None
-    uptime_s: float | None
-    answered: int
-    delivered: int
-    backlog: int  # images received, not yet answered (spool/incoming)
-    outbox: int  # results not yet delivered (spool/unsent)
-    failed: int  # images the worker could not answer (spool/failed)
-    oldest_waiting_s: float | None  # age of the oldest result in the outbox
-    last_error: dict[str, Any] | None  # the last forward_failed / answer_failed event
-
-
-def node_status(record: Path, spool: Path | None = None) -> NodeStatus:
-    """Read the record (read-only), the spool folders and the lock of ``serve --record record``."""
-    from .record import ClinicRecord
-
-    lock = node_running(record)
-    if spool is None:
-        spool = Path(lock["spool"]) if lock and lock.get("spool") else record.with_name(record.name + ".spool")
-
-    def count(sub: str) -> tuple[int, float | None]:
-        files = [p for p in (spool / sub).glob("*.dcm") if not p.name.startswith(".")] if (spool / sub).is_dir() else []
-        ages = []
-        for p in files:
-            try:
-                ages.append(time.time() - p.stat().st_mtime)
-            except FileNotFoundError:
-                pass
-        return len(files), (max(ages) if ages else None)
-
-    backlog, _ = count("incoming")
-    outbox, oldest = count("unsent")
-    failed, _ = count("failed")
-    with ClinicRecord(record, create=False) as rec:
-        answered = rec.count_instances()
-        delivered = len(rec.deliveries())
-        errors = [e for e in rec.events() if e["event"] in ("forward_failed", "answer_failed")]
-    started = lock.get("started_at") if lock else None
-    return NodeStatus(
-        record=record, running=lock is not None, pid=lock.get("pid") if lock else None,
-        listening=f"{lock.get('ae_title')}@{lock.get('bind')}:{lock.get('port')}" if lock else None,
-        forward=lock.get("forward") if lock else None, uptime_s=time.time() - started if started else None,
-        answered=answered, delivered=delivered, backlog=backlog, outbox=outbox, failed=failed, oldest_waiting_s=oldest,
-        last_error=errors[-1] if errors else None,
-    )
