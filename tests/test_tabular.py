@@ -280,6 +280,28 @@ class _Untrusted:
     pass
 
 
+def test_an_edited_run_manifest_is_refused_like_a_bundle(wani_run, tmp_path):
+    """tabular.json is sealed like a model bundle's manifest: an edited metric or label list is
+    refused although every file still matches its checksum."""
+    import json
+    import shutil
+
+    from osteo_edge.tabular.store import load_run
+
+    assert load_run(wani_run).manifest["seal"]["digest"]
+    copy = tmp_path / "run"
+    shutil.copytree(wani_run, copy)
+    m = json.loads((copy / "tabular.json").read_text())
+    m["selected"] = [name for name in m["models"] if name != m["selected"]][0]  # another model claimed as the chosen one
+    (copy / "tabular.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="edited after the run was written"):
+        load_run(copy)
+    del m["seal"]
+    (copy / "tabular.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="no valid seal"):
+        load_run(copy)
+
+
 # ------------------------------------------------------------------------------------------------
 # fusion and bias (synthetic image predictions in the evaluate contract)
 

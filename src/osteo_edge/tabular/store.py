@@ -3,7 +3,8 @@
 Layout of a run (``TRUN``)::
 
     tabular.json            manifest: schema, labels, models, metrics + CIs, protocol, leakage
-                            report, data checksum, command, versions, sha256 of every file
+                            report, data checksum, command, versions, sha256 of every file;
+                            sealed like a model bundle's manifest (an edit to it is refused)
     models/<name>.skops     one fitted pipeline per model (skops format, not pickle)
     oof_predictions.csv     out-of-fold probabilities (row_index (0-based data row), id, fold, model, label, pred, p_<label>)
     metrics.csv, importance.csv, leakage.csv, roc.png, importance.png, report.md
@@ -27,7 +28,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, hash_files, verify_files, write_dir_atomically
+from ..artifact import DISCLAIMER, atomic_write_json, atomic_write_text, hash_files, seal_digest, verify_files, write_dir_atomically
+from ..artifact.manifest import SEAL_ALGORITHM, plain_manifest
 from ..core.csvsafe import safe_frame
 from ..errors import BundleError, ConfigError, require
 from .table import TableSchema
@@ -39,7 +41,8 @@ log = logging.getLogger(__name__)
 
 RUN_MANIFEST = "tabular.json"
 RUN_KIND = "osteo-edge-tabular-run"
-RUN_VERSION = 1
+RUN_VERSION = 2  # 2: sealed like a model bundle (version 1 runs still load, with a warning)
+READABLE_RUN_VERSIONS = (1, 2)
 SHORT_NOTE = "screening-aid risk estimate, not a diagnosis; refer for DEXA when at risk"
 
 # Types a saved pipeline may contain beyond skops' defaults. Anything else is refused on load.
@@ -113,9 +116,25 @@ def write_run(dest: Path, build: Callable[[Path], dict[str, Any]]) -> Path:
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "files": hash_files(tmp, RUN_MANIFEST),
         }
+        manifest = plain_manifest(manifest)
+        manifest["seal"] = {"algorithm": SEAL_ALGORITHM, "digest": seal_digest(manifest)}
         atomic_write_json(tmp / RUN_MANIFEST, manifest)
 
     return write_dir_atomically(dest, _build, load_run)
+
+
+def _check_seal(root: Path, manifest: dict[str, Any]) -> None:
+    """The seal covers every field of tabular.json (schema, labels, models, metrics, files' sha256):
+    an edited label list or metric is refused like a changed model file, as for a model bundle."""
+    if manifest["manifest_version"] == 1:
+        log.warning("%s: version-1 tabular run: its manifest is not sealed, so edits to it cannot be detected; "
+                    "train it again to seal it", root)
+        return
+    s = manifest.get("seal")
+    if not isinstance(s, dict) or s.get("algorithm") != SEAL_ALGORITHM or not isinstance(s.get("digest"), str):
+        raise BundleError(f"{root}: {RUN_MANIFEST} has no valid seal; the run is incomplete or was tampered with")
+    if seal_digest(manifest) != s["digest"]:
+        raise BundleError(f"{root}: {RUN_MANIFEST} was edited after the run was written (seal mismatch); train it again")
 
 
 @dataclass
@@ -163,13 +182,15 @@ def load_run(path: str | os.PathLike, verify: bool = True) -> TabularRun:
             raise BundleError(f"{path}: incomplete {RUN_MANIFEST}, missing {key!r}")
     if manifest["kind"] != RUN_KIND:
         raise BundleError(f"{path}: kind {manifest['kind']!r} is not {RUN_KIND!r} (is this an image model bundle?)")
-    if manifest["manifest_version"] != RUN_VERSION:
-        raise BundleError(f"{path}: tabular run version {manifest['manifest_version']!r} is not supported (expected {RUN_VERSION})")
+    if manifest["manifest_version"] not in READABLE_RUN_VERSIONS:
+        raise BundleError(f"{path}: tabular run version {manifest['manifest_version']!r} is not supported "
+                          f"(this osteo-edge reads {', '.join(map(str, READABLE_RUN_VERSIONS))})")
     try:
         TableSchema.from_dict(manifest["schema"])
     except Exception as exc:
         raise BundleError(f"{path}: invalid schema in {RUN_MANIFEST} ({exc})") from exc
     if verify:
+        _check_seal(path, manifest)
         _verify(path, manifest["files"])
     return TabularRun(path, manifest)
 
