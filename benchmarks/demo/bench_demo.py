@@ -144,7 +144,7 @@ def build_stand_in(root: Path) -> Path:
     return root
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", type=Path, default=None, help="bundle directory (default: the shipped bundle)")
     ap.add_argument("--runs", type=int, default=3, help="cold starts")
@@ -154,48 +154,38 @@ def main() -> None:
     ap.add_argument("--stand-in", action="store_true",
                     help="when no --model is given and the package ships no bundle: time a random-weight EfficientNet-Lite0 "
                          "ONNX bundle (224 px) built here with torch (the architecture the project ships; timings only)")
-    args = ap.parse_args()
+    return ap.parse_args()
 
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
-    from osteo_edge.artifact import load_bundle
-    from osteo_edge.edge_runtime import EdgeClassifier, default_bundle_path
+
+def resolve_model(args: argparse.Namespace) -> tuple[Path, bool]:
+    """The bundle to time and whether it is a random-weight stand-in built here."""
+    from osteo_edge.edge_runtime import default_bundle_path
 
     model = (args.model or default_bundle_path()).resolve()
-    stand_in = False
     if args.model is None and not (model / "manifest.json").is_file():
         if not args.stand_in:
             raise SystemExit(f"{model}: no shipped bundle; pass --model BUNDLE or --stand-in")
-        model, stand_in = build_stand_in(args.out / ".stand-in"), True
-    bundle = load_bundle(model)
-    images = radiographs(args.images + 3)
-    if len(images) < args.images + 3:
-        raise SystemExit(f"need {args.images + 3} radiographs under {DATA}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    result: dict = {
-        "machine": machine(),
-        "model": {"path": str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model), "format": bundle.format,
-                  "input_size": bundle.spec.input_size, "labels": bundle.labels,
-                  "model_bytes": bundle.model_path.stat().st_size},
-        "stand_in": stand_in,
-        "threads": args.threads,
-        "command": " ".join([".venv/bin/python", *[_show(a) for a in sys.argv]]),
-        "date": time.strftime("%Y-%m-%d"),
-    }
+        return build_stand_in(args.out / ".stand-in"), True
+    return model, False
 
-    # 1. cold start
+
+def measure_cold_starts(model: Path, args: argparse.Namespace) -> dict:
+    """1. cold start: ``osteo-edge demo`` from Popen to the first HTTP 200, ``--runs`` times."""
     colds = []
     for r in range(args.runs):
         proc, secs = start_demo(model, args.threads, free_port(), args.out / ".server.log")
         stop(proc)
         colds.append(secs)
         print(f"cold start {r + 1}/{args.runs}: {secs:.2f} s", flush=True)
-    result["cold_start_s"] = {**pct(colds), "runs": colds}
+    return {**pct(colds), "runs": colds}
 
-    # 2. in-process, the code behind the page
+
+def measure_in_process(model: Path, images: list[Path], threads: int) -> dict:
+    """2. in-process, the code behind the page (3 warm-up images, then the rest)."""
     from osteo_edge.demo.service import DemoService
+    from osteo_edge.edge_runtime import EdgeClassifier
 
-    clf = EdgeClassifier.load(model, threads=args.threads)
+    clf = EdgeClassifier.load(model, threads=threads)
     svc = DemoService(clf)
     for p in images[:3]:
         svc.analyse(p)
@@ -209,11 +199,13 @@ def main() -> None:
         total_ms.append(r.total_ms)
         if r.explanation is not None:
             heat_ms.append(r.explanation.elapsed_ms)
-    result["in_process_ms"] = {"prediction": pct(pred_ms), "heat_map": pct(heat_ms), "total": pct(total_ms),
-                               "heat_map_grid": svc.grid, "statuses": statuses}
     print(f"in process: prediction p50 {np.median(pred_ms):.1f} ms, heat map p50 {np.median(heat_ms):.1f} ms", flush=True)
+    return {"prediction": pct(pred_ms), "heat_map": pct(heat_ms), "total": pct(total_ms),
+            "heat_map_grid": svc.grid, "statuses": statuses}
 
-    # 3. end to end over HTTP through the running demo
+
+def measure_http(model: Path, images: list[Path], args: argparse.Namespace) -> dict:
+    """3. end to end over HTTP through the running demo, with and without the heat map."""
     from gradio_client import Client, handle_file
 
     proc, _ = start_demo(model, args.threads, port := free_port(), args.out / ".server.log")
@@ -230,8 +222,36 @@ def main() -> None:
         client.close()
     finally:
         stop(proc)
-    result["http_round_trip_ms"] = {"with_heat_map": pct(rt[True]), "without_heat_map": pct(rt[False])}
     print(f"HTTP round trip p50: {np.median(rt[True]):.0f} ms with heat map, {np.median(rt[False]):.0f} ms without", flush=True)
+    return {"with_heat_map": pct(rt[True]), "without_heat_map": pct(rt[False])}
+
+
+def main() -> None:
+    args = parse_args()
+
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    from osteo_edge.artifact import load_bundle
+
+    model, stand_in = resolve_model(args)
+    bundle = load_bundle(model)
+    images = radiographs(args.images + 3)
+    if len(images) < args.images + 3:
+        raise SystemExit(f"need {args.images + 3} radiographs under {DATA}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    result: dict = {
+        "machine": machine(),
+        "model": {"path": str(model.relative_to(REPO)) if model.is_relative_to(REPO) else str(model), "format": bundle.format,
+                  "input_size": bundle.spec.input_size, "labels": bundle.labels,
+                  "model_bytes": bundle.model_path.stat().st_size},
+        "stand_in": stand_in,
+        "threads": args.threads,
+        "command": " ".join([".venv/bin/python", *[_show(a) for a in sys.argv]]),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    result["cold_start_s"] = measure_cold_starts(model, args)
+    result["in_process_ms"] = measure_in_process(model, images, args.threads)
+    result["http_round_trip_ms"] = measure_http(model, images, args)
     (args.out / ".server.log").unlink(missing_ok=True)
     if stand_in:
         import shutil
@@ -241,7 +261,6 @@ def main() -> None:
     (args.out / "results.json").write_text(json.dumps(result, indent=2) + "\n")
     (args.out / "README.md").write_text(render(result))
     print(f"wrote {args.out / 'results.json'} and {args.out / 'README.md'}")
-
 
 def render(r: dict) -> str:
     m = {**r["machine"]}
