@@ -97,7 +97,7 @@ class PacsSource:
         from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelGet as GET
 
         from ..dicom.decode import accepted_syntaxes
-        from ..dicom.node import RADIOGRAPH_SOP_CLASSES
+        from ..dicom.admission import RADIOGRAPH_SOP_CLASSES
 
         ae = AE(ae_title=self.calling_ae)
         ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
@@ -154,7 +154,7 @@ class PacsSource:
         return out
 
     def _study_instances(self, assoc: Any, st: Any, mods: set[str]) -> list[Instance]:
-        from ..dicom.node import RADIOGRAPH_SOP_CLASSES
+        from ..dicom.admission import RADIOGRAPH_SOP_CLASSES
 
         study = str(st.get("StudyInstanceUID", ""))
         date = str(st.get("StudyDate", "") or "")
