@@ -32,6 +32,7 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -156,7 +157,18 @@ def score_predictions(pred_csv: Path, src: dict[str, str], data: Path, n_boot: i
     return info
 
 
-def main(argv: list[str] | None = None) -> int:
+class KneeSplit(NamedTuple):
+    """The readable knee files, the source of each duplicate group and the project's split of them."""
+
+    files: list
+    by_group: dict[str, str]
+    src: dict[str, str]
+    table: SplitTable
+    labels: list[str]
+    same_as_cv: bool
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default="../shared/data", help="the shared data folder (default: %(default)s)")
     ap.add_argument("--out", default="benchmarks/model", help="where the JSON and markdown go (default: %(default)s)")
@@ -165,75 +177,66 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--predictions", nargs="*", default=None,
                     help="saved per-image predictions.csv files to score (default: every predictions.csv under benchmarks/training/results)")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    data, out = Path(args.data), Path(args.out)
-    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    command = "PYTHONPATH=src python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    return ap.parse_args(argv)
 
+
+def knee_split(data: Path, folds: int, seed: int) -> KneeSplit:
+    """Audit the knee sources and build the leakage-safe split (``--members one``)."""
     audit = audit_sources([data / "knee" / s for s in KNEE])
     files = [f for f in audit.files if f.readable]
     by_group = group_source(files)  # the Wani rule, over every member file
     src = {str(Path(f.path).resolve()): by_group[f.group] for f in files}
-    opts = SplitOptions(folds=args.folds, members="one", seed=args.seed)
+    opts = SplitOptions(folds=folds, members="one", seed=seed)
     table = make_split(audit.files, opts)
     labels = list(table.labels)
     same_as_cv = table.sha256 == CV_SPLIT_SHA256
     print(f"split: {len(table.rows)} rows (one per group), sha256 {table.sha256[:12]}... "
           f"{'== the cv5 runs split' if same_as_cv else '!= the cv5 runs split'}")
+    return KneeSplit(files, by_group, src, table, labels, same_as_cv)
 
-    # where the representative file's folder and the group's source disagree
-    rep_vs_group = Counter((r.source, src[r.path], r.label) for r in table.rows)
 
-    folds = []
-    for k in range(args.folds):
-        ev, tr = table.subset("val", fold=k), table.subset("train", fold=k)
-        rep = shortcut(ev, tr, src, labels, args.n_boot)
-        folds.append({"fold": k, "n_eval": len(ev), "n_train": len(tr), "cells": _cells(ev, src),
-                      "pooled_majority_accuracy": rep.baselines.majority_accuracy,
-                      "source_only_accuracy": rep.baselines.source_only_accuracy,
-                      "source_only_low_bmd_auroc": rep.baselines.source_only_low_bmd_auroc,
-                      "per_source": {s.source: _row(rep, s.source) for s in rep.per_source}})
-    test_rows = table.subset("test")
-    nontest = [r for r in table.rows if r.split != "test"]
-    test_rep = shortcut(test_rows, nontest, src, labels, args.n_boot)
+def fold_baselines(knee: KneeSplit, folds: int, n_boot: int) -> list[dict]:
+    """The source-only classifier for every validation fold k, trained on the other folds."""
+    out = []
+    for k in range(folds):
+        ev, tr = knee.table.subset("val", fold=k), knee.table.subset("train", fold=k)
+        rep = shortcut(ev, tr, knee.src, knee.labels, n_boot)
+        out.append({"fold": k, "n_eval": len(ev), "n_train": len(tr), "cells": _cells(ev, knee.src),
+                    "pooled_majority_accuracy": rep.baselines.majority_accuracy,
+                    "source_only_accuracy": rep.baselines.source_only_accuracy,
+                    "source_only_low_bmd_auroc": rep.baselines.source_only_low_bmd_auroc,
+                    "per_source": {s.source: _row(rep, s.source) for s in rep.per_source}})
+    return out
 
-    # source probe on image geometry, one row per file, grouped by duplicate group
+
+def geometry_probes(knee: KneeSplit, folds: int, seed: int):
+    """Source probe on image geometry, one row per file, grouped by duplicate group: all features, aspect ratio alone."""
+    files = knee.files
     feats = np.array([[math.log(f.width / f.height), math.log(f.width), math.log(f.height), f.format == "PNG", f.mode == "RGB"]
                       for f in files], dtype=float)
-    fsrc = [by_group[f.group] for f in files]
-    probe_all = source_probe(feats, fsrc, [f.group for f in files], folds=args.folds, seed=args.seed)
-    probe_aspect = source_probe(feats[:, :1], fsrc, [f.group for f in files], folds=args.folds, seed=args.seed)
+    fsrc = [knee.by_group[f.group] for f in files]
+    probe_all = source_probe(feats, fsrc, [f.group for f in files], folds=folds, seed=seed)
+    probe_aspect = source_probe(feats[:, :1], fsrc, [f.group for f in files], folds=folds, seed=seed)
+    return probe_all, probe_aspect
 
-    preds = [Path(p) for p in args.predictions] if args.predictions is not None else sorted(Path("benchmarks/training/results").rglob("predictions.csv"))
-    scored = [s for s in (score_predictions(p, src, data, args.n_boot) for p in preds) if s]
 
-    sources = sorted({s for f in folds for s in f["per_source"]})
-    result = {
-        "issue": 17, "date": started, "command": command, "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
-        "group_source_rule": "wani-mendeley if any member file of the duplicate group is from wani-mendeley; "
-                             "otherwise the members' folders joined with '+'",
-        "split": {"protocol": table.info.get("protocol"), "folds": args.folds, "sha256": table.sha256,
-                  "same_as_cv5_runs_split": same_as_cv, "rows": len(table.rows), "dropped": table.info.get("dropped")},
-        "groups_per_source": dict(sorted(Counter(by_group.values()).items())),
-        "representative_folder_vs_group_source": [{"row_source": a, "group_source": b, "label": c, "n": n}
-                                                  for (a, b, c), n in sorted(rep_vs_group.items())],
-        "cells_all_split_rows": _cells(table.rows, src),
-        "folds": folds,
-        "test": {"n": len(test_rows), "cells": _cells(test_rows, src), "report": test_rep.to_dict()},
-        "probe_geometry": probe_all.to_dict(), "probe_aspect_ratio": probe_aspect.to_dict(),
-        "scored_predictions": [{k: v for k, v in s.items() if k != "markdown"} for s in scored],
-    }
-
-    md = [
+def header_md(result: dict, knee: KneeSplit, folds: int) -> list[str]:
+    table = knee.table
+    return [
         "# Shortcut baselines per source (issue 17)\n",
-        f"Generated {started} by `{command}` on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
+        f"Generated {result['date']} by `{result['command']}` on {result['machine']['cpu']} ({result['machine']['cores']} cores, "
         f"{result['machine']['arch']}, Python {result['machine']['python']}), {result['seconds']} s.\n",
-        f"**Split:** {table.info.get('protocol')}; {args.folds} folds over the non-test groups. sha256 `{table.sha256[:16]}`"
-        f" ({'the same split.csv as the cv5 training runs' if same_as_cv else 'NOT the cv5 runs split'}). "
+        f"**Split:** {table.info.get('protocol')}; {folds} folds over the non-test groups. sha256 `{table.sha256[:16]}`"
+        f" ({'the same split.csv as the cv5 training runs' if knee.same_as_cv else 'NOT the cv5 runs split'}). "
         f"Dropped: {table.info.get('dropped')}.\n",
         f"**Source of a group:** {result['group_source_rule']}. Groups per source (all readable files): "
         + ", ".join(f"{k} {v}" for k, v in result["groups_per_source"].items()) + ".\n",
+    ]
+
+
+def fold_table_md(folds: list[dict], sources: list[str]) -> tuple[list[str], dict[str, float]]:
+    """The fold-by-fold table and the per-(source, class) counts; also the majority accuracies pooled over the folds."""
+    md = [
         "## The source-only classifier, fold by fold (validation fold k; majorities counted on the other folds)\n",
         "| fold | n | pooled majority acc. | source-only acc. | source-only low-BMD AUROC | "
         + " | ".join(f"{s}: majority (train) / acc." for s in sources) + " |",
@@ -251,16 +254,20 @@ def main(argv: list[str] | None = None) -> int:
               / sum(f["per_source"][s]["n"] for f in folds if s in f["per_source"]) for s in sources}
     n_folds_total = sum(f["n_eval"] for f in folds)
     pooled_all = sum(f["pooled_majority_accuracy"] * f["n_eval"] for f in folds) / n_folds_total
-    result["folds_pooled_majority_accuracy"] = {"all": pooled_all, **pooled}
     md.append(f"| all folds pooled | {n_folds_total} | {pooled_all:.3f} | {pooled_all:.3f} | | "
               + " | ".join(f"{pooled[s]:.3f}" for s in sources) + " |")
     md += ["", "Counts per (source, class) in each validation fold:\n", "| fold | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
     for f in folds:
         md.append(f"| {f['fold']} | " + " | ".join(", ".join(f"{lab} {n}" for lab, n in f["cells"].get(s, {}).items()) for s in sources) + " |")
-    md += ["", "## Where the split's one file per group comes from\n",
-           "`--members one` keeps the largest file of each group; its folder is the `source` column of split.csv, "
-           "which is what the existing per-source reports group by.\n",
-           "| folder of the kept file | source of the group (Wani rule) | label | groups |", "|---|---|---|---|"]
+    return md, {"all": pooled_all, **pooled}
+
+
+def detail_md(rep_vs_group: Counter, test_rep, probe_all, probe_aspect) -> list[str]:
+    """Where the kept files come from, the test-split baseline and the geometry probe."""
+    md = ["", "## Where the split's one file per group comes from\n",
+          "`--members one` keeps the largest file of each group; its folder is the `source` column of split.csv, "
+          "which is what the existing per-source reports group by.\n",
+          "| folder of the kept file | source of the group (Wani rule) | label | groups |", "|---|---|---|---|"]
     md += [f"| {a} | {b} | {c} | {n} |" for (a, b, c), n in sorted(rep_vs_group.items())]
     md += ["", "## Held-out test split: the source-only classifier scored as if it were a model\n",
            "Majorities counted on all non-test rows. This is the bar every model on this test split must clear, per source.\n",
@@ -270,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
            format_report(probe_all).replace("## Source probe (lower is better)\n\n", ""),
            "Aspect ratio alone: " + format_report(probe_aspect).replace("## Source probe (lower is better)\n\n", ""),
            ]
+    return md
+
+
+def scored_md(scored: list[dict]) -> list[str]:
+    """One section per scored predictions.csv."""
+    md = []
     for s in scored:
         md += [f"## Saved model predictions: `{s['predictions']}`\n",
                f"Run `{s.get('run')}`, subset {s.get('subset')}, split `{s.get('split_csv')}`; {s['n']} knee rows"
@@ -278,6 +291,50 @@ def main(argv: list[str] | None = None) -> int:
                "| folder of the row | source of the group | label | n |", "|---|---|---|---|"]
         md += [f"| {x['row_source']} | {x['group_source']} | {x['label']} | {x['n']} |" for x in s["folder_vs_group_source"]]
         md += ["", s["markdown"]]
+    return md
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    t0 = time.perf_counter()
+    data, out = Path(args.data), Path(args.out)
+    started = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    command = "PYTHONPATH=src python " + " ".join([sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+
+    knee = knee_split(data, args.folds, args.seed)
+    table, src, by_group = knee.table, knee.src, knee.by_group
+    # where the representative file's folder and the group's source disagree
+    rep_vs_group = Counter((r.source, src[r.path], r.label) for r in table.rows)
+
+    folds = fold_baselines(knee, args.folds, args.n_boot)
+    test_rows = table.subset("test")
+    nontest = [r for r in table.rows if r.split != "test"]
+    test_rep = shortcut(test_rows, nontest, src, knee.labels, args.n_boot)
+    probe_all, probe_aspect = geometry_probes(knee, args.folds, args.seed)
+
+    preds = [Path(p) for p in args.predictions] if args.predictions is not None else sorted(Path("benchmarks/training/results").rglob("predictions.csv"))
+    scored = [s for s in (score_predictions(p, src, data, args.n_boot) for p in preds) if s]
+
+    sources = sorted({s for f in folds for s in f["per_source"]})
+    result = {
+        "issue": 17, "date": started, "command": command, "machine": machine(), "seconds": round(time.perf_counter() - t0, 1),
+        "group_source_rule": "wani-mendeley if any member file of the duplicate group is from wani-mendeley; "
+                             "otherwise the members' folders joined with '+'",
+        "split": {"protocol": table.info.get("protocol"), "folds": args.folds, "sha256": table.sha256,
+                  "same_as_cv5_runs_split": knee.same_as_cv, "rows": len(table.rows), "dropped": table.info.get("dropped")},
+        "groups_per_source": dict(sorted(Counter(by_group.values()).items())),
+        "representative_folder_vs_group_source": [{"row_source": a, "group_source": b, "label": c, "n": n}
+                                                  for (a, b, c), n in sorted(rep_vs_group.items())],
+        "cells_all_split_rows": _cells(table.rows, src),
+        "folds": folds,
+        "test": {"n": len(test_rows), "cells": _cells(test_rows, src), "report": test_rep.to_dict()},
+        "probe_geometry": probe_all.to_dict(), "probe_aspect_ratio": probe_aspect.to_dict(),
+        "scored_predictions": [{k: v for k, v in s.items() if k != "markdown"} for s in scored],
+    }
+
+    fold_lines, result["folds_pooled_majority_accuracy"] = fold_table_md(folds, sources)
+    md = header_md(result, knee, args.folds) + fold_lines
+    md += detail_md(rep_vs_group, test_rep, probe_all, probe_aspect) + scored_md(scored)
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "shortcut_baselines.json").write_text(json.dumps(_clean(result), indent=1, allow_nan=False, default=str) + "\n")
@@ -285,7 +342,6 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(md))
     print(f"wrote {out / 'shortcut_baselines.json'} and {out / 'shortcut_baselines.md'}")
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
