@@ -546,3 +546,31 @@ def test_shipped_default_on_a_small_never_seen_wani_sample_does_not_pass(tmp_pat
         validate_site(WANI.parent, csv, copy, trust=TrustStore.package(), n_boot=0)
     r = validate_site(WANI.parent, csv, copy, trust=TrustStore.package(), n_boot=300, min_per_class=2)
     assert r.report["counts"]["Normal"] == len(normal) and r.report["verdict"] in ("fail", "insufficient")
+
+
+@pytest.mark.slow  # two onnx2tf conversions: about 60 s here
+@pytest.mark.tflite
+def test_tflite_embedding_export_feeds_a_site_head(tmp_path, site_csv, keys):
+    """export --embedding-output: an fp32 TFLite file with two outputs; the runtime's logits are the
+    model's (golden parity passed), the embedding is the classifier's input, and --head uses it."""
+    pytest.importorskip("onnx2tf")
+    from test_export_fixtures import make_run, make_split
+
+    from osteo_edge.edge_runtime import EdgeClassifier
+    from osteo_edge.errors import ExportError
+    from osteo_edge.export import export_model
+    from osteo_edge.export.embedding import embedding_output
+
+    run, split = make_run(tmp_path / "run"), make_split(tmp_path / "split")
+    with embedding_output():
+        res = export_model(run, "tflite", tmp_path / "emb", split=split, golden_size=4, evaluate=False)
+        with pytest.raises(ExportError, match="--embedding-output is for the fp32 tflite export"):
+            export_model(run, "tflite-int8", tmp_path / "i8", split=split, golden_size=4, calib_size=8, evaluate=False)
+    assert res.golden["passed"] and res.bundle.manifest["export"]["embedding_output"]["dim"] > 0
+    export_model(run, "tflite", tmp_path / "plain", split=split, golden_size=4, evaluate=False)
+    a, b = EdgeClassifier.load(tmp_path / "emb"), EdgeClassifier.load(tmp_path / "plain")
+    assert a.runner.embedding_dim == res.bundle.manifest["export"]["embedding_output"]["dim"] and b.runner.embedding_dim is None
+    x = np.random.default_rng(0).random((3, *a.spec.input_shape[1:]), dtype=np.float32)
+    assert np.allclose(a.logits(x), b.logits(x), atol=1e-4)  # the second output leaves the logits as they were
+    r = calibrate_site(WANI, site_csv, tmp_path / "emb", out=tmp_path / "site", key=keys["site"], folds=3, n_boot=30, head_l2=10.0)
+    assert EdgeClassifier.load(tmp_path / "site").head is not None and r.operating.head is not None
