@@ -68,7 +68,7 @@ def dicom_outcomes(venv: Path, tmp: Path, image: Path) -> dict[str, str]:
     return out
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=ROOT / "src" / "osteo_edge" / "models" / "default")
     ap.add_argument("--image", type=Path, default=SHARED / "knee" / "wani-mendeley" / "Osteopenia" / "OP1.jpg")
@@ -78,10 +78,11 @@ def main() -> int:
     if not a.image.exists():
         cands = sorted((SHARED / "knee" / "wani-mendeley").rglob("*.*"))
         a.image = next(p for p in cands if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    tmp = Path(tempfile.mkdtemp(prefix="osteo-rt-venv-"))
-    venv = a.keep or tmp / "venv"
-    if venv.exists():
-        shutil.rmtree(venv)
+    return a
+
+
+def install_runtime(venv: Path, tmp: Path) -> tuple[Path, float, subprocess.CompletedProcess]:
+    """Create ``venv`` and pip-install ``.[runtime]`` into it; its python, the seconds taken and pip's result."""
     t0 = time.perf_counter()
     r = run([sys.executable, "-m", "venv", str(venv)])
     assert r.returncode == 0, r.stderr
@@ -93,13 +94,11 @@ def main() -> int:
     anywhere = shutil.ignore_patterns("__pycache__", "*.egg-info")
     shutil.copytree(ROOT, src, ignore=lambda d, names: set(anywhere(d, names)) | (set(top(d, names)) if Path(d) == ROOT else set()))
     r = run([str(py), "-m", "pip", "install", "-q", f"{src}[runtime]"])
-    install_s = time.perf_counter() - t0
-    if r.returncode != 0:
-        print(r.stderr[-2000:])
-        return 1
-    freeze = run([str(py), "-m", "pip", "freeze"]).stdout.split()
-    site = next((venv / "lib").glob("python3*/site-packages"))
-    pkgs = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", "__pycache__"))), reverse=True)
+    return py, time.perf_counter() - t0, r
+
+
+def import_times(py: Path, tmp: Path) -> tuple[list[float], str | None]:
+    """`import osteo_edge.edge_runtime` in 5 fresh interpreters: the seconds, and the heavy modules it pulled in."""
     heavy = ("torch", "timm", "tensorflow", "gradio", "sklearn", "matplotlib")
     probe = (
         "import sys, time; t=time.perf_counter(); import osteo_edge.edge_runtime; dt=time.perf_counter()-t;"
@@ -110,20 +109,44 @@ def main() -> int:
         out = run([str(py), "-c", probe], cwd=tmp).stdout.split(" ", 1)
         imports.append(float(out[0]))
         leaked = out[1].strip()
-    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom", "nacl", "pydantic", "pylibjpeg")}
+    return imports, leaked
+
+
+def first_prediction(py: Path, venv: Path, tmp: Path, model: Path, image: Path) -> tuple[bool, dict, subprocess.CompletedProcess]:
+    """EdgeClassifier.load + predict in a fresh interpreter, then `osteo-edge predict --json`: whether the
+    shipped bundle is used, the first-prediction timings and the CLI's result."""
     # The shipped bundle is package data: in the fresh install it loads with no path at all.
-    shipped = a.model.resolve() == (ROOT / "src" / "osteo_edge" / "models" / "default").resolve()
-    load_arg = "" if shipped else repr(str(a.model))
+    shipped = model.resolve() == (ROOT / "src" / "osteo_edge" / "models" / "default").resolve()
+    load_arg = "" if shipped else repr(str(model))
     first = (
         "import time; t=time.perf_counter();"
         "from osteo_edge.edge_runtime import EdgeClassifier;"
         f"c=EdgeClassifier.load({load_arg + ', ' if load_arg else ''}threads=2); t1=time.perf_counter();"
-        f"p=c.predict({str(a.image)!r}); t2=time.perf_counter();"
+        f"p=c.predict({str(image)!r}); t2=time.perf_counter();"
         "import json; print(json.dumps({'import_and_load_s': t1-t, 'first_predict_s': t2-t1, 'total_s': t2-t, 'status': p.status, 'label': p.label, 'format': c.bundle.format}))"
     )
     fp = run([str(py), "-c", first], cwd=tmp)
     first_pred = json.loads(fp.stdout.strip().splitlines()[-1]) if fp.returncode == 0 else {"error": fp.stderr.strip().splitlines()[-1:]}
-    cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(a.image), "--json", *([] if shipped else ["--model", str(a.model)])], cwd=tmp)
+    cli = run([str(venv / "bin" / "osteo-edge"), "predict", str(image), "--json", *([] if shipped else ["--model", str(model)])], cwd=tmp)
+    return shipped, first_pred, cli
+
+
+def main() -> int:
+    a = parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="osteo-rt-venv-"))
+    venv = a.keep or tmp / "venv"
+    if venv.exists():
+        shutil.rmtree(venv)
+    py, install_s, r = install_runtime(venv, tmp)
+    if r.returncode != 0:
+        print(r.stderr[-2000:])
+        return 1
+    freeze = run([str(py), "-m", "pip", "freeze"]).stdout.split()
+    site = next((venv / "lib").glob("python3*/site-packages"))
+    pkgs = sorted(((du(p), p.name) for p in site.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", "__pycache__"))), reverse=True)
+    imports, leaked = import_times(py, tmp)
+    importable = {m: run([str(py), "-c", f"import {m}"]).returncode == 0 for m in ("torch", "timm", "tensorflow", "gradio", "onnxruntime", "ai_edge_litert", "pydicom", "nacl", "pydantic", "pylibjpeg")}
+    shipped, first_pred, cli = first_prediction(py, venv, tmp, a.model, a.image)
     cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
     dicom = dicom_outcomes(venv, tmp, a.image)
     result = {
@@ -156,7 +179,6 @@ def main() -> int:
     if not a.keep:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
