@@ -57,6 +57,13 @@ def test_evaluate_cv_scores_every_radiograph_by_the_model_that_did_not_train_on_
     # fold-0 radiographs were scored by fold 0's model (the same in A and C), fold-1 ones by fold 1's (different)
     assert np.allclose(pa[in_fold0], pc[in_fold0]) and not np.allclose(pa[~in_fold0], pc[~in_fold0])
     assert ja.with_suffix(".md").is_file()
+    # an ensemble of A with itself is A; the mirror average is another answer
+    from osteo_edge.release.oof import score_cv
+
+    twice = score_cv([cv["A"], cv["A"]], cv["split"])
+    assert np.allclose(twice["oof"]["probs"], pa, atol=1e-5) and twice["runs"] == [str(cv["A"])] * 2
+    flipped = score_cv([cv["A"]], cv["split"], flip=True)
+    assert flipped["flip"] and np.abs(np.array(flipped["oof"]["probs"]) - pa).max() > 1e-4  # near-uniform random models: small, not zero
 
 
 def test_compare_paired_differences_with_an_interval(cv: dict[str, Path]) -> None:
@@ -76,6 +83,10 @@ def test_compare_paired_differences_with_an_interval(cv: dict[str, Path]) -> Non
 
 
 def test_cv_and_paired_refuse_bad_input_in_one_line(cv: dict[str, Path], tmp_path: Path) -> None:
+    res = _invoke("evaluate")
+    assert res.exit_code == 2 and "--model" in res.output and "Traceback" not in res.output
+    res = _invoke("evaluate", "--cv", str(cv["A"]))
+    assert res.exit_code == 2 and "--split" in res.output
     res = _invoke("evaluate", "--cv", str(tmp_path), "--split", str(cv["split"]))
     assert res.exit_code == 1 and "fold0" in res.output and "Traceback" not in res.output
     flat = tmp_path / "flat.csv"
