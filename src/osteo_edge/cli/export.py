@@ -84,7 +84,7 @@ def _render(result, fmt_name: str, out: Path) -> None:
         vp = result.test.get("vs_parent", {})
         if vp:
             rows += [("parent (torch) test accuracy", f"{vp['parent_accuracy']:.3f}"), ("test agreement with parent", f"{vp['agreement']:.3f}")]
-    q = result.bundle.manifest.get("export", {}).get("quantization", {})
+    q = (result.bundle.export_info or {}).get("quantization", {})
     fid = q.get("fidelity")
     if fid:
         a = fid["achieved"]
@@ -93,7 +93,7 @@ def _render(result, fmt_name: str, out: Path) -> None:
                  (f"vs float graph ({fid['check_images']} val images)",
                   f"p95 |dp| {a['p95_abs_dp']:.4f} (<= {fid['budget']['max_p95_dp']}), max {a['max_abs_dp']:.4f} "
                   f"(<= {fid['budget']['max_abs_dp']}), agreement {a['agreement']:.3f}")]
-    fold = result.bundle.manifest.get("export", {}).get("gray_stem_fold")
+    fold = (result.bundle.export_info or {}).get("gray_stem_fold")
     if fold:
         rows.append(("gray stem fold", f"{fold['layer']}: {fold['input_channels']} channels, max |dlogit| {fold['max_abs_dlogit_on_gray']:.1e} on gray"))
     rows.append(("time", f"{result.seconds:.1f} s"))

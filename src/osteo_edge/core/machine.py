@@ -99,11 +99,3 @@ def machine_info(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
         "versions": package_versions(packages),
         "load_average": load_average(),
     }
-
-
-def machine_line(info: dict[str, Any] | None = None) -> str:
-    """One line naming the machine, for a report's header: ``AMD EPYC (x86_64, 2 cores), AVX2, no int8
-    dot product; Python 3.11.7``."""
-    m = info or machine_info(())
-    return (f"{m['cpu']} ({m['arch']}, {m['cores_available']} cores), {m['isa']['text']}; "
-            f"Python {m['python']}")

@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import threading
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..artifact import DISCLAIMER
@@ -414,7 +413,3 @@ def serve(model: str | os.PathLike | None = None, host: str = DEFAULT_HOST, port
     app = build_app(classifier)
     url = launch_app(app, host, port, block=block)
     return app, url
-
-
-def example_files() -> Sequence[Path]:
-    return [examples_dir() / e.file for e in EXAMPLES]

@@ -241,11 +241,8 @@ class Node:
         self.stop()
 
     def idle(self) -> bool:
-        """Every received image answered (the outbox may still hold results: see :meth:`delivered_all`)."""
+        """Every received image answered (the outbox may still hold results to deliver)."""
         return self._queue.unfinished_tasks == 0
-
-    def delivered_all(self) -> bool:
-        return self.outbox is not None and len(self.outbox) == 0
 
     # -- the forwarder's callbacks (its thread) ----------------------------------------------
     def _delivered(self, batch: list[tuple[str | None, str, Destination]]) -> None:
