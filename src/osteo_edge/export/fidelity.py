@@ -244,7 +244,7 @@ def budgeted_int8(
         raise ExportError(
             f"no int8 file within the fidelity budget (p95 |dp| <= {budget.max_p95_dp}, max <= {budget.max_abs_dp}) with up to "
             f"{budget.max_float_ops} float ops: the best kept {best['float_ops']} float (p95 {best['p95_abs_dp']:.4f}, max "
-            f"{best['max_abs_dp']:.4f}); raise --max-float-ops or --max-p95-dp, or ship the fp32 file")
+            f"{best['max_abs_dp']:.4f}); raise --max-float-ops or --max-p95-dp, or export --weights-only (int8 weights, float activations)")
     k, model, deny = chosen
     info.update({"float_ops": k, "float_layers": [{"op": r["op"], "tensor": r["tensor"]} for r in layers[:k]],
                  "achieved": trials[-1]})
