@@ -32,6 +32,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import textwrap
 from collections import Counter
 from pathlib import Path
 
@@ -128,15 +129,21 @@ def run_case(case: dict, groups: Path, work: Path, ks: list[int], draws: int, he
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--groups", type=Path, required=True, help="the full audit's groups.csv (every split's group ids come from it)")
-    ap.add_argument("--case", action="append", required=True, help="'NAME=BUNDLE|default:SPLIT.csv:wani|kaggle' (repeatable)")
+    ap.add_argument("--groups", type=Path, required=False, help="the full audit's groups.csv (every split's group ids come from it)")
+    ap.add_argument("--case", action="append", default=[], help="'NAME=BUNDLE|default:SPLIT.csv:wani|kaggle' (repeatable)")
     ap.add_argument("--ks", default="10,20,40")
     ap.add_argument("--draws", type=int, default=20)
     ap.add_argument("--head-l2", type=float, default=10.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=HERE / "loso")
+    ap.add_argument("--replot", action="store_true", help="only redraw loso.png from the results.json in --out")
     args = ap.parse_args()
+    if args.replot:
+        plot(json.loads((args.out / "results.json").read_text()), args.out / "loso.png")
+        return
+    if args.groups is None or not args.case:
+        ap.error("--groups and at least one --case are required (or --replot)")
     args.out.mkdir(parents=True, exist_ok=True)
     ks = [int(k) for k in args.ks.split(",")]
     cases = [parse_case(c) for c in args.case]
@@ -213,7 +220,7 @@ def plot(r: dict, path: Path) -> None:
                 lo = np.array([x["p2_5"] if x["p2_5"] is not None else math.nan for x in s])
                 hi = np.array([x["p97_5"] if x["p97_5"] is not None else math.nan for x in s])
                 ax.errorbar(np.array(ks) + (ARMS.index(arm) - 1) * 0.6, mean, yerr=[mean - lo, hi - mean], fmt=style, capsize=3, label=arm)
-            ax.set(title=f"{METRICS[f][0]}" + ("" if j else f"\n{c['name']}"), xticks=ks, ylim=(-0.02, 1.02))
+            ax.set(title=f"{METRICS[f][0]}" + ("" if j else "\n" + textwrap.fill(c["name"], 30)), xticks=ks, ylim=(-0.02, 1.02))
             if i == len(r["cases"]) - 1:
                 ax.set_xlabel("k (site sample)")
             if i == 0 and j == 0:
