@@ -118,8 +118,11 @@ def validate(
     if rep["verdict"] != "pass":
         out.next_step(" ".join(shlex.quote(str(w)) for w in ["osteo-edge", "site", "calibrate", images, "--labels", labels, "--model",
                                                                  model or "src/osteo_edge/models/default", "--out", "site-bundle",
-                                                                 "--key", "site.key", "--site", "NAME"]),
-                      "refit temperature, threshold and gate on these films, with cross-validated figures; it cannot create discrimination the model lacks")
+                                                                 "--key", "site.key", "--site", "NAME"]
+                                         + (["--head"] if r.scores.embeddings is not None else [])),
+                      "refit temperature, threshold and gate on these films, with cross-validated figures; "
+                      + ("--head also fits a linear head on the model's embedding, the one refit that can change AUROC"
+                         if r.scores.embeddings is not None else "it cannot create discrimination the model lacks"))
         raise typer.Exit(code=1)  # the check did not pass (fail or insufficient): a script must not go on
 
 
