@@ -509,6 +509,9 @@ def test_head_site_bundle_answers_from_its_head(tmp_path, site_csv, keys):
     assert np.allclose(clf.logits(x), clf.head(e), atol=1e-5) and not np.allclose(clf.logits(x), z)
     pred = clf.predict(WANI / site_csv.read_text().splitlines()[1].split(",")[0])
     assert pred.status in ("ok", "refer") and abs(sum(pred.probabilities.values()) - 1) < 1e-5
+    # recalibrated without --head, a head bundle keeps its head (the logits its figures were computed from)
+    again = calibrate_site(WANI, site_csv, out, out=tmp_path / "again", key=keys["site"], folds=3, n_boot=0)
+    assert np.allclose(EdgeClassifier.load(tmp_path / "again").head(e), clf.head(e)) and again.operating.head is None
     # a one-output base is refused for --head in one line, before any film is scored
     one = make_onnx_bundle(tmp_path / "one")
     with pytest.raises(ConfigError, match="--head needs the model's embedding"):

@@ -147,6 +147,8 @@ def calibrate_site(images: str | os.PathLike, labels_csv: str | os.PathLike, mod
         from .head import head_record
 
         record["head"] = head_record(op.head, float(head_l2), scores.n)  # type: ignore[arg-type]
+    elif getattr(clf, "head", None) is not None:  # a head bundle recalibrated without --head keeps its head (the logits it was scored with)
+        record["head"] = {**dict(clf.bundle.manifest["site"]["head"]), "kept_from_base": clf.bundle.seal}
     headline = {METRICS[k2][2]: v for k2, v in report["metrics"].items()}
     cv_headline = {"headline": headline, "n_images": scores.n, "protocol": protocol, "verdict": report["verdict"]}
     bundle = write_site_bundle(clf.bundle, out, op, base, details, json_safe(record), json_safe(cv_headline), key, files, command)
