@@ -132,16 +132,25 @@ def _quantize(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progre
     return f"{res.method} in {res.seconds:.0f} s; val accuracy {final.get('accuracy', float('nan')):.3f}"
 
 
+def _option(key: str, value: Any) -> str:
+    """A recipe entry as the export option it stands for (a flag for a boolean)."""
+    flag = "--" + key.replace("_", "-")
+    if isinstance(value, bool):
+        return flag if value else f"--no-{flag[2:]}" if key == "gray_fold" else ""
+    return f"{flag} {value}"
+
+
 def _export(parent: Path, out: Path, int8: bool, eval_split: Path, recipe: Recipe, progress: Progress) -> str:
     from ..export import export_model
     from ..export.fidelity import FidelityBudget
 
     e = dict(recipe.export)
-    budget = FidelityBudget(**{k: e[k] for k in ("max_p95_dp", "max_abs_dp", "max_float_ops") if k in e})
+    budget = FidelityBudget(**{k: e[k] for k in ("max_p95_dp", "max_abs_dp", "max_float_ops", "weights_only") if k in e})
     fmt = "tflite-int8" if int8 else "tflite"
-    words = [f"--{k.replace('_', '-')} {v}" for k, v in e.items() if int8 or k not in ("max_p95_dp", "max_abs_dp", "max_float_ops", "gray_fold")]
+    int8_only = ("max_p95_dp", "max_abs_dp", "max_float_ops", "weights_only", "gray_fold")
+    words = [_option(k, v) for k, v in e.items() if int8 or k not in int8_only]
     command = (f"osteo-edge export --model {_rel(parent)} --format tflite{' --int8' if int8 else ''} --split {_rel(eval_split)} "
-               f"--out {_rel(out)} {' '.join(words)}").strip()
+               f"--out {_rel(out)} {' '.join(w for w in words if w)}").strip()
     res = export_model(parent, fmt, out, split=eval_split, calib_size=int(e.get("calib_size", 128)), golden_size=int(e.get("golden", 8)),
                        threads=e.get("threads", 2), command=command, progress=progress, calibration=str(e.get("calibration", "split")),
                        budget=budget, fold_gray=bool(e.get("gray_fold", True)))

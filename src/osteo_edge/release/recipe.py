@@ -13,6 +13,7 @@
       epochs: 3
       lr: 1.0e-5
     export:                        # osteo-edge export options for both files
+      weights_only: true           # the int8 file: int8 weights, float activations (or the full-integer route's budget:)
       max_p95_dp: 0.04
     gate:                          # osteo-edge gate calibrate options
       crossfit: true
@@ -38,7 +39,7 @@ from typing import Any, Mapping
 from ..errors import ConfigError, require
 
 QUANTIZE_KEYS = ("method", "epochs", "calib_size", "lr", "batch_size", "fold_bn", "distill", "max_steps")
-EXPORT_KEYS = ("calib_size", "golden", "max_p95_dp", "max_abs_dp", "max_float_ops", "gray_fold", "threads", "calibration")
+EXPORT_KEYS = ("calib_size", "golden", "max_p95_dp", "max_abs_dp", "max_float_ops", "weights_only", "gray_fold", "threads", "calibration")
 GATE_KEYS = ("crossfit", "non_knee", "synthetic", "package_images", "min_accept")
 PARITY_KEYS = ("pool", "pool_members", "subset", "explain", "threads", "max_drop", "min_agreement", "min_decision_agreement",
                "max_p95_dp", "max_abs_dp", "must_pass")
