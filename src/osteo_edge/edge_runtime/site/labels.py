@@ -162,7 +162,8 @@ def read_labels(images: str | os.PathLike, labels_csv: str | os.PathLike, bundle
         ys.append(labels.index(mapping.get(lab, lab)))
         groups.append((row.get("group") or "").strip() or f)
     if unknown:
-        raise ConfigError(f"{path}: unknown label {_first(unknown)}; valid: {', '.join(labels)}")
+        also = [f"{a} (as {b})" for a, b in label_mapping(LOW_BMD_NAMES, labels, negative).items()]
+        raise ConfigError(f"{path}: unknown label {_first(unknown)}; valid: {', '.join(labels + also)}")
     if bad_t:
         raise ConfigError(f"{path}: 'tscore' must be a number, got {_first(bad_t)}")
     if empty:
