@@ -389,7 +389,8 @@ def test_cli_calibrate_writes_a_signed_bundle_and_trust_file(tmp_path, bundle, s
 
 
 def test_site_modules_are_torch_free():
-    code = ("import sys, osteo_edge.edge_runtime.site, osteo_edge.edge_runtime.site.trust, osteo_edge.cli.site; "
+    code = ("import sys, osteo_edge.edge_runtime.site, osteo_edge.edge_runtime.site.trust, osteo_edge.edge_runtime.site.head, "
+            "osteo_edge.cli.site, osteo_edge.export.embedding; "
             "print(','.join(m for m in ('torch', 'timm', 'tensorflow', 'sklearn', 'gradio') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
