@@ -41,6 +41,9 @@ from .recipe import Recipe
 from .steps import Outcome, Step, StepLog, run_steps
 
 
+INT8_ONLY = ("max_p95_dp", "max_abs_dp", "max_float_ops", "gray_fold")  # export options the fp32 file ignores
+
+
 @dataclass
 class ReleasePaths:
     out: Path
@@ -300,7 +303,7 @@ def release_steps(split: Path, eval_split: Path, recipe: Recipe, paths: ReleaseP
     up = (steps[-1].name,)
     steps += [
         Step("export-reference", [paths.reference], lambda: _export(parent, paths.reference, False, eval_split, recipe, progress),
-             {"export": recipe.export, **data}, up),
+             {"export": {k: v for k, v in recipe.export.items() if k not in INT8_ONLY}, **data}, up),
         Step("export-int8", [paths.bundle], lambda: _export(parent, paths.bundle, True, eval_split, recipe, progress),
              {"export": recipe.export, **data}, up),
         Step("gate", list(both), lambda: _gate(eval_split, recipe, paths), {"gate": recipe.gate, **data},
