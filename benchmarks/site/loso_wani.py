@@ -130,6 +130,24 @@ def verdict_on(scores, clf, op, min_per_class: int, n_boot: int, seed: int) -> s
     return build_report(scores, answer(scores, op), clf.bundle, DEFAULT_REQUIRE, n_boot=n_boot, seed=seed)["verdict"]
 
 
+def summarise_table(runs: list[dict], ks: list[int], n: int, full_verdict: str) -> list[dict]:
+    """One entry per k: every figure over the draws, the verdicts, agreement with the whole pool's."""
+    table = []
+    for k in ks:
+        rs = [r for r in runs if r["k"] == k]
+        entry = {"k": k, "draws": len(rs), "scored_on": n - k}
+        for which in ("base", "calibrated"):
+            entry[which] = {f: summarise([r[which][f] for r in rs]) for f in SHOWN}
+        entry["temperature"] = summarise([r["temperature"] for r in rs])
+        entry["low_bmd"] = summarise([r["low_bmd"] for r in rs])
+        entry["verdicts"] = dict(Counter(r["verdict"] for r in rs))
+        entry["verdicts_minimum_2"] = dict(Counter(r["verdict_minimum_2"] for r in rs))
+        entry["agrees_with_full_pool"] = sum(r["verdict"] == full_verdict for r in rs)
+        entry["normal_in_site_sample"] = summarise([r["site_counts"]["Normal"] for r in rs])
+        table.append(entry)
+    return table
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--split", type=Path, required=True, help="the shipped model's split.csv (data split --members per-source, seed 0)")
@@ -192,19 +210,7 @@ def main() -> None:
             runs.append(row)
         print(f"k={k}: {args.draws} draws done", file=sys.stderr)
 
-    table = []
-    for k in ks:
-        rs = [r for r in runs if r["k"] == k]
-        entry = {"k": k, "draws": len(rs), "scored_on": scores.n - k}
-        for which in ("base", "calibrated"):
-            entry[which] = {f: summarise([r[which][f] for r in rs]) for f in SHOWN}
-        entry["temperature"] = summarise([r["temperature"] for r in rs])
-        entry["low_bmd"] = summarise([r["low_bmd"] for r in rs])
-        entry["verdicts"] = dict(Counter(r["verdict"] for r in rs))
-        entry["verdicts_minimum_2"] = dict(Counter(r["verdict_minimum_2"] for r in rs))
-        entry["agrees_with_full_pool"] = sum(r["verdict"] == full["verdict_default_minimum"] for r in rs)
-        entry["normal_in_site_sample"] = summarise([r["site_counts"]["Normal"] for r in rs])
-        table.append(entry)
+    table = summarise_table(runs, ks, scores.n, full["verdict_default_minimum"])
 
     meta = {"generated": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "command": "python benchmarks/site/loso_wani.py " + " ".join(sys.argv[1:]),
