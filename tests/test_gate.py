@@ -380,6 +380,23 @@ def test_gate_calibrate_command_writes_a_crossfitted_gate_into_a_bundle(tmp_path
     assert set(by_source) == {"multiclass-kaggle", "wani-mendeley"} and "wani-mendeley" in res.output
 
 
+def test_gate_calibrate_on_val_rows_without_a_bundle(tmp_path):
+    from typer.testing import CliRunner
+
+    from osteo_edge.cli import app
+
+    split = _fold_split(tmp_path, 36)  # 24 train, 6 val, 6 test knees per source
+    res = CliRunner().invoke(app, ["gate", "calibrate", "--split", str(split), "--synthetic", "40", "--no-package-images",
+                                   "--min-accept", "0.9", "--out", str(tmp_path / "g")])
+    assert res.exit_code == 0, res.output
+    assert "val rows" in res.output and "sign" not in res.output  # nothing was written into a bundle
+    report = json.loads((tmp_path / "g" / "gate_calibration.json").read_text())
+    assert report["sets"]["fit_knee"] == 48 and report["sets"]["calib_knee"] == 12
+    gate = Gate.from_record(json.loads((tmp_path / "g" / "gate.json").read_text()))
+    assert gate.discriminator is None and np.isfinite(gate.ood.threshold)
+    assert "max Youden J" in report["calibration"]["protocol"]
+
+
 def test_gate_calibrate_refuses_bad_input_in_one_line(tmp_path):
     from typer.testing import CliRunner
 

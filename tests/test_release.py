@@ -131,6 +131,18 @@ def test_strip_build_paths_names_the_split_by_content(tmp_path: Path) -> None:
     assert strip_build_paths(b) == []  # nothing left: no re-seal
 
 
+def test_strip_build_paths_makes_the_parent_relative_from_the_export_command(tmp_path: Path) -> None:
+    from osteo_edge.errors import ConfigError
+    from osteo_edge.release.portable import portable_provenance
+
+    prov = {"command": "osteo-edge export --model runs/qat --format tflite --out out/bundle",
+            "parent": {"path": "/build/machine/runs/qat", "seal": "x"}, "lineage": ["osteo-edge train --split /build/s.csv"]}
+    out = portable_provenance(prov)
+    assert out["parent"] == {"path": "../../runs/qat", "seal": "x"} and out["lineage"] == ["osteo-edge train --split s.csv"]
+    with pytest.raises(ConfigError, match="relative"):  # typed with absolute paths: nothing to rebuild it from
+        portable_provenance({**prov, "command": "osteo-edge export --model /build/machine/runs/qat --out /o"})
+
+
 def test_release_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
     from osteo_edge.cli import app
 

@@ -57,6 +57,7 @@ def _strip_split(prov: dict[str, Any]) -> None:
 def portable_provenance(prov: dict[str, Any]) -> dict[str, Any]:
     """The provenance dict with build-machine paths rewritten (see the module docstring)."""
     prov = dict(prov)
+    typed = prov.get("command") or ""  # the parent is rebuilt from the paths as typed, before any is rewritten
     _strip_split(prov)
     for key in ("command", "parent_command"):  # a split already named by content, but typed as an absolute path
         if prov.get(key):
@@ -65,8 +66,7 @@ def portable_provenance(prov: dict[str, Any]) -> dict[str, Any]:
         prov["lineage"] = [_relative_words(c) for c in prov["lineage"]]
     parent = dict(prov.get("parent") or {})
     if parent.get("path") and os.path.isabs(parent["path"]):
-        command = prov.get("command") or ""
-        model, out = _option(command, "--model"), _option(command, "--out")
+        model, out = _option(typed, "--model"), _option(typed, "--out")
         if not model or not out or os.path.isabs(model) or os.path.isabs(out) or not parent["path"].endswith(model):
             raise ConfigError(f"cannot make {parent['path']} relative: the export command does not name it relatively")
         parent["path"] = Path(os.path.relpath(model, out)).as_posix()
