@@ -241,3 +241,20 @@ def test_members_per_source_keeps_one_copy_per_source_folder(full_audit):
     assert {r.group: (r.split, r.fold) for r in ps.rows} == {r.group: (r.split, r.fold) for r in one.rows}
     wani_films = Counter(r.label for r in ps.rows if r.source == "wani-mendeley" and r.split != "test")
     assert wani_films["Normal"] > 0 and wani_films["Osteoporosis"] > 0  # Wani-framed films of every class
+
+
+def test_a_split_from_an_audits_groups_keeps_only_the_sources_it_is_given(mini_sources, tmp_path):
+    """--groups reuses an audit of more folders: the split holds the files of the folders named, and a
+    folder the audit never saw is refused in one line."""
+    from osteo_edge.data.report import write_audit
+    from osteo_edge.data.split import SplitOptions, split_sources
+    from osteo_edge.errors import DataError
+
+    groups = write_audit(audit_sources(mini_sources), tmp_path / "audit", plots=False)["groups.csv"]
+    a, b = mini_sources
+    table = split_sources([a], SplitOptions(val=0.2, test=0.2, conflicts="drop"), groups_csv=groups)
+    assert table.rows and all(str(a) in str(r.path) for r in table.rows)
+    both = split_sources([a, b], SplitOptions(val=0.2, test=0.2, conflicts="drop"), groups_csv=groups)
+    assert len(both.rows) > len(table.rows)
+    with pytest.raises(DataError, match="no audited file under"):
+        split_sources([a, tmp_path / "never-audited"], SplitOptions(), groups_csv=groups)

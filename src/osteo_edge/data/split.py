@@ -305,10 +305,28 @@ def split_sources(
     if groups_csv is not None:
         from .audit import read_groups_csv
 
-        infos = read_groups_csv(groups_csv)
+        infos = _from_sources(read_groups_csv(groups_csv), sources, groups_csv)
     else:
         infos = audit_sources(sources, opts.phash_threshold, progress=progress).files
     return make_split(infos, opts)
+
+
+def _from_sources(infos: list[Any], sources: Sequence[str | os.PathLike], groups_csv: str | os.PathLike) -> list[Any]:
+    """The rows of an audit's groups.csv under the given source folders (an audit of more folders
+    serves a split of fewer); one line when a folder has no row there (the audit did not cover it)."""
+    roots = [Path(s).resolve() for s in sources]
+    kept, seen = [], set()
+    for info in infos:
+        path = Path(info.path).resolve()
+        root = next((r for r in roots if path.is_relative_to(r)), None)
+        if root is not None:
+            kept.append(info)
+            seen.add(root)
+    missing = [str(s) for s, r in zip(sources, roots) if r not in seen]
+    if missing:
+        raise DataError(f"{groups_csv}: no audited file under {', '.join(missing)}; audit those folders "
+                        "('osteo-edge data audit') or leave out --groups")
+    return kept
 
 
 def read_split(path: str | os.PathLike) -> SplitTable:
