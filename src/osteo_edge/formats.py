@@ -30,7 +30,7 @@ FORMATS: dict[str, ModelFormat] = {
         ModelFormat("onnx", ".onnx", "onnxruntime", "fp32", "NCHW", True, "ONNX fp32, run by ONNX Runtime"),
         ModelFormat("onnx-int8", ".onnx", "onnxruntime", "int8", "NCHW", True, "ONNX int8 QDQ, run by ONNX Runtime"),
         ModelFormat("tflite", ".tflite", "litert", "fp32", "NHWC", True, "TFLite fp32, run by LiteRT"),
-        ModelFormat("tflite-int8", ".tflite", "litert", "int8", "NHWC", True, "TFLite full-integer int8, run by LiteRT"),
+        ModelFormat("tflite-int8", ".tflite", "litert", "int8", "NHWC", True, "TFLite int8, run by LiteRT (full-integer, or int8 weights with float activations: the manifest says which)"),
     )
 }
 
