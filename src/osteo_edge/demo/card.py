@@ -141,7 +141,7 @@ def model_card_markdown(bundle: Bundle) -> str:
         f"> **{bundle.intended_use}**",
         "",
         "### Model",
-        f"- format: `{_md(bundle.format)}`; classes (output order): {_md(labels)}",
+        f"- format: `{_md(bundle.format)}`{_scheme(bundle)}; classes (output order): {_md(labels)}",
         f"- input: {bundle.spec.input_size}x{bundle.spec.input_size} px, resize `{bundle.spec.resize}`, layout {bundle.spec.layout}",
         f"- calibration temperature: {_num(bundle.temperature)}",
         "- thresholds: "
@@ -190,3 +190,13 @@ def model_card_markdown(bundle: Bundle) -> str:
         "An uncertain or low-BMD result means: refer for DEXA. A person decides; the model only points.",
     ]
     return "\n".join(parts)
+
+
+def _scheme(bundle: Any) -> str:
+    """How an int8 file was quantized, in words, from its export record (empty for other files)."""
+    q = (bundle.export_info or {}).get("quantization") or {}
+    if q.get("scheme") == "weight-only":
+        return " (weight-only: int8 weights, float activations)"
+    if "activations" in q and "weights" in q:
+        return f" ({_md(str(q['weights']))} weights, {_md(str(q['activations']))} activations)"
+    return ""
