@@ -306,3 +306,28 @@ def test_a_version_1_record_is_upgraded_in_place_and_keeps_its_rows(tmp_path):
     assert raw.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
     assert [v for (v,) in raw.execute("SELECT version FROM schema ORDER BY rowid")] == [2, 2]
     assert raw.execute("SELECT count(*) FROM predictions").fetchone()[0] == 3
+
+
+def test_unwritable_record_or_worklist_and_a_worklist_that_would_overwrite_the_record_are_one_line_errors(tmp_path):
+    archive = _folder(tmp_path, 1)
+    db = tmp_path / "clinic" / "record.db"
+    assert runner.invoke(app, ["screen", str(archive), "--record", str(db)]).exit_code == 0
+    before = db.read_bytes()
+    listing = tmp_path / "list.csv"
+    listing.write_text(f"path\n{next(p for p in archive.rglob('*') if p.is_symlink())}\n")
+    blocker = tmp_path / "a-file"  # a folder that cannot be made: a file is in the way
+    blocker.write_text("x")
+    (tmp_path / "w-dir.csv").mkdir()
+    for argv, msg in [([str(archive), "--record", str(blocker / "record.db")], "cannot write the clinic record"),
+                      ([str(archive), "--record", str(db), "--worklist", str(blocker / "w.csv")], "cannot write the referral worklist"),
+                      ([str(archive), "--record", str(db), "--worklist", str(db)], "neither the record nor the source"),
+                      ([str(listing), "--record", str(db), "--worklist", str(listing)], "neither the record nor the source"),
+                      ([str(archive), "--record", str(db), "--worklist", str(tmp_path / "w.txt")], "ending in .csv"),
+                      ([str(archive), "--record", str(db), "--worklist", str(tmp_path / "w-dir.csv")], "is a folder"),
+                      ([str(archive), "--record", str(db), "--since", "2024-01-01"], "apply to --pacs")]:
+        bad = runner.invoke(app, ["screen", *argv])
+        assert bad.exit_code == 1, (argv, bad.output)
+        assert msg in bad.output and "Traceback" not in bad.output and len(bad.output.strip().splitlines()) == 1, bad.output
+    assert db.read_bytes() == before and listing.read_text().startswith("path\n")  # neither overwritten by a worklist
+    assert not (tmp_path / "w.txt").exists()
+

@@ -57,6 +57,14 @@ class ScreenJob:
             raise ConfigError(f"--workers must be at least 1, got {self.workers}")
         if self.engine not in ENGINES:
             raise ConfigError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
+        if self.source is not None and (self.query.since or self.query.until or self.spool is not None):
+            raise ConfigError("--since, --until and --spool apply to --pacs; a folder or file list is screened whole")
+        wl, guarded = self.worklist_path(), [self.record, *([self.source] if self.source is not None else [])]
+        if wl.suffix.lower() != ".csv" or any(_same_file(wl, g) for g in guarded):
+            raise ConfigError(f"--worklist {wl}: the worklist is a CSV file of its own (a path ending in .csv, "
+                              "neither the record nor the source)")
+        if wl.is_dir():
+            raise ConfigError(f"--worklist {wl}: is a folder; give a CSV file path")
 
     def worklist_path(self) -> Path:
         return self.worklist or self.record.with_name(self.record.stem + "-referrals.csv")
@@ -173,6 +181,35 @@ class Recorder:
         self.progress("screening", self.done, self.total, **info)
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
+
+
+def _writable(path: Path, what: str) -> None:
+    """Fail before the run, in one line, when ``path``'s folder cannot take a new file."""
+    import tempfile
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)  # as the record's folder
+        with tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot write the {what} here ({exc.strerror or exc}); choose a folder you can write") from exc
+
+
+def _open_record(path: Path) -> Any:
+    from ..dicom.record import ClinicRecord
+
+    try:
+        return ClinicRecord(path)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create or open the clinic record here ({exc.strerror or exc}); "
+                          "choose a folder you can write") from exc
+
+
 def _keep(path: str) -> None:
     """Files of a folder or list stay where they are."""
 
@@ -180,14 +217,16 @@ def _keep(path: str) -> None:
 def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
     """Run ``job``: every image of its source answered once per model seal in the record; see the module doc."""
     from ..artifact.signing import TrustStore
-    from ..dicom.record import ClinicRecord, bundle_identity
+    from ..dicom.record import bundle_identity
     from ..edge_runtime import EdgeClassifier
 
     job.check()
+    _writable(job.record, "clinic record")  # before the model loads and the run starts: one line, not a traceback at the end
+    _writable(job.worklist_path(), "referral worklist")
     clf = EdgeClassifier.load(job.model, threads=1, trust=TrustStore.from_env(list(job.trusted_keys)))
     bundle = bundle_identity(clf)
     res = ScreenResult(job.engine, job.workers, seal=clf.bundle.seal)
-    with ClinicRecord(job.record) as rec:
+    with _open_record(job.record) as rec:
         known = rec.answered(clf.bundle.seal)
         items, before, release, pacs = _items(job, known, res)
         config = WorkerConfig(None if job.model is None else str(Path(job.model).resolve()), clf.bundle.seal,
@@ -207,7 +246,11 @@ def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
         if pacs is not None:
             res.not_fetched = len(pacs.not_fetched)
     res.referrals = len(recorder.referrals)
-    res.worklist = _write_worklist(job.worklist_path(), recorder.referrals.values())
+    try:
+        res.worklist = _write_worklist(job.worklist_path(), recorder.referrals.values())
+    except OSError as exc:
+        raise ConfigError(f"{job.worklist_path()}: the referral worklist could not be written ({exc.strerror or exc}); "
+                          f"the {res.recorded} new answers are in the record: rerun with --worklist PATH to write it") from exc
     return res
 
 
