@@ -331,3 +331,26 @@ def test_unwritable_record_or_worklist_and_a_worklist_that_would_overwrite_the_r
     assert db.read_bytes() == before and listing.read_text().startswith("path\n")  # neither overwritten by a worklist
     assert not (tmp_path / "w.txt").exists()
 
+
+def test_a_file_that_cannot_be_read_is_counted_not_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+    from osteo_edge.screen import work
+
+    archive = _folder(tmp_path, 3)
+    locked = sorted(p for p in archive.rglob("*") if p.is_symlink())[1]
+    real = work.identify
+
+    def identify(item):
+        if item.path == str(locked):
+            raise PermissionError(13, "Permission denied", item.path)  # as on a share the service account cannot read
+        return real(item)
+
+    monkeypatch.setattr(work, "identify", identify)
+    db = tmp_path / "r.db"
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "1 found but not readable" in res.output and "recorded 2 new answers" in res.output
+    assert sorted(r["input_name"] for r in _rows(db)) == sorted(p.name for p in archive.rglob("*") if p.is_symlink() and p != locked)
+    monkeypatch.setattr(work, "identify", real)  # readable again: the rerun answers it
+    again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert again.exit_code == 0 and "recorded 1 new answers" in again.output, again.output
+

@@ -78,6 +78,7 @@ class ScreenResult:
     answered: Counter = field(default_factory=Counter)  # status -> count, answered in this run
     already: Counter = field(default_factory=Counter)  # status -> count, answered before (skipped)
     missing: int = 0  # listed, but no such file (nothing recorded)
+    unreadable: int = 0  # there, but cannot be read (permissions, I/O error; nothing recorded, a rerun tries again)
     not_fetched: int = 0  # the PACS did not deliver them (a rerun tries again)
     duplicates: int = 0  # the same image again under another name in this run (recorded once)
     left_out: int = 0  # hidden and side files in the folder tree
@@ -128,6 +129,8 @@ class Recorder:
             self.first = time.perf_counter()
         if state == "missing":
             res.missing += 1
+        elif state == "unreadable":
+            res.unreadable += 1
         elif key in self.seen:
             res.duplicates += 1
         elif state == "skipped":

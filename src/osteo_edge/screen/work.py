@@ -5,7 +5,7 @@ model (one inference thread), and the set of image keys the record already answe
 seal. An outcome is a plain dict (it crosses process and Ray boundaries as JSON)::
 
     {"path", "key", "identity": {sha256, sop_instance_uid, ...}, "meta": {patient_id, ...},
-     "state": "answered" | "skipped" | "missing", "prediction": Prediction.to_dict() | None,
+     "state": "answered" | "skipped" | "missing" | "unreadable", "prediction": Prediction.to_dict() | None,
      "seconds": decode + inference time, "identify_seconds": hashing + header time,
      "cpu_seconds": this process's CPU time for the whole image (unaffected by other load)}
 """
@@ -111,7 +111,10 @@ class Screener:
 
     def __call__(self, item: ScreenItem) -> dict[str, Any]:
         t0, c0 = time.perf_counter(), time.process_time()
-        who, meta = identify(item)
+        try:
+            who, meta = identify(item)
+        except OSError as exc:  # permission denied, an I/O error on a network share: this file only, the run goes on
+            return unreadable(item, exc)
         key = item.key or who.get("sop_instance_uid") or who.get("sha256")
         out: dict[str, Any] = {"path": item.path, "key": key, "identity": who, "meta": meta, "prediction": None,
                                "identify_seconds": time.perf_counter() - t0, "seconds": 0.0, "cpu_seconds": 0.0}
@@ -142,12 +145,23 @@ class Screener:
                               message=f"rejected: unreadable image ({type(exc).__name__}: {msg}). {SHORT_DISCLAIMER}")
 
 
+def unreadable(item: ScreenItem, exc: OSError) -> dict[str, Any]:
+    """The outcome of a file that cannot be read (so has no identity): not recorded, counted; a rerun tries again."""
+    why = exc.strerror or type(exc).__name__
+    log.warning("%s: cannot be read (%s); not recorded", os.path.basename(item.path), why)
+    return {"path": item.path, "key": None, "identity": {}, "meta": dict(item.meta), "prediction": None, "state": "unreadable",
+            "why": why, "seconds": 0.0, "identify_seconds": 0.0, "cpu_seconds": 0.0}
+
+
 def crashed(item: ScreenItem, why: str) -> dict[str, Any]:
     """The outcome of an image whose decoding killed its worker process twice: rejected, with why."""
     from ..edge_runtime import Prediction
     from ..edge_runtime.classifier import SHORT_DISCLAIMER
 
-    who, meta = identify(item)
+    try:
+        who, meta = identify(item)
+    except OSError as exc:
+        return unreadable(item, exc)
     key = item.key or who.get("sop_instance_uid") or who.get("sha256")
     pred = Prediction(path=item.path, status="rejected", label=None, probabilities={}, reason="invalid_image",
                       message=f"rejected: unreadable image ({why}). {SHORT_DISCLAIMER}").to_dict()
@@ -155,4 +169,4 @@ def crashed(item: ScreenItem, why: str) -> dict[str, Any]:
             "state": "answered" if key else "missing", "seconds": 0.0, "identify_seconds": 0.0, "cpu_seconds": 0.0}
 
 
-__all__ = ["META_FIELDS", "Screener", "WorkerConfig", "crashed", "header_meta", "identify", "load_classifier"]
+__all__ = ["META_FIELDS", "Screener", "WorkerConfig", "crashed", "header_meta", "identify", "load_classifier", "unreadable"]
