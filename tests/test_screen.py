@@ -354,3 +354,25 @@ def test_a_file_that_cannot_be_read_is_counted_not_recorded_and_the_run_goes_on(
     again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
     assert again.exit_code == 0 and "recorded 1 new answers" in again.output, again.output
 
+
+def test_ctrl_c_mid_run_keeps_the_answers_back_says_so_in_one_line_and_the_rerun_finishes(tmp_path, monkeypatch):
+    from osteo_edge.screen import run
+
+    archive = _folder(tmp_path, 4)
+    db = tmp_path / "r.db"
+    add = run.Recorder.add
+
+    def interrupted(self, outcome):
+        add(self, outcome)
+        if self.done == 2:
+            raise KeyboardInterrupt  # Ctrl+C after the second answer
+
+    monkeypatch.setattr(run.Recorder, "add", interrupted)
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 130, res.output
+    assert "interrupted" in res.output and "run the same command again" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and len(_rows(db)) == 2
+    monkeypatch.setattr(run.Recorder, "add", add)
+    again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert again.exit_code == 0 and "recorded 2 new answers" in again.output, again.output
+    assert len({r["sha256"] for r in _rows(db)}) == len(_rows(db)) == 4

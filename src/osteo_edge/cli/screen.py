@@ -72,12 +72,17 @@ def screen(
     quiet = eng == "ray" and not verbose()  # Ray's native and Python logs: only with --verbose
     if quiet:
         _quiet_ray()
-    with quiet_native() if quiet else contextlib.nullcontext():
-        if progress_enabled():
-            with TerminalProgress("screening", console=progress_console()) as bar:
-                res = run_screen(job, progress=bar)
-        else:
-            res = run_screen(job, progress=ProgressLines(progress_every))
+    try:
+        with quiet_native() if quiet else contextlib.nullcontext():
+            if progress_enabled():
+                with TerminalProgress("screening", console=progress_console()) as bar:
+                    res = run_screen(job, progress=bar)
+            else:
+                res = run_screen(job, progress=ProgressLines(progress_every))
+    except KeyboardInterrupt:  # Ctrl+C: the answers already back are recorded; say so, and how to finish
+        out.error(f"interrupted: the answers already back are in {record}; run the same command again to answer "
+                  "the rest (nothing is recorded twice) and write the worklist")
+        raise typer.Exit(code=130) from None
     _render(res, record)
     out.line(DISCLAIMER, style="bold")
     out.next_step(f"osteo-edge record stats --record {record}")
