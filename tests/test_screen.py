@@ -376,3 +376,11 @@ def test_ctrl_c_mid_run_keeps_the_answers_back_says_so_in_one_line_and_the_rerun
     again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
     assert again.exit_code == 0 and "recorded 2 new answers" in again.output, again.output
     assert len({r["sha256"] for r in _rows(db)}) == len(_rows(db)) == 4
+
+
+def test_a_csv_row_with_more_cells_than_columns_is_a_one_line_error(tmp_path):
+    listing = tmp_path / "list.csv"
+    listing.write_text("path,patient_id\nfilm.png,P-1\nSmith, John/film.png,P-2\n")  # an unquoted comma in a path
+    res = runner.invoke(app, ["screen", str(listing), "--record", str(tmp_path / "r.db")])
+    assert res.exit_code == 1, res.output
+    assert "line 3 has more cells" in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1

@@ -50,7 +50,12 @@ def csv_items(path: str | os.PathLike) -> list[ScreenItem]:
             cols = [c.strip() for c in (reader.fieldnames or [])]
             if "path" not in cols:
                 raise ConfigError(f"{p}: a file list needs a 'path' column; found {', '.join(cols) or 'no header'}")
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in r.items()} for r in reader]
+            rows = []
+            for r in reader:
+                if None in r:  # more cells than the header has columns
+                    raise ConfigError(f"{p}: line {reader.line_num} has more cells than the header has columns "
+                                      "(a path with a comma must be in double quotes)")
+                rows.append({(k or "").strip(): (v or "").strip() for k, v in r.items()})
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ConfigError(f"{p}: not a readable CSV file list ({exc})") from exc
     items = []
