@@ -106,7 +106,8 @@ def _render(res: Any, record: Path) -> None:
     rows.append(["total", sum(res.answered.values()), sum(res.already.values()), sum(res.answered.values()) + sum(res.already.values())])
     cols = [out.Col("status"), out.Col("answered now", right=True), out.Col("answered before", right=True), out.Col("in the record", right=True)]
     out.table(f"osteo-edge screen ({res.inputs} inputs, engine {res.engine}, {res.workers} worker{'s' if res.workers != 1 else ''})", cols, rows)
-    notes = [(res.missing, "listed but not found (not recorded)"),
+    eg = f", e.g. {', '.join(res.missing_examples)}" if res.missing_examples else ""
+    notes = [(res.missing, f"listed but not found (not recorded{eg})"),
              (res.unreadable, "found but not readable: permissions or I/O errors (not recorded; a rerun tries again)"), (res.not_fetched, "not delivered by the PACS (a rerun tries again)"),
              (res.duplicates, "the same image again under another name (recorded once)"), (res.left_out, "hidden or side files left out")]
     for n, what in notes:

@@ -78,6 +78,7 @@ class ScreenResult:
     answered: Counter = field(default_factory=Counter)  # status -> count, answered in this run
     already: Counter = field(default_factory=Counter)  # status -> count, answered before (skipped)
     missing: int = 0  # listed, but no such file (nothing recorded)
+    missing_examples: list = field(default_factory=list)  # the first few such paths, to say which
     unreadable: int = 0  # there, but cannot be read (permissions, I/O error; nothing recorded, a rerun tries again)
     not_fetched: int = 0  # the PACS did not deliver them (a rerun tries again)
     duplicates: int = 0  # the same image again under another name in this run (recorded once)
@@ -129,6 +130,8 @@ class Recorder:
             self.first = time.perf_counter()
         if state == "missing":
             res.missing += 1
+            if len(res.missing_examples) < 3:
+                res.missing_examples.append(outcome["path"])
         elif state == "unreadable":
             res.unreadable += 1
         elif key in self.seen:
