@@ -384,3 +384,15 @@ def test_a_csv_row_with_more_cells_than_columns_is_a_one_line_error(tmp_path):
     res = runner.invoke(app, ["screen", str(listing), "--record", str(tmp_path / "r.db")])
     assert res.exit_code == 1, res.output
     assert "line 3 has more cells" in res.output and "Traceback" not in res.output and len(res.output.strip().splitlines()) == 1
+
+
+def test_the_worklist_names_files_by_absolute_path_when_the_source_was_given_relative(tmp_path, monkeypatch):
+    archive = _folder(tmp_path, 4)
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, ["screen", archive.name, "--record", "r.db"])
+    assert res.exit_code == 0, res.output
+    listed = list(csv.DictReader((tmp_path / "r-referrals.csv").open()))
+    refer = [r for r in _rows(tmp_path / "r.db") if r["status"] == "refer"]
+    assert len(listed) == len(refer) > 0  # the shared films: most are referred by the shipped model
+    for w in listed:  # read later from another folder (the DEXA clinic's share): the path still leads to the film
+        assert Path(w["file"]).is_absolute() and Path(w["file"]).exists(), w["file"]

@@ -11,6 +11,7 @@ fetching, from the C-FIND answers).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -160,7 +161,8 @@ class Recorder:
         from ..edge_runtime.classifier import SHORT_DISCLAIMER
 
         m = outcome.get("meta") or {}
-        file = outcome["path"] if self.release is _keep else ""  # a PACS's spooled copy is gone after the run
+        # absolute: the worklist is read from another folder; a PACS's spooled copy is gone after the run
+        file = os.path.abspath(outcome["path"]) if self.release is _keep else ""
         self.referrals[key] = [m.get("patient_id", ""), m.get("accession_number", ""), m.get("study_instance_uid", ""), key,
                                file, m.get("film_date", ""), "" if p is None else round(float(p), 4),
                                label or "", reason or "", REFER_ACTION, SHORT_DISCLAIMER]
