@@ -10,6 +10,7 @@ the same record as the local engine.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -396,3 +397,32 @@ def test_the_worklist_names_files_by_absolute_path_when_the_source_was_given_rel
     assert len(listed) == len(refer) > 0  # the shared films: most are referred by the shipped model
     for w in listed:  # read later from another folder (the DEXA clinic's share): the path still leads to the film
         assert Path(w["file"]).is_absolute() and Path(w["file"]).exists(), w["file"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_killing_the_driver_alone_leaves_no_orphan_worker_processes(tmp_path, sig):
+    psutil = pytest.importorskip("psutil")
+    archive = _folder(tmp_path, 40)
+    db = tmp_path / "record.db"
+    argv = [str(OSTEO_EDGE), "screen", str(archive), "--record", str(db), "--workers", "2"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    workers: list = []
+    try:
+        wait_until(lambda: db.exists() and _count(db) > 0, 120, "the first recorded answers", step=0.01)
+        workers += psutil.Process(proc.pid).children(recursive=True)
+        assert workers, "no worker processes"
+        proc.send_signal(sig)  # the driver only (a scheduler's timeout, systemd, kill PID), not its process group
+        _, err = proc.communicate(timeout=60)
+        _, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive, f"orphan worker processes after {sig.name}: {alive}"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for w in workers:  # never leave one behind, whatever failed
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
+    if sig == signal.SIGTERM:  # as Ctrl+C: the answers back are recorded, one line says how to finish
+        assert proc.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert len(_rows(db)) == len({r["sha256"] for r in _rows(db)}) == 40

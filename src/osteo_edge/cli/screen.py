@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
@@ -72,6 +73,7 @@ def screen(
     quiet = eng == "ray" and not verbose()  # Ray's native and Python logs: only with --verbose
     if quiet:
         _quiet_ray()
+    signal.signal(signal.SIGTERM, _terminate)  # kill PID, systemd, a scheduler's timeout: as Ctrl+C
     try:
         with quiet_native() if quiet else contextlib.nullcontext():
             if progress_enabled():
@@ -86,6 +88,11 @@ def screen(
     _render(res, record)
     out.line(DISCLAIMER, style="bold")
     out.next_step(f"osteo-edge record stats --record {record}")
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    """SIGTERM: stop as Ctrl+C does (the answers back are recorded, the worker processes end)."""
+    raise KeyboardInterrupt
 
 
 def _quiet_ray() -> None:

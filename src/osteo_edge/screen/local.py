@@ -32,7 +32,27 @@ _SCREENER: Screener | None = None
 
 def _init(config: WorkerConfig) -> None:
     global _SCREENER
+    _watch_parent()
     _SCREENER = Screener(config)
+
+
+def _watch_parent() -> None:
+    """End this worker when the driver is gone (SIGKILL, SIGTERM, a crash): a pool worker would otherwise
+    wait forever on its queue, an orphan holding a model in memory."""
+    import os
+    import threading
+    from multiprocessing import parent_process
+    from multiprocessing.connection import wait as wait_for
+
+    parent = parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        wait_for([parent.sentinel])  # readable once the driver's end of the pipe is closed: it exited
+        os._exit(1)
+
+    threading.Thread(target=watch, name="screen-parent-watch", daemon=True).start()
 
 
 def _answer(item: ScreenItem) -> Outcome:
