@@ -38,16 +38,34 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError, require
 
-QUANTIZE_KEYS = ("method", "epochs", "calib_size", "lr", "batch_size", "fold_bn", "distill", "max_steps")
-EXPORT_KEYS = ("calib_size", "golden", "max_p95_dp", "max_abs_dp", "max_float_ops", "weights_only", "gray_fold", "threads", "calibration")
-GATE_KEYS = ("crossfit", "non_knee", "synthetic", "package_images", "min_accept")
-PARITY_KEYS = ("pool", "pool_members", "subset", "explain", "threads", "max_drop", "min_agreement", "min_decision_agreement",
-               "max_p95_dp", "max_abs_dp", "must_pass")
+_I, _F, _B, _S, _L = "int", "float", "bool", "str", "list"  # the type each option takes (None: the command's default)
+QUANTIZE_TYPES = {"method": _S, "epochs": _I, "calib_size": _I, "lr": _F, "batch_size": _I, "fold_bn": _B, "distill": _F, "max_steps": _I}
+EXPORT_TYPES = {"calib_size": _I, "golden": _I, "max_p95_dp": _F, "max_abs_dp": _F, "max_float_ops": _I, "weights_only": _B,
+                "gray_fold": _B, "threads": _I, "calibration": _S}
+GATE_TYPES = {"crossfit": _B, "non_knee": _L, "synthetic": _I, "package_images": _B, "min_accept": _F}
+PARITY_TYPES = {"pool": _S, "pool_members": _S, "subset": _S, "explain": _B, "threads": _I, "max_drop": _F, "min_agreement": _F,
+                "min_decision_agreement": _F, "max_p95_dp": _F, "max_abs_dp": _F, "must_pass": _B}
+QUANTIZE_KEYS, EXPORT_KEYS, GATE_KEYS, PARITY_KEYS = (tuple(t) for t in (QUANTIZE_TYPES, EXPORT_TYPES, GATE_TYPES, PARITY_TYPES))
 DEFAULT_QUANTIZE = {"method": "qat", "epochs": 3, "lr": 1e-5}
 DEFAULT_GATE = {"crossfit": True}
 
 
-def _section(data: Mapping[str, Any], name: str, keys: tuple[str, ...], default: Mapping[str, Any] | None) -> dict[str, Any] | None:
+def _typed(section: str, key: str, value: Any, kind: str) -> Any:
+    """``value`` when it is of ``kind`` (an int is a float; one path is a list of one), else a one-line refusal."""
+    if value is None and key in ("max_steps", "threads", "pool"):
+        return None
+    ok = {_I: isinstance(value, int) and not isinstance(value, bool), _F: isinstance(value, (int, float)) and not isinstance(value, bool),
+          _B: isinstance(value, bool), _S: isinstance(value, str)}.get(kind)
+    if kind == _L:
+        value = [value] if isinstance(value, str) else value
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if not ok:
+        want = {_I: "an integer", _F: "a number", _B: "true or false", _S: "a string", _L: "a list of folders"}[kind]
+        raise ConfigError(f"recipe '{section}': option {key!r} must be {want}, got {value!r}")
+    return float(value) if kind == _F else value
+
+
+def _section(data: Mapping[str, Any], name: str, types: Mapping[str, str], default: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if name not in data:
         return dict(default) if default is not None else {}
     value = data[name]
@@ -55,10 +73,42 @@ def _section(data: Mapping[str, Any], name: str, keys: tuple[str, ...], default:
         return None
     if not isinstance(value, Mapping):
         raise ConfigError(f"recipe '{name}' must be a mapping of options, got {type(value).__name__}")
-    unknown = sorted(set(value) - set(keys))
+    unknown = sorted(set(value) - set(types))
     if unknown:
-        raise ConfigError(f"recipe '{name}': unknown option(s) {unknown}; valid: {', '.join(keys)}")
-    return {**(default or {}), **dict(value)}
+        raise ConfigError(f"recipe '{name}': unknown option(s) {unknown}; valid: {', '.join(types)}")
+    return {**(default or {}), **{k: _typed(name, k, v, types[k]) for k, v in value.items()}}
+
+
+def _check_values(quantize: Mapping[str, Any] | None, export: Mapping[str, Any], gate: Mapping[str, Any], parity: Mapping[str, Any]) -> None:
+    """The options' values, refused in one line now rather than when their step runs after training."""
+    from ..export.fidelity import FidelityBudget
+    from ..export.parity import Gates
+    from ..export.pool import POOL_MEMBERS
+
+    if quantize is not None and quantize.get("method", "qat") not in ("qat", "ptq"):
+        raise ConfigError(f"recipe 'quantize': method {quantize['method']!r}; valid: qat, ptq")
+    try:
+        FidelityBudget(**{k: export[k] for k in ("max_p95_dp", "max_abs_dp", "max_float_ops", "weights_only") if k in export})
+    except ConfigError as exc:
+        raise ConfigError(f"recipe 'export': {exc}") from exc
+    try:
+        Gates(**{k: parity[k] for k in ("max_drop", "min_agreement", "min_decision_agreement", "max_p95_dp", "max_abs_dp") if k in parity})
+    except ConfigError as exc:
+        raise ConfigError(f"recipe 'parity': {exc}") from exc
+    for section, opts, keys in (("quantize", quantize or {}, ("epochs", "calib_size", "batch_size")),
+                                ("export", export, ("calib_size", "golden", "threads")), ("gate", gate, ("synthetic",)),
+                                ("parity", parity, ("threads",))):
+        for k in keys:
+            if opts.get(k) is not None and opts[k] < (0 if k in ("epochs", "synthetic") else 1):
+                raise ConfigError(f"recipe '{section}': option {k!r} must be at least {0 if k in ('epochs', 'synthetic') else 1}, got {opts[k]}")
+    if not 0 < gate.get("min_accept", 0.99) <= 1:
+        raise ConfigError(f"recipe 'gate': min_accept must be in (0, 1], got {gate['min_accept']}")
+    if export.get("calibration", "split") not in ("split", "synthetic"):
+        raise ConfigError(f"recipe 'export': calibration {export['calibration']!r}; valid: split, synthetic")
+    if parity.get("subset", "test") not in ("test", "val"):
+        raise ConfigError(f"recipe 'parity': subset {parity['subset']!r}; valid: test, val")
+    if parity.get("pool_members", "one") not in POOL_MEMBERS:
+        raise ConfigError(f"recipe 'parity': pool_members {parity['pool_members']!r}; valid: {', '.join(POOL_MEMBERS)}")
 
 
 @dataclass(frozen=True)
@@ -77,19 +127,25 @@ class Recipe:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"recipe: unknown section(s) {unknown}; valid: {', '.join(sorted(known))}")
+        if not isinstance(data.get("train") or {}, Mapping):
+            raise ConfigError(f"recipe 'train' must be a mapping of options, got {type(data['train']).__name__}")
         train = dict(data.get("train") or {})
         if "split" in train or "out" in train:
             raise ConfigError("recipe 'train' must not name split or out: give --split and --out to osteo-edge release")
         from ..train.config import resolve_config
 
-        resolve_config(None, {**train, "split": "x"})  # validates every train option now, not after minutes of work
-        gate = _section(data, "gate", GATE_KEYS, DEFAULT_GATE)
+        try:  # every train option now, not after minutes of work
+            resolve_config(None, {**train, "split": "x"})
+        except ConfigError as exc:
+            raise ConfigError(f"recipe 'train': {str(exc).removeprefix('options: ')}") from exc
+        gate = _section(data, "gate", GATE_TYPES, DEFAULT_GATE)
         if gate is None:
             raise ConfigError("recipe 'gate' cannot be null: a released bundle carries its input gate")
-        return cls(name=str(data.get("name") or "release"), train=train,
-                   quantize=_section(data, "quantize", QUANTIZE_KEYS, DEFAULT_QUANTIZE),
-                   export=_section(data, "export", EXPORT_KEYS, {}) or {}, gate=gate,
-                   parity=_section(data, "parity", PARITY_KEYS, {}) or {},
+        quantize = _section(data, "quantize", QUANTIZE_TYPES, DEFAULT_QUANTIZE)
+        export = _section(data, "export", EXPORT_TYPES, {}) or {}
+        parity = _section(data, "parity", PARITY_TYPES, {}) or {}
+        _check_values(quantize, export, gate, parity)
+        return cls(name=str(data.get("name") or "release"), train=train, quantize=quantize, export=export, gate=gate, parity=parity,
                    cv_result=str(data["cv_result"]) if data.get("cv_result") else None)
 
     def to_dict(self) -> dict[str, Any]:
