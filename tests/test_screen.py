@@ -369,10 +369,12 @@ def test_ctrl_c_mid_run_keeps_the_answers_back_says_so_in_one_line_and_the_rerun
             raise KeyboardInterrupt  # Ctrl+C after the second answer
 
     monkeypatch.setattr(run.Recorder, "add", interrupted)
+    before_term = signal.getsignal(signal.SIGTERM)
     res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
     assert res.exit_code == 130, res.output
     assert "interrupted" in res.output and "run the same command again" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and len(_rows(db)) == 2
+    assert signal.getsignal(signal.SIGTERM) == before_term  # the SIGTERM handler is put back after the run
     monkeypatch.setattr(run.Recorder, "add", add)
     again = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
     assert again.exit_code == 0 and "recorded 2 new answers" in again.output, again.output

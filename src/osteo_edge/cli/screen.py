@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
@@ -73,7 +74,8 @@ def screen(
     quiet = eng == "ray" and not verbose()  # Ray's native and Python logs: only with --verbose
     if quiet:
         _quiet_ray()
-    signal.signal(signal.SIGTERM, _terminate)  # kill PID, systemd, a scheduler's timeout: as Ctrl+C
+    main = threading.current_thread() is threading.main_thread()  # signal handlers: the main thread only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main else None  # kill PID, systemd, a timeout: as Ctrl+C
     try:
         with quiet_native() if quiet else contextlib.nullcontext():
             if progress_enabled():
@@ -85,6 +87,9 @@ def screen(
         out.error(f"interrupted: the answers already back are in {record}; run the same command again to answer "
                   "the rest (nothing is recorded twice) and write the worklist")
         raise typer.Exit(code=130) from None
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
     _render(res, record)
     out.line(DISCLAIMER, style="bold")
     out.next_step(f"osteo-edge record stats --record {record}")
