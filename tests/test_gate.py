@@ -428,3 +428,17 @@ def test_synthetic_non_knee_images_are_those_the_shipped_gate_was_fitted_against
         h.update(str(a.shape).encode())
         h.update(a.tobytes())
     assert h.hexdigest() == "7dbbaa7023eef9e3b0f33b04150b3922a22a9bd99d6879a4c7023c07a7fd10b4"
+
+
+def test_gate_calibrate_refuses_too_few_knees_before_fitting(tmp_path):
+    """Too few knees to fit a fold's density model was found deep in the fitting, after featurising every image."""
+    from typer.testing import CliRunner
+
+    from osteo_edge.cli import app
+
+    split = _fold_split(tmp_path, 6)  # 10 non-test knees in 3 folds: 6 or 7 outside each fold; 8 train rows
+    for extra in (["--crossfit"], []):
+        res = CliRunner().invoke(app, ["gate", "calibrate", "--split", str(split), "--synthetic", "40", "--no-package-images",
+                                       "--out", str(tmp_path / "g"), *extra])
+        assert res.exit_code == 1 and "at least 10" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "g").exists()

@@ -279,3 +279,71 @@ def test_a_killed_training_is_resumed_only_with_the_same_config(tmp_path: Path) 
     assert not _same_config(run, resolve_config(None, {"arch": "cnn", "epochs": 2, "split": "s.csv"}))
     (run / "config.yaml").write_text("epochs: [broken\n")
     assert not _same_config(run, cfg)
+
+
+def test_recipe_refuses_wrong_types_and_values_before_any_step(tmp_path: Path) -> None:
+    """A wrong type in a section other than train was only found when its step ran, after training (a traceback)."""
+    from osteo_edge.errors import ConfigError
+    from osteo_edge.release.recipe import read_recipe
+
+    p = tmp_path / "r.yaml"
+    for text, msg in (("gate: {synthetic: many}\n", "'synthetic' must be an integer"), ("export: {calib_size: many}\n", "'calib_size'"),
+                      ("quantize: {epochs: many}\n", "'epochs' must be an integer"), ("parity: {max_drop: big}\n", "'max_drop' must be a number"),
+                      ("gate: {crossfit: maybe}\n", "true or false"), ("quantize: {method: int4}\n", "qat, ptq"),
+                      ("export: {max_p95_dp: 2}\n", "recipe 'export': fidelity budget"), ("parity: {subset: train}\n", "test, val"),
+                      ("gate: {min_accept: 0}\n", "min_accept"), ("export: {golden: 0}\n", "'golden' must be at least 1"),
+                      ("train: [a, b]\n", "'train' must be a mapping"), ("train: {epochs: lots}\n", "recipe 'train'")):
+        p.write_text(text)
+        with pytest.raises(ConfigError, match=msg):
+            read_recipe(p)
+    p.write_text("gate: {non_knee: ../spine, synthetic: 40}\nexport: {threads: null, max_p95_dp: 1}\n")
+    r = read_recipe(p)  # one folder is a list of one (it was split into characters); null takes the default
+    assert r.gate["non_knee"] == ["../spine"] and r.export == {"threads": None, "max_p95_dp": 1.0}
+
+
+def test_release_refuses_folders_it_does_not_own_and_writes_nothing(tmp_path: Path) -> None:
+    """An existing folder as --out had its runs/fp32 deleted and release files written into it; an existing
+    non-bundle folder as --bundle-dir was replaced."""
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.cli import app
+
+    split = tmp_path / "split.csv"
+    split.write_text("path,label,group,split\n")
+    key, _ = generate_keypair(tmp_path / "keys", "k")
+    mine = tmp_path / "project"
+    (mine / "runs" / "fp32").mkdir(parents=True)
+    (mine / "runs" / "fp32" / "notes.txt").write_text("keep me")
+    bundle = _tiny_bundle(tmp_path / "bundle")
+    args = ["release", "--split", str(split), "--key", str(key)]
+    for extra, msg in ((["--out", str(mine)], "not a release"), (["--out", str(split)], "is a file"),
+                       (["--out", str(bundle / "rel")], "inside the model bundle"),
+                       (["--out", str(tmp_path / "o"), "--bundle-dir", str(mine)], "--bundle-dir"),
+                       (["--out", str(tmp_path / "o"), "--reference-dir", str(split)], "--reference-dir")):
+        res = CliRunner().invoke(app, [*args, *extra])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
+    assert (mine / "runs" / "fp32" / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["runs"]
+    assert not (tmp_path / "o").exists() and not (bundle / "rel").exists()
+
+
+def test_a_broken_step_log_is_refused_in_one_line(tmp_path: Path) -> None:
+    from osteo_edge.errors import OsteoEdgeError
+    from osteo_edge.release.steps import StepLog
+
+    for text in ("{broken", "[1, 2]", '{"steps": [1]}'):
+        (tmp_path / "release.json").write_text(text)
+        with pytest.raises(OsteoEdgeError, match="remove it to start this release again"):
+            StepLog(tmp_path)
+
+
+@pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+def test_release_refuses_a_split_too_small_for_the_gate_before_training(tmp_path: Path) -> None:
+    """The cross-fitted gate needs 10 knees outside each fold: it failed after training, QAT and both exports."""
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.cli import app
+    from test_train import make_tiny_split
+
+    split = make_tiny_split(tmp_path / "split", {"train": 4, "val": 2, "test": 2})  # 9 knees outside the smaller fold
+    key, _ = generate_keypair(tmp_path / "keys", "k")
+    res = CliRunner().invoke(app, ["release", "--split", str(split), "--out", str(tmp_path / "o"), "--key", str(key)])
+    assert res.exit_code == 1 and "at least 10" in res.output and "Traceback" not in res.output, res.output
+    assert not (tmp_path / "o").exists()

@@ -165,6 +165,20 @@ def check_crossfit_folds(table: Any) -> list[Any]:
     return knees
 
 
+def check_gate_rows(table: Any, crossfit: bool) -> None:
+    """Refuse in one line a split with too few knees to fit the gate (at least 10 per fitting set: every
+    fold's complement with ``crossfit``, else the train rows), before any fitting or training."""
+    if crossfit:
+        knees = check_crossfit_folds(table)
+        folds = [r.fold for r in knees]
+        fewest = min(len(knees) - folds.count(f) for f in set(folds))
+        if fewest < 10:
+            raise ConfigError(f"{table.path}: the cross-fitted gate fits each fold on the other folds' knees, at least 10; "
+                              f"the smallest such set has {fewest} (a larger split, or gate crossfit: false)")
+    elif len(table.subset("train")) < 10:
+        raise ConfigError(f"{table.path}: the gate is fitted on the train rows, at least 10; got {len(table.subset('train'))}")
+
+
 def _fit(table: Any, calib_ood: dict, test_ood: dict, crossfit: bool, min_accept: float, protocol: str) -> tuple[Gate, int, int]:
     """The gate, and the numbers of fitting and calibration knees."""
     test_rows = table.subset("test")
@@ -206,6 +220,7 @@ def calibrate_gate_from_split(
             raise ConfigError(f"--bundle {b}: not a model bundle (no manifest.json)")
     table = read_split(split)
     calib_ood, test_ood, info = non_knee_sets([Path(p) for p in non_knee], synthetic, package_images)
+    check_gate_rows(table, crossfit)
     where = f"the split {Path(split).name} ({table.info.get('protocol', 'split protocol not recorded')})"
     gate, n_fit, n_cal = _fit(table, calib_ood, test_ood, crossfit, min_accept, _protocol(where, crossfit, min_accept))
     assert gate.ood is not None

@@ -266,7 +266,7 @@ def _preflight(split: Path, eval_split: Path, recipe: Recipe) -> None:
     """What the later steps will need, refused in one line now rather than after hours of training."""
     from ..data.split import read_split
     from ..export.pool import POOL_MEMBERS
-    from .gate import check_crossfit_folds
+    from .gate import check_crossfit_folds, check_gate_rows
 
     read_split(split)
     table = read_split(eval_split)
@@ -283,6 +283,33 @@ def _preflight(split: Path, eval_split: Path, recipe: Recipe) -> None:
         raise ConfigError(f"recipe parity.pool_members {members!r}; valid: {', '.join(POOL_MEMBERS)}")
     if recipe.cv_result and not Path(recipe.cv_result).is_file():
         raise ConfigError(f"recipe cv_result {recipe.cv_result}: no such file (write it with osteo-edge evaluate --cv)")
+    check_gate_rows(table, bool(recipe.gate.get("crossfit", True)))  # enough knees to fit the gate
+
+
+def _is_bundle(folder: Path) -> bool:
+    """Whether ``folder`` holds a sealed bundle's manifest (read, not verified)."""
+    try:
+        m = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(m, dict) and "seal" in m and "model_file" in m
+
+
+def _check_destinations(paths: ReleasePaths) -> None:
+    """Refuse, before anything is written, folders the release would fill or replace but does not own: an
+    existing ``--out`` that is not a release folder (its ``runs/`` would be deleted and rebuilt), one inside
+    a model bundle, and a ``--bundle-dir``/``--reference-dir`` that holds something other than a bundle."""
+    out = paths.out
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / "release.json").is_file():
+        raise ConfigError(f"--out {out}: an existing folder that is not a release (no release.json); give a new or empty folder")
+    inside = next((d for d in [out.resolve(), *out.resolve().parents] if _is_bundle(d)), None)
+    if inside is not None:
+        raise ConfigError(f"--out {out}: inside the model bundle {inside}; give a folder outside it")
+    for what, d in (("--bundle-dir", paths.bundle), ("--reference-dir", paths.reference)):
+        if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / "manifest.json").is_file())):
+            raise ConfigError(f"{what} {d}: exists and is not a model bundle; give a new folder (it would be replaced)")
 
 
 def _file_digest(path: str | None) -> str | None:
@@ -345,11 +372,12 @@ def release(
         if not p.is_file():
             raise ConfigError(f"{what} {p}: no such file")
     _key_id(key)  # a wrong key file is refused before hours of training
-    _preflight(split, eval_split, recipe)
     out = Path(out)
     paths = ReleasePaths(out, Path(bundle_dir) if bundle_dir else out / "bundle", Path(reference_dir) if reference_dir else out / "reference")
     if paths.bundle.resolve() == paths.reference.resolve():
         raise ConfigError("--bundle-dir and --reference-dir must be two different folders")
+    _check_destinations(paths)
+    _preflight(split, eval_split, recipe)
     step_log = StepLog(out)
     step_log.meta = {"recipe": recipe.to_dict(), "split": str(split), "eval_split": str(eval_split),
                      "bundle": str(paths.bundle), "reference": str(paths.reference)}

@@ -78,7 +78,12 @@ class StepLog:
         self.folder = Path(folder)
         self.path = self.folder / "release.json"
         self.text = self.folder / "steps.log"
-        data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8")) if self.path.is_file() else {}
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise OsteoEdgeError(f"{self.path}: unreadable step log ({exc}); remove it to start this release again") from exc
+        if not isinstance(data, dict) or not isinstance(data.get("steps") or {}, dict) or not isinstance(data.get("release") or {}, dict):
+            raise OsteoEdgeError(f"{self.path}: not a release step log; remove it to start this release again")
         self.entries: dict[str, dict[str, Any]] = dict(data.get("steps") or {})
         self.meta: dict[str, Any] = dict(data.get("release") or {})
 
