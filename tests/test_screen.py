@@ -165,6 +165,7 @@ def test_csv_list_missing_files_and_bad_sources(tmp_path):
                       ([str(films[0]), "--record", str(db)], "predict"),
                       ([str(archive), "--pacs", "PACS@127.0.0.1:4242", "--record", str(db)], "not both"),
                       (["--pacs", "PACS@nowhere", "--record", str(db)], "AE@HOST:PORT"),
+                      (["--pacs", "PACS@no-such-host.invalid:104", "--record", str(db)], "cannot reach no-such-host.invalid"),
                       (["--pacs", "PACS@127.0.0.1:4242", "--since", "last week", "--record", str(db)], "YYYY-MM-DD"),
                       ([str(archive), "--record", str(db), "--workers", "0"], "--workers")]:
         bad = runner.invoke(app, ["screen", *argv])

@@ -111,7 +111,10 @@ class PacsSource:
                 roles.append(build_role(uid, scp_role=True))
         handlers = [(evt.EVT_C_STORE, on_store)] if on_store is not None else []
         t = self.target
-        assoc = ae.associate(t.host, t.port, ae_title=t.ae_title, ext_neg=roles, evt_handlers=handlers)
+        try:
+            assoc = ae.associate(t.host, t.port, ae_title=t.ae_title, ext_neg=roles, evt_handlers=handlers)
+        except OSError as exc:  # a host name that does not resolve (socket.gaierror), no route
+            raise ConfigError(f"--pacs {t}: cannot reach {t.host} ({exc.strerror or exc})") from exc
         if not assoc.is_established:
             raise ConfigError(f"--pacs {t}: no association (PACS down, wrong AE title or port, or {self.calling_ae} not allowed)")
         return assoc
