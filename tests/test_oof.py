@@ -102,3 +102,30 @@ def test_cv_and_paired_refuse_bad_input_in_one_line(cv: dict[str, Path], tmp_pat
     assert res.exit_code == 1 and "out-of-fold" in res.output
     res = _invoke("compare", "--paired", str(not_scores), "--out", str(tmp_path / "o"))
     assert res.exit_code != 0 and "two scores files" in res.output and "Traceback" not in res.output
+
+
+def test_paired_and_cv_refuse_damaged_scores_and_bad_destinations(cv: dict[str, Path], tmp_path: Path) -> None:
+    """A damaged oof block was an IndexError/TypeError traceback; --bootstrap 0 or -5 printed a table
+    built on no draws; --json naming a folder failed after the scoring, --out naming a file on mkdir."""
+    ja = cv["root"] / "a.json"
+    if not ja.is_file():
+        test_evaluate_cv_scores_every_radiograph_by_the_model_that_did_not_train_on_it(cv)
+    a = json.loads(ja.read_text())
+    for i, change in enumerate(({"probs": a["oof"]["probs"][:3]}, {"group": None}, {"probs": [[0.1]] * len(a["oof"]["group"])})):
+        bad = tmp_path / f"bad{i}.json"
+        bad.write_text(json.dumps({**a, "oof": {**a["oof"], **change}}))
+        res = _invoke("compare", "--paired", str(ja), str(bad), "--out", str(tmp_path / "o"))
+        assert res.exit_code == 1 and "damaged" in res.output and "Traceback" not in res.output, res.output
+    bad.write_text(json.dumps({**a, "oof": None}))
+    res = _invoke("compare", "--paired", str(ja), str(bad), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 1 and "damaged" in res.output
+    for n in ("0", "-5"):
+        res = _invoke("compare", "--paired", str(ja), str(ja), "--out", str(tmp_path / "o"), "--bootstrap", n)
+        assert res.exit_code == 2 and "--bootstrap" in res.output
+    res = _invoke("compare", "--paired", str(ja), str(ja), "--out", str(ja), "--bootstrap", "10")
+    assert res.exit_code == 2 and "is a file" in res.output
+    assert not (tmp_path / "o").exists()
+    res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(cv["split"]), "--json", str(tmp_path))
+    assert res.exit_code == 2 and "is a folder" in res.output and "Traceback" not in res.output
+    res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(cv["split"]), "--json", str(ja / "x.json"))
+    assert res.exit_code == 2 and "is a file" in res.output

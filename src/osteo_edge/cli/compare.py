@@ -50,6 +50,10 @@ def _paired(files: List[Path], out: Path, n_boot: int, seed: int) -> None:
 
     if len(files) != 2:
         raise typer.BadParameter(f"--paired compares two scores files A B, got {len(files)}", param_hint="RUNS")
+    if n_boot < 1:
+        raise typer.BadParameter(f"must be at least 1, got {n_boot}", param_hint="--bootstrap")
+    if out.exists() and not out.is_dir():
+        raise typer.BadParameter(f"{out} is a file; give a folder for paired.json", param_hint="--out")
     a, b = (read_scores(f) for f in files)
     res = paired_comparison(a, b, n_boot=n_boot, seed=seed)
     res["command"] = "osteo-edge " + " ".join(shlex.quote(x) for x in sys.argv[1:])

@@ -107,9 +107,15 @@ def _evaluate_cv(runs: List[Path], split: Optional[Path], *, flip: bool, name: O
 
     if split is None:
         raise typer.BadParameter("--cv needs --split: the evaluation split whose folds the runs were trained on", param_hint="--split")
+    path = json_out or Path(runs[0]) / "eval" / "oof_scores.json"
+    for f in (path, path.with_suffix(".md")):  # refused before minutes of scoring, not when writing
+        if f.is_dir():
+            raise typer.BadParameter(f"{f} is a folder; give a file name such as {f / 'oof_scores.json'}", param_hint="--json")
+    blocked = next((d for d in path.parents if d.exists() and not d.is_dir()), None)
+    if blocked is not None:
+        raise typer.BadParameter(f"{blocked} is a file, not a folder", param_hint="--json")
     res = score_cv(runs, split, name=name, flip=flip, tscore_csv=tscore_csv,
                    command="osteo-edge " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
-    path = json_out or Path(runs[0]) / "eval" / "oof_scores.json"
     rep = res["report"]
     verdict = {v["source"]: v for v in rep["verdicts"]}
     rows = [[s["source"], str(s["n"]), _acc_ci(s), f"{s['macro_f1']:.3f}",

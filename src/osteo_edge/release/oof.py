@@ -198,7 +198,26 @@ def read_scores(path: str | os.PathLike) -> dict[str, Any]:
         raise ConfigError(f"{p}: not JSON ({exc.msg})") from exc
     if not isinstance(res, dict) or "oof" not in res or "report" not in res:
         raise ConfigError(f"{p}: has no out-of-fold probabilities (score it again with osteo-edge evaluate --cv)")
+    _check_oof(p, res["oof"])
     return res
+
+
+def _check_oof(p: Path, oof: Any) -> None:
+    """The ``oof`` block's shape: labels, and one group, source, label and probability row per radiograph."""
+    bad = f"{p}: its out-of-fold block is damaged"
+    if not isinstance(oof, dict) or not all(isinstance(oof.get(k), list) for k in ("labels", "group", "source", "label", "probs")):
+        raise ConfigError(f"{bad} (needs lists labels, group, source, label, probs; score it again with osteo-edge evaluate --cv)")
+    n = len(oof["group"])
+    if not n or any(len(oof[k]) != n for k in ("source", "label", "probs")):
+        raise ConfigError(f"{bad} (group, source, label and probs must have one entry per radiograph)")
+    width = len(oof["labels"])
+    try:
+        probs = np.asarray(oof["probs"], dtype=float)
+        groups = np.asarray(oof["group"], dtype=int)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{bad} ({exc})") from exc
+    if probs.shape != (n, width) or not np.isfinite(probs).all() or groups.shape != (n,):
+        raise ConfigError(f"{bad} (probs must be {n} rows of {width} finite numbers, groups {n} integers)")
 
 
 def paired_comparison(a: Mapping[str, Any], b: Mapping[str, Any], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
