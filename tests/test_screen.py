@@ -205,13 +205,18 @@ def test_pacs_query_c_find_then_c_get_against_orthanc(tmp_path):
         argv = ["screen", "--pacs", f"ORTHANC@127.0.0.1:{pacs.dicom_port}", "--since", "2024-01-01", "--until", "2024-12-31",
                 "--record", str(db), "--spool", str(spool), "--batch", "1"]
         spool.mkdir()
-        (spool / "1.2.3.4.dcm").write_bytes(b"left by a killed run")  # named as the spool names files: removed
+        (spool / "1.2.3.4.dcm").write_bytes(b"an export named by SOP Instance UID")
+        refused = runner.invoke(app, argv)  # a folder of someone's files is not a spool: refused, never emptied
+        assert refused.exit_code == 1 and "not a screening spool" in refused.output, refused.output
+        assert (spool / "1.2.3.4.dcm").exists()
+        (spool / ".osteo-edge-screen-spool").write_text("")  # as a run killed mid-fetch left it
         (spool / "notes.txt").write_text("not the spool's: kept")
         res = runner.invoke(app, argv)
         assert res.exit_code == 0, res.output
         rows = _rows(db)
         assert {r["sop_instance_uid"] for r in rows} == {uid for _, uid, sel in films if sel}  # date and body part filters
-        assert [f.name for f in spool.iterdir()] == ["notes.txt"]  # the spool is emptied as answers are recorded
+        # the spool is emptied as answers are recorded (the leftover too: named as the spool names files)
+        assert sorted(f.name for f in spool.iterdir()) == [".osteo-edge-screen-spool", "notes.txt"]
         # the answer for a fetched film is the answer for the file itself
         pred = runner.invoke(app, ["predict", *(str(f) for f, _, sel in films if sel), "--json"])
         direct = {uid: json.loads(line) for (f, uid, sel), line in zip([x for x in films if x[2]], pred.stdout.splitlines())}

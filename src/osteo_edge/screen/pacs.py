@@ -28,6 +28,7 @@ from .sources import ScreenItem, chunks
 log = logging.getLogger(__name__)
 
 DEFAULT_CALLING_AE = "OSTEOEDGE-SCREEN"
+SPOOL_MARK = ".osteo-edge-screen-spool"  # in a folder the screen made its spool; none elsewhere is ever emptied
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,22 @@ class PacsSource:
         if not calling_ae or len(calling_ae) > 16 or not calling_ae.isascii():
             raise ConfigError(f"--ae-title {calling_ae!r} must be 1-16 ASCII characters")
         query.date_range()  # a bad date is a one-line error before any association
+        self._claim_spool()
+
+    def _claim_spool(self) -> None:
+        """The spool is a folder of its own: a new or empty one, or one this module marked. A folder of
+        someone's files (a PACS export names files by SOP Instance UID too) is refused, never emptied."""
+        mark = self.spool / SPOOL_MARK
+        if self.spool.exists() and not self.spool.is_dir():
+            raise ConfigError(f"--spool {self.spool}: not a folder")
+        if self.spool.is_dir() and not mark.exists() and any(self.spool.iterdir()):
+            raise ConfigError(f"--spool {self.spool}: this folder already holds files and is not a screening spool; "
+                              "give a new or empty folder (the spool deletes the DICOM files it fetched)")
+        try:
+            self.spool.mkdir(parents=True, exist_ok=True, mode=0o700)
+            mark.write_text("osteo-edge screen spool: files named <SOP Instance UID>.dcm here are deleted\n")
+        except OSError as exc:
+            raise ConfigError(f"--spool {self.spool}: cannot use this folder ({exc.strerror or exc})") from exc
 
     # -- association -----------------------------------------------------------------------
     def _associate(self, on_store: Callable[[Any], int] | None = None) -> Any:
