@@ -77,3 +77,13 @@ def test_the_api_never_imports_torch():
             "import numpy as np; m.predict(np.zeros((300, 300), np.uint8), name='blank'); "
             "assert 'torch' not in sys.modules and 'tensorflow' not in sys.modules, 'heavy import'")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)
+
+
+def test_one_trusted_key_may_be_given_as_a_path(tmp_path):
+    """A single path (not in a list) was iterated letter by letter: 'k: no such trusted key file or folder'."""
+    from osteo_edge.artifact.signing import generate_keypair
+
+    _, other_pub = generate_keypair(tmp_path / "keys", "someone-else")
+    for given in (str(other_pub), Path(other_pub)):
+        with pytest.raises(BundleError, match="(?i)trust|signed"):
+            osteo_edge.verify_bundle(trusted_keys=given)

@@ -29,8 +29,11 @@ from .preprocess import ImageSource
 PathLike = str | os.PathLike
 
 
-def _trust(trusted_keys: Sequence[PathLike] | None) -> TrustStore:
-    """``--trusted-key`` semantics: these public keys plus ``OSTEO_EDGE_TRUSTED_KEYS``."""
+def _trust(trusted_keys: PathLike | Sequence[PathLike] | None) -> TrustStore:
+    """``--trusted-key`` semantics: these public keys plus ``OSTEO_EDGE_TRUSTED_KEYS``. One path is a list of one
+    (a string was read as a list of one-letter paths)."""
+    if isinstance(trusted_keys, (str, os.PathLike)):
+        trusted_keys = [trusted_keys]
     return TrustStore.from_env([os.fspath(k) for k in trusted_keys or []])
 
 
@@ -59,14 +62,14 @@ class Model:
 
 
 def load_bundle(path: PathLike | None = None, *, threads: int | None = None,
-                trusted_keys: Sequence[PathLike] | None = None) -> Model:
+                trusted_keys: PathLike | Sequence[PathLike] | None = None) -> Model:
     """Verify and open a bundle (``None``: the one shipped with the package, checked against the
     package's keys). With ``trusted_keys`` (or ``OSTEO_EDGE_TRUSTED_KEYS``) set, an unsigned bundle or
     one signed by another key is refused."""
     return Model(EdgeClassifier.load(path, threads=threads, trust=_trust(trusted_keys)))
 
 
-def verify_bundle(path: PathLike | None = None, *, trusted_keys: Sequence[PathLike] | None = None) -> dict[str, Any]:
+def verify_bundle(path: PathLike | None = None, *, trusted_keys: PathLike | Sequence[PathLike] | None = None) -> dict[str, Any]:
     """Check a bundle as ``osteo-edge verify`` does (seal, every file's checksum, the signature and,
     with trusted keys, its signer) without opening the model; raises a one-line
     :class:`~osteo_edge.errors.BundleError` when anything does not match. Returns what was verified."""
