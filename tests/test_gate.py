@@ -442,3 +442,8 @@ def test_gate_calibrate_refuses_too_few_knees_before_fitting(tmp_path):
                                        "--out", str(tmp_path / "g"), *extra])
         assert res.exit_code == 1 and "at least 10" in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "g").exists()
+    bad_out = tmp_path / "file.txt"
+    bad_out.write_text("x")
+    for extra, msg in ((["--out", str(bad_out)], "is a file"), (["--min-accept", "2"], "[0.5, 1]")):  # out: a traceback after fitting
+        res = CliRunner().invoke(app, ["gate", "calibrate", "--split", str(split), "--synthetic", "40", "--no-package-images", *extra])
+        assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output

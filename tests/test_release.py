@@ -291,7 +291,7 @@ def test_recipe_refuses_wrong_types_and_values_before_any_step(tmp_path: Path) -
                       ("quantize: {epochs: many}\n", "'epochs' must be an integer"), ("parity: {max_drop: big}\n", "'max_drop' must be a number"),
                       ("gate: {crossfit: maybe}\n", "true or false"), ("quantize: {method: int4}\n", "qat, ptq"),
                       ("export: {max_p95_dp: 2}\n", "recipe 'export': fidelity budget"), ("parity: {subset: train}\n", "test, val"),
-                      ("gate: {min_accept: 0}\n", "min_accept"), ("export: {golden: 0}\n", "'golden' must be at least 1"),
+                      ("gate: {min_accept: 0.2}\n", "min_accept"), ("export: {golden: 0}\n", "'golden' must be at least 1"),
                       ("train: [a, b]\n", "'train' must be a mapping"), ("train: {epochs: lots}\n", "recipe 'train'")):
         p.write_text(text)
         with pytest.raises(ConfigError, match=msg):

@@ -215,6 +215,10 @@ def calibrate_gate_from_split(
     from ..core.machine import machine_info
 
     t0 = time.perf_counter()
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise ConfigError(f"--out {out}: is a file; give a folder for gate.json and gate_calibration.json")
+    if not 0.5 <= min_accept <= 1:
+        raise ConfigError(f"--min-accept must be in [0.5, 1], got {min_accept}")
     for b in bundles:  # refuse a wrong bundle before minutes of fitting
         if not (Path(b) / "manifest.json").is_file():
             raise ConfigError(f"--bundle {b}: not a model bundle (no manifest.json)")

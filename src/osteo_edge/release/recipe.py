@@ -101,8 +101,8 @@ def _check_values(quantize: Mapping[str, Any] | None, export: Mapping[str, Any],
         for k in keys:
             if opts.get(k) is not None and opts[k] < (0 if k in ("epochs", "synthetic") else 1):
                 raise ConfigError(f"recipe '{section}': option {k!r} must be at least {0 if k in ('epochs', 'synthetic') else 1}, got {opts[k]}")
-    if not 0 < gate.get("min_accept", 0.99) <= 1:
-        raise ConfigError(f"recipe 'gate': min_accept must be in (0, 1], got {gate['min_accept']}")
+    if not 0.5 <= gate.get("min_accept", 0.99) <= 1:
+        raise ConfigError(f"recipe 'gate': min_accept must be in [0.5, 1], got {gate['min_accept']}")
     if export.get("calibration", "split") not in ("split", "synthetic"):
         raise ConfigError(f"recipe 'export': calibration {export['calibration']!r}; valid: split, synthetic")
     if parity.get("subset", "test") not in ("test", "val"):
