@@ -434,3 +434,17 @@ def test_killing_the_driver_alone_leaves_no_orphan_worker_processes(tmp_path, si
     done = subprocess.run(argv, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert len(_rows(db)) == len({r["sha256"] for r in _rows(db)}) == 40
+
+
+def test_the_next_hint_is_a_command_that_runs_when_the_record_path_has_a_space(tmp_path):
+    archive = _folder(tmp_path, 1)
+    db = tmp_path / "clinic records" / "record.db"
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 0, res.output
+    hint = next(line for line in res.output.splitlines() if line.startswith("next: "))[len("next: "):]
+    import shlex
+
+    argv = shlex.split(hint)
+    assert argv[:3] == ["osteo-edge", "record", "stats"] and argv[argv.index("--record") + 1] == str(db)
+    follow = runner.invoke(app, argv[1:])  # the hint, as the IT person would paste it
+    assert follow.exit_code == 0, follow.output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shlex
 import signal
 import threading
 import time
@@ -92,7 +93,7 @@ def screen(
             signal.signal(signal.SIGTERM, previous)
     _render(res, record)
     out.line(DISCLAIMER, style="bold")
-    out.next_step(f"osteo-edge record stats --record {record}")
+    out.next_step(f"osteo-edge record stats --record {shlex.quote(str(record))}")  # a path with a space: still one argument
 
 
 def _terminate(signum: int, frame: Any) -> None:
