@@ -347,3 +347,27 @@ def test_release_refuses_a_split_too_small_for_the_gate_before_training(tmp_path
     res = CliRunner().invoke(app, ["release", "--split", str(split), "--out", str(tmp_path / "o"), "--key", str(key)])
     assert res.exit_code == 1 and "at least 10" in res.output and "Traceback" not in res.output, res.output
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not KNEE.is_dir(), reason="needs ../shared/data")
+def test_release_refuses_a_bad_cv_result_or_trust_list_before_training(tmp_path: Path) -> None:
+    """A cv_result that is not a scores file was a JSON traceback at the per-source step, and a --trusted-key
+    that is missing or leaves out the signing key failed the final check: both after training."""
+    from osteo_edge.artifact.signing import generate_keypair
+    from osteo_edge.cli import app
+    from test_export_fixtures import make_split
+
+    split = make_split(tmp_path / "split")
+    key, _ = generate_keypair(tmp_path / "keys", "k")
+    _, other = generate_keypair(tmp_path / "keys", "other")
+    args = ["release", "--split", str(split), "--out", str(tmp_path / "o"), "--key", str(key)]
+    recipe, scores = tmp_path / "r.json", tmp_path / "scores.json"
+    for text in ("not json", '{"oof": {}, "report": {}}'):
+        scores.write_text(text)
+        recipe.write_text(json.dumps({"gate": {"crossfit": False}, "cv_result": str(scores)}))
+        res = CliRunner().invoke(app, [*args, "--recipe", str(recipe)])
+        assert res.exit_code == 1 and str(scores.name) in res.output and "Traceback" not in res.output, res.output
+    for trusted, msg in ((tmp_path / "none.pub", "no such trusted key"), (other, "not among them")):
+        res = CliRunner().invoke(app, [*args, "--trusted-key", str(trusted)])
+        assert res.exit_code == 1 and msg in res.output, res.output
+    assert not (tmp_path / "o").exists()

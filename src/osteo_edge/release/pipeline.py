@@ -188,12 +188,12 @@ def _parity(eval_split: Path, recipe: Recipe, paths: ReleasePaths) -> str:
 def _cv_row(recipe: Recipe) -> dict[str, Any] | None:
     if not recipe.cv_result:
         return None
-    from .oof import summary_row
+    from .oof import read_scores, summary_row
 
     path = Path(recipe.cv_result)
     if not path.is_file():
         raise ConfigError(f"recipe cv_result {path}: no such file (write it with osteo-edge evaluate --cv)")
-    res = json.loads(path.read_text(encoding="utf-8"))
+    res = read_scores(path)
     return {"lever": res.get("lever"), "command": res.get("command"), "protocol": res.get("protocol"), **summary_row(res)}
 
 
@@ -283,6 +283,13 @@ def _preflight(split: Path, eval_split: Path, recipe: Recipe) -> None:
         raise ConfigError(f"recipe parity.pool_members {members!r}; valid: {', '.join(POOL_MEMBERS)}")
     if recipe.cv_result and not Path(recipe.cv_result).is_file():
         raise ConfigError(f"recipe cv_result {recipe.cv_result}: no such file (write it with osteo-edge evaluate --cv)")
+    if recipe.cv_result:
+        from .oof import read_scores, summary_row
+
+        try:
+            summary_row(read_scores(recipe.cv_result))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"recipe cv_result {recipe.cv_result}: not a complete evaluate --cv scores file ({exc!r})") from exc
     check_gate_rows(table, bool(recipe.gate.get("crossfit", True)))  # enough knees to fit the gate
 
 
@@ -371,7 +378,12 @@ def release(
     for what, p in (("--split", split), ("--eval-split", eval_split), ("--key", key)):
         if not p.is_file():
             raise ConfigError(f"{what} {p}: no such file")
-    _key_id(key)  # a wrong key file is refused before hours of training
+    signer = _key_id(key)  # a wrong key file is refused before hours of training
+    if trusted_keys:  # so is a trust list the final check would refuse the release's own signature against
+        from ..artifact.signing import TrustStore
+
+        if signer not in TrustStore.from_paths([Path(t) for t in trusted_keys]).keys:
+            raise ConfigError(f"--trusted-key: the signing key {signer} ({key}) is not among them; the final check would refuse both bundles")
     out = Path(out)
     paths = ReleasePaths(out, Path(bundle_dir) if bundle_dir else out / "bundle", Path(reference_dir) if reference_dir else out / "reference")
     if paths.bundle.resolve() == paths.reference.resolve():
