@@ -448,3 +448,24 @@ def test_the_next_hint_is_a_command_that_runs_when_the_record_path_has_a_space(t
     assert argv[:3] == ["osteo-edge", "record", "stats"] and argv[argv.index("--record") + 1] == str(db)
     follow = runner.invoke(app, argv[1:])  # the hint, as the IT person would paste it
     assert follow.exit_code == 0, follow.output
+
+
+def test_a_full_disk_or_locked_record_mid_run_is_a_one_line_error_and_keeps_what_was_recorded(tmp_path, monkeypatch):
+    from osteo_edge.dicom.record import ClinicRecord
+
+    archive = _folder(tmp_path, 3)
+    db = tmp_path / "r.db"
+    films = sorted(p for p in archive.rglob("*") if p.is_symlink())
+    films[0].rename(tmp_path / "later.png")  # the first run answers two films
+    assert runner.invoke(app, ["screen", str(archive), "--record", str(db)]).exit_code == 0
+    before = _rows(db)
+    (tmp_path / "later.png").rename(films[0])
+
+    def full(self, answers, bundle):
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(ClinicRecord, "append_screened", full)
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 1, res.output
+    assert "could not record answers (database or disk is full)" in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1 and _rows(db) == before and len(before) == 2

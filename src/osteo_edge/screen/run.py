@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -174,7 +175,11 @@ class Recorder:
         new = [o for o in self.buffer if o.get("state") == "answered" and o.get("key")]
         if new:
             answers = [(Prediction(**o["prediction"]), InputIdentity(**o["identity"])) for o in new]
-            self.result.recorded += self.rec.append_screened(answers, self.bundle)
+            try:
+                self.result.recorded += self.rec.append_screened(answers, self.bundle)
+            except sqlite3.OperationalError as exc:  # disk full, locked longer than the timeout: the batch is rolled back
+                raise ConfigError(f"{self.rec.path}: could not record answers ({exc}); those already recorded are kept: "
+                                  "fix that, then run the same command again") from exc
         for o in self.buffer:
             self.release(o["path"])
         self.buffer.clear()
