@@ -315,7 +315,7 @@ def test_release_refuses_folders_it_does_not_own_and_writes_nothing(tmp_path: Pa
     (mine / "runs" / "fp32" / "notes.txt").write_text("keep me")
     bundle = _tiny_bundle(tmp_path / "bundle")
     args = ["release", "--split", str(split), "--key", str(key)]
-    for extra, msg in ((["--out", str(mine)], "not a release"), (["--out", str(split)], "is a file"),
+    for extra, msg in ((["--out", str(mine)], "not a release folder (no release.json), yet it holds runs"), (["--out", str(split)], "is a file"),
                        (["--out", str(bundle / "rel")], "inside the model bundle"),
                        (["--out", str(tmp_path / "o"), "--bundle-dir", str(mine)], "--bundle-dir"),
                        (["--out", str(tmp_path / "o"), "--reference-dir", str(split)], "--reference-dir")):
@@ -323,6 +323,11 @@ def test_release_refuses_folders_it_does_not_own_and_writes_nothing(tmp_path: Pa
         assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
     assert (mine / "runs" / "fp32" / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["runs"]
     assert not (tmp_path / "o").exists() and not (bundle / "rel").exists()
+    other = tmp_path / "work"  # a folder with other things in it (benchmarks/model/ship.sh's runs/ship) is not refused for that
+    other.mkdir()
+    (other / "old-run").mkdir()
+    res = CliRunner().invoke(app, [*args, "--out", str(other)])
+    assert res.exit_code == 1 and "release" not in res.output.split("\n")[0][:40] and "no rows" in res.output.lower(), res.output
 
 
 def test_a_broken_step_log_is_refused_in_one_line(tmp_path: Path) -> None:

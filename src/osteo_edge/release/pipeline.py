@@ -41,6 +41,8 @@ from .recipe import Recipe
 from .steps import Outcome, Step, StepLog, run_steps
 
 
+OWNED = ("runs", "bundle", "reference", "gate", "parity.json", "parity.png", "parity_explain", "per_source.json", "per_source.md",
+         "per_source_reference.json", "per_source_reference.md", "MODEL_CARD.md", "steps.log")  # what a release writes in OUT
 INT8_ONLY = ("max_p95_dp", "max_abs_dp", "max_float_ops", "gray_fold")  # export options the fp32 file ignores
 
 
@@ -304,13 +306,17 @@ def _is_bundle(folder: Path) -> bool:
 
 def _check_destinations(paths: ReleasePaths) -> None:
     """Refuse, before anything is written, folders the release would fill or replace but does not own: an
-    existing ``--out`` that is not a release folder (its ``runs/`` would be deleted and rebuilt), one inside
-    a model bundle, and a ``--bundle-dir``/``--reference-dir`` that holds something other than a bundle."""
+    existing ``--out`` that is not a release folder yet holds names the release writes (its ``runs/fp32``
+    would be deleted and rebuilt), one inside a model bundle, and a ``--bundle-dir``/``--reference-dir``
+    that holds something other than a bundle. Other files beside a release are left alone."""
     out = paths.out
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / "release.json").is_file():
-        raise ConfigError(f"--out {out}: an existing folder that is not a release (no release.json); give a new or empty folder")
+    if out.is_dir() and not (out / "release.json").is_file():
+        taken = sorted(n for n in OWNED if (out / n).exists())
+        if taken:
+            raise ConfigError(f"--out {out}: not a release folder (no release.json), yet it holds {', '.join(taken)}, which the "
+                              "release would replace; give a new folder")
     inside = next((d for d in [out.resolve(), *out.resolve().parents] if _is_bundle(d)), None)
     if inside is not None:
         raise ConfigError(f"--out {out}: inside the model bundle {inside}; give a folder outside it")
