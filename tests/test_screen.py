@@ -469,3 +469,20 @@ def test_a_full_disk_or_locked_record_mid_run_is_a_one_line_error_and_keeps_what
     assert res.exit_code == 1, res.output
     assert "could not record answers (database or disk is full)" in res.output and "Traceback" not in res.output
     assert len(res.output.strip().splitlines()) == 1 and _rows(db) == before and len(before) == 2
+
+
+def test_a_file_name_that_is_not_utf8_is_answered_recorded_and_listed(tmp_path):
+    if sys.platform != "linux":
+        pytest.skip("bytes file names: POSIX file systems")
+    archive = _folder(tmp_path, 2)
+    film = sorted(p for p in archive.rglob("*") if p.is_symlink())[0]
+    latin1 = os.fsdecode(str(film.parent).encode() + b"/caf\xe9-" + film.name.encode())  # an old share's Latin-1 name
+    os.rename(film, latin1)
+    db = tmp_path / "r.db"
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(db)])
+    assert res.exit_code == 0, res.output
+    assert "recorded 2 new answers" in res.output and "Traceback" not in res.output
+    names = {r["input_name"] for r in _rows(db)}
+    assert "caf\ufffd-" + film.name in names  # the undecodable byte shown as U+FFFD, the rest as it is
+    worklist = db.with_name("r-referrals.csv").read_text(encoding="utf-8")  # valid UTF-8, one line per referral
+    assert len(worklist.strip().splitlines()) == 1 + sum(r["status"] == "refer" for r in _rows(db))

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 from ..core.progress import Progress, fmt_duration, no_progress
 from ..errors import ConfigError
 from .pacs import PacsQuery, PacsSource
-from .sources import ScreenItem, source_items
+from .sources import ScreenItem, clean_text, source_items
 from .work import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class Recorder:
         if state == "missing":
             res.missing += 1
             if len(res.missing_examples) < 3:
-                res.missing_examples.append(outcome["path"])
+                res.missing_examples.append(clean_text(outcome["path"]))
         elif state == "unreadable":
             res.unreadable += 1
         elif key in self.seen:
@@ -164,9 +164,10 @@ class Recorder:
         m = outcome.get("meta") or {}
         # absolute: the worklist is read from another folder; a PACS's spooled copy is gone after the run
         file = os.path.abspath(outcome["path"]) if self.release is _keep else ""
-        self.referrals[key] = [m.get("patient_id", ""), m.get("accession_number", ""), m.get("study_instance_uid", ""), key,
-                               file, m.get("film_date", ""), "" if p is None else round(float(p), 4),
-                               label or "", reason or "", REFER_ACTION, SHORT_DISCLAIMER]
+        row = (m.get("patient_id", ""), m.get("accession_number", ""), m.get("study_instance_uid", ""), key, file,
+               m.get("film_date", ""), "" if p is None else round(float(p), 4), label or "", reason or "", REFER_ACTION,
+               SHORT_DISCLAIMER)
+        self.referrals[key] = [clean_text(v) for v in row]  # a file name that is not UTF-8: still one CSV line
 
     def flush(self) -> None:
         from ..dicom.record import InputIdentity
@@ -174,7 +175,7 @@ class Recorder:
 
         new = [o for o in self.buffer if o.get("state") == "answered" and o.get("key")]
         if new:
-            answers = [(Prediction(**o["prediction"]), InputIdentity(**o["identity"])) for o in new]
+            answers = [(Prediction(**_cleaned(o["prediction"])), InputIdentity(**_cleaned(o["identity"]))) for o in new]
             try:
                 self.result.recorded += self.rec.append_screened(answers, self.bundle)
             except sqlite3.OperationalError as exc:  # disk full, locked longer than the timeout: the batch is rolled back
@@ -192,6 +193,10 @@ class Recorder:
         if self.total and rate > 0:
             info["eta"] = fmt_duration((self.total - self.done) / rate)
         self.progress("screening", self.done, self.total, **info)
+
+
+def _cleaned(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: clean_text(v) for k, v in d.items()}
 
 
 def _same_file(a: Path, b: Path) -> bool:

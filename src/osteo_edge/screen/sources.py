@@ -32,6 +32,21 @@ class ScreenItem:
         return asdict(self)
 
 
+def clean_text(value: Any) -> Any:
+    """A file name that is not UTF-8 (an old share's Latin-1 names) as text the record, the worklist and
+    the console can hold: its undecodable bytes become U+FFFD. Anything else as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")
+
+
 def folder_items(root: str | os.PathLike) -> tuple[list[ScreenItem], int]:
     """Every image file under ``root`` (recursively, sorted; hidden and side files such as .csv left
     out, as ``predict`` does) and how many files were left out."""
