@@ -129,3 +129,8 @@ def test_paired_and_cv_refuse_damaged_scores_and_bad_destinations(cv: dict[str, 
     assert res.exit_code == 2 and "is a folder" in res.output and "Traceback" not in res.output
     res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(cv["split"]), "--json", str(ja / "x.json"))
     assert res.exit_code == 2 and "is a file" in res.output
+    # options of the other mode were silently ignored
+    res = _invoke("evaluate", "--cv", str(cv["A"]), "--split", str(cv["split"]), "--model", str(cv["A"]), "--out", str(tmp_path / "e"))
+    assert res.exit_code == 2 and "--model, --out not used with --cv" in res.output and not (tmp_path / "e").exists()
+    res = _invoke("compare", str(ja), str(ja), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 2 and "--paired" in res.output and not (tmp_path / "o").exists()

@@ -27,6 +27,9 @@ def compare_cmd(
     if paired:
         _paired(runs, out, bootstrap, seed)
         return
+    if runs and all(Path(r).is_file() and Path(r).suffix.lower() == ".json" for r in runs):
+        raise typer.BadParameter("these are files, not run directories; scores files from 'evaluate --cv' are compared with --paired",
+                                 param_hint="RUNS")
     from ..train.compare import compare_runs
     from ..core.stats import fmt_ci
 

@@ -46,6 +46,11 @@ def evaluate_cmd(
     validation-fitted temperature and low-BMD threshold in the bundle. With --cv: a k-fold run
     directory scored out of fold, per source, beside the shortcut baselines (no bundle is changed)."""
     if cv:
+        ignored = [f for f, v in (("--model", model), ("--out", out_dir), ("--folds", folds), ("--metadata", metadata),
+                                  ("--subgroups", subgroups)) if v]
+        if ignored:  # they were silently ignored: the scores went to --json, every fold of each --cv directory was read
+            raise typer.BadParameter(f"{', '.join(ignored)} not used with --cv (give the run directories to --cv, the file to --json)",
+                                     param_hint="--cv")
         _evaluate_cv(cv, split, flip=flip, name=name, tscore_csv=tscore_csv, json_out=json_out)
         return
     if model is None:
