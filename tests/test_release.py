@@ -372,6 +372,10 @@ def test_release_refuses_a_bad_cv_result_or_trust_list_before_training(tmp_path:
         recipe.write_text(json.dumps({"gate": {"crossfit": False}, "cv_result": str(scores)}))
         res = CliRunner().invoke(app, [*args, "--recipe", str(recipe)])
         assert res.exit_code == 1 and str(scores.name) in res.output and "Traceback" not in res.output, res.output
+    no_test = tmp_path / "no_test.csv"  # per-source found it after training: "no test rows to measure the bundle on"
+    no_test.write_text("".join(line for line in split.read_text().splitlines(True) if ",test," not in line))
+    res = CliRunner().invoke(app, [*args, "--eval-split", str(no_test)])
+    assert res.exit_code == 1 and "no test rows" in res.output, res.output
     for trusted, msg in ((tmp_path / "none.pub", "no such trusted key"), (other, "not among them")):
         res = CliRunner().invoke(app, [*args, "--trusted-key", str(trusted)])
         assert res.exit_code == 1 and msg in res.output, res.output

@@ -272,6 +272,9 @@ def _preflight(split: Path, eval_split: Path, recipe: Recipe) -> None:
 
     read_split(split)
     table = read_split(eval_split)
+    for subset in sorted({"test", str(recipe.parity.get("subset", "test"))}):  # per-source and parity read them
+        if not table.subset(subset):
+            raise ConfigError(f"--eval-split {eval_split}: no {subset} rows to measure the bundles on")
     if recipe.gate.get("crossfit", True):
         check_crossfit_folds(table)
     for folder in recipe.gate.get("non_knee") or []:
