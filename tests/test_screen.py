@@ -486,3 +486,12 @@ def test_a_file_name_that_is_not_utf8_is_answered_recorded_and_listed(tmp_path):
     assert "caf\ufffd-" + film.name in names  # the undecodable byte shown as U+FFFD, the rest as it is
     worklist = db.with_name("r-referrals.csv").read_text(encoding="utf-8")  # valid UTF-8, one line per referral
     assert len(worklist.strip().splitlines()) == 1 + sum(r["status"] == "refer" for r in _rows(db))
+
+
+def test_more_local_workers_than_cpus_is_warned_about(tmp_path, monkeypatch, caplog):
+    archive = _folder(tmp_path, 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    with caplog.at_level("WARNING", logger="osteo_edge.screen.run"):
+        res = runner.invoke(app, ["screen", str(archive), "--record", str(tmp_path / "r.db"), "--workers", "2"])
+    assert res.exit_code == 0, res.output
+    assert "--workers 2 on a machine with 1 CPUs" in res.output + caplog.text, res.output

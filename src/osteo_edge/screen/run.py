@@ -241,6 +241,10 @@ def screen(job: ScreenJob, progress: Progress = no_progress) -> ScreenResult:
     job.check()
     _writable(job.record, "clinic record")  # before the model loads and the run starts: one line, not a traceback at the end
     _writable(job.worklist_path(), "referral worklist")
+    cpus = os.cpu_count() or 1
+    if job.engine == "local" and job.workers > cpus:
+        log.warning("--workers %d on a machine with %d CPUs: the extra workers add memory (a model each), not speed",
+                    job.workers, cpus)
     clf = EdgeClassifier.load(job.model, threads=1, trust=TrustStore.from_env(list(job.trusted_keys)))
     bundle = bundle_identity(clf)
     res = ScreenResult(job.engine, job.workers, seal=clf.bundle.seal)
