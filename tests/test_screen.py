@@ -326,6 +326,8 @@ def test_unwritable_record_or_worklist_and_a_worklist_that_would_overwrite_the_r
     blocker.write_text("x")
     (tmp_path / "w-dir.csv").mkdir()
     for argv, msg in [([str(archive), "--record", str(blocker / "record.db")], "cannot write the clinic record"),
+                      ([str(archive), "--record", ""], "--record takes a database file path"),
+                      ([str(archive), "--record", str(tmp_path)], "--record takes a database file path"),
                       ([str(archive), "--record", str(db), "--worklist", str(blocker / "w.csv")], "cannot write the referral worklist"),
                       ([str(archive), "--record", str(db), "--worklist", str(db)], "neither the record nor the source"),
                       ([str(listing), "--record", str(db), "--worklist", str(listing)], "neither the record nor the source"),

@@ -61,6 +61,8 @@ class ScreenJob:
             raise ConfigError(f"unknown engine {self.engine!r}; valid: {', '.join(ENGINES)}")
         if self.source is not None and (self.query.since or self.query.until or self.spool is not None):
             raise ConfigError("--since, --until and --spool apply to --pacs; a folder or file list is screened whole")
+        if not self.record.name or self.record.is_dir():
+            raise ConfigError(f"{self.record}: is a directory; --record takes a database file path")
         wl, guarded = self.worklist_path(), [self.record, *([self.source] if self.source is not None else [])]
         if wl.suffix.lower() != ".csv" or any(_same_file(wl, g) for g in guarded):
             raise ConfigError(f"--worklist {wl}: the worklist is a CSV file of its own (a path ending in .csv, "
