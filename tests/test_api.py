@@ -87,3 +87,12 @@ def test_one_trusted_key_may_be_given_as_a_path(tmp_path):
     for given in (str(other_pub), Path(other_pub)):
         with pytest.raises(BundleError, match="(?i)trust|signed"):
             osteo_edge.verify_bundle(trusted_keys=given)
+
+
+def test_predict_many_takes_one_path_as_a_list_of_one(shared_data):
+    """A single path string was iterated letter by letter: five 'no such file' answers for 'a.png'."""
+    f = _knees(shared_data, 1)[0]
+    model = osteo_edge.load_bundle()
+    for one in (str(f), f, f.read_bytes()):
+        answers = model.predict_many(one)
+        assert len(answers) == 1 and answers[0]["status"] != "rejected", answers

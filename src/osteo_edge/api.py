@@ -58,6 +58,9 @@ class Model:
         return self.classifier.predict(image, name=name).record()
 
     def predict_many(self, images: Iterable[ImageSource]) -> list[dict[str, Any]]:
+        """One record per image; one path or one image's bytes is a list of one (a string was read letter by letter)."""
+        if isinstance(images, (str, bytes, bytearray, os.PathLike)):
+            images = [images]
         return [self.predict(im) for im in images]
 
 
