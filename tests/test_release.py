@@ -107,8 +107,15 @@ def test_recipe_reads_yaml_and_refuses_unknown_options(tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match=msg):
             read_recipe(p)
     p.write_text("train: [unclosed\n")
-    with pytest.raises(ConfigError, match="not valid yaml"):
+    with pytest.raises(ConfigError, match="not valid YAML"):
         read_recipe(p)
+    p.write_bytes(b"\xff\xfe\x00name")  # not UTF-8: was a UnicodeDecodeError traceback
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        read_recipe(p)
+    toml = tmp_path / "r.toml"  # read as JSON, and said "not valid toml"
+    toml.write_text("a = 1\n")
+    with pytest.raises(ConfigError, match=r"not valid JSON \(a recipe is .yaml"):
+        read_recipe(toml)
 
 
 def test_strip_build_paths_names_the_split_by_content(tmp_path: Path) -> None:

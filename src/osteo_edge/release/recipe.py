@@ -159,14 +159,13 @@ def read_recipe(path: str | os.PathLike | None) -> Recipe:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"--recipe {p}: no such file")
-    text = p.read_text(encoding="utf-8")
+    is_yaml = p.suffix.lower() in (".yaml", ".yml")
     try:
-        if p.suffix.lower() in (".yaml", ".yml"):
-            data = require("yaml", "train").safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError: one line, naming the file
-        raise ConfigError(f"--recipe {p}: not valid {p.suffix.lstrip('.') or 'JSON'} ({str(exc).splitlines()[0]})") from exc
+        text = p.read_text(encoding="utf-8")
+        data = require("yaml", "train").safe_load(text) if is_yaml else json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError / UnicodeDecodeError: one line, naming the file
+        what = "YAML" if is_yaml else "JSON" + ("" if p.suffix.lower() == ".json" else " (a recipe is .yaml, .yml or .json)")
+        raise ConfigError(f"--recipe {p}: not valid {what} ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, Mapping):
         raise ConfigError(f"--recipe {p}: expected a mapping of sections (train, quantize, export, gate, parity)")
     return Recipe.from_dict(data)
