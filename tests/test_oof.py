@@ -119,6 +119,9 @@ def test_paired_and_cv_refuse_damaged_scores_and_bad_destinations(cv: dict[str, 
     bad.write_text(json.dumps({**a, "oof": None}))
     res = _invoke("compare", "--paired", str(ja), str(bad), "--out", str(tmp_path / "o"))
     assert res.exit_code == 1 and "damaged" in res.output
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n\xff\xff")  # an image given by mistake: was a UnicodeDecodeError traceback
+    res = _invoke("compare", "--paired", str(ja), str(bad), "--out", str(tmp_path / "o"))
+    assert res.exit_code == 1 and "not JSON" in res.output and "Traceback" not in res.output
     for n in ("0", "-5"):
         res = _invoke("compare", "--paired", str(ja), str(ja), "--out", str(tmp_path / "o"), "--bootstrap", n)
         assert res.exit_code == 2 and "--bootstrap" in res.output

@@ -196,6 +196,8 @@ def read_scores(path: str | os.PathLike) -> dict[str, Any]:
         res = json.loads(p.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{p}: not JSON ({exc.msg})") from exc
+    except UnicodeDecodeError as exc:  # a binary file given by mistake
+        raise ConfigError(f"{p}: not JSON (not UTF-8 text)") from exc
     if not isinstance(res, dict) or "oof" not in res or "report" not in res:
         raise ConfigError(f"{p}: has no out-of-fold probabilities (score it again with osteo-edge evaluate --cv)")
     _check_oof(p, res["oof"])
