@@ -325,7 +325,13 @@ def test_release_refuses_folders_it_does_not_own_and_writes_nothing(tmp_path: Pa
     for extra, msg in ((["--out", str(mine)], "not a release folder (no release.json), yet it holds runs"), (["--out", str(split)], "is a file"),
                        (["--out", str(bundle / "rel")], "inside the model bundle"),
                        (["--out", str(tmp_path / "o"), "--bundle-dir", str(mine)], "--bundle-dir"),
-                       (["--out", str(tmp_path / "o"), "--reference-dir", str(split)], "--reference-dir")):
+                       (["--out", str(tmp_path / "o"), "--reference-dir", str(split)], "--reference-dir"),
+                       # a bundle folder is replaced whole: as --out itself, its parent or its runs it deleted the release
+                       (["--out", str(tmp_path / "o"), "--bundle-dir", str(tmp_path / "o")], "would hold --out"),
+                       (["--out", str(tmp_path / "o" / "deep"), "--reference-dir", str(tmp_path / "o")], "would hold --out"),
+                       (["--out", str(tmp_path / "o"), "--bundle-dir", str(tmp_path / "o" / "runs" / "b")], "its runs"),
+                       (["--out", str(tmp_path / "o"), "--bundle-dir", str(tmp_path / "r" / "b"), "--reference-dir", str(tmp_path / "r")],
+                        "the other bundle")):
         res = CliRunner().invoke(app, [*args, *extra])
         assert res.exit_code == 1 and msg in res.output and "Traceback" not in res.output, res.output
     assert (mine / "runs" / "fp32" / "notes.txt").read_text() == "keep me" and sorted(p.name for p in mine.iterdir()) == ["runs"]

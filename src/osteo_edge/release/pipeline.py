@@ -323,9 +323,13 @@ def _check_destinations(paths: ReleasePaths) -> None:
     inside = next((d for d in [out.resolve(), *out.resolve().parents] if _is_bundle(d)), None)
     if inside is not None:
         raise ConfigError(f"--out {out}: inside the model bundle {inside}; give a folder outside it")
-    for what, d in (("--bundle-dir", paths.bundle), ("--reference-dir", paths.reference)):
+    o, runs = out.resolve(), (out / "runs").resolve()
+    for what, d, other in (("--bundle-dir", paths.bundle, paths.reference), ("--reference-dir", paths.reference, paths.bundle)):
         if d.exists() and (not d.is_dir() or (any(d.iterdir()) and not (d / "manifest.json").is_file())):
             raise ConfigError(f"{what} {d}: exists and is not a model bundle; give a new folder (it would be replaced)")
+        r = d.resolve()  # a bundle folder is replaced whole: it must not hold --out, the runs or the other bundle
+        if r == o or r in o.parents or r == runs or runs in r.parents or r in other.resolve().parents:
+            raise ConfigError(f"{what} {d}: would hold --out, its runs or the other bundle (it is replaced whole); give a folder of its own")
 
 
 def _file_digest(path: str | None) -> str | None:
