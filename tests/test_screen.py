@@ -497,3 +497,16 @@ def test_more_local_workers_than_cpus_is_warned_about(tmp_path, monkeypatch, cap
         res = runner.invoke(app, ["screen", str(archive), "--record", str(tmp_path / "r.db"), "--workers", "2"])
     assert res.exit_code == 0, res.output
     assert "--workers 2 on a machine with 1 CPUs" in res.output + caplog.text, res.output
+
+
+def test_a_ray_address_that_does_not_answer_is_a_one_line_error_within_seconds(tmp_path):
+    pytest.importorskip("ray")
+    import time
+
+    archive = _folder(tmp_path, 1)
+    t0 = time.monotonic()
+    res = runner.invoke(app, ["screen", str(archive), "--record", str(tmp_path / "r.db"), "--engine", "ray",
+                              "--ray-address", "127.0.0.1:1"])  # nothing listens on port 1
+    assert res.exit_code == 1, res.output
+    assert "no Ray cluster answers there" in res.output and "Traceback" not in res.output
+    assert time.monotonic() - t0 < 60  # ray.init alone retried silently for minutes

@@ -45,11 +45,31 @@ def start(address: str | None, workers: int) -> bool:
     if ray.is_initialized():
         return False
     address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _reachable(address)
     kw: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         kw["num_cpus"] = workers
     ray.init(address=address, **kw)
     return True
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """A cluster address (``HOST:PORT`` or ``ray://HOST:PORT``) that does not answer is a one-line error
+    within seconds; ray.init would retry silently for minutes. ``auto`` and other forms: left to Ray."""
+    import socket
+
+    from ..errors import ConfigError
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers there ({getattr(exc, 'strerror', None) or exc}); "
+                          "start it (ray start --head) or check the address") from exc
 
 
 def run_ray(items: Iterable[ScreenItem], config: WorkerConfig, workers: int, on_outcome: Callable[[dict[str, Any]], None],
