@@ -70,3 +70,27 @@ def test_bench_measures_tflite_int8(int8_bundle):
     rows = {r["role"]: r for r in report["results"]}
     assert rows["model"]["status"] == "ok" and rows["model"]["precision"] == "int8" and rows["model"]["backend"] == "litert"
     assert rows["reference"]["status"] == "ok" and rows["model"]["speedup_vs_torch_fp32"] > 0
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, -64])
+def test_a_truncated_tflite_file_resealed_is_one_line_not_a_crash(tmp_path, keep):
+    """A bundle whose model file was cut short and re-sealed (nobody signed it) used to crash the
+    interpreter (SIGSEGV, exit 139); the structural check refuses it in one line first."""
+    import shutil
+    import subprocess
+    import sys
+
+    from osteo_edge.artifact import reseal
+    from osteo_edge.edge_runtime.classifier import default_bundle_path
+
+    pytest.importorskip("ai_edge_litert")
+    b = tmp_path / "b"
+    shutil.copytree(default_bundle_path(), b)
+    model = b / "model.tflite"
+    data = model.read_bytes()
+    model.write_bytes(data[: int(len(data) * keep)] if keep > 0 else data[:keep])
+    reseal(b, step="truncated on purpose", changed=["model.tflite"])
+    code = f"import osteo_edge; osteo_edge.load_bundle({str(b)!r})"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 1, (r.returncode, r.stderr[-500:])  # a Python exception, not a signal
+    assert "damaged or truncated" in r.stderr or "cannot load the model" in r.stderr, r.stderr[-500:]

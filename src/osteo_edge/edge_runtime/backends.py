@@ -239,6 +239,9 @@ class LiteRTRunner:
             self.version = "unknown"
         self.threads = threads
         self._path = model_path
+        from .tflite_check import check_tflite
+
+        check_tflite(Path(model_path))  # a damaged flatbuffer would crash the interpreter, not raise
         try:
             with native_stderr_quiet():  # LiteRT's C++ prints "INFO: Created TensorFlow Lite XNNPACK delegate" here
                 self._interp = litert.Interpreter(model_path=str(model_path), num_threads=threads)
