@@ -104,3 +104,44 @@ def test_cli_predict_record_export_stats(tmp_path):
     assert "2 answers" in res.output and (tmp_path / "s.png").stat().st_size > 1000
     res = runner.invoke(app, ["record", "stats", "--record", str(tmp_path / "nope.db")])
     assert res.exit_code == 1 and "no clinic record" in res.output and "Traceback" not in res.output
+
+
+def test_a_record_path_that_cannot_be_opened_or_is_not_a_record_is_one_line(tmp_path):
+    """predict/serve/screen --record: an image given as the record keeps its mode and is refused; a
+    place no file can be made is one line, not an OSError traceback."""
+    import stat
+
+    from osteo_edge.dicom.record import ClinicRecord
+    from osteo_edge.errors import ConfigError
+
+    image = tmp_path / "knee.png"
+    image.write_bytes(b"\x89PNG\r\n\x1a\n" + b"0" * 100)
+    image.chmod(0o644)
+    with pytest.raises(ConfigError, match="not a clinic record"):
+        ClinicRecord(image)
+    assert stat.S_IMODE(image.stat().st_mode) == 0o644
+    with pytest.raises(ConfigError, match="cannot open the clinic record here"):
+        ClinicRecord("/proc/osteo-edge-no-such/record.db")
+    fresh = ClinicRecord(tmp_path / "new" / "record.db")
+    fresh.close() if hasattr(fresh, "close") else None
+    assert stat.S_IMODE((tmp_path / "new" / "record.db").stat().st_mode) == 0o600
+
+
+def test_predict_record_keeps_a_film_whose_name_is_not_utf8(tmp_path, shared_data):
+    """An old share's Latin-1 file name (surrogate escapes in Python) is recorded with U+FFFD in place
+    of its bad bytes, not a UnicodeEncodeError traceback."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    films = os.fsencode(tmp_path / "films")
+    os.makedirs(films)
+    with open(films + b"/knee-\xe9t\xe9.jpg", "wb") as fh:
+        fh.write((shared_data / "knee" / "wani-mendeley" / "Normal" / "N1.JPEG").read_bytes())
+    record = tmp_path / "record.db"
+    exe = os.fsencode(Path(sys.executable).parent / "osteo-edge")
+    r = subprocess.run([exe, b"predict", b"--record", os.fsencode(record), films], capture_output=True)
+    assert r.returncode == 0, r.stderr[-400:]
+    names = [n for (n,) in sqlite3.connect(record).execute("SELECT input_name FROM predictions")]
+    assert names == ["knee-\ufffdt\ufffd.jpg"]

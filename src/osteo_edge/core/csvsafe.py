@@ -55,3 +55,19 @@ def safe_frame(frame: Any) -> Any:
             out[col] = out[col].map(safe_cell)
     out.columns = [safe_cell(c) for c in out.columns]
     return out
+
+
+def utf8_text(value: Any) -> Any:
+    """A file name that is not UTF-8 (an old share's Latin-1 names arrive as surrogate escapes) as
+    text a record, a CSV and a console can hold: its undecodable bytes become U+FFFD. Anything else
+    as it is."""
+    if not isinstance(value, str):
+        return value
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        try:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "replace").decode("utf-8")

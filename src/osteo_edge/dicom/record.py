@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..edge_runtime.classifier import Prediction
-from ..core.csvsafe import csv_text
+from ..core.csvsafe import csv_text, utf8_text
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -82,11 +82,21 @@ def now_utc() -> str:
 
 
 def _owner_only_file(path: Path) -> None:
-    if not path.parent.exists():
-        path.parent.mkdir(parents=True, mode=0o700)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
-    os.close(fd)
-    os.chmod(path, 0o600)
+    """Create the record owner-only (0600), or check that an existing file is an SQLite database
+    before anything touches it (an image given as --record keeps its mode). One line on any OS error."""
+    try:
+        if path.exists():
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            if head and head != b"SQLite format 3\x00":
+                raise ConfigError(f"{path}: not a clinic record (not an SQLite database)")
+        elif not path.parent.exists():
+            path.parent.mkdir(parents=True, mode=0o700)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        os.chmod(path, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open the clinic record here ({exc.strerror or type(exc).__name__})") from None
 
 
 class ClinicRecord:
@@ -154,7 +164,7 @@ class ClinicRecord:
 
     def append_many(self, answers: list[tuple[Prediction, InputIdentity, dict[str, Any], str, str | None]]) -> list[bool]:
         """:meth:`append` for several answers in one transaction (one fsync); per answer, whether it was new."""
-        rows = [self._row(*a) for a in answers]
+        rows = [{k: utf8_text(v) for k, v in self._row(*a).items()} for a in answers]  # non-UTF-8 file names
         out = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
@@ -199,7 +209,7 @@ class ClinicRecord:
         marks = ", ".join("?" for _ in row)
         verb = "INSERT OR IGNORE" if ignore else "INSERT"
         with self._lock:
-            cur = self._db.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", list(row.values()))
+            cur = self._db.execute(f"{verb} INTO {table} ({cols}) VALUES ({marks})", [utf8_text(v) for v in row.values()])
         return cur.rowcount == 1
 
     def append_screened(self, answers: list[tuple[Prediction, InputIdentity]], bundle: dict[str, Any]) -> int:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from ..core.csvsafe import utf8_text
 from ..errors import ConfigError
 
 META_FIELDS = ("patient_id", "accession_number", "study_instance_uid", "film_date")
@@ -33,18 +34,8 @@ class ScreenItem:
 
 
 def clean_text(value: Any) -> Any:
-    """A file name that is not UTF-8 (an old share's Latin-1 names) as text the record, the worklist and
-    the console can hold: its undecodable bytes become U+FFFD. Anything else as it is."""
-    if not isinstance(value, str):
-        return value
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        try:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "replace").decode("utf-8")
+    """:func:`osteo_edge.core.csvsafe.utf8_text`: a non-UTF-8 file name as text the record can hold."""
+    return utf8_text(value)
 
 
 def folder_items(root: str | os.PathLike) -> tuple[list[ScreenItem], int]:
