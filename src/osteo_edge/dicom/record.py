@@ -154,17 +154,18 @@ class ClinicRecord:
 
     @staticmethod
     def _row(pred: Prediction, who: InputIdentity, bundle: dict[str, Any], source: str, result_uid: str | None) -> dict[str, Any]:
-        return {
+        row = {
             "recorded_at": now_utc(), "source": source, "kind": "prediction", **who.__dict__,
             "bundle": bundle.get("bundle"), "bundle_format": bundle.get("format"), "bundle_seal": bundle.get("seal"),
             "model_sha256": bundle.get("model_sha256"), "status": pred.status, "label": pred.label,
             "probabilities": json.dumps(pred.probabilities, sort_keys=True), "low_bmd_probability": pred.low_bmd_probability,
             "reason": pred.reason, "message": pred.message, "latency_ms": pred.latency_ms, "result_uid": result_uid,
         }
+        return {k: utf8_text(v) for k, v in row.items()}  # a file name that is not UTF-8: U+FFFD, still storable
 
     def append_many(self, answers: list[tuple[Prediction, InputIdentity, dict[str, Any], str, str | None]]) -> list[bool]:
         """:meth:`append` for several answers in one transaction (one fsync); per answer, whether it was new."""
-        rows = [{k: utf8_text(v) for k, v in self._row(*a).items()} for a in answers]  # non-UTF-8 file names
+        rows = [self._row(*a) for a in answers]
         out = []
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")

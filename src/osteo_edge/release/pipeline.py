@@ -140,8 +140,10 @@ def _quantize(split: Path, recipe: Recipe, paths: ReleasePaths, progress: Progre
 def _option(key: str, value: Any) -> str:
     """A recipe entry as the export option it stands for (a flag for a boolean)."""
     flag = "--" + key.replace("_", "-")
-    if isinstance(value, bool):
-        return flag if value else f"--no-{flag[2:]}" if key == "gray_fold" else ""
+    if value is True:
+        return flag
+    if value is False:  # gray_fold has a --no- form; a false weights_only is simply not given
+        return f"--no-{flag[2:]}" if key == "gray_fold" else ""
     return f"{flag} {value}"
 
 

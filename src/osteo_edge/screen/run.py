@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterable
 from ..core.progress import Progress, fmt_duration, no_progress
 from ..errors import ConfigError
 from .pacs import PacsQuery, PacsSource
-from .sources import ScreenItem, clean_text, source_items
+from ..core.csvsafe import utf8_text
+from .sources import ScreenItem, source_items
 from .work import WorkerConfig
 
 log = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ class Recorder:
         if state == "missing":
             res.missing += 1
             if len(res.missing_examples) < 3:
-                res.missing_examples.append(clean_text(outcome["path"]))
+                res.missing_examples.append(utf8_text(outcome["path"]))
         elif state == "unreadable":
             res.unreadable += 1
         elif key in self.seen:
@@ -169,7 +170,7 @@ class Recorder:
         row = (m.get("patient_id", ""), m.get("accession_number", ""), m.get("study_instance_uid", ""), key, file,
                m.get("film_date", ""), "" if p is None else round(float(p), 4), label or "", reason or "", REFER_ACTION,
                SHORT_DISCLAIMER)
-        self.referrals[key] = [clean_text(v) for v in row]  # a file name that is not UTF-8: still one CSV line
+        self.referrals[key] = [utf8_text(v) for v in row]  # a file name that is not UTF-8: still one CSV line
 
     def flush(self) -> None:
         from ..dicom.record import InputIdentity
@@ -198,7 +199,7 @@ class Recorder:
 
 
 def _cleaned(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: clean_text(v) for k, v in d.items()}
+    return {k: utf8_text(v) for k, v in d.items()}
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -13,7 +13,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..core.csvsafe import utf8_text
 from ..errors import ConfigError
 
 META_FIELDS = ("patient_id", "accession_number", "study_instance_uid", "film_date")
@@ -31,11 +30,6 @@ class ScreenItem:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def clean_text(value: Any) -> Any:
-    """:func:`osteo_edge.core.csvsafe.utf8_text`: a non-UTF-8 file name as text the record can hold."""
-    return utf8_text(value)
 
 
 def folder_items(root: str | os.PathLike) -> tuple[list[ScreenItem], int]:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import BundleError
-from .sources import META_FIELDS, ScreenItem, clean_text
+from ..core.csvsafe import utf8_text
+from .sources import META_FIELDS, ScreenItem
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +140,7 @@ class Screener:
         try:
             return self.clf.predict(path)
         except Exception as exc:  # noqa: BLE001 (the run goes on; the file is answered rejected, with the error)
-            log.warning("%s: %s while answering it; recorded as rejected", clean_text(os.path.basename(path)), type(exc).__name__)
+            log.warning("%s: %s while answering it; recorded as rejected", utf8_text(os.path.basename(path)), type(exc).__name__)
             msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
             return Prediction(path=path, status="rejected", label=None, probabilities={}, reason="invalid_image",
                               message=f"rejected: unreadable image ({type(exc).__name__}: {msg}). {SHORT_DISCLAIMER}")
@@ -148,7 +149,7 @@ class Screener:
 def unreadable(item: ScreenItem, exc: OSError) -> dict[str, Any]:
     """The outcome of a file that cannot be read (so has no identity): not recorded, counted; a rerun tries again."""
     why = exc.strerror or type(exc).__name__
-    log.warning("%s: cannot be read (%s); not recorded", clean_text(os.path.basename(item.path)), why)
+    log.warning("%s: cannot be read (%s); not recorded", utf8_text(os.path.basename(item.path)), why)
     return {"path": item.path, "key": None, "identity": {}, "meta": dict(item.meta), "prediction": None, "state": "unreadable",
             "why": why, "seconds": 0.0, "identify_seconds": 0.0, "cpu_seconds": 0.0}
 
