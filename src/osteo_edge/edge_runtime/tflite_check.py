@@ -10,6 +10,7 @@ range is a one-line :class:`~osteo_edge.errors.BundleError` instead of a crash.
 
 from __future__ import annotations
 
+import mmap
 import struct
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,15 @@ def check_tflite(path: Path) -> None:
         from ai_edge_litert import schema_py_generated as schema  # noqa: PLC0415
     except ImportError:  # an older LiteRT without the schema: the interpreter's own checks only
         return
-    data = path.read_bytes()
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise BundleError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
-    size = len(data)
+    with open(path, "rb") as fh:
+        if fh.read(8)[4:8] != b"TFL3":
+            raise BundleError(f"{path}: not a TFLite model (no TFL3 flatbuffer identifier)")
+        # mapped, not read: the walk touches the tables, never the weights' pages
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            _walk(schema, data, len(data), path)
+
+
+def _walk(schema: Any, data: Any, size: int, path: Path) -> None:
     try:
         model = schema.Model.GetRootAs(data, 0)
         n_buffers, n_codes = model.BuffersLength(), model.OperatorCodesLength()
