@@ -88,12 +88,13 @@ def machine_info(packages: Iterable[str] = DEFAULT_PACKAGES) -> dict[str, Any]:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not on Linux
         affinity = os.cpu_count()
+    cpuinfo = _cpuinfo()  # read once for the model name and the flags
     return {
-        "cpu": cpu_model(),
+        "cpu": cpu_model(cpuinfo),
         "cores": os.cpu_count(),
         "cores_available": affinity,
         "arch": platform.machine(),
-        "isa": cpu_isa(),
+        "isa": cpu_isa(cpuinfo),
         "os": platform.platform(),
         "python": platform.python_version(),
         "versions": package_versions(packages),
