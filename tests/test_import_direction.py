@@ -3,7 +3,7 @@
 Every ``import`` / ``from ... import`` in every module counts, at module level or inside a function,
 relative or absolute. Layers (top-level units of ``osteo_edge``)::
 
-    base     errors, images, preprocess, framing, formats, artifact, _torchcompat, core   -> base only
+    base     errors, images, preprocess, framing, locator, formats, artifact, _torchcompat, core -> base only
     data                                                                 -> base
     edge_runtime, api (the Python API)                                   -> errors, preprocess, formats, artifact, core
     modeling                                                             -> base, data
@@ -32,7 +32,7 @@ import pytest
 PKG = "osteo_edge"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
-BASE = frozenset({"errors", "images", "preprocess", "framing", "formats", "artifact", "_torchcompat", "core"})
+BASE = frozenset({"errors", "images", "preprocess", "framing", "locator", "formats", "artifact", "_torchcompat", "core"})
 STAGES = frozenset({"train", "compress", "export", "bench", "tabular", "demo", "dicom"})
 TORCH_FREE_STAGES = frozenset({"demo", "dicom", "screen"})  # clinic-side: edge_runtime, never torch or modeling
 ALLOWED: dict[str, frozenset[str]] = {

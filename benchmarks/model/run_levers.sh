@@ -63,6 +63,11 @@ for l in "${LEVERS[@]}"; do
         --teacher 'runs/model/E0-baseline/fold{fold}' --teacher 'runs/model/E1-per-source/fold{fold}' \
         --teacher 'runs/model/E13-per-source-tscore/fold{fold}' ;;  # E1 + lever 6: fold-matched 3-recipe ensemble (flip TTA) distilled
     E17-per-source-knee-320) lever E17-per-source-knee-320 per-source --balance weighted --resize knee --img-size 320 ;;  # E10 at 320 px
+    E19-per-source-384) lever E19-per-source-384 per-source --balance weighted --img-size 384 ;;  # issue 26: E1 at 384 px, the control
+    E20-per-source-locator) lever E20-per-source-locator per-source --balance weighted --resize knee_locator ;;  # issue 26: E1 on the learned locator's knee crops
+    E21-per-source-locator-cells) lever E21-per-source-locator-cells per-source --balance cells --resize knee_locator ;;  # E20 + (source, class) cells
+    E22-per-source-locator-384) lever E22-per-source-locator-384 per-source --balance weighted --resize knee_locator --img-size 384 ;;  # E20 at 384 px
+    E23-per-source-locator-384-cells) lever E23-per-source-locator-384-cells per-source --balance cells --resize knee_locator --img-size 384 ;;  # E22 + cells
     *) echo "unknown lever $l" >&2; exit 2 ;;
   esac
 done

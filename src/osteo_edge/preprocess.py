@@ -47,7 +47,8 @@ from .images import (  # noqa: F401 (decoding lives in images.py; these names ar
 
 _log = logging.getLogger(__name__)
 
-RESIZE_POLICIES = ("center_crop", "letterbox", "stretch", "knee")
+RESIZE_POLICIES = ("center_crop", "letterbox", "stretch", "knee", "knee_locator")
+KNEE_POLICIES = ("knee", "knee_locator")  # one view per knee found
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -68,7 +69,11 @@ class PreprocessSpec:
     - ``resize``: ``center_crop`` (shorter side to ``input_size / crop_pct``, then a centred square
       crop), ``letterbox`` (whole image, aspect kept, padded with ``pad_value``), ``stretch``, or
       ``knee``: one square per knee centred on its joint line (:mod:`osteo_edge.framing`; a
-      bilateral film gives two views, whose logits the model's users average, see :func:`frames`).
+      bilateral film gives two views, whose logits the model's users average, see :func:`frames`);
+      ``knee_locator``: the same, with the knees found by the learned locator
+      (:mod:`osteo_edge.locator`, int8 TFLite) instead of the intensity-profile rule.
+    - ``locator``: for ``knee_locator``, the sha256 of the locator model the bundle was trained
+      with (filled in from the installed locator when empty); a different locator is refused.
     - ``interpolation``: Pillow filter used for resizing (on float data, no 8-bit rounding).
     - ``grayscale``: radiographs are single-channel; ``replicate`` copies the channel to
       ``channels`` planes (for ImageNet-style backbones), ``single`` keeps one.
@@ -94,6 +99,7 @@ class PreprocessSpec:
     normalize_in_graph: bool = False
     pad_value: float = 0.0
     version: int = field(default=1)
+    locator: str = ""
 
     def __post_init__(self) -> None:
         if not isinstance(self.input_size, int) or isinstance(self.input_size, bool) or not 8 <= self.input_size <= 2048:
@@ -110,6 +116,12 @@ class PreprocessSpec:
             raise choice_error("layout", self.layout, LAYOUTS)
         if not 0.1 <= float(self.crop_pct) <= 1.0:
             raise ConfigError(f"crop_pct must be in [0.1, 1.0], got {self.crop_pct!r}")
+        if self.resize == "knee_locator" and not self.locator:
+            from .locator import installed_sha256
+
+            object.__setattr__(self, "locator", installed_sha256())
+        if self.locator and (self.resize != "knee_locator" or not _is_hex(self.locator)):
+            raise ConfigError("locator is a sha256 (hex) and only for the knee_locator resize policy")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.grayscale == "single" and self.channels != 1:
@@ -126,6 +138,8 @@ class PreprocessSpec:
     # -- serialisation (json + validation, never eval) ---------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
+        if not d["locator"]:
+            del d["locator"]  # older bundles have no such field: their spec JSON is unchanged
         d["mean"] = list(self.mean)
         d["std"] = list(self.std)
         return d
@@ -175,7 +189,7 @@ class PreprocessSpec:
 def working_side(spec: PreprocessSpec) -> int:
     """Pixels the final resize needs on an image's shorter side: ``input_size / crop_pct`` for a
     centre crop, at most ``input_size`` for letterbox and stretch."""
-    if spec.resize == "knee":  # a knee crop can be a third of the shorter side
+    if spec.resize in KNEE_POLICIES:  # a knee crop can be a third of the shorter side
         return 3 * spec.input_size
     if spec.resize == "center_crop":
         return math.ceil(spec.input_size / spec.crop_pct)
@@ -214,10 +228,8 @@ def resize(gray: np.ndarray, spec: PreprocessSpec, view: int = 0) -> np.ndarray:
     ``knee``: the ``view``-th knee, left to right, clamped to the knees found)."""
     if gray.ndim != 2:
         raise ValueError(f"resize expects an HxW array, got shape {gray.shape}")
-    if spec.resize == "knee":
-        from .framing import knee_boxes
-
-        boxes = knee_boxes(gray)
+    if spec.resize in KNEE_POLICIES:
+        boxes = knee_boxes_for(gray, spec)
         return _square(boxes[min(max(0, view), len(boxes) - 1)].crop(gray), spec)
     s = spec.input_size
     h, w = gray.shape
@@ -250,11 +262,28 @@ def frames(gray: np.ndarray, spec: PreprocessSpec) -> list[np.ndarray]:
     A model's answer for the image is the mean of its logits over these views."""
     if gray.ndim != 2:
         raise ValueError(f"frames expects an HxW array, got shape {gray.shape}")
-    if spec.resize != "knee":
+    if spec.resize not in KNEE_POLICIES:
         return [resize(gray, spec)]
-    from .framing import knee_boxes
+    return [_square(b.crop(gray), spec) for b in knee_boxes_for(gray, spec)]
 
-    return [_square(b.crop(gray), spec) for b in knee_boxes(gray)]
+
+def knee_boxes_for(gray: np.ndarray, spec: PreprocessSpec) -> list:
+    """The knee crops of a film for a knee policy: the heuristic framing or the learned locator."""
+    if spec.resize == "knee":
+        from .framing import knee_boxes
+
+        return knee_boxes(gray)
+    from .locator import default_locator
+
+    loc = default_locator()
+    if not loc.sha256.startswith(spec.locator):
+        raise ConfigError(f"this model was trained with knee locator {spec.locator[:12]}; the installed locator is "
+                          f"{loc.sha256[:12]} (install the osteo-edge version the bundle was built with)")
+    return loc.boxes(gray)
+
+
+def _is_hex(text: str) -> bool:
+    return len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def finalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -18,7 +18,7 @@ from ._common import setup_logging, tidy_help
 from ._output import error
 
 # One module per command (group), registered in this order in --help.
-COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "gate", "predict", "screen", "bench", "demo", "bundle", "release", "tabular", "serve", "record", "site")
+COMMAND_MODULES = ("data", "train", "evaluate", "compare", "quantize", "prune", "export", "parity", "gate", "predict", "screen", "bench", "demo", "bundle", "release", "tabular", "serve", "record", "site", "locator")
 
 app = typer.Typer(
     name="osteo-edge",

@@ -108,7 +108,7 @@ def train_cmd(
     group_dro: Annotated[Optional[float], typer.Option("--group-dro", help="Group DRO over (source, class) cells: step size, e.g. 0.01. 0: off.", rich_help_panel=LEVERS, show_default="0")] = None,
     distill: Annotated[Optional[float], typer.Option("--distill", help="Weight in [0, 1] of distillation towards the --teacher ensemble. 0: off.", rich_help_panel=LEVERS, show_default="0")] = None,
     teacher: Annotated[Optional[list[Path]], typer.Option("--teacher", help="Teacher torch run for --distill (repeatable; '{fold}' = the student's fold); never trained on the student's val/test.", rich_help_panel=LEVERS)] = None,
-    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee, logits averaged).", show_default="center_crop")] = None,
+    resize: Annotated[Optional[str], typer.Option(help="Resize policy: center_crop | letterbox | stretch | knee (one square per knee, logits averaged) | knee_locator (the same, knees found by the learned locator).", show_default="center_crop")] = None,
 ) -> None:
     """Train a model on a split: frozen warm-up, fine-tuning, early stopping on validation macro-F1."""
     from ..train.config import resolve_config
