@@ -3,7 +3,7 @@
 Every ``import`` / ``from ... import`` in every module counts, at module level or inside a function,
 relative or absolute. Layers (top-level units of ``osteo_edge``)::
 
-    base     errors, images, preprocess, framing, locator, formats, artifact, _torchcompat, core -> base only
+    base     errors, images, preprocess, framing, locator, native, formats, artifact, _torchcompat, core -> base only
     data                                                                 -> base
     edge_runtime, api (the Python API)                                   -> errors, preprocess, formats, artifact, core
     modeling                                                             -> base, data
@@ -32,14 +32,14 @@ import pytest
 PKG = "osteo_edge"
 SRC = Path(__file__).resolve().parents[1] / "src" / PKG
 
-BASE = frozenset({"errors", "images", "preprocess", "framing", "locator", "formats", "artifact", "_torchcompat", "core"})
+BASE = frozenset({"errors", "images", "preprocess", "framing", "locator", "native", "formats", "artifact", "_torchcompat", "core"})
 STAGES = frozenset({"train", "compress", "export", "bench", "tabular", "demo", "dicom"})
 TORCH_FREE_STAGES = frozenset({"demo", "dicom", "screen"})  # clinic-side: edge_runtime, never torch or modeling
 ALLOWED: dict[str, frozenset[str]] = {
     **{b: BASE for b in BASE},
     "data": BASE | {"data"},
-    "edge_runtime": frozenset({"errors", "images", "preprocess", "formats", "artifact", "core", "edge_runtime"}),
-    "api": frozenset({"errors", "images", "preprocess", "formats", "artifact", "core", "edge_runtime"}),  # the Python API: torch-free
+    "edge_runtime": frozenset({"errors", "images", "preprocess", "formats", "artifact", "core", "native", "edge_runtime"}),
+    "api": frozenset({"errors", "images", "preprocess", "formats", "artifact", "core", "native", "edge_runtime"}),  # the Python API: torch-free
     "modeling": BASE | {"data", "modeling"},
     **{s: BASE | {"data", "modeling", "edge_runtime", s} for s in STAGES - TORCH_FREE_STAGES},
     **{s: BASE | {"data", "edge_runtime", s} for s in TORCH_FREE_STAGES},

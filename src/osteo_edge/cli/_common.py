@@ -99,7 +99,7 @@ def quiet_third_party() -> None:
 def quiet_native() -> Iterator[None]:
     """Native stderr (TensorFlow's absl lines, the CUDA probe, the TFLite converter) to /dev/null for
     the block unless --verbose. Our own progress bar keeps the real terminal (it gets a copy of it)."""
-    from ..edge_runtime.backends import native_stderr_quiet
+    from ..native import native_stderr_quiet
 
     keep = _stderr_copy()  # our own warnings (Python's sys.stderr) stay on the real stderr
     old = sys.stderr

@@ -18,16 +18,15 @@ tensor's, so callers always see float32.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from ..native import native_stderr_quiet
 from ..errors import BundleError, ConfigError, DependencyError, first_line, install_hint, require
 from ..formats import FORMATS, get_format
 
@@ -197,31 +196,6 @@ def dequantize(q: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return ((q.astype(np.float64) - zero_point) * scale).astype(np.float32)
 
 
-@contextlib.contextmanager
-def native_stderr_quiet() -> Iterator[None]:
-    """Send what native (C++) code writes to file descriptor 2 to /dev/null for the block.
-
-    LiteRT prints an INFO line to stderr from C++ when it applies its default XNNPACK delegate;
-    Python's logging cannot reach it. Python-level writes to ``sys.stderr`` are flushed first and
-    are unaffected when ``sys.stderr`` is not fd 2. Set ``OSTEO_EDGE_NATIVE_LOGS=1`` to keep them.
-    """
-    if os.environ.get("OSTEO_EDGE_NATIVE_LOGS") == "1":
-        yield
-        return
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no usable fd 2 (embedded interpreters)
-        yield
-        return
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
 
 
 class LiteRTRunner:

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..native import native_stderr_quiet
 from ..errors import BundleError, first_line, require
 from ..framing import Box
 
@@ -129,8 +130,9 @@ class KneeLocator:
         from ai_edge_litert import interpreter
 
         try:
-            self._it = interpreter.Interpreter(model_content=blob, num_threads=threads)
-            self._it.allocate_tensors()
+            with native_stderr_quiet():  # LiteRT's C++ INFO line about the XNNPACK delegate
+                self._it = interpreter.Interpreter(model_content=blob, num_threads=threads)
+                self._it.allocate_tensors()
         except Exception as exc:  # LiteRT raises ValueError/RuntimeError for bad flatbuffers
             raise BundleError(f"{path}: LiteRT cannot load the knee locator ({type(exc).__name__}: {first_line(exc, 200)})") from exc
         self._in = self._it.get_input_details()[0]
