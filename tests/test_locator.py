@@ -179,3 +179,22 @@ def test_locator_accuracy_scores_a_perfect_and_a_wrong_answer():
     assert one["mean_iou"] == 0.5 and one["films_crop_contains_joint"] == 0.0 and one["films_right_knee_count"] == 0.0
     off = score_films([film], lambda f: [Box(60, 95, 80), Box(260, 95, 80)])["all"]  # joint 35 px from the centre of an 80 px crop
     assert off["films_crop_contains_joint"] == 0.0 and 0.0 < off["mean_iou"] < 0.6
+
+
+def test_locator_cli_answers_each_image_and_refuses_bad_tables_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from osteo_edge.cli import app
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"junk")
+    good = DATA / "knee" / "wani-mendeley" / "Normal" / "N1.JPEG"
+    args = ["locator", "show", str(bad), "--json"] + ([str(good)] if good.is_file() else [])
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert "not a recognised image" in r.output
+    if good.is_file():
+        knees = json.loads([ln for ln in r.output.splitlines() if ln.startswith("{")][0])["knees"]
+        assert len(knees) == 2  # a bilateral Wani film
+    r = CliRunner().invoke(app, ["locator", "train", "--boxes", str(bad), "--split", str(bad), "--out", str(tmp_path / "o")])
+    assert r.exit_code != 0 and "Traceback" not in r.output and "not a knee boxes CSV" in r.output

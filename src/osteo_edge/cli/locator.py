@@ -52,15 +52,25 @@ def show(
     from ..locator import KneeLocator, default_locator
     from ..preprocess import to_gray
 
+    from ..errors import OsteoEdgeError
+
     loc = KneeLocator(model_dir) if model_dir else default_locator()
+    failed = 0
     for p in images:
-        gray = to_gray(decode_image(p, "scale"))
+        try:
+            gray = to_gray(decode_image(p, "scale"))
+        except (OsteoEdgeError, OSError) as exc:
+            failed += 1
+            o.error(f"{p}: {exc}" if str(p) not in str(exc) else str(exc))
+            continue
         dets = loc.detect(gray)
         if as_json:
             print(json.dumps({"image": str(p), "knees": [{"left": d.box.left, "top": d.box.top, "side": d.box.side,
                                                           "score": round(d.score, 3)} for d in dets]}))
         else:
             print(f"{p}: " + "; ".join(f"knee at ({d.box.left}, {d.box.top}) side {d.box.side}, score {d.score:.2f}" for d in dets))
+    if failed:
+        raise typer.Exit(1)
 
 
 def _table(scores: dict, title: str) -> None:

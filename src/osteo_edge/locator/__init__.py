@@ -118,7 +118,8 @@ class KneeLocator:
         path = model_dir / MODEL_FILE
         meta_path = model_dir / "locator.json"
         if not path.is_file() or not meta_path.is_file():
-            raise BundleError(f"{model_dir}: no knee locator ({MODEL_FILE} and locator.json); reinstall osteo-edge")
+            fix = "reinstall osteo-edge" if model_dir == MODEL_DIR else "train one with osteo-edge locator train --out DIR"
+            raise BundleError(f"{model_dir}: no knee locator ({MODEL_FILE} and locator.json); {fix}")
         self.meta: dict[str, Any] = json.loads(meta_path.read_text())
         blob = path.read_bytes()
         digest = hashlib.sha256(blob).hexdigest()

@@ -52,7 +52,7 @@ def load_films(boxes_csv: str | Path, data_root: str | Path, rejected: set[int] 
     from ..preprocess import to_gray
 
     by_path: dict[str, list[dict]] = defaultdict(list)
-    for r in csv.DictReader(Path(boxes_csv).read_text().splitlines()):
+    for r in read_table(boxes_csv, ("id", "path", "source", "group", "cx", "cy", "side"), "knee boxes CSV"):
         if rejected and int(r["id"]) in rejected:
             continue
         by_path[r["path"]].append(r)
@@ -71,6 +71,20 @@ def load_films(boxes_csv: str | Path, data_root: str | Path, rejected: set[int] 
 
 # ------------------------------------------------------------------------------------------------
 # targets and augmentation
+
+
+def read_table(path: str | Path, needed: Sequence[str], what: str) -> list[dict]:
+    """Rows of a CSV that must have ``needed`` columns; a one-line ConfigError otherwise."""
+    from ..errors import ConfigError
+
+    try:
+        rows = list(csv.DictReader(Path(path).read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc.reason})") from None
+    missing = [c for c in needed if not rows or c not in rows[0]]
+    if missing:
+        raise ConfigError(f"{path}: not a {what} (no rows, or no column {', '.join(missing)})")
+    return rows
 
 
 def targets(knees: Sequence[tuple[float, float, float]]) -> np.ndarray:
@@ -228,7 +242,7 @@ def torch_boxes(model: Any, min_score: float) -> Callable[[Film], list[Box]]:
 def split_groups(split_csv: str | Path) -> tuple[set[str], set[str]]:
     """(test groups, fold-1 groups) of a ``data split`` table."""
     test, val = set(), set()
-    for r in csv.DictReader(Path(split_csv).read_text().splitlines()):
+    for r in read_table(split_csv, ("group", "split", "fold"), "split table"):
         if r["split"] == "test":
             test.add(r["group"])
         elif str(r.get("fold", "")) == "1":
