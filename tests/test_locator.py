@@ -198,3 +198,35 @@ def test_locator_cli_answers_each_image_and_refuses_bad_tables_in_one_line(tmp_p
         assert len(knees) == 2  # a bilateral Wani film
     r = CliRunner().invoke(app, ["locator", "train", "--boxes", str(bad), "--split", str(bad), "--out", str(tmp_path / "o")])
     assert r.exit_code != 0 and "Traceback" not in r.output and "not a knee boxes CSV" in r.output
+
+
+def test_two_neighbouring_cells_tied_by_int8_rounding_are_one_knee():
+    out = _map([(6, 6, 0.9, 0.5, 0.5, 60.0), (6, 7, 0.9, 0.5, 0.5, 60.0), (7, 6, 0.9, 0.5, 0.5, 60.0)])
+    assert len(L.detections(out, 224, 224, 1.0, 0, 0, min_score=0.3)) == 1
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", '{"sha256": "abc"}', '{"sha256": "%s", "min_score": "x"}' % ("a" * 64)])
+def test_a_broken_locator_description_is_refused_in_one_line(tmp_path, text):
+    shutil.copytree(L.MODEL_DIR, tmp_path / "loc")
+    (tmp_path / "loc" / "locator.json").write_text(text)
+    with pytest.raises(BundleError, match="not a knee locator description") as err:
+        L.KneeLocator(tmp_path / "loc")
+    assert "\n" not in str(err.value)
+
+
+def test_a_locator_pin_must_be_a_whole_sha256():
+    with pytest.raises(ConfigError, match="64 lowercase hex"):
+        PreprocessSpec(input_size=64, resize="knee_locator", locator="f")
+
+
+@pytest.mark.skipif(not DATA.is_dir(), reason="needs ../shared/data")
+def test_the_shared_locator_gives_each_thread_its_own_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    rows = _rows()
+    films = [to_gray(decode_image(DATA / p, "scale")) for p in sorted({r["path"] for r in rows})[:6]]
+    loc = L.default_locator()
+    serial = [loc.boxes(g) for g in films]
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(3):
+            assert list(pool.map(loc.boxes, films)) == serial

@@ -120,8 +120,8 @@ class PreprocessSpec:
             from .locator import installed_sha256
 
             object.__setattr__(self, "locator", installed_sha256())
-        if self.locator and (self.resize != "knee_locator" or not _is_hex(self.locator)):
-            raise ConfigError("locator is a sha256 (hex) and only for the knee_locator resize policy")
+        if self.locator and (self.resize != "knee_locator" or not _is_sha256(self.locator)):
+            raise ConfigError("locator is a sha256 (64 lowercase hex digits) and only for the knee_locator resize policy")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
         if self.grayscale == "single" and self.channels != 1:
@@ -273,17 +273,23 @@ def knee_boxes_for(gray: np.ndarray, spec: PreprocessSpec) -> list:
         from .framing import knee_boxes
 
         return knee_boxes(gray)
+    return spec_locator(spec).boxes(gray)
+
+
+def spec_locator(spec: PreprocessSpec) -> Any:
+    """The installed learned knee locator for a ``knee_locator`` spec, checked against the sha256 the
+    model was trained with (a bundle loader calls this once, so a mismatch refuses the bundle)."""
     from .locator import default_locator
 
     loc = default_locator()
-    if not loc.sha256.startswith(spec.locator):
+    if loc.sha256 != spec.locator:
         raise ConfigError(f"this model was trained with knee locator {spec.locator[:12]}; the installed locator is "
                           f"{loc.sha256[:12]} (install the osteo-edge version the bundle was built with)")
-    return loc.boxes(gray)
+    return loc
 
 
-def _is_hex(text: str) -> bool:
-    return len(text) <= 64 and all(c in "0123456789abcdef" for c in text)
+def _is_sha256(text: str) -> bool:
+    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def finalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -22,9 +22,9 @@ import numpy as np
 from ..artifact import Bundle, load_bundle
 from ..artifact.signing import TrustStore
 from ..core.stats import softmax
-from ..errors import BundleError, InvalidImageError, first_line
+from ..errors import BundleError, ConfigError, InvalidImageError, first_line
 from ..formats import get_format
-from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, frames, resize, to_gray
+from ..preprocess import DecodedImage, ImageSource, PreprocessSpec, decode_for, finalize, frames, resize, spec_locator, to_gray
 from .backends import Runner, backend_for, open_backend
 from .gate import Gate
 
@@ -122,6 +122,11 @@ class EdgeClassifier:
         spec = bundle.spec
         if spec.layout != fmt.layout:
             raise BundleError(f"{root}: spec layout {spec.layout} does not match format {fmt.name} ({fmt.layout})")
+        if spec.resize == "knee_locator":  # the learned knee locator it was trained with, checked once here
+            try:
+                spec_locator(spec)
+            except ConfigError as exc:
+                raise BundleError(f"{root}: {exc}") from None
         runner = open_backend(bundle.model_path, fmt.name, threads)
         gate = Gate.from_record(bundle.gate)
         head = LinearHead.from_manifest(bundle.manifest, len(bundle.labels), runner, root)

@@ -14,9 +14,9 @@ sha256, input size, grid, thresholds and the accuracy measured on held-out films
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,12 @@ def peaks(out: np.ndarray, min_score: float = MIN_SCORE, max_knees: int = MAX_KN
     cand = np.argwhere((score >= local) & (score >= min_score))
     if cand.size == 0:
         cand = np.array([np.unravel_index(int(np.argmax(score)), score.shape)])
-    cand = sorted(cand.tolist(), key=lambda rc: -score[rc[0], rc[1]])[:max_knees]
+    kept: list[list[int]] = []
+    for r, c in sorted(cand.tolist(), key=lambda rc: (-score[rc[0], rc[1]], rc[0], rc[1])):
+        # int8 outputs often tie two neighbouring cells of one knee: a neighbour of a kept peak is not a knee
+        if all(max(abs(r - kr), abs(c - kc)) > 1 for kr, kc in kept):
+            kept.append([r, c])
+    cand = kept[:max_knees]
     found = []
     for r, c in cand:
         x = (c + float(np.clip(out[r, c, 1], 0, 1))) * STRIDE
@@ -120,13 +125,14 @@ class KneeLocator:
         if not path.is_file() or not meta_path.is_file():
             fix = "reinstall osteo-edge" if model_dir == MODEL_DIR else "train one with osteo-edge locator train --out DIR"
             raise BundleError(f"{model_dir}: no knee locator ({MODEL_FILE} and locator.json); {fix}")
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.meta = _read_meta(meta_path)
         blob = path.read_bytes()
         digest = hashlib.sha256(blob).hexdigest()
         if digest != self.meta.get("sha256"):
             raise BundleError(f"{path}: sha256 {digest[:12]} does not match locator.json ({str(self.meta.get('sha256'))[:12]})")
         self.sha256 = digest
-        self.min_score = float(self.meta.get("min_score", MIN_SCORE))
+        self.min_score = float(self.meta["min_score"])
+        self._lock = threading.Lock()  # one interpreter: the demo answers two images at once
         require("ai_edge_litert", "runtime")
         from ai_edge_litert import interpreter
 
@@ -147,9 +153,10 @@ class KneeLocator:
         scale, zero = self._in["quantization"]
         if scale:
             x = np.clip(np.round(x / scale) + zero, -128, 127).astype(self._in["dtype"])
-        self._it.set_tensor(self._in["index"], x)
-        self._it.invoke()
-        out = self._it.get_tensor(self._out["index"]).reshape(-1)
+        with self._lock:
+            self._it.set_tensor(self._in["index"], x)
+            self._it.invoke()
+            out = self._it.get_tensor(self._out["index"]).reshape(-1).copy()
         scale, zero = self._out["quantization"]
         return ((out.astype(np.float32) - zero) * scale) if scale else out.astype(np.float32)
 
@@ -165,10 +172,33 @@ class KneeLocator:
         return [d.box for d in self.detect(gray)]
 
 
-@functools.lru_cache(maxsize=1)
+_DEFAULT: KneeLocator | None = None
+_DEFAULT_LOCK = threading.Lock()
+
+
 def default_locator() -> KneeLocator:
-    """The shipped locator, loaded once per process."""
-    return KneeLocator()
+    """The shipped locator, loaded once per process (under a lock: threads may ask at once)."""
+    global _DEFAULT
+    with _DEFAULT_LOCK:
+        if _DEFAULT is None:
+            _DEFAULT = KneeLocator()
+        return _DEFAULT
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """locator.json, checked: a sha256 and a numeric score threshold; a one-line BundleError otherwise."""
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not _is_sha256(meta.get("sha256")):
+            raise ValueError("no sha256")
+        meta["min_score"] = float(meta.get("min_score", MIN_SCORE))
+    except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
+        raise BundleError(f"{path}: not a knee locator description ({type(exc).__name__}: {first_line(exc, 120)})") from None
+    return meta
+
+
+def _is_sha256(text: Any) -> bool:
+    return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 
 def installed_sha256() -> str:
@@ -176,4 +206,4 @@ def installed_sha256() -> str:
     meta = MODEL_DIR / "locator.json"
     if not meta.is_file():
         raise BundleError(f"{MODEL_DIR}: no knee locator installed (locator.json missing); reinstall osteo-edge")
-    return str(json.loads(meta.read_text())["sha256"])
+    return str(_read_meta(meta)["sha256"])

@@ -42,6 +42,13 @@ def train_locator(boxes_csv: str | Path, split_csv: str | Path, data_root: str |
     test = [f for f in films if f.group in test_g]
     val = [f for f in films if f.group in val_g]
     train = [f for f in films if f.group not in test_g and f.group not in val_g]
+    from ..errors import ConfigError
+
+    if not train or not val or not test:
+        raise ConfigError(f"{split_csv}: the boxed films give {len(train)} train, {len(val)} fold-1 and {len(test)} test films; "
+                          "each must have some (a split of the boxed sources, made by osteo-edge data split --folds)")
+    if not all(g.isdigit() for g in test_g):
+        raise ConfigError(f"{split_csv}: group ids must be integers (a table written by osteo-edge data split)")
     log(f"{len(train)} train / {len(val)} val / {len(test)} test films ({sum(len(f.knees) for f in train)} train knees)")
     t0 = time.monotonic()
     model, info = fit(train, val, epochs=epochs, seed=seed, threads=threads, log=log)

@@ -64,7 +64,12 @@ def load_films(boxes_csv: str | Path, data_root: str | Path, rejected: set[int] 
         if f < 1.0:
             size = (max(1, round(w * f)), max(1, round(h * f)))
             gray = np.asarray(Image.fromarray(gray, mode="F").resize(size, Image.Resampling.BOX), dtype=np.float32)
-        knees = [(float(r["cx"]) * f, float(r["cy"]) * f, float(r["side"]) * f) for r in rows]
+        try:
+            knees = [(float(r["cx"]) * f, float(r["cy"]) * f, float(r["side"]) * f) for r in rows]
+        except ValueError:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"{boxes_csv}: a box of {rel} has a non-numeric cx, cy or side") from None
         films.append(Film(rel, rows[0]["source"], rows[0]["group"], gray, knees, f, rows))
     return films
 
