@@ -137,3 +137,18 @@ def test_paired_and_cv_refuse_damaged_scores_and_bad_destinations(cv: dict[str, 
     assert res.exit_code == 2 and "--model, --out not used with --cv" in res.output and not (tmp_path / "e").exists()
     res = _invoke("compare", str(ja), str(ja), "--out", str(tmp_path / "o"))
     assert res.exit_code == 2 and "--paired" in res.output and not (tmp_path / "o").exists()
+
+
+def test_paired_accepts_a_rewritten_split_file_with_the_same_radiographs_only() -> None:
+    from osteo_edge.errors import ConfigError
+    from osteo_edge.release.oof import paired_comparison
+
+    oof = {"labels": ["Normal", "Osteoporosis"], "group": [1, 2, 3, 4], "source": ["s"] * 4, "label": ["Normal", "Osteoporosis"] * 2,
+           "probs": [[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]]}
+    a = {"lever": "A", "eval_split_sha256": "1" * 64, "oof": oof}
+    b = {"lever": "B", "eval_split_sha256": "2" * 64, "oof": {**oof, "probs": [[0.5, 0.5]] * 4}}
+    out = paired_comparison(a, b, n_boot=50)  # same rows, another file (e.g. relative paths): paired, and said so
+    assert "eval_split_note" in out and out["by_source"]["s"]["n"] == 4
+    other = {**b, "oof": {**b["oof"], "label": ["Osteoporosis", "Normal"] * 2}}
+    with pytest.raises(ConfigError, match="different evaluation splits"):
+        paired_comparison(a, other, n_boot=50)

@@ -78,7 +78,7 @@ def table() -> str:
             f"{r['wani_margin']:+.1f} | {r['worst']} | {r['wani_normal']} | {r['wani_penia']} | {r['wani_porosis']} | "
             f"{_f(r['lowbmd_auc_kaggle'])} | {_f(r['lowbmd_auc_wani'])} | {_f(r['penia_vs_porosis_auc'])} | {_f(r['source_probe'])} | "
             f"{_f(r['tscore_r'], 2)} | {r['train_min']:.0f} |")
-    text = ("# Issue 17 levers: 5-fold group CV, out of fold, per source\n\n"
+    text = ("# Levers of issues 17 and 26: 5-fold group CV, out of fold, per source\n\n"
             f"Machine: {any_res['machine']['cpu']}, {any_res['machine']['cores']} cores ({any_res['machine']['arch']}), "
             f"torch {any_res['machine']['torch']}; shared with other jobs (train minutes are indicative).\n\n"
             f"Protocol: {any_res['protocol']}.\n\n" + "\n".join(lines) + "\n\n"

@@ -222,6 +222,13 @@ def _check_oof(p: Path, oof: Any) -> None:
         raise ConfigError(f"{bad} (probs must be {n} rows of {width} finite numbers, groups {n} integers)")
 
 
+def _same_rows(oa: Mapping[str, Any], ob: Mapping[str, Any]) -> bool:
+    """Both out-of-fold blocks scored the same radiographs (group ids) with the same source and label."""
+    rows_a = {(g, s, lab) for g, s, lab in zip(oa["group"], oa["source"], oa["label"])}
+    rows_b = {(g, s, lab) for g, s, lab in zip(ob["group"], ob["source"], ob["label"])}
+    return rows_a == rows_b and len(rows_a) == len(oa["group"]) == len(ob["group"])
+
+
 def paired_comparison(a: Mapping[str, Any], b: Mapping[str, Any], n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
     """Within-source low-BMD AUROC of ``b`` minus ``a`` (scores records) on the radiographs both scored,
     with a 95% percentile interval from a paired bootstrap over radiographs (the same draws for both)."""
@@ -230,7 +237,8 @@ def paired_comparison(a: Mapping[str, Any], b: Mapping[str, Any], n_boot: int = 
     oa, ob = a["oof"], b["oof"]
     if list(oa["labels"]) != list(ob["labels"]):
         raise ConfigError(f"the two scorings have different labels: {oa['labels']} vs {ob['labels']}")
-    if a.get("eval_split_sha256") and b.get("eval_split_sha256") and a["eval_split_sha256"] != b["eval_split_sha256"]:
+    same_file = not (a.get("eval_split_sha256") and b.get("eval_split_sha256") and a["eval_split_sha256"] != b["eval_split_sha256"])
+    if not same_file and not _same_rows(oa, ob):
         raise ConfigError("the two scorings used different evaluation splits: a paired comparison needs the same radiographs")
     ia = {g: i for i, g in enumerate(oa["group"])}
     if "Normal" not in oa["labels"]:
@@ -238,6 +246,9 @@ def paired_comparison(a: Mapping[str, Any], b: Mapping[str, Any], n_boot: int = 
     normal = oa["labels"].index("Normal")
     out: dict[str, Any] = {"a": a.get("lever"), "b": b.get("lever"), "n_boot": n_boot, "seed": seed, "by_source": {},
                            "protocol": "within-source low-BMD AUROC of b minus a; paired bootstrap over the radiographs both scored"}
+    if not same_file:
+        out["eval_split_note"] = ("the two split files differ in bytes (e.g. paths written relative instead of absolute), but both "
+                                  "scored the same radiographs (group ids) with the same sources and labels")
     for src in sorted(set(oa["source"])):
         rows = [(ia[g], j) for j, g in enumerate(ob["group"]) if ob["source"][j] == src and g in ia]
         if not rows:
