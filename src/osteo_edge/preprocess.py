@@ -120,7 +120,7 @@ class PreprocessSpec:
             from .locator import installed_sha256
 
             object.__setattr__(self, "locator", installed_sha256())
-        if self.locator and (self.resize != "knee_locator" or not _is_sha256(self.locator)):
+        if self.locator and (self.resize != "knee_locator" or not _locator_pin_ok(self.locator)):
             raise ConfigError("locator is a sha256 (64 lowercase hex digits) and only for the knee_locator resize policy")
         if self.channels not in (1, 3):
             raise ConfigError(f"channels must be 1 or 3, got {self.channels!r}")
@@ -288,8 +288,10 @@ def spec_locator(spec: PreprocessSpec) -> Any:
     return loc
 
 
-def _is_sha256(text: str) -> bool:
-    return len(text) == 64 and all(c in "0123456789abcdef" for c in text)
+def _locator_pin_ok(pin: str) -> bool:
+    from .locator import is_sha256
+
+    return is_sha256(pin)
 
 
 def finalize(resized: np.ndarray, spec: PreprocessSpec) -> np.ndarray:

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from ..native import native_stderr_quiet
 from ..errors import BundleError, first_line, require
 from ..framing import Box
+from ..native import native_stderr_quiet
 
 INPUT = 224
 STRIDE = 16
@@ -189,7 +189,7 @@ def _read_meta(path: Path) -> dict[str, Any]:
     """locator.json, checked: a sha256 and a numeric score threshold; a one-line BundleError otherwise."""
     try:
         meta = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(meta, dict) or not _is_sha256(meta.get("sha256")):
+        if not isinstance(meta, dict) or not is_sha256(meta.get("sha256")):
             raise ValueError("no sha256")
         meta["min_score"] = float(meta.get("min_score", MIN_SCORE))
     except (OSError, UnicodeDecodeError, ValueError, TypeError) as exc:
@@ -197,7 +197,8 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return meta
 
 
-def _is_sha256(text: Any) -> bool:
+def is_sha256(text: Any) -> bool:
+    """A whole sha256 digest: 64 lowercase hex digits (how locator.json and a spec pin name the model)."""
     return isinstance(text, str) and len(text) == 64 and all(c in "0123456789abcdef" for c in text)
 
 

@@ -47,8 +47,6 @@ def train_locator(boxes_csv: str | Path, split_csv: str | Path, data_root: str |
     if not train or not val or not test:
         raise ConfigError(f"{split_csv}: the boxed films give {len(train)} train, {len(val)} fold-1 and {len(test)} test films; "
                           "each must have some (a split of the boxed sources, made by osteo-edge data split --folds)")
-    if not all(g.isdigit() for g in test_g):
-        raise ConfigError(f"{split_csv}: group ids must be integers (a table written by osteo-edge data split)")
     log(f"{len(train)} train / {len(val)} val / {len(test)} test films ({sum(len(f.knees) for f in train)} train knees)")
     t0 = time.monotonic()
     model, info = fit(train, val, epochs=epochs, seed=seed, threads=threads, log=log)

@@ -24,6 +24,7 @@ from ..locator import (
     CHANNELS,
     GRID,
     INPUT,
+    MIN_SCORE,
     STRIDE,
     detections,
     letterbox,
@@ -204,7 +205,7 @@ def score_films(films: Sequence[Film], boxes_of: Callable[[Film], list[Box]]) ->
     for film in films:
         h, w = film.gray.shape
         pred = boxes_of(film)
-        truth = [Box(*_square(cx, cy, s, h, w)) for cx, cy, s in film.knees]
+        truth = [to_box(cx, cy, s, h, w) for cx, cy, s in film.knees]
         ious = [max((iou(t, p) for p in pred), default=0.0) for t in truth]
         inside = all(any(abs(cx - (p.left + p.side / 2)) <= p.side / 4 and abs(cy - (p.top + p.side / 2)) <= p.side / 4 for p in pred)
                      for cx, cy, _ in film.knees)
@@ -220,11 +221,6 @@ def score_films(films: Sequence[Film], boxes_of: Callable[[Film], list[Box]]) ->
                     "films_crop_contains_joint": round(float(np.mean(d["contains"])), 3),
                     "films_right_knee_count": round(float(np.mean(d["count_ok"])), 3)}
     return out
-
-
-def _square(cx: float, cy: float, s: float, h: int, w: int) -> tuple[int, int, int]:
-    b = to_box(cx, cy, s, h, w)
-    return b.left, b.top, b.side
 
 
 def torch_boxes(model: Any, min_score: float) -> Callable[[Film], list[Box]]:
@@ -245,14 +241,11 @@ def torch_boxes(model: Any, min_score: float) -> Callable[[Film], list[Box]]:
 
 
 def split_groups(split_csv: str | Path) -> tuple[set[str], set[str]]:
-    """(test groups, fold-1 groups) of a ``data split`` table."""
-    test, val = set(), set()
-    for r in read_table(split_csv, ("group", "split", "fold"), "split table"):
-        if r["split"] == "test":
-            test.add(r["group"])
-        elif str(r.get("fold", "")) == "1":
-            val.add(r["group"])
-    return test, val
+    """(test groups, fold-1 groups) of a ``data split`` table, as the boxes CSV writes group ids."""
+    from ..data.split import read_split
+
+    table = read_split(split_csv)
+    return {str(r.group) for r in table.subset("test")}, {str(r.group) for r in table.subset("val", fold=1)}
 
 
 def fit(films: Sequence[Film], val: Sequence[Film], epochs: int = 40, batch: int = 16, lr: float = 1e-3, seed: int = 0,
@@ -283,7 +276,7 @@ def fit(films: Sequence[Film], val: Sequence[Film], epochs: int = 40, batch: int
             sched.step()
             total += float(loss.detach()) * len(xs)
         model.eval()
-        s = score_films(val, torch_boxes(model, 0.3))["all"]
+        s = score_films(val, torch_boxes(model, MIN_SCORE))["all"]
         key = s["films_crop_contains_joint"] + s["mean_iou"]
         history.append({"epoch": ep + 1, "loss": round(total / len(order), 4), **s, "seconds": round(time.monotonic() - t0, 1)})
         log(f"epoch {ep + 1}/{epochs} loss {total / len(order):.3f} | val IoU {s['mean_iou']:.3f} contains {s['films_crop_contains_joint']:.3f} "
@@ -297,7 +290,7 @@ def fit(films: Sequence[Film], val: Sequence[Film], epochs: int = 40, batch: int
 
 def pick_threshold(model: Any, val: Sequence[Film]) -> float:
     """The score threshold with the most val films given the right number of knees (ties: lower)."""
-    best = (-1.0, 0.3)
+    best = (-1.0, MIN_SCORE)
     for thr in (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5):
         s = score_films(val, torch_boxes(model, thr))["all"]["films_right_knee_count"]
         if s > best[0]:
